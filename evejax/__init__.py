@@ -1,0 +1,1 @@
+"""evejax: self-evolving vision-language models in JAX."""

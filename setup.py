@@ -1,0 +1,39 @@
+"""evejax: self-evolving vision-language models in JAX (EVE, MM-Zero, EvoLMM)."""
+import setuptools
+
+setuptools.setup(
+    name="evejax",
+    version="0.1.0",
+    description="Self-evolving VLMs in JAX: EVE, MM-Zero and EvoLMM on one core.",
+    packages=setuptools.find_packages(include=["evejax", "evejax.*"]),
+    package_data={"evejax": ["assets/*", "data/transforms/*.py"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10,<0.12",
+        "flax>=0.12,<0.14",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12,<0.14",
+        "ml_collections>=1.1",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "pillow>=10",
+        "tokenizers>=0.21",
+        "safetensors>=0.5",
+        "cairosvg>=2.7",
+        "imagehash>=4.3",
+        "sacrebleu>=2.4",
+        "scipy>=1.11",
+        "math-verify>=0.7",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        # Test-only: transformers' torch path is the numerical reference.
+        "test": [
+            "pytest>=8",
+            "torch==2.13.0",
+            "transformers>=5.0,<6",
+        ],
+    },
+)
