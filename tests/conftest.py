@@ -1,0 +1,11 @@
+"""Test-session setup that must run before anything imports jax.
+
+Every test process sees 8 CPU devices so sharding tests can build meshes;
+unsharded computations still run on one device.
+"""
+import os
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+_flag = "--xla_force_host_platform_device_count=8"
+if _flag not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
