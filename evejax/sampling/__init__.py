@@ -1,0 +1,25 @@
+"""Sampling: prefill prompts once, decode groups of completions on the mesh.
+
+The public face; the pieces live in small modules:
+  params.py   SamplingParams, SampleOutput, FINISH_* constants
+  select.py   sample_tokens: greedy / temperature / top-k / top-p
+  loop.py     decode_loop: the compiled while-loop over new tokens
+  sampler.py  Sampler: buckets, compiles, shardings, errors
+"""
+from evejax.sampling.loop import decode_loop
+from evejax.sampling.params import FINISH_EOS
+from evejax.sampling.params import FINISH_LENGTH
+from evejax.sampling.params import FINISH_NAMES
+from evejax.sampling.params import FINISH_STOP
+from evejax.sampling.params import SampleOutput
+from evejax.sampling.params import SamplingParams
+from evejax.sampling.sampler import Sampler
+from evejax.sampling.sampler import replicate_rows
+from evejax.sampling.sampler import seed_key
+from evejax.sampling.select import sample_tokens
+
+__all__ = [
+    "FINISH_EOS", "FINISH_LENGTH", "FINISH_NAMES", "FINISH_STOP",
+    "SampleOutput", "SamplingParams", "Sampler", "decode_loop",
+    "replicate_rows", "sample_tokens", "seed_key",
+]

@@ -1,0 +1,117 @@
+"""The decode loop: one `lax.while_loop` over new tokens with a static KV cache.
+
+Model-agnostic: it gets a `step_fn(tokens [R], cache) -> (logits [R, V], cache)`
+closure and the logits of the last prompt position. The loop exits as soon as
+every row has finished (EOS, a stop sequence or the length limit), so a batch
+whose rows all end early costs only as many steps as its longest row; rows that
+end earlier are padded (`pad_id`, log-prob 0) while the others go on.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from evejax.sampling import params as params_lib
+from evejax.sampling.params import SamplingParams
+from evejax.sampling.select import sample_tokens
+
+StepFn = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
+
+
+@flax.struct.dataclass
+class _State:
+  step: jax.Array      # int32 scalar: tokens generated so far
+  tokens: jax.Array    # int32 [R, N]
+  logprobs: jax.Array  # f32 [R, N]
+  lengths: jax.Array   # int32 [R]
+  finish: jax.Array    # int32 [R]; 0 while running
+  window: jax.Array    # int32 [R, W]; last W tokens, for stop sequences (W >= 1)
+
+
+def _stop_match(window: jax.Array, count: jax.Array,
+                sampling: SamplingParams) -> jax.Array:
+  """[R] bool: the tokens so far end with one of the stop sequences."""
+  hit = jnp.zeros(window.shape[:1], bool)
+  width = window.shape[1]
+  for seq in sampling.stop_sequences:
+    tail = window[:, width - len(seq):]
+    seq_hit = jnp.all(tail == jnp.asarray(seq, jnp.int32)[None], axis=-1)
+    hit |= seq_hit & (count >= len(seq))
+  return hit
+
+
+def _record(state: _State, tok: jax.Array, lp: jax.Array,
+            sampling: SamplingParams) -> tuple[_State, jax.Array]:
+  """Writes step `state.step`'s tokens and updates which rows are finished."""
+  i = state.step
+  alive = state.finish == 0
+  tok = jnp.where(alive, tok, sampling.pad_id).astype(jnp.int32)
+  lp = jnp.where(alive, lp, 0.0).astype(jnp.float32)
+  window = jnp.concatenate([state.window[:, 1:], tok[:, None]], axis=1)
+  count = i + 1
+  is_eos = alive & jnp.isin(tok, jnp.asarray(sampling.eos_ids or (-1,), jnp.int32))
+  is_stop = alive & ~is_eos & _stop_match(window, count, sampling)
+  is_len = alive & ~is_eos & ~is_stop & (count >= sampling.max_new_tokens)
+  finish = jnp.select(
+      [is_eos, is_stop, is_len],
+      [params_lib.FINISH_EOS, params_lib.FINISH_STOP, params_lib.FINISH_LENGTH],
+      state.finish).astype(jnp.int32)
+  new = _State(
+      step=count,
+      tokens=jax.lax.dynamic_update_slice(state.tokens, tok[:, None], (0, i)),
+      logprobs=jax.lax.dynamic_update_slice(state.logprobs, lp[:, None], (0, i)),
+      lengths=jnp.where(finish != state.finish, count, state.lengths),
+      finish=finish,
+      window=window)
+  return new, tok
+
+
+def decode_loop(step_fn: StepFn, first_logits: jax.Array, cache: Any,
+                keys: jax.Array, sampling: SamplingParams):
+  """Samples up to `sampling.max_new_tokens` tokens per row.
+
+  Args:
+    step_fn: feeds one token per row, returns next logits and the new cache.
+    first_logits: [R, V] logits after the prompt (the first token's).
+    cache: the model's cache after prefill, R rows.
+    keys: [R] per-row keys; step i of row r uses fold_in(keys[r], i).
+    sampling: static.
+
+  Returns:
+    (tokens int32 [R, N], logprobs f32 [R, N], lengths int32 [R],
+     finish_reason int32 [R]), and the final cache.
+  """
+  rows = first_logits.shape[0]
+  n = sampling.max_new_tokens
+  width = max([len(s) for s in sampling.stop_sequences] + [1])
+  state = _State(
+      step=jnp.zeros((), jnp.int32),
+      tokens=jnp.full((rows, n), sampling.pad_id, jnp.int32),
+      logprobs=jnp.zeros((rows, n), jnp.float32),
+      lengths=jnp.zeros((rows,), jnp.int32),
+      finish=jnp.zeros((rows,), jnp.int32),
+      window=jnp.full((rows, width), -1, jnp.int32))
+
+  def pick(logits, step):
+    step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
+    return sample_tokens(logits, step_keys, sampling)
+
+  tok, lp = pick(first_logits, state.step)
+  state, tok = _record(state, tok, lp, sampling)
+
+  def cond(carry):
+    state, _, _ = carry
+    return (state.step < n) & jnp.any(state.finish == 0)
+
+  def body(carry):
+    state, cache, tok = carry
+    logits, cache = step_fn(tok, cache)
+    tok, lp = pick(logits, state.step)
+    state, tok = _record(state, tok, lp, sampling)
+    return state, cache, tok
+
+  state, cache, _ = jax.lax.while_loop(cond, body, (state, cache, tok))
+  return (state.tokens, state.logprobs, state.lengths, state.finish), cache

@@ -1,0 +1,339 @@
+"""`Sampler`: bucketed, sharded prefill + decode of groups of completions.
+
+One `generate` call: prompts are cut into chunks of at most the largest batch
+bucket; each chunk is padded (left) to a length bucket, a patch bucket and a
+batch bucket, prefilled once (vision tower once per prompt), the cache is
+replicated G ways (prompt-major, group-minor rows), and one compiled
+`lax.while_loop` decodes all rows, the cache donated so XLA updates it in
+place. Two programs per bucket combination — prefill keyed by (batch, length,
+patches, G, cache size) and decode by (rows, cache size, SamplingParams) — are
+compiled ahead of time, counted, timed and logged.
+
+Row r's randomness is fold_in(seed_key, global row id) with global row id =
+prompt index in the call * G + g, so results depend neither on bucketing,
+chunking, padding rows nor sharding.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import time
+from typing import Any, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evejax import parallel
+from evejax.models.inputs import ModelInputs
+from evejax.models.presets import ModelConfig
+from evejax.sampling import loop as loop_lib
+from evejax.sampling.params import SampleOutput, SamplingParams
+
+def _batch_axis(axes: Sequence[str | None]) -> int | None:
+  return list(axes).index("batch") if "batch" in axes else None
+
+
+def _is_axes(x) -> bool:
+  return isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
+
+
+def replicate_rows(cache: Any, axes: Any, group_size: int) -> Any:
+  """Repeats every row of `cache` G times along its 'batch' axis (row-major)."""
+  if group_size == 1:
+    return cache
+  def rep(x, ax):
+    b = _batch_axis(ax)
+    return x if b is None else jnp.repeat(x, group_size, axis=b)
+  return jax.tree.map(rep, cache, axes, is_leaf=_is_axes)
+
+
+def _pick_bucket(value: int, buckets: Sequence[int], what: str, fix: str) -> int:
+  i = bisect.bisect_left(buckets, value)
+  if i == len(buckets):
+    raise ValueError(f"{what} is {value}, more than the largest bucket "
+                     f"{buckets[-1]} (buckets {tuple(buckets)}); {fix}.")
+  return buckets[i]
+
+
+def _check_buckets(name: str, buckets: Sequence[int]) -> tuple[int, ...]:
+  buckets = tuple(sorted(int(b) for b in buckets))
+  if not buckets or buckets[0] < 1 or len(set(buckets)) != len(buckets):
+    raise ValueError(f"Sampler {name}={buckets}: give distinct positive sizes.")
+  return buckets
+
+
+def seed_key(seed: int | jax.Array) -> jax.Array:
+  """A typed key from an int seed, a typed key or raw uint32 key data."""
+  if isinstance(seed, (int, np.integer)):
+    return jax.random.key(int(seed))
+  seed = jnp.asarray(seed) if not isinstance(seed, jax.Array) else seed
+  if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+    return seed
+  return jax.random.wrap_key_data(seed)
+
+
+def _pad_rows(inputs: ModelInputs, rows: int) -> ModelInputs:
+  """Pads a host batch to `rows` by repeating row 0 (a valid prompt, discarded)."""
+  b = inputs.tokens.shape[0]
+  if b == rows:
+    return inputs
+  idx = np.concatenate([np.arange(b), np.zeros(rows - b, np.int64)])
+  fields = {f.name: np.asarray(getattr(inputs, f.name))
+            for f in dataclasses.fields(inputs)}
+  out = {k: (v[:, idx] if k == "positions" else v[idx]) for k, v in fields.items()}
+  return ModelInputs(**out)
+
+
+class Sampler:
+  """Samples groups of completions for prompts; see the module docstring.
+
+  Args:
+    model_config: the model's shapes.
+    mesh: a `jax.sharding.Mesh` (batch over data/fsdp, heads over tensor) or
+      None for the default device.
+    rules: logical-axis rules for `evejax.parallel` (None: its defaults).
+    length_buckets, patch_buckets, batch_buckets: static sizes prompts are
+      padded to (token length, image patch rows, prompts per chunk).
+    max_cache: the largest KV cache (prompt bucket + max_new_tokens).
+    model: the model module (default `evejax.models.vlm`); it must provide
+      prefill, decode_step, param_axes and cache_axes with vlm's signatures.
+    batch_fn: turns a list of examples into host `ModelInputs`, left-padded
+      to the given buckets (default: `evejax.processing.batching.make_batch`).
+  """
+
+  def __init__(self, model_config: ModelConfig, *, mesh=None, rules=None,
+               length_buckets: Sequence[int], patch_buckets: Sequence[int],
+               batch_buckets: Sequence[int], max_cache: int, model=None,
+               batch_fn=None):
+    if model is None:
+      from evejax.models import vlm as model  # pylint: disable=g-import-not-at-top
+    self.config = model_config
+    self.model = model
+    self.mesh = mesh
+    self.rules = parallel.make_rules(rules)
+    self.length_buckets = _check_buckets("length_buckets", length_buckets)
+    self.patch_buckets = tuple(sorted(int(p) for p in patch_buckets))
+    self.batch_buckets = _check_buckets("batch_buckets", batch_buckets)
+    self.max_cache = int(max_cache)
+    if self.max_cache <= self.length_buckets[0]:
+      raise ValueError(
+          f"Sampler max_cache={self.max_cache} leaves no room for new tokens "
+          f"after the smallest length bucket {self.length_buckets[0]}; raise it.")
+    self._batch_fn = batch_fn
+    self._shards = 1
+    if mesh is not None:
+      spec = self._batch_sharding(1).spec
+      axes = spec[0] if spec else ()
+      axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      self._shards = int(np.prod([mesh.shape[a] for a in axes]))
+      bad = [b for b in self.batch_buckets if b % self._shards]
+      if bad:
+        raise ValueError(
+            f"Sampler batch_buckets {bad} are not divisible by {self._shards}, "
+            f"the number of devices the batch is split over (mesh axes "
+            f"{axes}); use multiples of {self._shards}.")
+    self._programs: dict[tuple, Any] = {}
+    self.compile_seconds = 0.0
+    self._cache_axes = model.cache_axes(model_config)
+    self._param_shardings = None
+
+  # ---------------------------------------------------------------- compiles
+  @property
+  def num_compiles(self) -> int:
+    """Programs compiled so far (prefill and decode, each bucket combination)."""
+    return len(self._programs)
+
+  def _compiled(self, key: tuple, build):
+    prog = self._programs.get(key)
+    if prog is None:
+      start = time.perf_counter()
+      prog = build()
+      took = time.perf_counter() - start
+      self.compile_seconds += took
+      self._programs[key] = prog
+      logging.info("Sampler compiled %s in %.1fs (%d programs so far)",
+                   key, took, len(self._programs))
+    return prog
+
+  # --------------------------------------------------------------- sharding
+  def _shardings(self, axes_tree, shapes):
+    return parallel.shardings_for(axes_tree, self.mesh, self.rules, shapes)
+
+  def _place_params(self, params):
+    if self.mesh is None:
+      return params
+    if self._param_shardings is None:
+      shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            params)
+      self._param_shardings = self._shardings(
+          self.model.param_axes(self.config), shapes)
+    return jax.device_put(params, self._param_shardings)
+
+  def _batch_sharding(self, ndim: int, axis: int = 0):
+    return parallel.batch_sharding(self.mesh, ndim, axis, self.rules)
+
+  def _place_inputs(self, inputs: ModelInputs) -> ModelInputs:
+    if self.mesh is None:
+      return jax.tree.map(jnp.asarray, inputs)
+    return ModelInputs(**{
+        f.name: jax.device_put(
+            np.asarray(getattr(inputs, f.name)),
+            self._batch_sharding(np.ndim(getattr(inputs, f.name)),
+                                 1 if f.name == "positions" else 0))
+        for f in dataclasses.fields(inputs)})
+
+  # ---------------------------------------------------------------- programs
+  def _prefill_program(self, params, inputs: ModelInputs, group: int,
+                       cache_size: int):
+    b, t = inputs.tokens.shape
+    key = ("prefill", b, t, inputs.patches.shape[1], group, cache_size)
+    model, config, axes = self.model, self.config, self._cache_axes
+
+    def prefill(params, inputs):
+      logits, cache = model.prefill(params, config, inputs, cache_size)
+      logits = jnp.repeat(logits, group, axis=0)
+      return logits, replicate_rows(cache, axes, group)
+
+    def build():
+      out_shardings = None
+      if self.mesh is not None:
+        out = jax.eval_shape(prefill, params, inputs)
+        out_shardings = (self._batch_sharding(2),
+                         self._shardings(axes, out[1]))
+      return jax.jit(prefill, out_shardings=out_shardings).lower(
+          params, inputs).compile()
+    return self._compiled(key, build)
+
+  def _decode_program(self, params, logits, cache, row_ids, key_, sampling,
+                      cache_size: int):
+    key = ("decode", logits.shape[0], cache_size, sampling)
+    model, config = self.model, self.config
+
+    def decode(params, logits, cache, row_ids, seed):
+      keys = jax.vmap(jax.random.fold_in, (None, 0))(seed, row_ids)
+      step = lambda tok, c: model.decode_step(params, config, tok, c)
+      return loop_lib.decode_loop(step, logits, cache, keys, sampling)
+
+    def build():
+      return jax.jit(decode, donate_argnums=(2,)).lower(
+          params, logits, cache, row_ids, key_).compile()
+    return self._compiled(key, build)
+
+  # --------------------------------------------------------------- generate
+  def generate(self, params, prompts: Sequence[Any], sampling: SamplingParams,
+               seed: int | jax.Array) -> SampleOutput:
+    """Samples `sampling.group_size` completions for each prompt.
+
+    Args:
+      params: model parameters (placed on the mesh here if one is set).
+      prompts: `evejax.processing.batching.Example`s (text and images).
+      sampling: how to sample.
+      seed: an int or a key; results are reproducible per (seed, prompt
+        index, group member).
+
+    Returns:
+      A host (numpy) `SampleOutput` with len(prompts) * G rows.
+    """
+    if not prompts:
+      raise ValueError("Sampler.generate got no prompts; pass at least one.")
+    chunk = self.batch_buckets[-1]
+    outs = []
+    for start in range(0, len(prompts), chunk):
+      part = list(prompts[start:start + chunk])
+      bucket = _pick_bucket(len(part), self.batch_buckets, "batch", "")
+      inputs = self._make_batch(part, start)
+      outs.append(self.generate_from_inputs(
+          params, inputs, sampling, seed, num_prompts=len(part),
+          prompt_offset=start, batch_bucket=bucket))
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
+
+  def _make_batch(self, examples, offset: int) -> ModelInputs:
+    batch_fn = self._batch_fn
+    if batch_fn is None:
+      from evejax.processing import batching  # pylint: disable=g-import-not-at-top
+      batch_fn = batching.make_batch
+    return batch_fn(examples, padding="left",
+                    length_buckets=self.length_buckets,
+                    patch_buckets=self.patch_buckets)
+
+  def generate_from_inputs(self, params, inputs: ModelInputs,
+                           sampling: SamplingParams, seed: int | jax.Array, *,
+                           num_prompts: int | None = None,
+                           prompt_offset: int = 0,
+                           batch_bucket: int | None = None) -> SampleOutput:
+    """Like `generate`, for an already built, left-padded host batch.
+
+    Args:
+      params: model parameters.
+      inputs: host `ModelInputs` whose first `num_prompts` rows are prompts;
+        its length and patch counts must be bucket sizes.
+      sampling: how to sample.
+      seed: int or key.
+      num_prompts: real rows (default: all); the rest are ignored.
+      prompt_offset: global index of row 0 (for keys and `prompt_index`).
+      batch_bucket: rows to pad to (default: the smallest batch bucket that
+        fits).
+
+    Returns:
+      A host `SampleOutput` with num_prompts * G rows.
+    """
+    n = inputs.tokens.shape[0] if num_prompts is None else num_prompts
+    g = sampling.group_size
+    self._check_inputs(inputs, n, sampling)
+    if batch_bucket is None:
+      batch_bucket = _pick_bucket(
+          n, self.batch_buckets, "The number of prompts in one batch",
+          "raise batch_buckets or call generate, which splits prompts")
+    inputs = _pad_rows(jax.tree.map(lambda x: np.asarray(x)[:n], inputs),
+                       batch_bucket)
+    cache_size = inputs.tokens.shape[1] + sampling.max_new_tokens
+    params = self._place_params(params)
+    dev_inputs = self._place_inputs(inputs)
+    prefill = self._prefill_program(params, dev_inputs, g, cache_size)
+    logits, cache = prefill(params, dev_inputs)
+
+    prompt_index = np.repeat(np.arange(batch_bucket), g)
+    row_ids = (prompt_offset + prompt_index) * g + np.tile(np.arange(g), batch_bucket)
+    row_ids = row_ids.astype(np.int32)
+    row_ids = (jax.device_put(row_ids, self._batch_sharding(1))
+               if self.mesh is not None else jnp.asarray(row_ids))
+    key = seed_key(seed)
+    decode = self._decode_program(params, logits, cache, row_ids, key, sampling,
+                                  cache_size)
+    (tokens, logprobs, lengths, finish), cache = decode(
+        params, logits, cache, row_ids, key)
+    del cache
+    keep = n * g
+    return SampleOutput(
+        tokens=np.asarray(tokens)[:keep],
+        logprobs=np.asarray(logprobs)[:keep],
+        lengths=np.asarray(lengths)[:keep],
+        finish_reason=np.asarray(finish)[:keep],
+        prompt_index=(prompt_offset + prompt_index[:keep]).astype(np.int32))
+
+  def _check_inputs(self, inputs: ModelInputs, n: int,
+                    sampling: SamplingParams) -> None:
+    """Clear errors for what a caller can get wrong."""
+    mask = np.asarray(inputs.mask)[:n]
+    t = mask.shape[1]
+    empty = np.flatnonzero(mask.sum(axis=1) == 0)
+    if empty.size:
+      raise ValueError(f"Prompt {int(empty[0])} is empty (no tokens); every "
+                       "prompt needs at least one token.")
+    if t not in self.length_buckets:
+      raise ValueError(
+          f"Prompt length {t} is not a length bucket {self.length_buckets}; "
+          "pad with the sampler's length_buckets.")
+    p = inputs.patches.shape[1]
+    if p and p not in self.patch_buckets:
+      raise ValueError(
+          f"Patch rows {p} are not a patch bucket {self.patch_buckets}; "
+          "pad with the sampler's patch_buckets.")
+    if t + sampling.max_new_tokens > self.max_cache:
+      raise ValueError(
+          f"max_new_tokens={sampling.max_new_tokens} plus the prompt length "
+          f"bucket {t} needs a KV cache of {t + sampling.max_new_tokens}, more "
+          f"than max_cache={self.max_cache}; lower max_new_tokens (at most "
+          f"{self.max_cache - t} here) or raise max_cache.")
