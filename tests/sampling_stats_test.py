@@ -1,0 +1,115 @@
+"""Sampling statistics: empirical token frequencies match the intended law.
+
+Draws are seeded, so each test is deterministic; a chi-square p-value above
+1e-3 says the counts agree with the expected probabilities, and support
+checks say that top-k / top-p never emit an excluded token.
+"""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+from evejax import sampling
+
+DRAWS = 40_000
+
+
+def _softmax(x):
+  x = np.asarray(x, np.float64)
+  e = np.exp(x - x.max())
+  return e / e.sum()
+
+
+def _draw(logits: np.ndarray, sp: sampling.SamplingParams, seed=0):
+  """DRAWS samples from one row of logits, one key per draw."""
+  batch = jnp.broadcast_to(jnp.asarray(logits, jnp.float32),
+                           (DRAWS, logits.shape[-1]))
+  keys = jax.random.split(jax.random.key(seed), DRAWS)
+  fn = jax.jit(sampling.sample_tokens, static_argnums=2)
+  tok, lp = fn(batch, keys, sp)
+  return np.asarray(tok), np.asarray(lp)
+
+
+def _chi2_pvalue(tokens, probs):
+  """Goodness of fit; bins with tiny expected counts are pooled."""
+  counts = np.bincount(tokens, minlength=probs.size).astype(np.float64)
+  expected = probs / probs.sum() * tokens.size
+  big = expected >= 5
+  obs = np.append(counts[big], counts[~big].sum())
+  exp = np.append(expected[big], expected[~big].sum())
+  if exp[-1] == 0:
+    obs, exp = obs[:-1], exp[:-1]
+  return stats.chisquare(obs, exp).pvalue
+
+
+class SamplingStatsTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    rng = np.random.default_rng(0)
+    self.logits = rng.normal(size=24).astype(np.float32) * 1.5
+
+  def test_temperature_one_matches_softmax(self):
+    sp = sampling.SamplingParams(max_new_tokens=1)
+    tok, lp = _draw(self.logits, sp)
+    probs = _softmax(self.logits.astype(np.float64))
+    self.assertGreater(_chi2_pvalue(tok, probs), 1e-3)
+    np.testing.assert_allclose(lp, np.log(probs[tok]), rtol=1e-5, atol=1e-6)
+
+  def test_temperature_reshapes_distribution(self):
+    sp = sampling.SamplingParams(max_new_tokens=1, temperature=0.5)
+    tok, _ = _draw(self.logits, sp, seed=1)
+    self.assertGreater(_chi2_pvalue(tok, _softmax(self.logits / 0.5)), 1e-3)
+    # ... and is distinguishable from T = 1 (the test has power).
+    self.assertLess(_chi2_pvalue(tok, _softmax(self.logits)), 1e-6)
+
+  def test_top_k_support_and_renormalised_law(self):
+    k = 5
+    sp = sampling.SamplingParams(max_new_tokens=1, top_k=k)
+    tok, _ = _draw(self.logits, sp, seed=2)
+    allowed = np.argsort(-self.logits)[:k]
+    self.assertTrue(np.isin(tok, allowed).all())
+    probs = np.zeros_like(self.logits, np.float64)
+    probs[allowed] = _softmax(self.logits[allowed].astype(np.float64))
+    self.assertGreater(_chi2_pvalue(tok, probs), 1e-3)
+
+  def test_top_p_support_and_renormalised_law(self):
+    top_p = 0.6
+    sp = sampling.SamplingParams(max_new_tokens=1, top_p=top_p, temperature=0.8)
+    tok, _ = _draw(self.logits, sp, seed=3)
+    full = _softmax(self.logits.astype(np.float64) / 0.8)
+    order = np.argsort(-full)
+    # Smallest prefix of the sorted probabilities whose mass reaches top_p.
+    n_keep = int(np.searchsorted(np.cumsum(full[order]), top_p) + 1)
+    allowed = order[:n_keep]
+    self.assertLess(n_keep, 24)
+    self.assertTrue(np.isin(tok, allowed).all())
+    probs = np.zeros_like(full)
+    probs[allowed] = full[allowed] / full[allowed].sum()
+    self.assertGreater(_chi2_pvalue(tok, probs), 1e-3)
+    # Every allowed token actually occurs (no over-truncation).
+    self.assertEqual(set(np.unique(tok)), set(allowed.tolist()))
+
+  def test_top_k_then_top_p(self):
+    sp = sampling.SamplingParams(max_new_tokens=1, top_k=8, top_p=0.5)
+    tok, _ = _draw(self.logits, sp, seed=4)
+    top8 = np.argsort(-self.logits)[:8]
+    renorm = _softmax(self.logits[top8].astype(np.float64))
+    n_keep = int(np.searchsorted(np.cumsum(renorm), 0.5) + 1)
+    self.assertEqual(set(np.unique(tok)), set(top8[:n_keep].tolist()))
+
+  def test_ties_at_the_cut_never_exceed_k(self):
+    logits = np.array([2.0, 1.0, 1.0, 1.0, 0.0], np.float32)
+    sp = sampling.SamplingParams(max_new_tokens=1, top_k=2)
+    tok, _ = _draw(logits, sp, seed=5)
+    self.assertLessEqual(len(np.unique(tok)), 2)
+    self.assertIn(0, tok)
+
+
+if __name__ == "__main__":
+  absltest.main()
