@@ -1,1 +1,45 @@
+"""The built-in library of EVE-contract transformation programs.
 
+A `Family` is the text of an `edit_image(img, **params)` function plus a sampler
+of 4 argument dicts; `family.program(args_list)` is a complete EVE program. The
+four EVE seeds start the Challenger's example queue; the held-out families are
+never shown to the Challenger and measure how the Solver generalises.
+Extra libraries are named in config and loaded with `load_library`.
+"""
+from evejax.data.transforms import color
+from evejax.data.transforms import drawing
+from evejax.data.transforms import geometry
+from evejax.data.transforms.family import check_args_list
+from evejax.data.transforms.family import comment_markers
+from evejax.data.transforms.family import Family
+from evejax.data.transforms.family import format_args_list
+from evejax.data.transforms.family import imports_for
+from evejax.data.transforms.family import load_library
+from evejax.data.transforms.family import MAX_COMMENT_MARKERS
+from evejax.data.transforms.family import MAX_FUNCTION_CHARS
+
+# The method's four seeds, never evicted from the queue.
+SEED_FAMILIES = ("highlight_box", "crop_box", "rotate", "jigsaw_2x2")
+# Symmetry, resolution and colour edits: none resembles a seed.
+HELDOUT_FAMILIES = ("mirror_half", "pixelate_region", "channel_permute_region")
+
+
+def library() -> dict[str, Family]:
+  """All built-in families by name (seeds first)."""
+  families = geometry.FAMILIES + drawing.FAMILIES + color.FAMILIES
+  rank = {name: i for i, name in enumerate(SEED_FAMILIES)}
+  out = {f.name: f for f in sorted(families, key=lambda f: rank.get(f.name, len(rank)))}
+  assert len(out) == len(families), "duplicate built-in family name"
+  return out
+
+
+def training_families() -> dict[str, Family]:
+  """Built-in families the Challenger may see (all but the held-out ones)."""
+  return {k: v for k, v in library().items() if k not in HELDOUT_FAMILIES}
+
+
+__all__ = [
+    "Family", "library", "training_families", "load_library", "SEED_FAMILIES",
+    "HELDOUT_FAMILIES", "check_args_list", "comment_markers", "format_args_list",
+    "imports_for", "MAX_COMMENT_MARKERS", "MAX_FUNCTION_CHARS",
+]

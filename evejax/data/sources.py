@@ -1,0 +1,407 @@
+"""Source images: procedurally generated scenes, folders, JSONL lists, TFDS datasets.
+
+Every source is an `ImageSource`: an endless iterator of (id, PIL RGB image)
+that walks its items in an order shuffled per epoch from a seed, and whose
+position can be saved with `state()` and resumed with `restore()`. Pick one from
+config with `make_source({"kind": "builtin" | "folder" | "jsonl" | "tfds", ...})`.
+
+Built-in scenes need no files or network: coloured shapes and digits on
+gradient or textured backgrounds, so that edits are visible and questions about
+them answerable. Photos shipped inside installed packages (matplotlib's or
+scikit-image's sample data) can be mixed in with `photos=True`; none is
+required.
+"""
+from __future__ import annotations
+
+import abc
+import colorsys
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import pathlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+# Refuse images larger than this before decoding them (decompression bombs).
+DEFAULT_MAX_PIXELS = 40_000_000
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Photos in installed packages, by (package, folder inside it, file names).
+_BUNDLED_PHOTOS = (
+    ("matplotlib", "mpl-data/sample_data", ("grace_hopper.jpg",)),
+    ("skimage", "data", ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
+                         "motorcycle_left.png", "hubble_deep_field.jpg", "color.png")),
+)
+
+
+class ImageReadError(ValueError):
+  """An image file that cannot be read, or one that is too large to decode."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """RGB copy of `image`; transparent pixels become white, not black."""
+  image = ImageOps.exif_transpose(image)
+  if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+  return image.convert("RGB")
+
+
+def fit_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
+  """Downscales (keeping the aspect ratio) so that width * height <= max_pixels."""
+  w, h = image.size
+  if not max_pixels or w * h <= max_pixels:
+    return image
+  scale = (max_pixels / (w * h)) ** 0.5
+  return image.resize((max(1, int(w * scale)), max(1, int(h * scale))),
+                      Image.Resampling.LANCZOS)
+
+
+def cover(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+  """Resizes to cover `size` = (width, height) and centre-crops to it exactly."""
+  return ImageOps.fit(image, tuple(size), Image.Resampling.LANCZOS)
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+  """Reads one image file as RGB; a clear ImageReadError names a bad or huge file."""
+  try:
+    with Image.open(path) as im:
+      w, h = im.size
+      if w * h > max_pixels:
+        raise ImageReadError(
+            f"Image {path} has {w}x{h} = {w * h} pixels, more than max_pixels={max_pixels}"
+            " (a guard against decompression bombs). Downscale it, or raise max_pixels in "
+            "the image source config if it is genuine.")
+      return to_rgb(im)
+  except ImageReadError:
+    raise
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise ImageReadError(f"Cannot read image {path}: {e}. Fix or remove the file.") from e
+
+
+# ---------------------------------------------------------------------------
+# The interface.
+
+
+class ImageSource(abc.ABC):
+  """Endless, seeded, resumable iterator of (id, PIL RGB image).
+
+  Items are visited epoch after epoch; within epoch e the order is a
+  permutation drawn from (seed, e), or the natural order if shuffle is off.
+  `state()` is the number of items yielded so far; `restore()` resumes there.
+  """
+
+  def __init__(self, *, seed: int = 0, shuffle: bool = True,
+               max_pixels: int = DEFAULT_MAX_PIXELS, resize_pixels: int | None = None):
+    self.seed = int(seed)
+    self.shuffle = bool(shuffle)
+    self.max_pixels = int(max_pixels)
+    self.resize_pixels = resize_pixels
+    self._position = 0
+    self._order_cache: tuple[int, np.ndarray] | None = None
+
+  @abc.abstractmethod
+  def __len__(self) -> int:
+    """Number of distinct items (one epoch)."""
+
+  @abc.abstractmethod
+  def _read(self, index: int) -> tuple[str, Image.Image]:
+    """Item `index` in natural order: its id and image (any mode)."""
+
+  def item(self, index: int) -> tuple[str, Image.Image]:
+    """Item `index` in natural order, as RGB, size-guarded and maybe downscaled."""
+    key, image = self._read(index)
+    w, h = image.size
+    if w * h > self.max_pixels:
+      raise ImageReadError(f"Image {key} has {w}x{h} pixels, more than max_pixels="
+                           f"{self.max_pixels}. Raise max_pixels in the source config.")
+    return key, fit_pixels(to_rgb(image), self.resize_pixels)
+
+  def order(self, epoch: int) -> np.ndarray:
+    """The permutation of item indices visited in `epoch`."""
+    if self._order_cache is None or self._order_cache[0] != epoch:
+      n = len(self)
+      perm = (np.random.default_rng([self.seed, 0x5EED, epoch]).permutation(n)
+              if self.shuffle else np.arange(n))
+      self._order_cache = (epoch, perm)
+    return self._order_cache[1]
+
+  def __iter__(self) -> Iterator[tuple[str, Image.Image]]:
+    return self
+
+  def __next__(self) -> tuple[str, Image.Image]:
+    n = len(self)
+    if n == 0:
+      raise StopIteration
+    epoch, i = divmod(self._position, n)
+    out = self.item(int(self.order(epoch)[i]))
+    self._position += 1
+    return out
+
+  def take(self, k: int) -> list[tuple[str, Image.Image]]:
+    """The next k items."""
+    return [next(self) for _ in range(k)]
+
+  def state(self) -> dict[str, int]:
+    return {"position": self._position}
+
+  def restore(self, state: Mapping[str, Any]) -> None:
+    self._position = int(state["position"])
+
+
+# ---------------------------------------------------------------------------
+# Built-in scenes.
+
+
+def _color(rng: np.random.Generator, sat=(0.55, 1.0), val=(0.55, 1.0)) -> tuple[int, ...]:
+  r, g, b = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(*sat), rng.uniform(*val))
+  return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+  """A two-colour linear gradient with an optional mild texture, never near-black."""
+  c0 = np.array(_color(rng, (0.2, 0.8), (0.45, 0.95)), np.float32)
+  c1 = np.array(_color(rng, (0.2, 0.8), (0.45, 0.95)), np.float32)
+  theta = rng.uniform(0, 2 * np.pi)
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+  t = xx / w * np.cos(theta) + yy / h * np.sin(theta)
+  t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+  img = c0 * (1 - t[..., None]) + c1 * t[..., None]
+  texture = rng.integers(0, 4)
+  if texture == 1:  # stripes
+    period = rng.uniform(0.05, 0.15) * w
+    img += 14 * np.sin(2 * np.pi * (xx * np.cos(-theta) + yy * np.sin(-theta)) / period)[..., None]
+  elif texture == 2:  # checkerboard
+    cell = max(2, int(rng.uniform(0.08, 0.2) * w))
+    img += np.where(((xx // cell + yy // cell) % 2) == 0, 12.0, -12.0)[..., None]
+  elif texture == 3:  # grain
+    img += rng.normal(0, 7, size=img.shape)
+  return np.clip(img, 30, 235).astype(np.uint8)
+
+
+def render_scene(rng: np.random.Generator, size: tuple[int, int] = (112, 112)) -> Image.Image:
+  """One synthetic scene: 6-9 coloured shapes and 1-2 numbers on a background."""
+  w, h = int(size[0]), int(size[1])
+  ss = 2  # drawn at twice the size, then downsampled, for smooth edges
+  W, H = w * ss, h * ss
+  img = Image.fromarray(_background(rng, W, H))
+  draw = ImageDraw.Draw(img)
+  side = min(W, H)
+  for _ in range(int(rng.integers(6, 10))):
+    kind = rng.choice(["circle", "rectangle", "triangle", "line", "ellipse"])
+    fill = _color(rng)
+    outline = tuple(int(c * 0.6) for c in fill) if rng.random() < 0.5 else None
+    s = rng.uniform(0.15, 0.4) * side
+    cx, cy = rng.uniform(0.1, 0.9) * W, rng.uniform(0.1, 0.9) * H
+    lw = max(1, int(side / 60))
+    if kind == "circle":
+      draw.ellipse((cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2), fill=fill, outline=outline,
+                   width=lw)
+    elif kind == "ellipse":
+      draw.ellipse((cx - s / 2, cy - s / 4, cx + s / 2, cy + s / 4), fill=fill, outline=outline,
+                   width=lw)
+    elif kind == "rectangle":
+      a = rng.uniform(0.5, 1.5)
+      draw.rectangle((cx - s / 2, cy - s * a / 2, cx + s / 2, cy + s * a / 2), fill=fill,
+                     outline=outline, width=lw)
+    elif kind == "triangle":
+      phase = rng.uniform(0, 2 * np.pi)
+      pts = [(cx + s / 1.6 * np.cos(phase + k * 2 * np.pi / 3),
+              cy + s / 1.6 * np.sin(phase + k * 2 * np.pi / 3)) for k in range(3)]
+      draw.polygon(pts, fill=fill, outline=outline)
+    else:
+      phase = rng.uniform(0, np.pi)
+      dx, dy = s * np.cos(phase), s * np.sin(phase)
+      draw.line((cx - dx, cy - dy, cx + dx, cy + dy), fill=fill, width=max(2, int(side / 30)))
+  for _ in range(int(rng.integers(1, 3))):
+    text = str(int(rng.integers(0, 100 if rng.random() < 0.4 else 10)))
+    font = ImageFont.load_default(size=int(side * rng.uniform(0.16, 0.24)))
+    dark = rng.random() < 0.5
+    draw.text((rng.uniform(0.15, 0.85) * W, rng.uniform(0.15, 0.85) * H), text, font=font,
+              anchor="mm", fill=(25, 25, 25) if dark else (250, 250, 250),
+              stroke_width=max(1, int(side / 90)), stroke_fill=(250, 250, 250) if dark else (25, 25, 25))
+  return img.resize((w, h), Image.Resampling.LANCZOS)
+
+
+def bundled_photos() -> list[tuple[str, pathlib.Path]]:
+  """(id, path) of sample photos shipped in installed packages; may be empty.
+
+  Looks the packages up without importing them.
+  """
+  found = []
+  for package, folder, names in _BUNDLED_PHOTOS:
+    try:
+      spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+      spec = None
+    if spec is None or not spec.submodule_search_locations:
+      continue
+    root = pathlib.Path(list(spec.submodule_search_locations)[0]) / folder
+    found += [(f"photo:{package}/{n}", root / n) for n in names if (root / n).is_file()]
+  return found
+
+
+class BuiltinSource(ImageSource):
+  """`n` procedural scenes (scene i depends only on (seed, i)), plus bundled photos."""
+
+  def __init__(self, n: int, size: Sequence[int] = (112, 112), *, seed: int = 0,
+               photos: bool = False, **kw):
+    super().__init__(seed=seed, **kw)
+    if n < 0:
+      raise ValueError(f"builtin image source: n={n} must be >= 0.")
+    self.n, self.size = int(n), (int(size[0]), int(size[1]))
+    self.photos = bundled_photos() if photos else []
+    if n == 0 and not self.photos:
+      raise ValueError("builtin image source has no images: set n > 0 (or photos=True "
+                       "with matplotlib or scikit-image installed).")
+
+  def __len__(self) -> int:
+    return self.n + len(self.photos)
+
+  def _read(self, index: int) -> tuple[str, Image.Image]:
+    if index < self.n:
+      rng = np.random.default_rng([self.seed, index])
+      return f"builtin:{self.seed}:{index}", render_scene(rng, self.size)
+    key, path = self.photos[index - self.n]
+    return key, cover(read_image(path, self.max_pixels), self.size)
+
+
+def builtin_images(n: int = 64, size: Sequence[int] = (112, 112), seed: int = 0,
+                   **kw) -> BuiltinSource:
+  """Procedural scenes of `size` = (width, height), deterministic per seed."""
+  return BuiltinSource(n, size, seed=seed, **kw)
+
+
+# ---------------------------------------------------------------------------
+# Files on disk.
+
+
+class FileListSource(ImageSource):
+  """Images named by a list of (id, path)."""
+
+  def __init__(self, entries: Sequence[tuple[str, pathlib.Path]], **kw):
+    super().__init__(**kw)
+    self.entries = list(entries)
+
+  def __len__(self) -> int:
+    return len(self.entries)
+
+  def _read(self, index: int) -> tuple[str, Image.Image]:
+    key, path = self.entries[index]
+    return key, read_image(path, self.max_pixels)
+
+
+def folder_images(path: str | os.PathLike, **kw) -> FileListSource:
+  """Every image file under `path` (recursively), ids = paths relative to it."""
+  root = pathlib.Path(path).expanduser()
+  if not root.is_dir():
+    raise ValueError(f"Image folder {root} does not exist or is not a directory.")
+  files = sorted(p for p in root.rglob("*")
+                 if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+  if not files:
+    raise ValueError(f"Image folder {root} holds no files ending in {IMAGE_EXTENSIONS}.")
+  return FileListSource([(str(p.relative_to(root)), p) for p in files], **kw)
+
+
+def jsonl_images(path: str | os.PathLike, image_key: str = "image", **kw) -> FileListSource:
+  """Images listed in a JSONL file: one {"image": path, ...} per line.
+
+  Relative paths are relative to the JSONL file; an "id" field, if present,
+  names the item (default: the image path as written).
+  """
+  path = pathlib.Path(path).expanduser()
+  if not path.is_file():
+    raise ValueError(f"Image list {path} does not exist.")
+  entries = []
+  for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{lineno} is not valid JSON ({e}).") from e
+    if not isinstance(record, dict) or not isinstance(record.get(image_key), str):
+      raise ValueError(f"{path}:{lineno} needs a string field {image_key!r} holding an "
+                       "image path (relative to the JSONL file).")
+    entries.append((str(record.get("id", record[image_key])), path.parent / record[image_key]))
+  if not entries:
+    raise ValueError(f"Image list {path} has no entries.")
+  return FileListSource(entries, **kw)
+
+
+# ---------------------------------------------------------------------------
+# TFDS, through its array_record data sources (no TensorFlow).
+
+
+class TfdsSource(ImageSource):
+  """A TFDS dataset read by random access (`tfds.data_source`)."""
+
+  def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
+               image_key: str = "image", **kw):
+    super().__init__(**kw)
+    try:
+      tfds = importlib.import_module("tensorflow_datasets")
+    except ImportError as e:
+      raise ImportError(
+          f"Image source kind 'tfds' (dataset {name!r}) needs tensorflow_datasets and "
+          "array_record: pip install tensorflow-datasets array-record. TensorFlow itself "
+          "is not needed.") from e
+    self.name, self.split, self.image_key = name, split, image_key
+    try:
+      self._data = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # tfds raises many kinds; all mean the same to the user.
+      raise ValueError(
+          f"Cannot open TFDS dataset {name!r} split {split!r} in data_dir={data_dir!r}: {e}. "
+          "Prepare it first (tfds build, with file_format=array_record).") from e
+
+  def __len__(self) -> int:
+    return len(self._data)
+
+  def _read(self, index: int) -> tuple[str, Image.Image]:
+    example = self._data[index]
+    if self.image_key not in example:
+      raise ValueError(f"TFDS dataset {self.name!r} has no feature {self.image_key!r}; "
+                       f"it has {sorted(example)}. Set image_key in the source config.")
+    array = np.asarray(example[self.image_key])
+    if array.ndim == 3 and array.shape[-1] == 1:
+      array = array[..., 0]
+    return f"tfds:{self.name}/{self.split}/{index}", Image.fromarray(array)
+
+
+def tfds_images(name: str, split: str = "train", data_dir: str | None = None, **kw) -> TfdsSource:
+  """Images of TFDS dataset `name` (optional dependency, imported lazily)."""
+  return TfdsSource(name, split, data_dir, **kw)
+
+
+# ---------------------------------------------------------------------------
+
+_KINDS = {"builtin": builtin_images, "folder": folder_images, "jsonl": jsonl_images,
+          "tfds": tfds_images}
+
+
+def make_source(cfg: Mapping[str, Any]) -> ImageSource:
+  """An ImageSource from a config dict: {"kind": ..., **arguments of that kind}.
+
+  Kinds: builtin (n, size, seed, photos), folder (path), jsonl (path, image_key),
+  tfds (name, split, data_dir, image_key); all take seed, shuffle, max_pixels
+  and resize_pixels.
+  """
+  cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+  kind = cfg.pop("kind", None)
+  if kind not in _KINDS:
+    raise ValueError(f"Image source kind {kind!r} is unknown; use one of {sorted(_KINDS)}.")
+  fn = _KINDS[kind]
+  allowed = set(inspect.signature(fn).parameters) - {"kw"}
+  allowed |= set(inspect.signature(ImageSource.__init__).parameters) - {"self"}
+  if kind == "builtin":
+    allowed |= {"photos"}
+  elif kind == "tfds":
+    allowed |= {"image_key"}
+  if unknown := sorted(set(cfg) - allowed):
+    raise ValueError(f"Image source kind {kind!r} does not take {unknown}; it takes "
+                     f"{sorted(allowed)}.")
+  return fn(**cfg)

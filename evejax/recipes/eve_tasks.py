@@ -1,0 +1,303 @@
+"""EVE task text: the Challenger's instructions and the Solver's questions.
+
+The Challenger writes `edit_image` plus 4 argument dicts; the sandbox applies
+them to a source image. From those 4 outputs this module builds multiple-choice
+questions whose answers are correct by construction (EVE question types):
+
+  type 0: images = original + the 4 outputs in a shuffled order; "which image do
+          args k produce?"; answer = the letter of output k.
+  type 1: images = original + output k; "which args produced it?"; the options
+          are the 4 dicts, shuffled; answer = the letter of args k.
+  type 2: images = original + the 4 outputs; match each to the shuffled args;
+          answer = 4 letters, graded with partial credit (off by default).
+
+Shuffles and the choice of k come from a hash of (seed, program, type, k), never
+from Python's salted `hash()`, so the same program always yields the same
+questions. Coordinates in programs are absolute pixels (Qwen2.5-VL), so every
+prompt states the source image's size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from evejax.data.transforms import Family
+from evejax.data.transforms import MAX_COMMENT_MARKERS
+from evejax.data.transforms import MAX_FUNCTION_CHARS
+
+LETTERS = "ABCD"
+QUESTION_TYPES = (0, 1, 2)
+_NUM = len(LETTERS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+  """One Solver question.
+
+  Attributes:
+    qtype: 0, 1 or 2 (see the module docstring).
+    images: PIL images in prompt order; images[0] is the original ("image_0").
+    text: the full question, including the edit_image source and the request
+      to answer in \\boxed{}.
+    options: option texts in letter order (A, B, ...).
+    answer: the gold answer: one letter, or 4 letters for type 2.
+    meta: how the question was made (k, the shown order, ...), for logs.
+  """
+  qtype: int
+  images: list
+  text: str
+  options: list[str]
+  answer: str
+  meta: dict = dataclasses.field(default_factory=dict)
+
+
+def derive_seed(*parts: Any) -> int:
+  """A 64-bit seed from a hash of `parts` (stable across processes and runs)."""
+  digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+  return int.from_bytes(digest[:8], "little")
+
+
+def format_args(args: Mapping[str, Any]) -> str:
+  """An args dict as the Python literal the program wrote."""
+  return repr(dict(args))
+
+
+def _size_line(image: Image.Image) -> str:
+  return f"image_0 is {image.width}x{image.height} pixels.\n"
+
+
+def _code_block(edit_source: str) -> str:
+  return f"```python\n{edit_source.strip()}\n```\n"
+
+
+_CHOICE_TAIL = ("Work out what the code does with these arguments, compare the images "
+                "carefully, and put the letter of your answer in \\boxed{}.")
+
+
+def _type0(source_image, edit_source, args_list, outputs, k, order):
+  shown = ", ".join(f"image_{i + 1}" for i in range(_NUM))
+  text = (_size_line(source_image)
+          + f"image_0 is the original image; {shown} are the results of calling `edit_image` "
+            "on image_0 with four different sets of arguments, in no particular order.\n"
+          + _code_block(edit_source)
+          + f"Question: which image does `edit_image(image_0, **{format_args(args_list[k])})` "
+            "produce?\nOptions:\n"
+          + "".join(f"{LETTERS[i]}. image_{i + 1}\n" for i in range(_NUM))
+          + _CHOICE_TAIL)
+  return Question(
+      qtype=0, images=[source_image] + [outputs[i] for i in order], text=text,
+      options=[f"image_{i + 1}" for i in range(_NUM)], answer=LETTERS[order.index(k)],
+      meta={"k": k, "order": order})
+
+
+def _type1(source_image, edit_source, args_list, outputs, k, order):
+  options = [format_args(args_list[i]) for i in order]
+  text = (_size_line(source_image)
+          + "image_0 is the original image; image_1 is the result of calling `edit_image` on "
+            "image_0 with one of the argument sets listed below.\n"
+          + _code_block(edit_source)
+          + "Question: which arguments turn image_0 into image_1?\nOptions:\n"
+          + "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(options))
+          + _CHOICE_TAIL)
+  return Question(qtype=1, images=[source_image, outputs[k]], text=text, options=options,
+                  answer=LETTERS[order.index(k)], meta={"k": k, "order": order})
+
+
+def _type2(source_image, edit_source, args_list, outputs, order):
+  options = [format_args(args_list[i]) for i in order]
+  gold = "".join(LETTERS[order.index(j)] for j in range(_NUM))
+  text = (_size_line(source_image)
+          + "image_0 is the original image; image_1, image_2, image_3 and image_4 are the "
+            "results of calling `edit_image` on image_0, each with a different one of the "
+            "argument sets A-D below.\n"
+          + _code_block(edit_source)
+          + "Argument sets:\n"
+          + "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(options))
+          + "Question: which argument set produced each image? Answer with four letters in "
+            "the order image_1, image_2, image_3, image_4; for example \\boxed{BDAC} means "
+            "image_1 came from B, image_2 from D, image_3 from A and image_4 from C. Work out "
+            "what the code does, compare the images carefully, and put the four letters in "
+            "\\boxed{}.")
+  return Question(qtype=2, images=[source_image] + list(outputs), text=text, options=options,
+                  answer=gold, meta={"order": order})
+
+
+def build_questions(source_image: Image.Image, edit_source: str,
+                    args_list: Sequence[Mapping[str, Any]], outputs: Sequence[Image.Image],
+                    *, types: Sequence[int] = (0, 1), seed: int = 0,
+                    ks: Sequence[int] | None = None) -> list[Question]:
+  """The Solver's questions about one executed program.
+
+  Args:
+    source_image: the image the program was applied to (image_0).
+    edit_source: the program text above `args_list` (imports + edit_image), shown
+      verbatim in every question.
+    args_list: the program's 4 argument dicts.
+    outputs: outputs[i] = edit_image(copy of source_image, **args_list[i]).
+    types: question types to build, in order (0, 1, 2).
+    seed: run-level seed mixed into every shuffle and choice of k.
+    ks: for types 0 and 1, which args to ask about (one question per k);
+      default one k per type chosen by hash.
+
+  Returns:
+    One question per (type, k), types in the order given.
+  """
+  if len(args_list) != _NUM or len(outputs) != _NUM:
+    raise ValueError(f"EVE questions need {_NUM} args dicts and {_NUM} outputs, got "
+                     f"{len(args_list)} and {len(outputs)}.")
+  if bad := [t for t in types if t not in QUESTION_TYPES]:
+    raise ValueError(f"Unknown EVE question types {bad}; use some of {QUESTION_TYPES}.")
+  program_key = edit_source.strip() + "\n" + repr([dict(a) for a in args_list])
+  questions = []
+  for qtype in types:
+    if qtype == 2:
+      order = _order(seed, program_key, qtype, None)
+      questions.append(_type2(source_image, edit_source, args_list, outputs, order))
+      continue
+    chosen = ks if ks is not None else [derive_seed(seed, program_key, qtype, "k") % _NUM]
+    for k in chosen:
+      if not 0 <= k < _NUM:
+        raise ValueError(f"k={k} is not an index into args_list (0..{_NUM - 1}).")
+      order = _order(seed, program_key, qtype, k)
+      build = _type0 if qtype == 0 else _type1
+      questions.append(build(source_image, edit_source, args_list, outputs, int(k), order))
+  return questions
+
+
+def _order(seed: int, program_key: str, qtype: int, k: int | None) -> list[int]:
+  rng = np.random.default_rng(derive_seed(seed, program_key, qtype, k))
+  return [int(i) for i in rng.permutation(_NUM)]
+
+
+# ---------------------------------------------------------------------------
+# Grading (the model's \boxed{} content against the gold answer).
+
+
+def boxed_content(text: str) -> str | None:
+  """Content of the last \\boxed{...} in `text` (nested braces allowed), else None."""
+  start = text.rfind("\\boxed{")
+  if start < 0:
+    return None
+  depth, i = 0, start + len("\\boxed")
+  for j in range(i, len(text)):
+    depth += {"{": 1, "}": -1}.get(text[j], 0)
+    if depth == 0:
+      return text[i + 1:j]
+  return None
+
+
+def grade_choice(pred: str, gold: str) -> float:
+  """1.0 if the first capital letter A-D in `pred` is `gold`, else 0.0."""
+  m = re.search(r"[A-D]", pred or "")
+  return float(m is not None and m.group(0) == gold)
+
+
+def grade_type2(pred: str, gold: str) -> float:
+  """Partial credit for a type-2 matching answer: (positions matched) / 4.
+
+  `pred` counts only if it holds exactly 4 capital letters A-D (separators such
+  as spaces or commas are ignored); anything else scores 0.
+  """
+  letters = re.findall(r"[A-D]", pred or "")
+  if len(letters) != len(gold):
+    return 0.0
+  return sum(p == g for p, g in zip(letters, gold)) / len(gold)
+
+
+def grade(question: Question, pred: str) -> float:
+  """Grades the \\boxed{} content `pred` against `question`."""
+  return (grade_type2 if question.qtype == 2 else grade_choice)(pred, question.answer)
+
+
+# ---------------------------------------------------------------------------
+# Warm-start SFT pairs.
+
+
+def solver_reasoning(question: Question) -> str:
+  """A short rationale that follows from how the question was built."""
+  order = question.meta.get("order", list(range(_NUM)))
+  if question.qtype == 0:
+    pos = LETTERS.index(question.answer)
+    return (f"Reading the code, the requested arguments produce the edit shown in "
+            f"image_{pos + 1}; the other candidates come from different arguments.")
+  if question.qtype == 1:
+    return (f"Comparing image_1 with image_0, the edit matches the arguments "
+            f"{question.options[LETTERS.index(question.answer)]}.")
+  pairs = ", ".join(f"image_{j + 1} comes from {LETTERS[order.index(j)]}" for j in range(_NUM))
+  return f"Matching each edit to its arguments: {pairs}."
+
+
+def solver_sft_pair(question: Question, reasoning: str | None = None) -> tuple[str, str]:
+  """(prompt text, target) for Solver SFT: reasoning, then the answer in \\boxed{}."""
+  reasoning = solver_reasoning(question) if reasoning is None else reasoning
+  return question.text, f"{reasoning.strip()}\n\n\\boxed{{{question.answer}}}"
+
+
+def challenger_instructions(examples: Sequence[str], image_size: Sequence[int]) -> str:
+  """The Challenger's prompt text: task, rules, 1-2 queue example programs, format.
+
+  Args:
+    examples: full example programs (imports, edit_image, args_list), usually 1
+      or 2 drawn from the example queue.
+    image_size: (width, height) of the source image in pixels.
+  """
+  w, h = int(image_size[0]), int(image_size[1])
+  parts = [
+      "# Task\n"
+      "Write a Python function `edit_image(img: Image.Image, **params) -> Image.Image` that "
+      "edits the given image, and a list `args_list` of exactly 4 parameter dicts for it. "
+      "Each dict will be passed to edit_image on a fresh copy of the image.\n\n"
+      f"The input image is {w}x{h} pixels.\n\n"
+      "# Rules\n"
+      "1. Write one Python code block with the imports, `edit_image`, and the literal "
+      "`args_list = [...]`.\n"
+      "2. The 4 parameter sets must give 4 clearly different-looking results; results that "
+      "are near-identical, mostly black or empty are rejected.\n"
+      "3. Use only PIL, numpy and math. No randomness, no reading or saving files.\n"
+      f"4. Coordinates are absolute pixels of this {w}x{h} image; keep boxes and points "
+      "inside it.\n"
+      f"5. Keep edit_image under {MAX_FUNCTION_CHARS} characters with at most "
+      f"{MAX_COMMENT_MARKERS} comments.\n"
+      "6. The examples show the format only: design your own edit and parameters around "
+      "the content of this image; do not copy them.\n",
+  ]
+  if examples:
+    parts.append("# Examples\n")
+    for i, program in enumerate(examples, start=1):
+      parts.append(f"## Example {i}\n```python\n{program.strip()}\n```\n")
+  parts.append("# Output\nObserve the image and reason inside <think>...</think>, then give "
+               "the final code in one ```python block.")
+  return "\n".join(parts)
+
+
+def challenger_think_text(family: Family, args_list: Sequence[Mapping[str, Any]],
+                          image_size: Sequence[int]) -> str:
+  """A plain rationale for a built-in program, for warm-start targets."""
+  w, h = int(image_size[0]), int(image_size[1])
+  return (f"The image is {w}x{h} pixels. I will write an edit_image that {family.description} "
+          f"I pick 4 parameter sets that act on different parts of the image or in "
+          f"different ways, so that the 4 results look clearly different, and keep all "
+          f"coordinates inside {w}x{h}.")
+
+
+def challenger_sft_target(family: Family, args_list: Sequence[Mapping[str, Any]],
+                          think_text: str) -> str:
+  """A Challenger target: a think block, then the family's program in a python block."""
+  return (f"<think>\n{think_text.strip()}\n</think>\n\n"
+          f"```python\n{family.program(args_list).strip()}\n```")
+
+
+def challenger_sft_pair(family: Family, rng: np.random.Generator,
+                        image_size: Sequence[int], examples: Sequence[str],
+                        think_text: str | None = None) -> tuple[str, str]:
+  """(prompt text, target) for Challenger SFT with freshly sampled arguments."""
+  args_list = family.sample(rng, int(image_size[0]), int(image_size[1]))
+  think = think_text or challenger_think_text(family, args_list, image_size)
+  return (challenger_instructions(examples, image_size),
+          challenger_sft_target(family, args_list, think))
