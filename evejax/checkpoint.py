@@ -1,0 +1,282 @@
+"""Train-state checkpoints with exact resume (orbax).
+
+A checkpoint step holds three orbax items:
+  state   any pytree of arrays (params, optimizer state, step, RNG keys), saved
+          with `StandardSave`, restored onto the shardings the caller asks for;
+  extra   a JSON dict of recipe state (data position, program queue, phase
+          counters, metrics history...) so the host loop resumes exactly;
+  meta    JSON bookkeeping: which state leaves were typed PRNG keys and their
+          implementation, so they are re-wrapped on restore.
+
+Saves are asynchronous: `maybe_save` returns once device arrays are copied to
+host and the write continues in the background. A step directory appears only
+when its save has committed (orbax writes into a temporary directory and
+renames it), so a run killed mid-save leaves the previous steps intact; a
+damaged latest step (deleted/zeroed files, missing commit marker) is skipped
+with a warning and the previous one is used.
+
+HF safetensors import/export is not here: see `evejax.models.hf`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+_COMMIT_MARKER = "commit_success.txt"  # written by orbax when a step commits
+_FORMAT = 1
+
+
+def _is_key(x: Any) -> bool:
+  dtype = getattr(x, "dtype", None)
+  return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def keys_to_data(tree: Any) -> tuple[Any, dict[str, str]]:
+  """Replaces typed PRNG key leaves by their uint32 key data.
+
+  Returns the new tree and {leaf path: key implementation name} for the leaves
+  that were keys (what `data_to_keys` needs to undo it).
+  """
+  impls = {}
+
+  def convert(path, x):
+    if _is_key(x):
+      impls[jax.tree_util.keystr(path)] = str(jax.random.key_impl(x))
+      return jax.random.key_data(x)
+    return x
+
+  return jax.tree_util.tree_map_with_path(convert, tree), impls
+
+
+def data_to_keys(tree: Any, impls: Mapping[str, str]) -> Any:
+  """Inverse of `keys_to_data`: wraps the listed leaves back into typed keys."""
+  def convert(path, x):
+    impl = impls.get(jax.tree_util.keystr(path))
+    return x if impl is None else jax.random.wrap_key_data(x, impl=impl)
+
+  return jax.tree_util.tree_map_with_path(convert, tree)
+
+
+def _abstract_leaf(x: Any) -> Any:
+  """ShapeDtypeStruct target for one leaf; typed keys become their key data."""
+  if isinstance(x, np.ndarray):
+    return x  # restored as numpy
+  sharding = getattr(x, "sharding", None)
+  if _is_key(x):
+    data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    # A spec shorter than the array leaves the trailing key-data dim whole.
+    return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=sharding)
+  if not hasattr(x, "shape"):
+    return x
+  if sharding is None:
+    # Unplaced targets restore onto the default device.
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
+def _json_copy(extra: Any, what: str = "extra") -> Any:
+  """A deep, JSON-clean copy (numpy scalars/arrays become Python values).
+
+  Copying also snapshots the dict, so the caller may mutate it while the
+  asynchronous save is still writing.
+  """
+  def default(o):
+    if isinstance(o, np.generic):
+      return o.item()
+    if isinstance(o, (np.ndarray, jax.Array)):
+      return np.asarray(o).tolist()
+    if isinstance(o, (set, frozenset)):
+      return sorted(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+  try:
+    return json.loads(json.dumps(extra, default=default))
+  except (TypeError, ValueError) as e:
+    raise ValueError(
+        f"Checkpoint {what} must be JSON-serializable (dicts, lists, str, numbers): {e}. "
+        f"Convert the offending value before maybe_save.") from None
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint in a non-empty directory could be restored."""
+
+
+class Checkpointer:
+  """Saves every `save_every` steps, keeps the `keep` newest, resumes the latest.
+
+  Usage:
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=10, keep=3)
+    restored = ckpt.restore_latest(abstract_state)   # None on a fresh workdir
+    for step in range(start, total):
+      ...
+      ckpt.maybe_save(step + 1, state, extra)
+    ckpt.maybe_save(total, state, extra, force=True)
+    ckpt.close()
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, save_every: int, keep: int,
+               async_save: bool = True):
+    if keep is not None and keep < 1:
+      raise ValueError(f"Checkpointer keep={keep}: must be >= 1 (or None to keep all).")
+    self.directory = os.path.abspath(os.fspath(directory))
+    self.save_every = int(save_every)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        enable_async_checkpointing=async_save,
+        create=True,
+        # Temporary directories of saves killed mid-write are removed on start.
+        cleanup_tmp_directories=True,
+    )
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "extra", "meta"))
+
+  # --- saving -------------------------------------------------------------
+
+  def should_save(self, step: int, force: bool = False) -> bool:
+    if step in self._manager.all_steps():
+      return False  # e.g. a forced final save right after a periodic one
+    return force or (self.save_every > 0 and step % self.save_every == 0)
+
+  def maybe_save(self, step: int, state: Any, extra: Mapping[str, Any] | None = None,
+                 force: bool = False) -> bool:
+    """Saves `state` and `extra` as `step` if due (or `force`); returns whether it did.
+
+    Returns as soon as device arrays are copied to host; the write continues
+    in the background (`wait()` blocks until it is committed).
+    """
+    step = int(step)
+    if not self.should_save(step, force):
+      return False
+    extra = _json_copy(dict(extra or {}))
+    data, impls = keys_to_data(state)
+    # Host numpy leaves may be mutated in place by the caller during the write.
+    data = jax.tree.map(lambda x: x.copy() if isinstance(x, np.ndarray) else x, data)
+    meta = {"format": _FORMAT, "keys": impls, "time": time.time()}
+    saved = self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(data),
+        extra=ocp.args.JsonSave(extra),
+        meta=ocp.args.JsonSave(meta)), force=True)
+    if saved:
+      logging.info("Checkpoint step %d: saving to %s", step, self.directory)
+    return saved
+
+  # --- restoring ----------------------------------------------------------
+
+  def all_steps(self) -> list[int]:
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def _check_committed(self, step: int) -> None:
+    step_dir = os.path.join(self.directory, str(step))
+    for sub in ("", "state", "extra"):
+      if not os.path.exists(os.path.join(step_dir, sub, _COMMIT_MARKER)):
+        raise CheckpointError(f"{os.path.join(step_dir, sub)} has no {_COMMIT_MARKER}: "
+                              f"its save never finished")
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    """Restores one step onto the shardings of `abstract_state`.
+
+    `abstract_state` is a pytree of jax.ShapeDtypeStruct (with `sharding`) or of
+    arrays (their shapes, dtypes and shardings are used); typed PRNG key leaves
+    are restored as typed keys.
+    """
+    self._check_committed(step)
+    target = jax.tree.map(_abstract_leaf, abstract_state)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target),
+        extra=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    meta = restored["meta"] or {}
+    impls = dict(meta.get("keys", {}))
+    # Leaves that are keys in the target but were saved as data (e.g. by code
+    # that called keys_to_data itself) still come back as keys.
+    for path, x in jax.tree_util.tree_leaves_with_path(abstract_state):
+      if _is_key(x):
+        impls.setdefault(jax.tree_util.keystr(path), _impl_name(x))
+    state = data_to_keys(restored["state"], impls)
+    return state, dict(restored["extra"] or {})
+
+  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+    """(step, state, extra) of the newest readable checkpoint, or None if none.
+
+    A step that fails to restore (damaged files, missing commit marker) is
+    logged as a warning and the previous step is tried. Once an older step
+    restores, the damaged newer ones are renamed `<step>.corrupt-<time>` so
+    that the resumed run can save those steps again.
+
+    Raises:
+      CheckpointError: checkpoints exist but none could be restored (e.g. the
+        state structure changed since they were written).
+    """
+    self.wait()
+    steps = self.all_steps()
+    if not steps:
+      return None
+    failed: list[int] = []
+    errors: list[str] = []
+    for step in reversed(steps):
+      try:
+        state, extra = self.restore(step, abstract_state)
+      except Exception as e:  # noqa: BLE001 -- any failure means "unreadable".
+        msg = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        logging.warning("Checkpoint step %d in %s could not be restored (%s); "
+                        "falling back to the previous step.", step, self.directory, msg)
+        failed.append(step)
+        errors.append(f"step {step}: {msg}")
+        continue
+      if failed:
+        self._quarantine(failed)
+      logging.info("Restored checkpoint step %d from %s", step, self.directory)
+      return step, state, extra
+    raise CheckpointError(
+        f"None of the checkpoints {steps} in {self.directory} could be restored:\n  "
+        + "\n  ".join(errors)
+        + "\nIf the model or optimizer state changed shape, use a new --workdir; "
+          "to start over, move that directory away.")
+
+  def _quarantine(self, steps: list[int]) -> None:
+    if jax.process_index() == 0:
+      stamp = time.strftime("%Y%m%d-%H%M%S")
+      for step in steps:
+        src = os.path.join(self.directory, str(step))
+        dst = f"{src}.corrupt-{stamp}"
+        logging.warning("Moving unreadable checkpoint %s to %s", src, dst)
+        os.rename(src, dst)
+    self._manager.reload()
+
+  # --- lifecycle ----------------------------------------------------------
+
+  def wait(self) -> None:
+    """Blocks until pending saves are committed (and old ones pruned)."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def _impl_name(x: Any) -> str:
+  """PRNG implementation of a (possibly abstract) typed key leaf."""
+  try:
+    return str(jax.random.key_impl(x))
+  except TypeError:
+    # Abstract keys (ShapeDtypeStruct) carry their impl only on the dtype.
+    return str(x.dtype._impl.name)  # pylint: disable=protected-access
