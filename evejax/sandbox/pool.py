@@ -1,0 +1,454 @@
+"""The sandbox pool: pre-warmed isolated workers behind a futures API.
+
+    with SandboxPool(SandboxConfig(workers=4)) as pool:
+      results = pool.map([EveJob(source, image) for source in programs])
+
+`submit(job)` returns a `concurrent.futures.Future[JobResult]`; it blocks
+while `queue_size` jobs are already waiting (back-pressure instead of
+unbounded memory). `map(jobs)` returns results in order. Each worker slot is
+one `worker.py` process tree driven by one parent thread; a job never raises
+in the caller: whatever the program does comes back as a `JobResult`.
+
+The parent reads each job's result stream straight from the job's pipe,
+bounded by `result_mb`, and judges it with `programs.assemble` (the host
+trusts only pixels and exit statuses, never a job's own claims).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import queue
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Iterable, Mapping
+import weakref
+
+from evejax.sandbox import checks as checks_lib
+from evejax.sandbox import jail
+from evejax.sandbox import programs
+from evejax.sandbox import wire
+from evejax.sandbox.jobs import Job, JobResult, Reason, failure
+
+log = logging.getLogger(__name__)
+
+LAYER_NAMES = ("namespaces", "private_root", "uid_drop", "seccomp", "rlimits")
+_UID_BASE = 1 << 30
+_pool_seq = itertools.count()
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxConfig:
+  """Limits and layers of the sandbox. Every field is a plain value.
+
+  Attributes:
+    workers: parallel worker processes (each runs one job at a time).
+    queue_size: jobs that may wait before `submit` blocks.
+    timeout_s: wall-clock limit of an EVE or plot job.
+    svg_timeout_s: wall-clock limit of an SVG render (MM-Zero uses 30 s).
+    cpu_s: CPU-time limit per job (all threads); default: the wall limit.
+    memory_mb: address-space limit per job.
+    file_size_mb: largest file a job may write.
+    disk_mb: size of a worker's private /tmp (all files of a job).
+    open_files: file descriptors per job.
+    processes: processes+threads of the job's uid (fork is also forbidden
+      by seccomp; this is the layer beneath).
+    output_bytes: stdout and stderr kept per job (the rest is counted).
+    result_mb: cap on the raw result stream of one job.
+    namespaces, private_root, drop_uid, seccomp: isolation layers to try;
+      a layer the machine cannot provide is skipped with a warning.
+    require: layer names that must be active, else the pool refuses to
+      start (see LAYER_NAMES).
+    uid: base of the dedicated job uids (default: derived from the pid).
+    ro_paths: extra host paths made readable (read-only) inside the jail.
+    preload: modules each worker imports before serving (besides numpy/PIL).
+    grace_s: extra time the parent waits for a worker beyond a job's limit
+      before declaring the worker dead and restarting it.
+    checks: output validity thresholds.
+  """
+  workers: int = 2
+  queue_size: int = 64
+  timeout_s: float = 20.0
+  svg_timeout_s: float = 30.0
+  cpu_s: float | None = None
+  memory_mb: int = 1024
+  file_size_mb: int = 16
+  disk_mb: int = 64
+  open_files: int = 64
+  processes: int = 32
+  output_bytes: int = 16384
+  result_mb: int = 96
+  namespaces: bool = True
+  private_root: bool = True
+  drop_uid: bool = True
+  seccomp: bool = True
+  require: tuple[str, ...] = ()
+  uid: int | None = None
+  ro_paths: tuple[str, ...] = ()
+  preload: tuple[str, ...] = ("cairosvg",)
+  grace_s: float = 10.0
+  start_timeout_s: float = 120.0
+  checks: checks_lib.CheckConfig = checks_lib.CheckConfig()
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any] | Any | None) -> "SandboxConfig":
+    """From a dict / ml_collections.ConfigDict (with an optional `checks`)."""
+    if cfg is None:
+      return cls()
+    items = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(items) - names)
+    if unknown:
+      raise ValueError(f"SandboxConfig: unknown keys {unknown}; valid keys "
+                       f"are {sorted(names)}")
+    if "checks" in items:
+      items["checks"] = checks_lib.CheckConfig.from_config(items["checks"])
+    for key in ("require", "ro_paths", "preload"):
+      if key in items:
+        items[key] = tuple(items[key])
+    return cls(**items)
+
+  def __post_init__(self):
+    if self.workers < 1:
+      raise ValueError(f"SandboxConfig.workers must be >= 1, got {self.workers}")
+    bad = [r for r in self.require if r not in LAYER_NAMES]
+    if bad:
+      raise ValueError(f"SandboxConfig.require: unknown layers {bad}; choose "
+                       f"from {LAYER_NAMES}")
+
+
+class SandboxUnavailable(RuntimeError):
+  """A required isolation layer cannot be provided on this machine."""
+
+
+def _worker_env() -> dict[str, str]:
+  # Nothing of the trainer's environment (tokens, keys) reaches the worker.
+  path = [p for p in sys.path if p]
+  return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+          "PYTHONPATH": os.pathsep.join(path), "PYTHONHASHSEED": "0",
+          "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+          "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg",
+          "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+class _Slot:
+  """One worker process tree and the protocol to drive it."""
+
+  def __init__(self, index: int, config: SandboxConfig, uid: int):
+    self.index, self.config, self.uid = index, config, uid
+    self.proc: subprocess.Popen | None = None
+    self.sock: socket.socket | None = None
+    self.host_tmp: str | None = None
+    self.layers: dict = {}
+    self.zygote_pid: int | None = None
+    self.jobs = 0
+    self.restarts = 0
+    self.busy = threading.Lock()  # held while a job or a stats call runs
+
+  def settings(self) -> dict:
+    c = self.config
+    cpu = c.cpu_s or max(c.timeout_s, c.svg_timeout_s)
+    return {
+        "namespaces": c.namespaces, "private_root": c.private_root,
+        "drop_uid": c.drop_uid, "seccomp": c.seccomp, "uid": self.uid,
+        "host_tmp": self.host_tmp, "ro_paths": list(c.ro_paths),
+        "preload": list(c.preload), "stdout_bytes": c.output_bytes,
+        "disk_bytes": c.disk_mb << 20, "disk_inodes": 16384,
+        "limits": {"cpu_s": cpu, "memory_bytes": c.memory_mb << 20,
+                   "file_bytes": c.file_size_mb << 20,
+                   "open_files": c.open_files, "processes": c.processes},
+    }
+
+  def launch(self) -> None:
+    self.host_tmp = tempfile.mkdtemp(prefix=f"evejax-sandbox-{self.index}-")
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    cmd = [sys.executable, "-m", "evejax.sandbox.worker",
+           "--fd", str(child.fileno()), "--settings",
+           json.dumps(self.settings())]
+    try:
+      self.proc = subprocess.Popen(
+          cmd, pass_fds=[child.fileno()], env=_worker_env(), cwd="/",
+          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+          start_new_session=True)
+    finally:
+      child.close()
+    self.sock = parent
+
+  def await_ready(self, timeout: float) -> None:
+    self.sock.settimeout(timeout)
+    try:
+      msg, _, _ = wire.recv_frame(self.sock, 0)
+    except (EOFError, OSError, wire.ProtocolError) as e:
+      raise RuntimeError(f"sandbox worker {self.index} failed to start: "
+                         f"{type(e).__name__}: {e}") from None
+    if msg.get("op") != "ready":
+      raise RuntimeError(f"sandbox worker {self.index} failed to start: "
+                         f"{msg.get('error', msg)}")
+    self.layers = msg["layers"]
+    self.zygote_pid = msg["pid"]
+
+  def stop(self) -> None:
+    if self.sock is not None:
+      try:
+        self.sock.settimeout(2.0)
+        wire.send_frame(self.sock, {"op": "exit"})
+      except OSError:
+        pass
+      self.sock.close()
+      self.sock = None
+    if self.proc is not None:
+      try:
+        self.proc.wait(timeout=5.0)
+      except subprocess.TimeoutExpired:
+        _kill_tree(self.proc)
+      self.proc = None
+    if self.host_tmp:
+      shutil.rmtree(self.host_tmp, ignore_errors=True)
+      self.host_tmp = None
+
+  def restart(self, timeout: float) -> None:
+    self.restarts += 1
+    if self.proc is not None:
+      _kill_tree(self.proc)
+    self.proc = None
+    if self.sock is not None:
+      self.sock.close()
+      self.sock = None
+    self.stop()
+    self.launch()
+    self.await_ready(timeout)
+
+  def stats(self) -> dict:
+    self.sock.settimeout(self.config.grace_s)
+    wire.send_frame(self.sock, {"op": "stats"})
+    msg, _, _ = wire.recv_frame(self.sock, 0)
+    msg.pop("op", None)
+    msg.pop("n", None)
+    msg.update(launcher_pid=self.proc.pid, restarts=self.restarts,
+               host_tmp=self.host_tmp)
+    return msg
+
+  # ---------------------------------------------------------------- one job
+
+  def run(self, prep: programs.Prepared) -> JobResult:
+    """Runs one prepared job; raises only when the worker itself fails."""
+    c = self.config
+    timeout = c.svg_timeout_s if prep.kind == "svg" else c.timeout_s
+    cpu = min(c.cpu_s or timeout, timeout)
+    cap = c.result_mb << 20
+    t0 = time.monotonic()
+    self.sock.settimeout(c.grace_s)
+    wire.send_frame(self.sock, {"op": "run", "timeout": timeout, "cpu_s": cpu,
+                                "req": prep.request}, prep.payload)
+    msg, _, fds = wire.recv_frame(self.sock, 0, max_fds=4)
+    if msg.get("op") != "started" or len(fds) != 1:
+      for fd in fds:
+        os.close(fd)
+      raise RuntimeError(f"worker protocol: expected 'started', got {msg}")
+    rfd = fds[0]
+    stream = bytearray()
+    overflow = False
+    finished = None
+    deadline = t0 + timeout + c.grace_s
+    poller = select.poll()
+    poller.register(rfd, select.POLLIN)
+    poller.register(self.sock.fileno(), select.POLLIN)
+    try:
+      while rfd >= 0 or finished is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+          raise TimeoutError("worker did not report within the job limit "
+                             f"plus {c.grace_s} s")
+        for fd, _ in poller.poll(left * 1000):
+          if fd == rfd:
+            chunk = os.read(rfd, 1 << 20)
+            if chunk and not overflow:
+              stream += chunk
+              if len(stream) > cap:
+                overflow = True
+                wire.send_frame(self.sock, {"op": "kill", "why": "overflow"})
+            if not chunk or overflow:
+              poller.unregister(rfd)
+              os.close(rfd)
+              rfd = -1
+          elif finished is None:
+            finished, _, _ = wire.recv_frame(self.sock, 0)
+            poller.unregister(self.sock.fileno())
+    finally:
+      if rfd >= 0:
+        os.close(rfd)
+    if finished.get("op") != "finished":
+      raise RuntimeError(f"worker protocol: expected 'finished', got "
+                         f"{finished.get('op')}")
+    self.jobs += 1
+    status = programs.ProcessStatus(
+        exit_code=finished["exit_code"], signal=finished["signal"],
+        timed_out=finished["timed_out"], cpu_limited=finished["cpu_limited"],
+        stream_overflow=overflow, stdout=finished["stdout"],
+        stderr=finished["stderr"], wall_s=time.monotonic() - t0,
+        cpu_s=finished["cpu_s"], max_rss_kb=finished["max_rss_kb"],
+        note=(f"wall-clock limit of {timeout:g} s reached; the process group "
+              "was killed") if finished["timed_out"] else
+        (f"the result stream exceeded result_mb={c.result_mb}; the job was "
+         "killed") if overflow else "")
+    return programs.assemble(prep, stream, status, c.checks)
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+  # The launcher leads its own session; the zygote dies with it
+  # (PDEATHSIG) and takes its PID namespace, i.e. every job, along.
+  try:
+    os.killpg(proc.pid, signal.SIGKILL)
+  except (ProcessLookupError, PermissionError):
+    pass
+  try:
+    proc.wait(timeout=10)
+  except subprocess.TimeoutExpired:
+    pass
+
+
+def _emergency_stop(slots: list[_Slot]) -> None:
+  for slot in slots:
+    if slot.proc is not None:
+      _kill_tree(slot.proc)
+    if slot.host_tmp:
+      shutil.rmtree(slot.host_tmp, ignore_errors=True)
+
+
+class SandboxPool:
+  """Pre-warmed, isolated workers running untrusted image programs."""
+
+  def __init__(self, config: SandboxConfig | Mapping[str, Any] | None = None):
+    if not isinstance(config, SandboxConfig):
+      config = SandboxConfig.from_config(config)
+    self.config = config
+    seq = next(_pool_seq)
+    base = config.uid if config.uid is not None else (
+        _UID_BASE + ((os.getpid() % (1 << 20)) << 10) + ((seq % 4) << 8))
+    self._slots = [_Slot(i, config, base + i) for i in range(config.workers)]
+    self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
+    self._closed = False
+    self._lock = threading.Lock()
+    self._finalizer = weakref.finalize(self, _emergency_stop, self._slots)
+    try:
+      for slot in self._slots:
+        slot.launch()
+      for slot in self._slots:
+        slot.await_ready(config.start_timeout_s)
+    except BaseException:
+      self._finalizer()
+      raise
+    self.layers = jail.Layers(**self._slots[0].layers)
+    missing = [r for r in config.require if not getattr(self.layers, r)]
+    if missing:
+      self._finalizer()
+      raise SandboxUnavailable(
+          f"sandbox layers {missing} are unavailable on this machine "
+          f"({'; '.join(self.layers.warnings)}). Remove them from "
+          "SandboxConfig.require to run with a weaker sandbox.")
+    for w in self.layers.warnings:
+      log.warning("evejax sandbox: %s", w)
+    self._threads = [threading.Thread(target=self._serve, args=(slot,),
+                                      name=f"sandbox-slot-{slot.index}",
+                                      daemon=True) for slot in self._slots]
+    for t in self._threads:
+      t.start()
+
+  # ---------------------------------------------------------------- API
+
+  def submit(self, job: Job) -> concurrent.futures.Future:
+    """Queues one job; blocks while the queue is full.
+
+    Static failures (no code, syntax, contract, policy) resolve at once
+    without using a worker. Raises ValueError for a bad input image and
+    TypeError for something that is not a job.
+    """
+    if self._closed:
+      raise RuntimeError("SandboxPool is closed")
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    prep = programs.prepare(job, self.config.checks)
+    if isinstance(prep, JobResult):
+      fut.set_running_or_notify_cancel()
+      fut.set_result(prep)
+      return fut
+    self._queue.put((fut, prep))
+    return fut
+
+  def submit_batch(self, jobs: Iterable[Job]) -> list[concurrent.futures.Future]:
+    return [self.submit(j) for j in jobs]
+
+  def map(self, jobs: Iterable[Job]) -> list[JobResult]:
+    """Runs jobs and returns their results in order."""
+    return [f.result() for f in self.submit_batch(jobs)]
+
+  def stats(self) -> list[dict]:
+    """Per worker: fds, children and job dirs of the zygote, pids (tests)."""
+    with self._lock:
+      out = []
+      for slot in self._slots:
+        with slot.busy:
+          out.append(slot.stats())
+      return out
+
+  def close(self) -> None:
+    """Finishes queued jobs, stops the workers and removes their files."""
+    if self._closed:
+      return
+    self._closed = True
+    for _ in self._threads:
+      self._queue.put(None)
+    for t in self._threads:
+      t.join()
+    for slot in self._slots:
+      slot.stop()
+    self._finalizer.detach()
+
+  def __enter__(self) -> "SandboxPool":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  # ---------------------------------------------------------------- slots
+
+  def _serve(self, slot: _Slot) -> None:
+    while True:
+      item = self._queue.get()
+      if item is None:
+        return
+      fut, prep = item
+      if not fut.set_running_or_notify_cancel():
+        continue
+      with slot.busy:
+        try:
+          result = slot.run(prep)
+        except Exception as e:  # pylint: disable=broad-except
+          result = self._recover(slot, prep, e)
+      fut.set_result(result)
+
+  def _recover(self, slot: _Slot, prep: programs.Prepared,
+               error: Exception) -> JobResult:
+    """The worker broke protocol or hung: replace it, classify the job."""
+    log.warning("evejax sandbox: worker %d failed (%s: %s); restarting",
+                slot.index, type(error).__name__, error)
+    try:
+      slot.restart(self.config.start_timeout_s)
+    except Exception as e:  # pylint: disable=broad-except
+      log.error("evejax sandbox: worker %d could not restart: %s",
+                slot.index, e)
+    reason = Reason.TIMEOUT if isinstance(error, TimeoutError) else \
+        Reason.SANDBOX_ERROR
+    return failure(reason, f"worker failed: {type(error).__name__}: {error}",
+                   prep.kind, args=prep.args,
+                   function_source=prep.function_source)
