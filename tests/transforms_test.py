@@ -1,0 +1,247 @@
+"""Tests for the built-in EVE transformation library (evejax.data.transforms)."""
+import ast
+import json
+import os
+import pathlib
+import sys
+import tempfile
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from absl.testing import absltest
+import imagehash
+import numpy as np
+from PIL import Image
+
+from evejax.data import sources
+from evejax.data import transforms
+from evejax.data.transforms import Family
+
+SIZES = ((112, 112), (140, 112), (224, 168))
+SEEDS = (0, 1, 2)
+
+
+def run_program(program: str, image: Image.Image) -> tuple[list[dict], list[Image.Image]]:
+  """A small trusted harness: exec the program, apply each args dict to a fresh copy."""
+  namespace = {}
+  exec(compile(program, "<program>", "exec"), namespace)  # trusted built-in text only
+  args_list = namespace["args_list"]
+  return args_list, [namespace["edit_image"](image.copy(), **a) for a in args_list]
+
+
+def near_black_fraction(image: Image.Image) -> float:
+  a = np.asarray(image.convert("RGB"), np.float32)
+  luma = 0.2126 * a[..., 0] + 0.7152 * a[..., 1] + 0.0722 * a[..., 2]
+  return float((luma <= 5).mean())
+
+
+def eve_problems(family: Family, outputs: list[Image.Image]) -> list[str]:
+  """The EVE validity checks (METHODS.md) that an output set fails."""
+  problems = []
+  black_limit = 0.75 if ".rotate(" in family.source else 0.10
+  for i, out in enumerate(outputs):
+    if out.width * out.height < 64 * 64 or out.width * out.height > 2_000_000:
+      problems.append(f"output {i} has {out.size} pixels")
+    if near_black_fraction(out) > black_limit:
+      problems.append(f"output {i} is {near_black_fraction(out):.0%} near-black")
+  hashes = [imagehash.phash(o) for o in outputs]
+  for i in range(4):
+    for j in range(i + 1, 4):
+      (wi, hi), (wj, hj) = outputs[i].size, outputs[j].size
+      close = min(wi, wj) / max(wi, wj) >= 0.95 and min(hi, hj) / max(hi, hj) >= 0.95
+      if close and hashes[i] == hashes[j]:
+        problems.append(f"outputs {i} and {j} are perceptually identical")
+  return problems
+
+
+def scene(size, seed):
+  return sources.render_scene(np.random.default_rng([seed, 99]), size)
+
+
+class LibraryTest(absltest.TestCase):
+
+  def test_library_size_seeds_and_heldout(self):
+    lib = transforms.library()
+    self.assertGreaterEqual(len(lib), 16)
+    self.assertEqual(transforms.SEED_FAMILIES,
+                     ("highlight_box", "crop_box", "rotate", "jigsaw_2x2"))
+    self.assertEqual(list(lib)[:4], list(transforms.SEED_FAMILIES))
+    self.assertLen(transforms.HELDOUT_FAMILIES, 3)
+    self.assertTrue(set(transforms.HELDOUT_FAMILIES) <= set(lib))
+    self.assertFalse(set(transforms.HELDOUT_FAMILIES) & set(transforms.SEED_FAMILIES))
+    self.assertFalse(set(transforms.HELDOUT_FAMILIES) & set(transforms.training_families()))
+    for name, family in lib.items():
+      self.assertEqual(name, family.name)
+      self.assertTrue(family.description)
+
+  def test_programs_follow_the_eve_contract(self):
+    rng = np.random.default_rng(0)
+    for family in transforms.library().values():
+      with self.subTest(family.name):
+        args_list = family.sample(rng, 112, 112)
+        program = family.program(args_list)
+        tree = ast.parse(program)
+        defs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+        self.assertEqual([d.name for d in defs], ["edit_image"])
+        assign = tree.body[-1]
+        self.assertEqual(assign.targets[0].id, "args_list")
+        self.assertEqual(ast.literal_eval(assign.value), args_list)
+        modules = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import)
+                   for a in n.names}
+        modules |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom)}
+        self.assertLessEqual(modules, {"PIL", "numpy", "math"})
+        function_text = program.split("args_list =")[0].strip()
+        self.assertEqual(function_text, family.function_text)
+        self.assertLess(len(function_text), 2000)
+        self.assertLessEqual(transforms.comment_markers(function_text), 2)
+        self.assertNotIn("random", function_text)
+        self.assertNotIn(".save", function_text)
+
+  def test_sample_args_are_deterministic_distinct_json_and_in_bounds(self):
+    for family in transforms.library().values():
+      for w, h in SIZES:
+        with self.subTest(family=family.name, size=(w, h)):
+          a = family.sample(np.random.default_rng(7), w, h)
+          self.assertEqual(a, family.sample(np.random.default_rng(7), w, h))
+          self.assertEqual(json.loads(json.dumps(a)), [json.loads(json.dumps(x)) for x in a])
+          self.assertLen({json.dumps(x, sort_keys=True) for x in a}, 4)
+          for args in a:
+            for key, value in args.items():
+              if key in ("bbox_2d", "box_a", "box_b"):
+                x0, y0, x1, y1 = value
+                self.assertTrue(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h, (key, value))
+              elif key in ("center", "start", "end"):
+                self.assertTrue(0 <= value[0] < w and 0 <= value[1] < h, (key, value))
+              elif key == "points":
+                for x, y in value:
+                  self.assertTrue(0 <= x < w and 0 <= y < h, (key, value))
+
+  def test_outputs_pass_eve_validity_on_builtin_scenes(self):
+    failures, total = [], 0
+    per_family = {}
+    for family in transforms.library().values():
+      for size in SIZES:
+        for seed in SEEDS:
+          image = scene(size, seed)
+          args_list, outputs = run_program(
+              family.program(family.sample(np.random.default_rng(seed), *size)), image)
+          self.assertLen(outputs, 4)
+          for out in outputs:
+            self.assertIsInstance(out, Image.Image)
+          problems = eve_problems(family, outputs)
+          total += 1
+          if problems:
+            failures.append((family.name, size, seed, problems))
+            per_family[family.name] = per_family.get(family.name, 0) + 1
+    # Perceptual hashes can collide on an unlucky image; demand a high pass rate.
+    self.assertLessEqual(len(failures), total // 20, failures)
+    self.assertLessEqual(max(per_family.values(), default=0), 1, failures)
+
+  def test_check_catches_identical_outputs(self):
+    # The validity check above must be able to fail: a no-op edit collides.
+    image = scene((112, 112), 0)
+    family = transforms.library()["crop_box"]
+    full = [0, 0, 112, 112]
+    outputs = [image.crop(full) for _ in range(4)]
+    self.assertNotEmpty(eve_problems(family, outputs))
+
+  def test_programs_are_deterministic(self):
+    image = scene((112, 112), 3)
+    for family in transforms.library().values():
+      with self.subTest(family.name):
+        program = family.program(family.sample(np.random.default_rng(3), 112, 112))
+        _, first = run_program(program, image)
+        _, second = run_program(program, image)
+        for a, b in zip(first, second):
+          np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  def test_seed_highlight_box_draws_in_place_so_harness_copies(self):
+    # Like the published seed, highlight_box edits its argument: a harness that
+    # reused one image would accumulate boxes, which is why it copies per call.
+    family = transforms.library()["highlight_box"]
+    image = scene((112, 112), 0)
+    before = np.asarray(image).copy()
+    namespace = {}
+    exec(family.program(family.sample(np.random.default_rng(0), 112, 112)), namespace)
+    namespace["edit_image"](image, **namespace["args_list"][0])
+    self.assertFalse(np.array_equal(before, np.asarray(image)))
+
+  def test_imports_are_derived_from_names_used(self):
+    source = ("def edit_image(img, k):\n"
+              "    a = np.asarray(img) * math.pi\n"
+              "    ImageDraw.Draw(img)\n"
+              "    return Image.fromarray(a.astype('uint8'))\n")
+    self.assertEqual(transforms.imports_for(source),
+                     "import math\nimport numpy as np\nfrom PIL import Image, ImageDraw")
+    self.assertEqual(transforms.imports_for("def edit_image(img):\n    return img\n"),
+                     "from PIL import Image")
+
+
+class ValidationTest(absltest.TestCase):
+
+  def _family(self, source):
+    return Family(name="bad", source=source, sample_args=lambda r, w, h: [],
+                  description="x")
+
+  def test_bad_sources_are_rejected_with_the_family_named(self):
+    cases = {
+        "import random\ndef edit_image(img):\n    return img\n": "exactly one",
+        "def edit_image(img):\n    return img.rotate(random.random())\n": "deterministic",
+        "def edit_image(img):\n    img.save('x.png')\n    return img\n": "save",
+        "def other(img):\n    return img\n": "edit_image",
+        "def edit_image(img):\n    return img  # a\n    # b\n    # c\n": "comment",
+        "def edit_image(img):\n    x = 1\n" + "    x = x + 1\n" * 200 + "    return img\n":
+            "2000",
+    }
+    for source, message in cases.items():
+      with self.subTest(message):
+        with self.assertRaisesRegex(ValueError, "bad") as ctx:
+          self._family(source)
+        self.assertIn(message, str(ctx.exception))
+
+  def test_args_list_checks(self):
+    good = [{"a": i} for i in range(4)]
+    transforms.check_args_list(good)
+    for bad in (good[:3], good[:3] + [{"a": 0}], good[:3] + [{"a": np.int64(3)}],
+                good[:3] + [{"a": object()}], good[:3] + [{"a": float("nan")}]):
+      with self.assertRaises(ValueError):
+        transforms.check_args_list(bad)
+    family = transforms.library()["rotate"]
+    with self.assertRaisesRegex(ValueError, "rotate"):
+      family.program(good[:2])
+
+
+class LoadLibraryTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.dir = tempfile.mkdtemp()
+    sys.path.insert(0, self.dir)
+    self.addCleanup(sys.path.remove, self.dir)
+    pathlib.Path(self.dir, "my_eve_families.py").write_text(
+        "from evejax.data.transforms import Family\n"
+        "INVERT = Family(name='invert_all', source='def edit_image(img):\\n"
+        "    return ImageOps.invert(img)\\n', sample_args=lambda r, w, h: [{}] * 4,\n"
+        "    description='inverts')\n"
+        "FAMILIES = [INVERT]\n"
+        "def make():\n    return {'invert_all': INVERT}\n"
+        "NOT_FAMILIES = [1, 2]\n")
+
+  def test_loads_lists_dicts_and_factories(self):
+    for attr in ("FAMILIES", "make"):
+      lib = transforms.load_library(f"my_eve_families:{attr}")
+      self.assertEqual(list(lib), ["invert_all"])
+      self.assertIn("from PIL import Image, ImageOps", lib["invert_all"].function_text)
+
+  def test_errors_name_the_path(self):
+    for path, message in (("my_eve_families", "package.module:attribute"),
+                          ("no_such_module_xyz:F", "no_such_module_xyz"),
+                          ("my_eve_families:MISSING", "MISSING"),
+                          ("my_eve_families:NOT_FAMILIES", "Family")):
+      with self.subTest(path):
+        with self.assertRaisesRegex(ValueError, message):
+          transforms.load_library(path)
+
+
+if __name__ == "__main__":
+  absltest.main()
