@@ -45,7 +45,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
 
 
 def _check_name(name: str, valid, what: str) -> None:
@@ -64,6 +64,32 @@ def _masked(values: Array, mask: Array) -> Array:
   return jnp.where(mask > 0, values * mask, 0.0)
 
 
+def _token_mean(masked, mask, norm_constant):
+  del norm_constant
+  return masked.sum(), mask.sum()
+
+
+def _seq_mean_token_mean(masked, mask, norm_constant):
+  del norm_constant
+  row_tokens = mask.sum(axis=-1)
+  return (safe_divide(masked.sum(axis=-1), row_tokens).sum(),
+          (row_tokens > 0).sum().astype(jnp.float32))
+
+
+def _seq_mean_token_sum_norm(masked, mask, norm_constant):
+  constant = masked.shape[-1] if norm_constant is None else norm_constant
+  return (masked.sum() / constant,
+          (mask.sum(axis=-1) > 0).sum().astype(jnp.float32))
+
+
+# name -> fn(masked values, mask, norm_constant) -> (numerator, denominator).
+AGGREGATIONS: dict[str, Callable] = {
+    "token-mean": _token_mean,
+    "seq-mean-token-mean": _seq_mean_token_mean,
+    "seq-mean-token-sum-norm": _seq_mean_token_sum_norm,
+}
+
+
 def aggregate_terms(values: Array, mask: Array, mode: str = "token-mean",
                     norm_constant: float | None = None) -> tuple[Array, Array]:
   """(numerator, denominator) of ``aggregate``; see the module docstring.
@@ -71,7 +97,7 @@ def aggregate_terms(values: Array, mask: Array, mode: str = "token-mean",
   Args:
     values: [B, T] per-token values.
     mask: [B, T] completion mask (0/1 or weights).
-    mode: one of AGGREGATIONS.
+    mode: a key of AGGREGATIONS.
     norm_constant: divisor of 'seq-mean-token-sum-norm' (default T).
 
   Returns:
@@ -80,15 +106,7 @@ def aggregate_terms(values: Array, mask: Array, mode: str = "token-mean",
   _check_name(mode, AGGREGATIONS, "aggregation mode")
   values = jnp.asarray(values, jnp.float32)
   mask = jnp.asarray(mask, jnp.float32)
-  masked = _masked(values, mask)
-  if mode == "token-mean":
-    return masked.sum(), mask.sum()
-  row_tokens = mask.sum(axis=-1)
-  rows = (row_tokens > 0).sum().astype(jnp.float32)
-  if mode == "seq-mean-token-mean":
-    return safe_divide(masked.sum(axis=-1), row_tokens).sum(), rows
-  constant = values.shape[-1] if norm_constant is None else norm_constant
-  return masked.sum() / constant, rows
+  return AGGREGATIONS[mode](_masked(values, mask), mask, norm_constant)
 
 
 def aggregate(values: Array, mask: Array, mode: str = "token-mean",
