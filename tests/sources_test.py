@@ -192,6 +192,48 @@ class MakeSourceTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, r"does not take \['colour'\]"):
       sources.make_source({"kind": "builtin", "n": 2, "colour": 1})
 
+  def test_tfds_reads_a_locally_built_array_record_dataset(self):
+    try:
+      import array_record  # noqa: F401
+      import tensorflow_datasets as tfds
+    except ImportError:
+      self.skipTest("tensorflow_datasets / array_record not installed")
+    import io
+    tfds.disable_progress_bar()
+
+    class EvejaxTinyColors(tfds.core.GeneratorBasedBuilder):
+      VERSION = tfds.core.Version("1.0.0")
+
+      def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+            {"picture": tfds.features.Image(shape=(None, None, 3))}))
+
+      def _split_generators(self, dl_manager):
+        del dl_manager
+        return {"train": self._generate_examples()}
+
+      def _generate_examples(self):
+        for i in range(3):
+          # Encoded bytes: encoding arrays would need TensorFlow.
+          buf = io.BytesIO()
+          Image.new("RGB", (30, 20), (80 * i, 10, 200)).save(buf, format="PNG")
+          buf.seek(0)
+          yield i, {"picture": buf}
+
+    data_dir = tempfile.mkdtemp()
+    EvejaxTinyColors(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    cfg = {"kind": "tfds", "name": "evejax_tiny_colors", "split": "train",
+           "data_dir": data_dir, "image_key": "picture", "shuffle": False}
+    src = sources.make_source(cfg)
+    self.assertLen(src, 3)
+    key, image = src.item(2)
+    self.assertEqual(key, "tfds:evejax_tiny_colors/train/2")
+    self.assertEqual((image.size, image.getpixel((0, 0))), ((30, 20), (160, 10, 200)))
+    with self.assertRaisesRegex(ValueError, "no feature 'image'"):
+      sources.make_source({**cfg, "image_key": "image"}).item(0)
+    with self.assertRaisesRegex(ValueError, "Cannot open TFDS dataset 'no_such_set_xyz'"):
+      sources.make_source({**cfg, "name": "no_such_set_xyz"})
+
   def test_tfds_missing_dependency_is_a_clear_error(self):
     try:
       import tensorflow_datasets  # noqa: F401
