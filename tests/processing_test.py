@@ -12,17 +12,23 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8")
 
 import io
+import itertools
 import tempfile
 
 from absl.testing import absltest
+import jax
 import numpy as np
 import PIL.Image
 import torch
 import transformers
 from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl
 
+from evejax.models import inputs as inputs_lib
+from evejax.models import presets
+from evejax.processing import batching
 from evejax.processing import chat
 from evejax.processing import images
+from evejax.processing import patch_layout
 from evejax.processing import positions
 from evejax.processing import tokenizer as tokenizer_lib
 
@@ -343,6 +349,190 @@ class PositionsTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "vision_start"):
       positions.mrope_positions(bad, grids, self.tok.image_pad_id,
                                 self.tok.vision_start_id)
+
+
+class BatchingTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tok = tokenizer_lib.builtin_tokenizer()
+    cls.cfg = presets.tiny()
+    cls.hf_model = _tiny_hf_model()
+
+  def _example(self, rng, layout, loss_tail=0):
+    ids, grids = _sequence(rng, self.tok, layout)
+    ims = [(rng.standard_normal((int(np.prod(g)), 1176)).astype(np.float32), g)
+           for g in grids]
+    loss = np.zeros(len(ids), np.int32)
+    if loss_tail:
+      loss[-loss_tail:] = 1
+    return batching.Example(ids, ims, loss if loss_tail else None)
+
+  def _collate(self, examples, **kw):
+    args = dict(vision=self.cfg.vision, image_token_id=self.tok.image_pad_id,
+                vision_start_id=self.tok.vision_start_id, pad_id=self.tok.pad_id,
+                length_buckets=(16, 64, 128), patch_buckets=(0, 64, 256))
+    args.update(kw)
+    return batching.collate(examples, **args)
+
+  def test_bucket_for(self):
+    self.assertEqual(batching.bucket_for(1, (8, 32, 16)), 8)
+    self.assertEqual(batching.bucket_for(9, (8, 32, 16)), 16)
+    self.assertEqual(batching.bucket_for(32, (8, 32, 16)), 32)
+    self.assertEqual(batching.bucket_for(0, (0, 64)), 0)
+    with self.assertRaisesRegex(ValueError, "33 is larger than every bucket"):
+      batching.bucket_for(33, (8, 32, 16))
+
+  def test_left_padding_layout_and_positions_match_transformers(self):
+    rng = np.random.default_rng(9)
+    exs = [self._example(rng, [3, (1, 4, 6), 4], loss_tail=2),
+           self._example(rng, [20]),
+           self._example(rng, [2, (1, 2, 4), 1, (1, 6, 2), 5], loss_tail=3)]
+    batch = self._collate(exs, batch_buckets=(4, 8))
+    x = batch.inputs
+    self.assertIsInstance(x, inputs_lib.ModelInputs)
+    self.assertEqual(x.tokens.shape, (4, 64))
+    self.assertEqual(x.positions.shape, (3, 4, 64))
+    self.assertEqual(x.patches.shape, (4, 64, 1176))
+    for a in (x.tokens, x.mask, x.positions, x.patch_coords, x.patch_image,
+              x.patch_window, batch.loss_mask, batch.lengths,
+              batch.rope_deltas, batch.example_mask):
+      self.assertEqual(a.dtype, np.int32)
+    np.testing.assert_array_equal(batch.example_mask, [1, 1, 1, 0])
+    for i, ex in enumerate(exs):
+      n = len(ex.tokens)
+      self.assertEqual(batch.lengths[i], n)
+      np.testing.assert_array_equal(x.tokens[i, -n:], ex.tokens)
+      np.testing.assert_array_equal(x.tokens[i, :-n], self.tok.pad_id)
+      np.testing.assert_array_equal(x.mask[i], np.arange(64) >= 64 - n)
+      want_loss = (np.zeros(n) if ex.loss_mask is None else ex.loss_mask)
+      np.testing.assert_array_equal(batch.loss_mask[i, -n:], want_loss)
+      self.assertEqual(batch.loss_mask[i, :-n].sum(), 0)
+    # The filler row: one real pad token, nothing to learn from.
+    np.testing.assert_array_equal(x.mask[3], np.arange(64) == 63)
+    self.assertEqual(batch.loss_mask[3].sum(), 0)
+    # Positions and rope deltas of the padded batch, as transformers computes
+    # them from input ids + attention mask (it leaves 0 at padding too).
+    types = (x.tokens == self.tok.image_pad_id) & (x.mask == 1)
+    grids = [g for ex in exs for _, g in ex.images]
+    want, want_delta = self.hf_model.get_rope_index(
+        torch.tensor(x.tokens[:3], dtype=torch.long),
+        mm_token_type_ids=torch.tensor(types[:3].astype(np.int32)),
+        image_grid_thw=torch.tensor(grids, dtype=torch.long),
+        attention_mask=torch.tensor(x.mask[:3]))
+    np.testing.assert_array_equal(x.positions[:, :3], want.numpy())
+    np.testing.assert_array_equal(batch.rope_deltas[:3], want_delta[:, 0])
+
+  def test_patches_concatenated_in_order_with_layout_and_padding(self):
+    rng = np.random.default_rng(10)
+    exs = [self._example(rng, [2, (1, 4, 6), 1, (1, 2, 4), 1]),
+           self._example(rng, [7])]
+    x = self._collate(exs, padding="right").inputs
+    self.assertEqual(x.patches.shape[1], 64)
+    n0 = 24 + 8
+    np.testing.assert_array_equal(
+        x.patches[0, :n0], np.concatenate([p for p, _ in exs[0].images]))
+    layout = patch_layout.patch_layout([(1, 4, 6), (1, 2, 4)], self.cfg.vision)
+    np.testing.assert_array_equal(x.patch_coords[0, :n0], layout["coords"])
+    np.testing.assert_array_equal(x.patch_window[0, :n0], layout["window"])
+    np.testing.assert_array_equal(x.patch_image[0, :n0],
+                                  [0] * 24 + [1] * 8)
+    # Padding rows: zeros, image -1, window -1, coords 0; a text-only row has
+    # only padding rows.
+    for i, start in ((0, n0), (1, 0)):
+      self.assertEqual(np.abs(x.patches[i, start:]).sum(), 0)
+      np.testing.assert_array_equal(x.patch_image[i, start:], -1)
+      np.testing.assert_array_equal(x.patch_window[i, start:], -1)
+      np.testing.assert_array_equal(x.patch_coords[i, start:], 0)
+    # Right padding: rows start at 0; each image token has a merged feature.
+    n = len(exs[0].tokens)
+    np.testing.assert_array_equal(x.tokens[0, :n], exs[0].tokens)
+    np.testing.assert_array_equal(x.mask[0], np.arange(x.length) < n)
+    self.assertEqual(int((x.tokens[0] == self.tok.image_pad_id).sum()), n0 // 4)
+
+  def test_text_only_batch_uses_zero_patch_bucket(self):
+    rng = np.random.default_rng(11)
+    x = self._collate([self._example(rng, [5]), self._example(rng, [9])]).inputs
+    self.assertEqual(x.patches.shape, (2, 0, 1176))
+    self.assertEqual(x.tokens.shape, (2, 16))
+    np.testing.assert_array_equal(x.positions[:, 0, -5:],
+                                  np.broadcast_to(np.arange(5), (3, 5)))
+
+  def test_too_long_is_an_error_never_a_truncation(self):
+    rng = np.random.default_rng(12)
+    long_text = self._example(rng, [129])
+    with self.assertRaises(batching.PromptTooLongError) as cm:
+      self._collate([self._example(rng, [4]), long_text])
+    self.assertEqual((cm.exception.kind, cm.exception.length,
+                      cm.exception.limit, cm.exception.index),
+                     ("tokens", 129, 128, 1))
+    self.assertIn("129 tokens", str(cm.exception))
+    self.assertIn("(128)", str(cm.exception))
+    many_patches = self._example(rng, [1, (1, 16, 18), 1])  # 288 patches
+    with self.assertRaisesRegex(batching.PromptTooLongError,
+                                "288 patches.*largest of the patch_buckets "
+                                r"\(256\)"):
+      self._collate([many_patches], length_buckets=(128,))
+    with self.assertRaises(batching.PromptTooLongError):
+      batching.check_fits(long_text, length_buckets=(16, 128),
+                          patch_buckets=(64,))
+    with self.assertRaisesRegex(ValueError, "largest batch bucket 2"):
+      self._collate([self._example(rng, [3])] * 3, batch_buckets=(1, 2))
+
+  def test_bad_inputs_are_clear_errors(self):
+    rng = np.random.default_rng(13)
+    ex = self._example(rng, [2, (1, 4, 4), 2])
+    bad = batching.Example(ex.tokens, [(ex.images[0][0][:8], (1, 4, 4))])
+    with self.assertRaisesRegex(ValueError, "do not match grid"):
+      self._collate([bad])
+    with self.assertRaisesRegex(ValueError, "divisible by 4"):
+      self._collate([ex], patch_buckets=(30,))
+    with self.assertRaisesRegex(ValueError, "loss_mask shape"):
+      self._collate([batching.Example(ex.tokens, ex.images, np.ones(3))])
+
+  def test_shapes_are_bounded_by_buckets(self):
+    rng = np.random.default_rng(14)
+    shapes = set()
+    for _ in range(12):
+      exs = []
+      for _ in range(int(rng.integers(1, 7))):
+        layout = [int(rng.integers(1, 20))]
+        if rng.random() < 0.6:
+          layout += [(1, 2 * int(rng.integers(1, 5)), 2 * int(rng.integers(1, 5)))]
+        exs.append(self._example(rng, layout + [int(rng.integers(1, 9))]))
+      x = self._collate(exs, batch_buckets=(2, 8)).inputs
+      shapes.add((x.tokens.shape, x.patches.shape))
+    allowed = {((b, t), (b, p, 1176)) for b, t, p in
+               itertools.product((2, 8), (16, 64, 128), (0, 64, 256))}
+    self.assertLessEqual(shapes, allowed)
+    self.assertGreater(len(shapes), 1)
+
+  def test_make_batch_and_to_device(self):
+    rng = np.random.default_rng(15)
+    exs = [self._example(rng, [3, (1, 4, 4), 2]) for _ in range(3)]
+    args = dict(vision=self.cfg.vision, image_token_id=self.tok.image_pad_id,
+                vision_start_id=self.tok.vision_start_id, pad_id=self.tok.pad_id,
+                length_buckets=(32,), patch_buckets=(64,))
+    x = batching.make_batch(exs, batch_buckets=(8,), **args)
+    self.assertIsInstance(x, inputs_lib.ModelInputs)
+    mesh = jax.make_mesh((4, 2), ("data", "fsdp"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    dev = batching.to_device(x, sharding)
+    self.assertEqual(dev.positions.sharding.spec,
+                     jax.sharding.PartitionSpec(None, ("data", "fsdp"), None))
+    self.assertEqual(dev.tokens.sharding.spec,
+                     jax.sharding.PartitionSpec(("data", "fsdp"), None))
+    self.assertEqual(
+        dev.positions.addressable_shards[0].data.shape, (3, 1, 32))
+    np.testing.assert_array_equal(np.asarray(dev.positions), x.positions)
+    full = batching.to_device(
+        batching.collate(exs, batch_buckets=(8,), **args), sharding)
+    self.assertEqual(full.rope_deltas.addressable_shards[0].data.shape, (1,))
+    with self.assertRaisesRegex(ValueError, "not divisible by the 8 shards"):
+      batching.to_device(batching.make_batch(exs, **args), sharding)
 
 
 if __name__ == "__main__":
