@@ -207,7 +207,7 @@ class Progress:
 
   def __init__(self, iterable_or_total: Iterable[Any] | int, desc: str = "",
                initial: int = 0, *, total: int | None = None, force: bool = False,
-               log_every_s: float = 60.0, clock=time.monotonic):
+               log_every_s: float = 60.0, clock=time.monotonic, file: Any = None):
     if isinstance(iterable_or_total, numbers.Integral):
       total = int(iterable_or_total) if total is None else total
       self._iterable = range(initial, total)
@@ -221,7 +221,7 @@ class Progress:
     self._start = self._last_log = clock()
     enabled = force or (sys.stderr.isatty() and _process_index() == 0)
     self._bar = tqdm.tqdm(total=total, desc=desc, initial=initial, disable=not enabled,
-                          dynamic_ncols=True, smoothing=0.1)
+                          dynamic_ncols=True, smoothing=0.1, file=file)
 
   def __iter__(self) -> Iterator[Any]:
     for item in self._iterable:
