@@ -1,0 +1,216 @@
+"""Tests for EVE question construction and warm-start text (evejax.recipes.eve_tasks)."""
+import ast
+import collections
+import os
+import re
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from absl.testing import absltest
+import numpy as np
+from PIL import Image
+
+from evejax.data import sources
+from evejax.data import transforms
+from evejax.recipes import eve_tasks
+from evejax.recipes.eve_tasks import LETTERS
+
+
+def load_program(program: str):
+  """Trusted harness: returns (edit_image, args_list) of a built-in program."""
+  namespace = {}
+  exec(compile(program, "<program>", "exec"), namespace)
+  return namespace["edit_image"], namespace["args_list"]
+
+
+def apply(edit_image, image, args):
+  return np.asarray(edit_image(image.copy(), **args))
+
+
+def same(a, b) -> bool:
+  a, b = np.asarray(a), np.asarray(b)
+  return a.shape == b.shape and bool((a == b).all())
+
+
+class QuestionsTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.image = sources.render_scene(np.random.default_rng(11), (112, 112))
+    self.family = transforms.library()["jigsaw_2x2"]
+    self.args_list = self.family.sample(np.random.default_rng(4), 112, 112)
+    self.edit, _ = load_program(self.family.program(self.args_list))
+    self.outputs = [self.edit(self.image.copy(), **a) for a in self.args_list]
+    self.source = self.family.function_text
+
+  def build(self, **kw):
+    kw.setdefault("types", (0, 1, 2))
+    return eve_tasks.build_questions(self.image, self.source, self.args_list, self.outputs,
+                                     **kw)
+
+  def test_type0_answer_is_the_image_the_args_produce(self):
+    for seed in range(5):
+      for q in self.build(types=(0,), ks=range(4), seed=seed):
+        k = q.meta["k"]
+        self.assertLen(q.images, 5)
+        self.assertIs(q.images[0], self.image)
+        self.assertIn(repr(self.args_list[k]), q.text)
+        expected = apply(self.edit, self.image, self.args_list[k])
+        picked = q.images[1 + LETTERS.index(q.answer)]
+        self.assertTrue(same(picked, expected))
+        # And no other option shows that image: the answer is unique.
+        others = [im for i, im in enumerate(q.images[1:]) if LETTERS[i] != q.answer]
+        self.assertFalse(any(same(im, expected) for im in others))
+        self.assertEqual(q.options, ["image_1", "image_2", "image_3", "image_4"])
+
+  def test_type1_answer_is_the_args_that_produce_the_image(self):
+    for seed in range(5):
+      for q in self.build(types=(1,), ks=range(4), seed=seed):
+        self.assertLen(q.images, 2)
+        chosen = ast.literal_eval(q.options[LETTERS.index(q.answer)])
+        self.assertTrue(same(apply(self.edit, self.image, chosen), q.images[1]))
+        for letter, option in zip(LETTERS, q.options):
+          self.assertIn(f"{letter}. {option}", q.text)
+          if letter != q.answer:
+            other = ast.literal_eval(option)
+            self.assertFalse(same(apply(self.edit, self.image, other), q.images[1]))
+
+  def test_type2_answer_maps_every_image_to_its_args(self):
+    for seed in range(5):
+      (q,) = self.build(types=(2,), seed=seed)
+      self.assertLen(q.answer, 4)
+      self.assertCountEqual(q.answer, LETTERS)
+      for j, letter in enumerate(q.answer):
+        args = ast.literal_eval(q.options[LETTERS.index(letter)])
+        self.assertTrue(same(apply(self.edit, self.image, args), q.images[1 + j]))
+      self.assertEqual(eve_tasks.grade(q, q.answer), 1.0)
+
+  def test_every_question_shows_the_code_size_and_boxed(self):
+    for q in self.build():
+      self.assertIn(self.source, q.text)
+      self.assertIn("112x112", q.text)
+      self.assertIn("\\boxed{}", q.text)
+    self.assertEqual([q.qtype for q in self.build(types=(1, 0))], [1, 0])
+    self.assertEqual([q.qtype for q in self.build(types=(0, 1))], [0, 1])
+
+  def test_shuffles_are_deterministic_and_vary_with_seed_and_program(self):
+    first = [(q.text, q.answer, q.meta) for q in self.build(seed=3)]
+    again = [(q.text, q.answer, q.meta) for q in self.build(seed=3)]
+    self.assertEqual(first, again)
+    orders, answers = set(), collections.Counter()
+    for seed in range(24):
+      for q in self.build(seed=seed):
+        orders.add((q.qtype, tuple(q.meta["order"])))
+        answers[(q.qtype, q.answer)] += 1
+    for qtype in (0, 1, 2):
+      self.assertGreater(len([o for o in orders if o[0] == qtype]), 5)
+    for qtype in (0, 1):
+      self.assertEqual({a for t, a in answers if t == qtype}, set(LETTERS))
+    # A different program text reshuffles even with the same seed.
+    base = self.build(types=(1,), ks=[0], seed=3)
+    changed = [eve_tasks.build_questions(self.image, self.source.replace("tile", f"tile{n}"), self.args_list,
+                                         self.outputs, types=(1,), ks=[0], seed=3)[0].meta
+               for n in range(1, 9)]
+    self.assertTrue(any(m["order"] != base[0].meta["order"] for m in changed))
+
+  def test_derive_seed_is_stable(self):
+    # sha256-based: the same value in every process (unlike hash() of a str).
+    self.assertEqual(eve_tasks.derive_seed("a", 1), eve_tasks.derive_seed("a", 1))
+    self.assertNotEqual(eve_tasks.derive_seed("a", 1), eve_tasks.derive_seed("a", 2))
+    import hashlib
+    want = int.from_bytes(hashlib.sha256(b"a\x1f1").digest()[:8], "little")
+    self.assertEqual(eve_tasks.derive_seed("a", 1), want)
+
+  def test_errors(self):
+    with self.assertRaisesRegex(ValueError, "4 args dicts and 4 outputs"):
+      eve_tasks.build_questions(self.image, self.source, self.args_list[:3], self.outputs)
+    with self.assertRaisesRegex(ValueError, r"types \[3\]"):
+      self.build(types=(0, 3))
+    with self.assertRaisesRegex(ValueError, "k=4"):
+      self.build(types=(0,), ks=[4])
+
+
+class GradingTest(absltest.TestCase):
+
+  def test_type2_partial_credit_by_hand(self):
+    gold = "BDAC"
+    cases = {
+        "BDAC": 1.0,
+        "B, D, A, C": 1.0,
+        "BDCA": 0.5,   # image_3 and image_4 swapped
+        "DBAC": 0.5,
+        "BACD": 0.25,  # only image_1 right
+        "ABCD": 0.0,
+        "BDA": 0.0,    # too short
+        "BDACA": 0.0,  # too long
+        "": 0.0,
+        "bdac": 0.0,   # letters must be capitals, as asked
+    }
+    for pred, want in cases.items():
+      with self.subTest(pred):
+        self.assertEqual(eve_tasks.grade_type2(pred, gold), want)
+
+  def test_choice_and_boxed(self):
+    self.assertEqual(eve_tasks.grade_choice("C", "C"), 1.0)
+    self.assertEqual(eve_tasks.grade_choice("C. image_3", "C"), 1.0)
+    self.assertEqual(eve_tasks.grade_choice("B", "C"), 0.0)
+    self.assertEqual(eve_tasks.grade_choice("none", "C"), 0.0)
+    self.assertEqual(eve_tasks.boxed_content(r"so \boxed{x} then \boxed{\frac{1}{2}}"),
+                     r"\frac{1}{2}")
+    self.assertIsNone(eve_tasks.boxed_content("no box"))
+    self.assertIsNone(eve_tasks.boxed_content(r"\boxed{open"))
+
+
+class WarmStartTest(absltest.TestCase):
+
+  def test_challenger_target_is_think_then_a_runnable_program(self):
+    family = transforms.library()["rotate"]
+    args_list = family.sample(np.random.default_rng(0), 112, 112)
+    target = eve_tasks.challenger_sft_target(family, args_list, "Rotate by a few angles.")
+    self.assertEqual(target.count("<think>"), 1)
+    self.assertEqual(target.count("</think>"), 1)
+    self.assertLess(target.index("</think>"), target.index("```python"))
+    blocks = re.findall(r"```python\n(.*?)```", target, re.S)
+    self.assertLen(blocks, 1)
+    self.assertEqual(blocks[0].strip(), family.program(args_list).strip())
+    edit, parsed = load_program(blocks[0])
+    self.assertEqual(parsed, args_list)
+    self.assertIsInstance(edit(Image.new("RGB", (112, 112), "red"), **parsed[0]), Image.Image)
+
+  def test_challenger_instructions_show_examples_and_size(self):
+    lib = transforms.library()
+    rng = np.random.default_rng(0)
+    examples = [lib[n].program(lib[n].sample(rng, 140, 112)) for n in ("crop_box", "flip")]
+    one = eve_tasks.challenger_instructions(examples[:1], (140, 112))
+    two = eve_tasks.challenger_instructions(examples, (140, 112))
+    self.assertIn(examples[0].strip(), one)
+    self.assertNotIn(examples[1].strip(), one)
+    self.assertIn(examples[1].strip(), two)
+    for text in (one, two):
+      self.assertIn("140x112", text)
+      self.assertIn("args_list", text)
+      self.assertIn("<think>", text)
+    self.assertIn("## Example 2", two)
+    self.assertNotIn("## Example 2", one)
+
+  def test_sft_pairs(self):
+    family = transforms.library()["flip"]
+    prompt, target = eve_tasks.challenger_sft_pair(
+        family, np.random.default_rng(1), (112, 112), ["example program"])
+    self.assertIn("example program", prompt)
+    self.assertIn(family.description, target)
+    image = sources.render_scene(np.random.default_rng(2), (112, 112))
+    args_list = family.sample(np.random.default_rng(2), 112, 112)
+    edit, _ = load_program(family.program(args_list))
+    outputs = [edit(image.copy(), **a) for a in args_list]
+    for q in eve_tasks.build_questions(image, family.function_text, args_list, outputs,
+                                       types=(0, 1, 2), seed=5):
+      prompt, target = eve_tasks.solver_sft_pair(q)
+      self.assertEqual(prompt, q.text)
+      self.assertTrue(target.endswith(f"\\boxed{{{q.answer}}}"))
+      self.assertFalse(target.startswith("\\boxed"))  # reasoning first (full format credit)
+      self.assertEqual(eve_tasks.grade(q, eve_tasks.boxed_content(target)), 1.0)
+
+
+if __name__ == "__main__":
+  absltest.main()
