@@ -2,10 +2,10 @@
 
 A conversation renders as (the checkpoint's jinja template, written out):
 
-    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n   (when the
-        first message is not a system message)
-    <|im_start|>{role}\\n{content}<|im_end|>\\n                    (each message)
-    <|im_start|>assistant\\n                                       (generation prompt)
+    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
+        (only when the first message is not a system message)
+    <|im_start|>{role}\\n{content}<|im_end|>\\n   (each message)
+    <|im_start|>assistant\\n                      (the generation prompt)
 
 Content is a string or a list of parts: {"type": "text", "text": ...} or
 {"type": "image"} (any part with an "image"/"image_url" key counts as an

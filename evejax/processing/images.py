@@ -164,7 +164,8 @@ def load_image(source: str | os.PathLike | bytes, *,
     except PIL.Image.DecompressionBombError as e:
       raise ImageError(f"Image {name} is too large to decode safely ({e}); "
                        "shrink it first.") from e
-    except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+    except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            EOFError) as e:
       raise ImageError(
           f"Cannot read image {name} ({type(e).__name__}: {e}); the file is "
           "not an image PIL can decode or it is truncated.") from e

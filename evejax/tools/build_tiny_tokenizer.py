@@ -287,6 +287,14 @@ def _prose(rng: random.Random) -> str:
   return " ".join(sentences)
 
 
+def _tag_value(rng: random.Random, tag: str) -> str:
+  if "question" in tag:
+    return _fill(rng, rng.choice(_QUESTIONS))
+  if "answer" in tag:
+    return _number(rng)
+  return rng.choice(_OBJECTS)
+
+
 def _document(rng: random.Random) -> str:
   """One corpus document: a prompt, a reply, or a program, built from parts."""
   kind = rng.randrange(8)
@@ -302,9 +310,8 @@ def _document(rng: random.Random) -> str:
   if kind == 2:  # Coder reply.
     return (f"{rng.choice(_INSTRUCTIONS)}\n```svg\n{_svg(rng)}\n```")
   if kind == 3:  # Proposer reply with tags.
-    return "\n".join(
-        f"<{t}>{_fill(rng, rng.choice(_QUESTIONS)) if 'question' in t else _number(rng) if 'answer' in t else rng.choice(_OBJECTS)}</{t}>"
-        for t in rng.sample(_TAGS, rng.randrange(2, len(_TAGS))))
+    return "\n".join(f"<{t}>{_tag_value(rng, t)}</{t}>" for t in
+                     rng.sample(_TAGS, rng.randrange(2, len(_TAGS))))
   if kind == 4:  # Numbers, tables and math.
     rows = [" | ".join(_number(rng) for _ in range(4))
             for _ in range(rng.randrange(2, 6))]
