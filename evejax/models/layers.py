@@ -1,0 +1,165 @@
+"""Building blocks shared by the vision tower and the text decoder.
+
+RMSNorm, SwiGLU, rotary helpers and masked multi-head attention with GQA.
+Parameters are declared with logical axis names (`nn.with_logical_partitioning`)
+so `evejax.models.vlm.param_axes` can read them without materialising weights;
+at apply time plain arrays are accepted. Numerics follow the reference: RMSNorm
+statistics, rotary angles and softmax run in fp32 whatever the compute dtype.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Axes = tuple[str | None, ...]
+
+# Finite (not -inf) so a query row with no visible key (padding) gives a
+# uniform softmax instead of NaN; such rows are zeroed afterwards.
+_MASK_VALUE = -1e30
+
+
+def normal_init(stddev: float = 0.02):
+  return nn.initializers.normal(stddev=stddev)
+
+
+def param(module: nn.Module, name: str, init, shape: Sequence[int],
+          axes: Axes, dtype) -> jax.Array:
+  """Declares a parameter carrying logical axis names."""
+  assert len(axes) == len(shape), (name, shape, axes)
+  return module.param(name, nn.with_logical_partitioning(init, axes),
+                      tuple(shape), dtype)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm with fp32 statistics; the scale multiplies in the compute dtype."""
+  eps: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = param(self, "scale", nn.initializers.ones, (x.shape[-1],), (None,),
+                  self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = (x32 * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
+    return y * scale.astype(self.dtype)
+
+
+class Linear(nn.Module):
+  """y = x @ kernel (+ bias); kernel shape `in_shape + out_shape`.
+
+  Multi-axis shapes let attention keep heads as their own (shardable) axis
+  instead of reshaping flat projections.
+  """
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  in_axes: Axes
+  out_axes: Axes
+  use_bias: bool = False
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  stddev: float = 0.02
+  # e.g. float32 for logits: accumulate and return fp32 from bf16 operands.
+  out_dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = param(self, "kernel", normal_init(self.stddev),
+                   self.in_shape + self.out_shape, self.in_axes + self.out_axes,
+                   self.param_dtype)
+    n_in = len(self.in_shape)
+    y = jax.lax.dot_general(
+        x.astype(self.dtype), kernel.astype(self.dtype),
+        ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())),
+        preferred_element_type=self.out_dtype)
+    if self.use_bias:
+      bias = param(self, "bias", nn.initializers.zeros, self.out_shape,
+                   self.out_axes, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class SwiGLU(nn.Module):
+  """down(silu(gate(x)) * up(x)); Qwen's vision MLP has biases, the LM's not."""
+  hidden: int
+  intermediate: int
+  embed_axis: str
+  mlp_axis: str
+  use_bias: bool
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(use_bias=self.use_bias, dtype=self.dtype,
+              param_dtype=self.param_dtype)
+    up_in = dict(in_shape=(self.hidden,), out_shape=(self.intermediate,),
+                 in_axes=(self.embed_axis,), out_axes=(self.mlp_axis,))
+    gate = Linear(**up_in, **kw, name="gate")(x)
+    up = Linear(**up_in, **kw, name="up")(x)
+    return Linear(in_shape=(self.intermediate,), out_shape=(self.hidden,),
+                  in_axes=(self.mlp_axis,), out_axes=(self.embed_axis,), **kw,
+                  name="down")(jax.nn.silu(gate) * up)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates x [..., T, heads, head_dim] by cos/sin [..., T, head_dim] in fp32."""
+  x32 = x.astype(jnp.float32)
+  cos = cos[..., None, :]
+  sin = sin[..., None, :]
+  return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+
+
+def inv_frequencies(dim: int, theta: float) -> jax.Array:
+  """1 / theta^(2i/dim) for i < dim/2, fp32."""
+  return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+              prefix: tuple[jax.Array, jax.Array, jax.Array] | None = None
+              ) -> jax.Array:
+  """Masked softmax attention with grouped KV heads.
+
+  Args:
+    q: [B, T, H, D] queries.
+    k, v: [B, S, K, D] keys/values, H a multiple of K.
+    mask: bool [B, T, S] (or broadcastable), True where a query sees a key.
+    prefix: optional (k_prefix [B, C, K, D], v_prefix, mask [B, T, C]) that is
+      attended jointly with (k, v) in one softmax — a KV cache, kept separate
+      so the cache is read in place rather than concatenated each step.
+
+  Returns:
+    [B, T, H, D] in q's dtype; rows that see no key at all are zero.
+  """
+  b, t, h, d = q.shape
+  kv_heads = k.shape[2]
+  qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
+  masks = [jnp.broadcast_to(mask, (b, t, k.shape[1]))]
+  keys = [k]
+  if prefix is not None:
+    masks.insert(0, jnp.broadcast_to(prefix[2], (b, t, prefix[0].shape[1])))
+    keys.insert(0, prefix[0])
+  s = jnp.concatenate(
+      [jnp.einsum("btkgd,bskd->bkgts", qg, kk,
+                  preferred_element_type=jnp.float32) for kk in keys], axis=-1)
+  m = jnp.concatenate(masks, axis=-1)[:, None, None]  # [B, 1, 1, T, S]
+  s = jnp.where(m, s * (d ** -0.5), _MASK_VALUE)
+  probs = jax.nn.softmax(s, axis=-1)
+  probs = jnp.where(jnp.any(m, axis=-1, keepdims=True), probs, 0.0)
+  probs = probs.astype(v.dtype)
+  if prefix is not None:
+    c = prefix[0].shape[1]
+    out = (jnp.einsum("bkgts,bskd->btkgd", probs[..., :c], prefix[1])
+           + jnp.einsum("bkgts,bskd->btkgd", probs[..., c:], v))
+  else:
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, h, d).astype(q.dtype)

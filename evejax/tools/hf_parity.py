@@ -1,0 +1,267 @@
+r"""Compares evejax and transformers logits on one Qwen2.5-VL checkpoint.
+
+    python -m evejax.tools.hf_parity --hf_dir /tmp/tiny_qwen --make_tiny
+    python -m evejax.tools.hf_parity --hf_dir ~/ckpt/Qwen2.5-VL-3B-Instruct
+
+Builds a batch (text, several non-square images of different sizes, a
+text-only example), runs transformers (torch CPU, fp32) and evejax on the same
+weights, prints ONE line of JSON {"max_abs_diff": .., "pass": .., ...} and exits
+non-zero when max |logits_evejax - logits_hf| over real tokens > --threshold.
+
+Unlike library code this tool imports torch and transformers; its helpers
+(tiny checkpoints, HF forward, batch building) are shared with the tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from evejax.models import hf as hf_lib
+from evejax.models.inputs import ModelInputs
+from evejax.models.presets import ModelConfig
+from evejax.processing.patch_layout import patch_layout
+
+# A segment of a prompt: an int is that many random text tokens, a (h, w)
+# tuple an image of that many pixels (multiples of 28 keep smart_resize exact).
+Segment = int | tuple[int, int]
+
+
+def make_tiny_hf_checkpoint(
+    out_dir: str, *, seed: int = 0, tie: bool = True, vocab: int = 128,
+    hidden: int = 48, num_layers: int = 2, heads: int = 3, kv_heads: int = 1,
+    intermediate: int = 64, mrope_section: Sequence[int] = (2, 3, 3),
+    vision_depth: int = 3, vision_hidden: int = 48, vision_heads: int = 3,
+    vision_intermediate: int = 64, window_size: int = 56,
+    fullatt: Sequence[int] = (0, 2), rope_theta: float = 10000.0,
+    max_shard_size: str | None = None) -> str:
+  """Writes a random tiny Qwen2_5_VLForConditionalGeneration (fp32) to out_dir.
+
+  Special token ids are the top of the small vocab. Every weight (norm scales
+  and biases included) is random with O(1) activations, so attention patterns
+  and rotary phases matter to the logits. Returns out_dir.
+  """
+  import torch
+  import transformers
+  special = {"image_token_id": vocab - 4, "video_token_id": vocab - 3,
+             "vision_start_token_id": vocab - 2,
+             "vision_end_token_id": vocab - 1}
+  cfg = transformers.Qwen2_5_VLConfig(
+      text_config=dict(
+          vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+          num_hidden_layers=num_layers, num_attention_heads=heads,
+          num_key_value_heads=kv_heads, rms_norm_eps=1e-6,
+          bos_token_id=0, eos_token_id=1, pad_token_id=2,
+          rope_parameters=dict(rope_type="default", rope_theta=rope_theta,
+                               mrope_section=list(mrope_section))),
+      vision_config=dict(
+          depth=vision_depth, hidden_size=vision_hidden,
+          intermediate_size=vision_intermediate, num_heads=vision_heads,
+          out_hidden_size=hidden, window_size=window_size,
+          fullatt_block_indexes=list(fullatt)),
+      tie_word_embeddings=tie, **special)
+  torch.manual_seed(seed)
+  model = transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      noise = torch.randn(p.shape, generator=gen)
+      if "norm" in name or "ln_q" in name:
+        p.copy_(1.0 + 0.2 * noise)
+      elif name.endswith("bias"):
+        p.copy_(0.2 * noise)
+      elif "embed_tokens" in name:
+        p.copy_(noise)
+      else:  # [out, in...]: unit-variance outputs
+        p.copy_(noise * (p[0].numel() ** -0.5))
+  kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+  model.save_pretrained(out_dir, **kw)
+  return out_dir
+
+
+def load_hf_model(hf_dir: str):
+  import transformers
+  return transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+      hf_dir, dtype="float32").eval()
+
+
+def image_processor(config: ModelConfig):
+  """Qwen2VLImageProcessor (PIL backend) with bounds for small test images."""
+  from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as ip
+  v = config.vision
+  return ip.Qwen2VLImageProcessorPil(
+      min_pixels=28 * 28, max_pixels=28 * 28 * 1024, patch_size=v.patch_size,
+      temporal_patch_size=v.temporal_patch_size, merge_size=v.spatial_merge_size)
+
+
+def build_examples(config: ModelConfig, segments: Sequence[Sequence[Segment]],
+                   seed: int = 0) -> list[dict]:
+  """Random prompts; each a dict of numpy input_ids, mm_token_type_ids, ...
+
+  Image tokens follow the Qwen layout: vision_start, t*h*w/4 image pads,
+  vision_end. pixel_values/image_grid_thw come from the HF image processor.
+  """
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  proc = image_processor(config)
+  text_hi = min(config.text.vocab_size, config.image_token_id,
+                config.vision_start_token_id, config.vision_end_token_id,
+                config.video_token_id)
+  out = []
+  for segs in segments:
+    ids, types, images = [], [], []
+    for seg in segs:
+      if isinstance(seg, int):
+        ids += rng.integers(0, text_hi, seg).tolist()
+        types += [0] * seg
+      else:
+        h, w = seg
+        images.append(Image.fromarray(
+            rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+        n = (h // 28) * (w // 28)  # merged tokens at patch 14, merge 2
+        ids += [config.vision_start_token_id] + [config.image_token_id] * n
+        ids += [config.vision_end_token_id]
+        types += [0] + [1] * n + [0]
+    ex = {"input_ids": np.array(ids, np.int64),
+          "mm_token_type_ids": np.array(types, np.int64)}
+    if images:
+      pv = proc(images=images, return_tensors="np")
+      ex["pixel_values"] = pv["pixel_values"].astype(np.float32)
+      ex["image_grid_thw"] = pv["image_grid_thw"].astype(np.int64)
+      got = int(np.sum(np.prod(ex["image_grid_thw"], -1))) // 4
+      assert got == int(np.sum(ex["mm_token_type_ids"])), (
+          "image sizes must be multiples of 28 for exact token counts")
+    out.append(ex)
+  return out
+
+
+def hf_positions(model, ex: dict) -> np.ndarray:
+  """M-RoPE positions [3, T] from transformers' own get_rope_index."""
+  import torch
+  t = len(ex["input_ids"])
+  if "image_grid_thw" not in ex:
+    return np.broadcast_to(np.arange(t), (3, t)).copy()
+  pos, _ = model.model.get_rope_index(
+      torch.from_numpy(ex["input_ids"])[None],
+      mm_token_type_ids=torch.from_numpy(ex["mm_token_type_ids"])[None],
+      image_grid_thw=torch.from_numpy(ex["image_grid_thw"]))
+  return pos[:, 0].numpy()
+
+
+def hf_logits(model, ex: dict) -> np.ndarray:
+  """float32 logits [T, V] of one unpadded example."""
+  import torch
+  kw = {"input_ids": torch.from_numpy(ex["input_ids"])[None],
+        "mm_token_type_ids": torch.from_numpy(ex["mm_token_type_ids"])[None]}
+  if "pixel_values" in ex:
+    kw["pixel_values"] = torch.from_numpy(ex["pixel_values"])
+    kw["image_grid_thw"] = torch.from_numpy(ex["image_grid_thw"])
+  with torch.no_grad():
+    return model(**kw).logits[0].float().numpy()
+
+
+def to_model_inputs(config: ModelConfig, examples: Sequence[dict],
+                    positions: Sequence[np.ndarray], *, length: int | None = None,
+                    num_patches: int | None = None, pad: str = "right"
+                    ) -> ModelInputs:
+  """Pads examples into one numpy ModelInputs batch (left or right padding).
+
+  Padding tokens get id 0 and position 0; padding patch rows image/window -1.
+  """
+  b = len(examples)
+  lens = [len(ex["input_ids"]) for ex in examples]
+  t = length or max(lens)
+  n_rows = [len(ex.get("pixel_values", ())) for ex in examples]
+  p = num_patches if num_patches is not None else -(-max(n_rows) // 4) * 4
+  tokens = np.zeros((b, t), np.int32)
+  mask = np.zeros((b, t), np.int32)
+  pos = np.zeros((3, b, t), np.int32)
+  patches = np.zeros((b, p, config.vision.patch_dim), np.float32)
+  coords = np.zeros((b, p, 2), np.int32)
+  image = np.full((b, p), -1, np.int32)
+  window = np.full((b, p), -1, np.int32)
+  for i, (ex, ps) in enumerate(zip(examples, positions)):
+    n = lens[i]
+    sl = slice(0, n) if pad == "right" else slice(t - n, t)
+    tokens[i, sl] = ex["input_ids"]
+    mask[i, sl] = 1
+    pos[:, i, sl] = ps
+    if "pixel_values" in ex:
+      lay = patch_layout([tuple(g) for g in ex["image_grid_thw"]],
+                         config.vision)
+      r = n_rows[i]
+      patches[i, :r] = ex["pixel_values"]
+      coords[i, :r] = lay["coords"]
+      image[i, :r] = lay["image"]
+      window[i, :r] = lay["window"]
+  return ModelInputs(tokens=tokens, mask=mask, positions=pos, patches=patches,
+                     patch_coords=coords, patch_image=image,
+                     patch_window=window)
+
+
+def real_logits(logits: np.ndarray, inputs: ModelInputs) -> list[np.ndarray]:
+  """Per-example logits of real tokens only, in order."""
+  m = np.asarray(inputs.mask) != 0
+  return [np.asarray(logits)[i][m[i]] for i in range(m.shape[0])]
+
+
+def default_segments(config: ModelConfig) -> list[list[Segment]]:
+  """Two images of different non-square sizes, partial edge windows, text."""
+  side = config.vision.window_size  # one window, in pixels
+  a = (side + 28, 2 * side + 28)     # more than one window each way
+  b = (56, side + 28)
+  return [[5, a, 4, b, 3], [3, (b[1], b[0]), 6], [9]]
+
+
+def run(hf_dir: str, seed: int = 0, threshold: float = 1e-4) -> dict:
+  import jax
+  from evejax.models import vlm
+  model = load_hf_model(hf_dir)
+  config = hf_lib.config_from_hf(hf_dir)
+  params = hf_lib.load_params(hf_dir, config)
+  examples = build_examples(config, default_segments(config), seed=seed)
+  positions = [hf_positions(model, ex) for ex in examples]
+  inputs = to_model_inputs(config, examples, positions)
+  ours = real_logits(jax.jit(vlm.forward, static_argnums=1)(
+      params, config, jax.tree.map(jax.numpy.asarray, inputs)), inputs)
+  diffs, peak = [], 0.0
+  for ex, o in zip(examples, ours):
+    ref = hf_logits(model, ex)
+    diffs.append(float(np.max(np.abs(o - ref))))
+    peak = max(peak, float(np.max(np.abs(ref))))
+  worst = max(diffs)
+  return {"max_abs_diff": worst, "pass": bool(worst <= threshold),
+          "threshold": threshold, "per_example": diffs,
+          "max_abs_logit": peak,
+          "num_images": int(sum(len(ex.get("image_grid_thw", ()))
+                                for ex in examples)),
+          "seq_lens": [len(ex["input_ids"]) for ex in examples],
+          "hf_dir": hf_dir}
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  if f.make_tiny:
+    make_tiny_hf_checkpoint(f.hf_dir, seed=f.seed)
+  elif not os.path.exists(os.path.join(f.hf_dir, "config.json")):
+    raise SystemExit(f"{f.hf_dir} has no config.json; pass a Qwen2.5-VL "
+                     "checkpoint dir or --make_tiny to write a random one.")
+  result = run(f.hf_dir, seed=f.seed, threshold=f.threshold)
+  print(json.dumps(result), flush=True)
+  sys.exit(0 if result["pass"] else 1)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("hf_dir", None, "Qwen2.5-VL checkpoint directory.",
+                      required=True)
+  flags.DEFINE_integer("seed", 0, "Seed for prompts, images (and --make_tiny).")
+  flags.DEFINE_float("threshold", 1e-4, "Max allowed |logit difference|.")
+  flags.DEFINE_bool("make_tiny", False,
+                    "First write a random tiny checkpoint into --hf_dir.")
+  app.run(main)
