@@ -1,0 +1,9 @@
+# expect: crashed
+import os
+os.abort()
+
+def edit_image(img, k):
+    return img.rotate(30 * k)
+
+
+args_list = [{"k": 0}, {"k": 1}, {"k": 2}, {"k": 3}]

@@ -1,0 +1,7 @@
+# expect: timeout
+def edit_image(img, k):
+    while True:
+        k += 1
+
+
+args_list = [{"k": 0}, {"k": 1}, {"k": 2}, {"k": 3}]

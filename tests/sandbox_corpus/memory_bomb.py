@@ -1,0 +1,8 @@
+# expect: memory
+blob = bytearray(50 * 2 ** 30)
+
+def edit_image(img, k):
+    return img.rotate(30 * k)
+
+
+args_list = [{"k": 0}, {"k": 1}, {"k": 2}, {"k": 3}]

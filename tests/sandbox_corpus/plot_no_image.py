@@ -1,0 +1,3 @@
+# expect: invalid_output
+# kind: plot
+x = sum(range(10))

@@ -1,0 +1,9 @@
+# expect: timeout
+import time
+time.sleep(10 ** 6)
+
+def edit_image(img, k):
+    return img.rotate(30 * k)
+
+
+args_list = [{"k": 0}, {"k": 1}, {"k": 2}, {"k": 3}]
