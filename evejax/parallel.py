@@ -14,7 +14,7 @@ Two properties let one table serve every model size:
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 import math
 from typing import Any
 
