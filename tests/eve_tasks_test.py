@@ -212,5 +212,37 @@ class WarmStartTest(absltest.TestCase):
       self.assertEqual(eve_tasks.grade(q, eve_tasks.boxed_content(target)), 1.0)
 
 
+class SandboxQuestionsTest(absltest.TestCase):
+
+  def test_questions_from_sandbox_results_are_correct(self):
+    try:
+      from evejax import sandbox
+      pool = sandbox.SandboxPool(sandbox.SandboxConfig(workers=1))
+    except (ImportError, AttributeError, RuntimeError, OSError):
+      self.skipTest("evejax.sandbox pool unavailable")
+    image = sources.render_scene(np.random.default_rng(5), (112, 112))
+    lib = transforms.library()
+    programs = [lib[n].program(lib[n].sample(np.random.default_rng(5), 112, 112))
+                for n in ("crop_box", "swap_regions")]
+    with pool:
+      results = pool.map([sandbox.EveJob(p, image) for p in programs])
+    for program, result in zip(programs, results):
+      self.assertTrue(result.ok, (result.reason, result.detail))
+      outputs = [Image.fromarray(a) for a in result.images]
+      edit, args_list = load_program(program)
+      for q in eve_tasks.build_questions(image, result.function_source, result.args,
+                                         outputs, types=(0, 1, 2), ks=range(4), seed=1):
+        if q.qtype == 0:
+          want = apply(edit, image, args_list[q.meta["k"]])
+          self.assertTrue(same(q.images[1 + LETTERS.index(q.answer)], want))
+        elif q.qtype == 1:
+          chosen = ast.literal_eval(q.options[LETTERS.index(q.answer)])
+          self.assertTrue(same(apply(edit, image, chosen), q.images[1]))
+        else:
+          for j, letter in enumerate(q.answer):
+            chosen = ast.literal_eval(q.options[LETTERS.index(letter)])
+            self.assertTrue(same(apply(edit, image, chosen), q.images[1 + j]))
+
+
 if __name__ == "__main__":
   absltest.main()

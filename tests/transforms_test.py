@@ -243,5 +243,35 @@ class LoadLibraryTest(absltest.TestCase):
           transforms.load_library(path)
 
 
+def sandbox_pool():
+  """A real SandboxPool, or None when evejax.sandbox cannot start one here."""
+  try:
+    from evejax import sandbox
+    return sandbox.SandboxPool(sandbox.SandboxConfig(workers=2))
+  except (ImportError, AttributeError, RuntimeError, OSError):
+    return None
+
+
+class SandboxTest(absltest.TestCase):
+
+  def test_every_family_passes_the_real_sandbox(self):
+    pool = sandbox_pool()
+    if pool is None:
+      self.skipTest("evejax.sandbox pool unavailable")
+    from evejax.sandbox import EveJob
+    image = scene((112, 112), 0)
+    lib = transforms.library()
+    programs = [f.program(f.sample(np.random.default_rng(0), 112, 112)) for f in lib.values()]
+    with pool:
+      results = pool.map([EveJob(p, image) for p in programs])
+    for family, program, result in zip(lib.values(), programs, results):
+      with self.subTest(family.name):
+        self.assertTrue(result.ok, (result.reason, result.detail))
+        self.assertEqual(result.function_source.strip(), family.function_text)
+        _, expected = run_program(program, image)
+        for got, want in zip(result.images, expected):
+          np.testing.assert_array_equal(got, np.asarray(want.convert("RGB")))
+
+
 if __name__ == "__main__":
   absltest.main()
