@@ -108,9 +108,11 @@ class QuestionsTest(absltest.TestCase):
       self.assertEqual({a for t, a in answers if t == qtype}, set(LETTERS))
     # A different program text reshuffles even with the same seed.
     base = self.build(types=(1,), ks=[0], seed=3)
-    changed = [eve_tasks.build_questions(self.image, self.source.replace("tile", f"tile{n}"), self.args_list,
-                                         self.outputs, types=(1,), ks=[0], seed=3)[0].meta
-               for n in range(1, 9)]
+    changed = []
+    for n in range(1, 9):
+      source = self.source.replace("tile", f"tile{n}")
+      changed.append(eve_tasks.build_questions(self.image, source, self.args_list, self.outputs,
+                                               types=(1,), ks=[0], seed=3)[0].meta)
     self.assertTrue(any(m["order"] != base[0].meta["order"] for m in changed))
 
   def test_derive_seed_is_stable(self):

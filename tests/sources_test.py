@@ -128,19 +128,21 @@ class FileSourcesTest(absltest.TestCase):
     with self.assertRaisesRegex(sources.ImageReadError, "broken.png"):
       next(src)
 
-  def test_max_pixels_guard_refuses_before_decoding(self):
+  def test_decode_guard_refuses_before_decoding(self):
     _write(self.root / "big.png", "green", size=(200, 100))
-    src = sources.folder_images(self.root, max_pixels=10_000)
-    with self.assertRaisesRegex(sources.ImageReadError, r"big\.png.*max_pixels"):
+    src = sources.folder_images(self.root, max_decode_pixels=10_000)
+    with self.assertRaisesRegex(sources.ImageReadError, r"big\.png.*max_decode_pixels"):
       next(src)
-    ok = sources.folder_images(self.root, max_pixels=20_000)
+    ok = sources.folder_images(self.root, max_decode_pixels=20_000)
     self.assertEqual(next(ok)[1].size, (200, 100))
 
-  def test_resize_pixels_downscales_keeping_aspect(self):
+  def test_pixel_range_rescales_keeping_aspect(self):
     _write(self.root / "big.png", "green", size=(200, 100))
-    image = sources.folder_images(self.root, resize_pixels=5_000).item(0)[1]
-    self.assertLessEqual(image.width * image.height, 5_000)
-    self.assertAlmostEqual(image.width / image.height, 2.0, delta=0.05)
+    _write(self.root / "small.png", "green", size=(20, 10))
+    src = sources.folder_images(self.root, max_pixels=5_000, min_pixels=800, shuffle=False)
+    for _, image in src.take(2):
+      self.assertBetween(image.width * image.height, 800, 5_000)
+      self.assertAlmostEqual(image.width / image.height, 2.0, delta=0.1)
 
   def test_transparent_pixels_become_white(self):
     _write(self.root / "clear.png", (0, 0, 0, 0), mode="RGBA")
@@ -189,8 +191,23 @@ class MakeSourceTest(absltest.TestCase):
     self.assertLen(sources.make_source({"kind": "jsonl", "path": str(root / "l.jsonl")}), 1)
     with self.assertRaisesRegex(ValueError, "kind 'web' is unknown"):
       sources.make_source({"kind": "web"})
-    with self.assertRaisesRegex(ValueError, r"does not take \['colour'\]"):
+    with self.assertRaisesRegex(ValueError, r"unknown keys \['colour'\]"):
       sources.make_source({"kind": "builtin", "n": 2, "colour": 1})
+    with self.assertRaisesRegex(ValueError, "needs a path"):
+      sources.make_source({"kind": "folder", "path": ""})
+
+  def test_one_config_block_serves_every_kind(self):
+    # The shape of configs/eve.py's `data` block: keys of all kinds together.
+    root = pathlib.Path(tempfile.mkdtemp())
+    _write(root / "a.png", "red", size=(300, 200))
+    block = {"kind": "builtin", "path": "", "name": "", "split": "train", "data_dir": "",
+             "size": 112, "num_images": 3, "min_pixels": 56 * 56, "max_pixels": 112 * 112}
+    src = sources.make_source(block)
+    self.assertLen(src, 3)
+    self.assertEqual(src.item(0)[1].size, (112, 112))
+    image = sources.make_source({**block, "kind": "folder", "path": str(root)}).item(0)[1]
+    self.assertLessEqual(image.width * image.height, 112 * 112)
+    self.assertAlmostEqual(image.width / image.height, 1.5, delta=0.05)
 
   def test_tfds_reads_a_locally_built_array_record_dataset(self):
     try:

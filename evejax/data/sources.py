@@ -5,6 +5,11 @@ that walks its items in an order shuffled per epoch from a seed, and whose
 position can be saved with `state()` and resumed with `restore()`. Pick one from
 config with `make_source({"kind": "builtin" | "folder" | "jsonl" | "tfds", ...})`.
 
+Pixel limits: `max_decode_pixels` refuses, before decoding, any file declaring
+more pixels (decompression bombs); `max_pixels` / `min_pixels` then rescale
+each image, keeping its aspect ratio, into that pixel range (host RAM and image
+tokens per image).
+
 Built-in scenes need no files or network: coloured shapes and digits on
 gradient or textured backgrounds, so that edits are visible and questions about
 them answerable. Photos shipped inside installed packages (matplotlib's or
@@ -17,7 +22,6 @@ import abc
 import colorsys
 import importlib
 import importlib.util
-import inspect
 import json
 import os
 import pathlib
@@ -28,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 # Refuse images larger than this before decoding them (decompression bombs).
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_DECODE_PIXELS = 40_000_000
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Photos in installed packages, by (package, folder inside it, file names).
 _BUNDLED_PHOTOS = (
@@ -51,14 +55,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
   return image.convert("RGB")
 
 
-def fit_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
-  """Downscales (keeping the aspect ratio) so that width * height <= max_pixels."""
+def fit_pixels(image: Image.Image, max_pixels: int | None = None,
+               min_pixels: int | None = None) -> Image.Image:
+  """Rescales, keeping the aspect ratio, so that min_pixels <= width * height <= max_pixels.
+
+  Either bound may be None (or 0) for none.
+  """
   w, h = image.size
-  if not max_pixels or w * h <= max_pixels:
+  if max_pixels and w * h > max_pixels:
+    scale = (max_pixels / (w * h)) ** 0.5
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+  elif min_pixels and w * h < min_pixels:
+    scale = (min_pixels / (w * h)) ** 0.5
+    size = (int(np.ceil(w * scale)), int(np.ceil(h * scale)))
+  else:
     return image
-  scale = (max_pixels / (w * h)) ** 0.5
-  return image.resize((max(1, int(w * scale)), max(1, int(h * scale))),
-                      Image.Resampling.LANCZOS)
+  return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def cover(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -66,16 +78,17 @@ def cover(image: Image.Image, size: tuple[int, int]) -> Image.Image:
   return ImageOps.fit(image, tuple(size), Image.Resampling.LANCZOS)
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def read_image(path: str | os.PathLike,
+               max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS) -> Image.Image:
   """Reads one image file as RGB; a clear ImageReadError names a bad or huge file."""
   try:
     with Image.open(path) as im:
-      w, h = im.size
-      if w * h > max_pixels:
+      w, h = im.size  # from the header: nothing is decoded yet
+      if w * h > max_decode_pixels:
         raise ImageReadError(
-            f"Image {path} has {w}x{h} = {w * h} pixels, more than max_pixels={max_pixels}"
-            " (a guard against decompression bombs). Downscale it, or raise max_pixels in "
-            "the image source config if it is genuine.")
+            f"Image {path} declares {w}x{h} = {w * h} pixels, more than max_decode_pixels="
+            f"{max_decode_pixels} (a guard against decompression bombs). Downscale the file, "
+            "or raise max_decode_pixels in the image source config if it is genuine.")
       return to_rgb(im)
   except ImageReadError:
     raise
@@ -95,12 +108,13 @@ class ImageSource(abc.ABC):
   `state()` is the number of items yielded so far; `restore()` resumes there.
   """
 
-  def __init__(self, *, seed: int = 0, shuffle: bool = True,
-               max_pixels: int = DEFAULT_MAX_PIXELS, resize_pixels: int | None = None):
+  def __init__(self, *, seed: int = 0, shuffle: bool = True, max_pixels: int | None = None,
+               min_pixels: int | None = None,
+               max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS):
     self.seed = int(seed)
     self.shuffle = bool(shuffle)
-    self.max_pixels = int(max_pixels)
-    self.resize_pixels = resize_pixels
+    self.max_pixels, self.min_pixels = max_pixels, min_pixels
+    self.max_decode_pixels = int(max_decode_pixels)
     self._position = 0
     self._order_cache: tuple[int, np.ndarray] | None = None
 
@@ -113,13 +127,13 @@ class ImageSource(abc.ABC):
     """Item `index` in natural order: its id and image (any mode)."""
 
   def item(self, index: int) -> tuple[str, Image.Image]:
-    """Item `index` in natural order, as RGB, size-guarded and maybe downscaled."""
+    """Item `index` in natural order, as RGB, rescaled into [min_pixels, max_pixels]."""
     key, image = self._read(index)
     w, h = image.size
-    if w * h > self.max_pixels:
-      raise ImageReadError(f"Image {key} has {w}x{h} pixels, more than max_pixels="
-                           f"{self.max_pixels}. Raise max_pixels in the source config.")
-    return key, fit_pixels(to_rgb(image), self.resize_pixels)
+    if w * h > self.max_decode_pixels:
+      raise ImageReadError(f"Image {key} has {w}x{h} pixels, more than max_decode_pixels="
+                           f"{self.max_decode_pixels}. Raise it in the source config.")
+    return key, fit_pixels(to_rgb(image), self.max_pixels, self.min_pixels)
 
   def order(self, epoch: int) -> np.ndarray:
     """The permutation of item indices visited in `epoch`."""
@@ -223,7 +237,8 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int] = (112, 112)) -
     dark = rng.random() < 0.5
     draw.text((rng.uniform(0.15, 0.85) * W, rng.uniform(0.15, 0.85) * H), text, font=font,
               anchor="mm", fill=(25, 25, 25) if dark else (250, 250, 250),
-              stroke_width=max(1, int(side / 90)), stroke_fill=(250, 250, 250) if dark else (25, 25, 25))
+              stroke_width=max(1, int(side / 90)),
+              stroke_fill=(250, 250, 250) if dark else (25, 25, 25))
   return img.resize((w, h), Image.Resampling.LANCZOS)
 
 
@@ -267,7 +282,7 @@ class BuiltinSource(ImageSource):
       rng = np.random.default_rng([self.seed, index])
       return f"builtin:{self.seed}:{index}", render_scene(rng, self.size)
     key, path = self.photos[index - self.n]
-    return key, cover(read_image(path, self.max_pixels), self.size)
+    return key, cover(read_image(path, self.max_decode_pixels), self.size)
 
 
 def builtin_images(n: int = 64, size: Sequence[int] = (112, 112), seed: int = 0,
@@ -292,7 +307,7 @@ class FileListSource(ImageSource):
 
   def _read(self, index: int) -> tuple[str, Image.Image]:
     key, path = self.entries[index]
-    return key, read_image(path, self.max_pixels)
+    return key, read_image(path, self.max_decode_pixels)
 
 
 def folder_images(path: str | os.PathLike, **kw) -> FileListSource:
@@ -381,27 +396,43 @@ def tfds_images(name: str, split: str = "train", data_dir: str | None = None, **
 
 _KINDS = {"builtin": builtin_images, "folder": folder_images, "jsonl": jsonl_images,
           "tfds": tfds_images}
+_COMMON_KEYS = {"seed", "shuffle", "max_pixels", "min_pixels", "max_decode_pixels"}
+# A config block may hold the keys of every kind; only the chosen kind's are used.
+_KIND_KEYS = {
+    "builtin": {"n", "num_images", "size", "photos"},
+    "folder": {"path"},
+    "jsonl": {"path", "image_key"},
+    "tfds": {"name", "split", "data_dir", "image_key"},
+}
 
 
 def make_source(cfg: Mapping[str, Any]) -> ImageSource:
-  """An ImageSource from a config dict: {"kind": ..., **arguments of that kind}.
+  """An ImageSource from a config block: {"kind": ..., **arguments}.
 
-  Kinds: builtin (n, size, seed, photos), folder (path), jsonl (path, image_key),
-  tfds (name, split, data_dir, image_key); all take seed, shuffle, max_pixels
-  and resize_pixels.
+  Keys: kind (builtin | folder | jsonl | tfds); builtin: n (or num_images),
+  size ((width, height) or one side), photos; folder: path; jsonl: path,
+  image_key; tfds: name, split, data_dir, image_key; every kind: seed, shuffle,
+  max_pixels, min_pixels, max_decode_pixels. The block may also carry the
+  other kinds' keys (one block in a config serves every kind); they are ignored.
   """
   cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
   kind = cfg.pop("kind", None)
   if kind not in _KINDS:
     raise ValueError(f"Image source kind {kind!r} is unknown; use one of {sorted(_KINDS)}.")
-  fn = _KINDS[kind]
-  allowed = set(inspect.signature(fn).parameters) - {"kw"}
-  allowed |= set(inspect.signature(ImageSource.__init__).parameters) - {"self"}
+  known = _COMMON_KEYS.union(*_KIND_KEYS.values())
+  if unknown := sorted(set(cfg) - known):
+    raise ValueError(f"Image source config has unknown keys {unknown}; valid keys are "
+                     f"{sorted(known)}.")
+  kw = {k: v for k, v in cfg.items() if k in _COMMON_KEYS | _KIND_KEYS[kind]}
   if kind == "builtin":
-    allowed |= {"photos"}
+    if "num_images" in kw:
+      kw["n"] = kw.pop("num_images")
+    if isinstance(kw.get("size"), int):
+      kw["size"] = (kw["size"], kw["size"])
+  elif kind in ("folder", "jsonl") and not kw.get("path"):
+    raise ValueError(f"Image source kind {kind!r} needs a path (set data.path).")
   elif kind == "tfds":
-    allowed |= {"image_key"}
-  if unknown := sorted(set(cfg) - allowed):
-    raise ValueError(f"Image source kind {kind!r} does not take {unknown}; it takes "
-                     f"{sorted(allowed)}.")
-  return fn(**cfg)
+    if not kw.get("name"):
+      raise ValueError("Image source kind 'tfds' needs a dataset name (set data.name).")
+    kw["data_dir"] = kw.get("data_dir") or None
+  return _KINDS[kind](**kw)

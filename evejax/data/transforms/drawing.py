@@ -73,7 +73,8 @@ def _arrow_args(rng, w, h):
   pairs = [(a, b) for i, a in enumerate(quads) for b in quads[i + 1:]]
 
   def point(q):
-    return [int(w * (q[0] + rng.uniform(0.3, 0.7)) / 2), int(h * (q[1] + rng.uniform(0.3, 0.7)) / 2)]
+    return [int(w * (q[0] + rng.uniform(0.3, 0.7)) / 2),
+            int(h * (q[1] + rng.uniform(0.3, 0.7)) / 2)]
 
   out = []
   for a, b in sampling.pick(rng, pairs):
