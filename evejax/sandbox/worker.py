@@ -78,6 +78,9 @@ class Zygote:
     except OSError as e:
       layers.warnings.append(f"prctl: {e}")
     self._warm_up()
+    for name in ("seccomp", "drop_uid", "private_root"):
+      if not s[name]:
+        layers.warnings.append(f"{name} disabled by config")
     if s["seccomp"]:
       try:
         self.installer = seccomp.Installer()
