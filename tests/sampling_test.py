@@ -1,7 +1,9 @@
 """Tests for evejax.sampling: the decode loop, group sampling, stops, errors.
 
-A small stand-in model (`_Fake`, same functional signatures as
-evejax.models.vlm) makes the loop logic exact and fast to test.
+Two models: a small stand-in (`_Fake`, same functional signatures as
+evejax.models.vlm) makes the loop logic exact and cheap to test; the real
+tiny VLM (with images) checks log-probs against the scoring path and that an
+8-device mesh gives the same outputs as one device.
 """
 import os
 
@@ -16,9 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evejax import parallel
 from evejax import sampling
-from evejax.models.inputs import ModelInputs
+from evejax.models import vlm
 from evejax.models.presets import tiny
+from evejax.processing import batching
+from evejax.processing import images
 
 VOCAB = 64
 DIM = 16
@@ -58,8 +63,8 @@ class _Fake:
   @staticmethod
   def cache_axes(config):
     del config
-    kv = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
-    return _FakeCache(k=kv, v=kv, mask=("batch", "cache_length"), index=(),
+    kv = ("layers", "batch", "length", "kv_heads", "head_dim")
+    return _FakeCache(k=kv, v=kv, mask=("batch", "length"), index=(),
                       position=("batch",))
 
   @staticmethod
@@ -97,45 +102,38 @@ class _Fake:
                                  position=position)
 
   @staticmethod
-  def forward(params, config, inputs):
-    """Teacher-forced logits [B, T, V] of a left-padded sequence."""
-    del config
-    e = params["emb"][inputs.tokens] * inputs.mask[..., None]
-    summed = jnp.cumsum(e, axis=1)
-    count = jnp.cumsum(inputs.mask, axis=1)
-    pos = inputs.positions[0]
-    h = summed / jnp.maximum(count, 1)[..., None]
-    return (h @ params["out"] + params["pos"][pos + 1]
-            + params["chain"] * jax.nn.one_hot((inputs.tokens + 1) % VOCAB, VOCAB))
+  @jax.jit
+  def forward(params, tokens, mask):
+    """Teacher-forced logits [B, T, V] of left-padded text sequences."""
+    e = params["emb"][tokens] * mask[..., None]
+    count = jnp.cumsum(mask, axis=1)
+    h = jnp.cumsum(e, axis=1) / jnp.maximum(count, 1)[..., None]
+    return (h @ params["out"] + params["pos"][count]
+            + params["chain"] * jax.nn.one_hot((tokens + 1) % VOCAB, VOCAB))
 
 
-def _inputs(prompts, length):
-  """Left-padded text-only host batch; positions count real tokens."""
-  b = len(prompts)
-  tokens = np.zeros((b, length), np.int32)
-  mask = np.zeros((b, length), np.int32)
-  for i, p in enumerate(prompts):
-    if p:
-      tokens[i, length - len(p):] = p
-      mask[i, length - len(p):] = 1
-  pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-  return ModelInputs(
-      tokens=tokens, mask=mask, positions=np.stack([pos] * 3).astype(np.int32),
-      patches=np.zeros((b, 0, 1176), np.float32),
-      patch_coords=np.zeros((b, 0, 2), np.int32),
-      patch_image=np.zeros((b, 0), np.int32),
-      patch_window=np.zeros((b, 0), np.int32))
+def _left_pad(seqs, length):
+  tokens = np.zeros((len(seqs), length), np.int32)
+  mask = np.zeros((len(seqs), length), np.int32)
+  for i, s in enumerate(seqs):
+    tokens[i, length - len(s):] = s
+    mask[i, length - len(s):] = 1
+  return tokens, mask
 
 
-def _sampler(**kw):
-  args = dict(length_buckets=(8, 16), patch_buckets=(4,), batch_buckets=(2, 4, 8),
-              max_cache=48, model=_Fake,
-              batch_fn=lambda ex, **kw: _inputs(ex, 8 if max(map(len, ex)) <= 8 else 16))
+def _examples(prompts):
+  return [batching.Example(tokens=np.asarray(p, np.int32)) for p in prompts]
+
+
+def _fake_sampler(**kw):
+  args = dict(length_buckets=(8, 16), patch_buckets=(0, 4),
+              batch_buckets=(2, 4, 8), max_cache=48, model=_Fake)
   args.update(kw)
   return sampling.Sampler(tiny(), **args)
 
 
-PROMPTS = [[3, 4, 5], [7], [9, 10, 11, 12, 13], [1, 2]]
+# Ids 0-6 are the tiny config's special tokens (5 = <|image_pad|>): avoided.
+PROMPTS = [[13, 14, 15], [7], [19, 20, 21, 22, 23], [11, 12]]
 
 
 class SampleTokensTest(absltest.TestCase):
@@ -165,10 +163,13 @@ class SampleTokensTest(absltest.TestCase):
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
     sp = sampling.SamplingParams(max_new_tokens=1, top_k=2,
                                  logprob_mode="sampling")
-    for seed in range(5):
+    seen = set()
+    for seed in range(8):
       tok, lp = sampling.sample_tokens(logits, jax.random.key(seed), sp)
       want = {0: np.log(0.5 / 0.8), 1: np.log(0.3 / 0.8)}[int(tok[0])]
       np.testing.assert_allclose(lp[0], want, rtol=1e-5)
+      seen.add(int(tok[0]))
+    self.assertEqual(seen, {0, 1})
 
   def test_bad_params_name_the_field(self):
     with self.assertRaisesRegex(ValueError, "temperature"):
@@ -179,98 +180,102 @@ class SampleTokensTest(absltest.TestCase):
       sampling.SamplingParams(max_new_tokens=0)
     with self.assertRaisesRegex(ValueError, "stop_sequences"):
       sampling.SamplingParams(max_new_tokens=4, stop_sequences=[[]])
+    with self.assertRaisesRegex(ValueError, "logprob_mode"):
+      sampling.SamplingParams(max_new_tokens=4, logprob_mode="trainer")
     sp = sampling.SamplingParams(max_new_tokens=4, eos_ids=[1, 2],
                                  stop_sequences=[[3, 4]])
     self.assertEqual(hash(sp), hash(sp.replace()))
 
 
 class FakeModelLoopTest(absltest.TestCase):
+  """Loop logic against a teacher-forced reference."""
 
-  def setUp(self):
-    super().setUp()
-    self.params = _Fake.init_params(jax.random.key(0))
-
-  def _teacher_forced_logprobs(self, prompt, completion, temperature=1.0):
-    seq = list(prompt) + list(completion)
-    inputs = jax.tree.map(jnp.asarray, _inputs([seq], len(seq)))
-    logits = _Fake.forward(self.params, None, inputs)[0] / temperature
-    lp = jax.nn.log_softmax(logits, -1)
-    idx = np.arange(len(prompt) - 1, len(seq) - 1)
-    return np.asarray(lp[idx, np.asarray(completion)])
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.params = _Fake.init_params(jax.random.key(0))
+    cls.sampler = _fake_sampler()
 
   def test_logprobs_match_teacher_forced_scoring(self):
-    s = _sampler()
     sp = sampling.SamplingParams(max_new_tokens=12, temperature=1.3, group_size=2)
-    out = s.generate(self.params, PROMPTS, sp, seed=0)
+    out = self.sampler.generate(self.params, _examples(PROMPTS), sp, seed=0)
     self.assertEqual(out.tokens.shape, (8, 12))
     np.testing.assert_array_equal(out.prompt_index, np.repeat(np.arange(4), 2))
-    for r in range(8):
-      prompt = PROMPTS[out.prompt_index[r]]
-      want = self._teacher_forced_logprobs(prompt, out.tokens[r], 1.3)
-      np.testing.assert_allclose(out.logprobs[r], want, atol=1e-5)
+    np.testing.assert_array_equal(out.lengths, 12)
+    seqs = [PROMPTS[p] + list(t) for p, t in zip(out.prompt_index, out.tokens)]
+    tokens, mask = _left_pad(seqs, 24)
+    lp = jax.nn.log_softmax(_Fake.forward(self.params, tokens, mask) / 1.3)
+    # Token at column c is scored by the logits at column c - 1.
+    want = np.take_along_axis(np.asarray(lp[:, 11:23]),
+                              tokens[:, 12:, None], -1)[..., 0]
+    np.testing.assert_allclose(out.logprobs, want, atol=1e-5)
     # Group members of one prompt differ (independent keys).
     self.assertFalse(np.array_equal(out.tokens[0], out.tokens[1]))
 
   def test_greedy_group_members_equal_and_match_step_by_step(self):
-    s = _sampler()
     sp = sampling.SamplingParams(max_new_tokens=6, greedy=True, group_size=3)
-    out = s.generate(self.params, PROMPTS[:2], sp, seed=0)
+    out = self.sampler.generate(self.params, _examples(PROMPTS[:2]), sp, seed=0)
     for p, prompt in enumerate(PROMPTS[:2]):
       rows = out.tokens[3 * p:3 * p + 3]
       np.testing.assert_array_equal(rows, np.broadcast_to(rows[0], rows.shape))
-      # Reference: re-run the whole sequence through `forward` each step.
-      seq = list(prompt)
+      seq = list(prompt)  # reference: re-score the whole sequence each step
       for _ in range(6):
-        inputs = jax.tree.map(jnp.asarray, _inputs([seq], len(seq)))
-        seq.append(int(jnp.argmax(_Fake.forward(self.params, None, inputs)[0, -1])))
+        tokens, mask = _left_pad([seq], 16)
+        seq.append(int(jnp.argmax(_Fake.forward(self.params, tokens, mask)[0, -1])))
       np.testing.assert_array_equal(rows[0], seq[len(prompt):])
 
   def test_reproducible_across_buckets_chunks_and_calls(self):
     sp = sampling.SamplingParams(max_new_tokens=8, top_k=20, group_size=2)
-    a = _sampler().generate(self.params, PROMPTS, sp, seed=7)
-    # Batch bucket 8 (padding rows) vs chunks of 2 prompts.
-    b = _sampler(batch_buckets=(8,)).generate(self.params, PROMPTS, sp, seed=7)
-    c = _sampler(batch_buckets=(2,)).generate(self.params, PROMPTS, sp, seed=7)
+    a = self.sampler.generate(self.params, _examples(PROMPTS), sp, seed=7)
+    # One batch bucket of 8 (4 filler rows) vs chunks of 2 prompts.
+    b = _fake_sampler(batch_buckets=(8,)).generate(
+        self.params, _examples(PROMPTS), sp, seed=7)
+    c = _fake_sampler(batch_buckets=(2,)).generate(
+        self.params, _examples(PROMPTS), sp, seed=7)
     for other in (b, c):
       np.testing.assert_array_equal(a.tokens, other.tokens)
       np.testing.assert_allclose(a.logprobs, other.logprobs, atol=1e-6)
-    d = _sampler().generate(self.params, PROMPTS, sp, seed=8)
+      np.testing.assert_array_equal(a.prompt_index, other.prompt_index)
+    d = self.sampler.generate(self.params, _examples(PROMPTS), sp, seed=8)
     self.assertFalse(np.array_equal(a.tokens, d.tokens))
-    e = _sampler().generate(self.params, PROMPTS, sp, seed=jax.random.key(7))
+    e = self.sampler.generate(self.params, _examples(PROMPTS), sp,
+                              seed=jax.random.key(7))
     np.testing.assert_array_equal(a.tokens, e.tokens)
 
 
 class StopTest(absltest.TestCase):
   """With a strong bigram bonus, greedy output counts up: p, p+1, p+2, ..."""
 
-  def setUp(self):
-    super().setUp()
-    self.params = _Fake.init_params(jax.random.key(0), chain=1e3)
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.params = _Fake.init_params(jax.random.key(0), chain=1e3)
+    cls.sampler = _fake_sampler()
 
   def test_eos_stop_sequences_and_length(self):
-    s = _sampler()
     sp = sampling.SamplingParams(
-        max_new_tokens=10, greedy=True, eos_ids=(9,), stop_sequences=((16, 17),),
+        max_new_tokens=10, greedy=True, eos_ids=(9, 50), stop_sequences=((16, 17),),
         pad_id=-1)
-    # Prompt ends: 5 -> 6..; 13 -> 14,15,16,17 stop; 60 -> length.
-    out = s.generate(self.params, [[5], [13], [60], [30, 8]], sp, seed=0)
-    np.testing.assert_array_equal(out.tokens[0, :4], [6, 7, 8, 9])
-    np.testing.assert_array_equal(out.tokens[0, 4:], -1)
+    out = self.sampler.generate(
+        self.params, _examples([[7], [13], [60], [30, 8]]), sp, seed=0)
+    np.testing.assert_array_equal(out.tokens[0, :3], [8, 9, -1])
     np.testing.assert_array_equal(out.tokens[1, :5], [14, 15, 16, 17, -1])
     np.testing.assert_array_equal(out.tokens[2], [61, 62, 63, 0, 1, 2, 3, 4, 5, 6])
     np.testing.assert_array_equal(out.tokens[3, :2], [9, -1])
-    np.testing.assert_array_equal(out.lengths, [4, 4, 10, 1])
+    np.testing.assert_array_equal(out.lengths, [2, 4, 10, 1])
     np.testing.assert_array_equal(
         out.finish_reason, [sampling.FINISH_EOS, sampling.FINISH_STOP,
                             sampling.FINISH_LENGTH, sampling.FINISH_EOS])
-    self.assertTrue(np.all(out.logprobs[0, 4:] == 0))
+    after_end = np.arange(10)[None] >= out.lengths[:, None]
+    self.assertTrue(np.all(out.tokens[after_end] == -1))
+    self.assertTrue(np.all(out.logprobs[after_end] == 0))
 
   def test_stop_sequence_must_be_generated_not_prompt(self):
-    s = _sampler()
     # The prompt ends with 16; generating 17 alone must not match (16, 17).
     sp = sampling.SamplingParams(max_new_tokens=3, greedy=True,
                                  stop_sequences=((16, 17), (40,)))
-    out = s.generate(self.params, [[15, 16], [38]], sp, seed=0)
+    out = self.sampler.generate(self.params, _examples([[15, 16], [38]]), sp,
+                                seed=0)
     np.testing.assert_array_equal(out.tokens[0], [17, 18, 19])
     self.assertEqual(out.finish_reason[0], sampling.FINISH_LENGTH)
     np.testing.assert_array_equal(out.tokens[1, :2], [39, 40])
@@ -285,31 +290,40 @@ class BucketsAndErrorsTest(absltest.TestCase):
     self.params = _Fake.init_params(jax.random.key(0))
 
   def test_compiles_bounded_by_buckets(self):
-    s = _sampler()
+    s = _fake_sampler()
     sp = sampling.SamplingParams(max_new_tokens=4)
-    s.generate(self.params, PROMPTS[:3], sp, seed=0)      # batch 4, length 8
-    self.assertEqual(s.num_compiles, 2)                   # prefill + decode
-    s.generate(self.params, PROMPTS[1:4], sp, seed=1)     # same buckets
-    s.generate(self.params, PROMPTS[:1] * 4, sp, seed=2)
+    s.generate(self.params, _examples(PROMPTS[:3]), sp, seed=0)  # batch 4, len 8
+    self.assertEqual(s.num_compiles, 2)                          # prefill + decode
+    s.generate(self.params, _examples(PROMPTS[1:4]), sp, seed=1)
+    s.generate(self.params, _examples(PROMPTS[:1] * 4), sp, seed=2)
     self.assertEqual(s.num_compiles, 2)
-    s.generate(self.params, PROMPTS[:1], sp, seed=0)      # batch bucket 2
+    s.generate(self.params, _examples(PROMPTS[:1]), sp, seed=0)  # batch bucket 2
     self.assertEqual(s.num_compiles, 4)
     self.assertGreater(s.compile_seconds, 0)
 
   def test_errors_name_the_limit(self):
-    s = _sampler()
+    s = _fake_sampler()
     sp = sampling.SamplingParams(max_new_tokens=4)
     with self.assertRaisesRegex(ValueError, "no prompts"):
       s.generate(self.params, [], sp, seed=0)
     with self.assertRaisesRegex(ValueError, "Prompt 1 is empty"):
-      s.generate(self.params, [[1], []], sp, seed=0)
+      s.generate(self.params, _examples([[1], []]), sp, seed=0)
+    with self.assertRaisesRegex(ValueError, r"Example 2 has 17 tokens.*\(16\)"):
+      s.generate(self.params, _examples([[7], [8], list(range(20, 37))]), sp, seed=0)
     with self.assertRaisesRegex(ValueError, r"max_cache=48.*at most 32"):
-      s.generate(self.params, [list(range(1, 12))],
+      s.generate(self.params, _examples([list(range(20, 31))]),
                  sp.replace(max_new_tokens=33), seed=0)
+    small = np.zeros((4, 1176), np.float32)
+    with self.assertRaisesRegex(ValueError, "Prompt 0, image 0.*too small"):
+      s.generate(self.params, [batching.Example(
+          tokens=np.array([1, 2]), images=[(small, (1, 1, 4))])], sp, seed=0)
+    big = np.zeros((16, 1176), np.float32)
+    with self.assertRaisesRegex(ValueError, r"16 patches.*patch_buckets \(4\)"):
+      s.generate(self.params, [batching.Example(
+          tokens=np.array([1, 2]), images=[(big, (1, 4, 4))])], sp, seed=0)
+    mesh = parallel.make_mesh({"data": 8})
     with self.assertRaisesRegex(ValueError, "not divisible by 8"):
-      mesh = jax.make_mesh((8,), ("data",),
-                           axis_types=(jax.sharding.AxisType.Auto,))
-      _sampler(mesh=mesh, batch_buckets=(4, 8))
+      _fake_sampler(mesh=mesh, batch_buckets=(4, 8))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy as np
 from evejax import parallel
 from evejax.models.inputs import ModelInputs
 from evejax.models.presets import ModelConfig
+from evejax.processing.batching import PromptTooLongError
 from evejax.sampling import loop as loop_lib
 from evejax.sampling.params import SampleOutput, SamplingParams
 
@@ -101,12 +102,13 @@ class Sampler:
       prefill, decode_step, param_axes and cache_axes with vlm's signatures.
     batch_fn: turns a list of examples into host `ModelInputs`, left-padded
       to the given buckets (default: `evejax.processing.batching.make_batch`).
+    prompt_pad_id: token id of prompt padding (masked out; any id works).
   """
 
   def __init__(self, model_config: ModelConfig, *, mesh=None, rules=None,
                length_buckets: Sequence[int], patch_buckets: Sequence[int],
                batch_buckets: Sequence[int], max_cache: int, model=None,
-               batch_fn=None):
+               batch_fn=None, prompt_pad_id: int = 0):
     if model is None:
       from evejax.models import vlm as model  # pylint: disable=g-import-not-at-top
     self.config = model_config
@@ -122,6 +124,7 @@ class Sampler:
           f"Sampler max_cache={self.max_cache} leaves no room for new tokens "
           f"after the smallest length bucket {self.length_buckets[0]}; raise it.")
     self._batch_fn = batch_fn
+    self.prompt_pad_id = int(prompt_pad_id)
     self._shards = 1
     if mesh is not None:
       spec = self._batch_sharding(1).spec
@@ -242,21 +245,52 @@ class Sampler:
     outs = []
     for start in range(0, len(prompts), chunk):
       part = list(prompts[start:start + chunk])
-      bucket = _pick_bucket(len(part), self.batch_buckets, "batch", "")
-      inputs = self._make_batch(part, start)
+      bucket = min(b for b in self.batch_buckets if b >= len(part))
+      inputs = self._make_batch(part, start, bucket)
       outs.append(self.generate_from_inputs(
           params, inputs, sampling, seed, num_prompts=len(part),
           prompt_offset=start, batch_bucket=bucket))
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
 
-  def _make_batch(self, examples, offset: int) -> ModelInputs:
-    batch_fn = self._batch_fn
-    if batch_fn is None:
-      from evejax.processing import batching  # pylint: disable=g-import-not-at-top
-      batch_fn = batching.make_batch
-    return batch_fn(examples, padding="left",
-                    length_buckets=self.length_buckets,
-                    patch_buckets=self.patch_buckets)
+  def _make_batch(self, examples, offset: int, bucket: int) -> ModelInputs:
+    for i, ex in enumerate(examples):
+      self._check_example(ex, offset + i)
+    if self._batch_fn is not None:
+      return self._batch_fn(examples, padding="left",
+                            length_buckets=self.length_buckets,
+                            patch_buckets=self.patch_buckets)
+    from evejax.processing import batching  # pylint: disable=g-import-not-at-top
+    c = self.config
+    return batching.make_batch(
+        examples, vision=c.vision, image_token_id=c.image_token_id,
+        vision_start_id=c.vision_start_token_id, pad_id=self.prompt_pad_id,
+        length_buckets=self.length_buckets, patch_buckets=self.patch_buckets,
+        batch_buckets=(bucket,), padding="left")
+
+  def _check_example(self, ex, index: int) -> None:
+    """One clear error per thing a caller can get wrong with a prompt."""
+    tokens = np.asarray(ex.tokens)
+    if tokens.ndim != 1 or tokens.size == 0:
+      raise ValueError(f"Prompt {index} is empty (token shape {tokens.shape}); "
+                       "every prompt needs at least one token.")
+    if tokens.size > self.length_buckets[-1]:
+      raise PromptTooLongError("tokens", int(tokens.size),
+                               self.length_buckets[-1], index)
+    m = self.config.vision.spatial_merge_size
+    n_patches = 0
+    for k, (patches, grid) in enumerate(getattr(ex, "images", ())):
+      _, gh, gw = (int(g) for g in grid)
+      if gh < m or gw < m or gh % m or gw % m:
+        raise ValueError(
+            f"Prompt {index}, image {k}: patch grid {tuple(grid)} is too small "
+            f"or not a multiple of the merge size {m}; the smallest image is "
+            f"{m * self.config.vision.patch_size} pixels a side. Make images "
+            "with evejax.processing.images.preprocess_image (it resizes).")
+      n_patches += int(np.shape(patches)[0])
+    if n_patches > (self.patch_buckets[-1] if self.patch_buckets else 0):
+      raise PromptTooLongError(
+          "patches", n_patches,
+          self.patch_buckets[-1] if self.patch_buckets else 0, index)
 
   def generate_from_inputs(self, params, inputs: ModelInputs,
                            sampling: SamplingParams, seed: int | jax.Array, *,
