@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
