@@ -226,6 +226,27 @@ class PoolLifecycleTest(absltest.TestCase):
     self.assertEqual({p.pid for p in me.children(recursive=True)}, before)
     self.assertFalse(os.path.exists(tmp))
 
+  def test_dead_worker_is_replaced(self):
+    with SandboxPool(SandboxConfig(workers=1, grace_s=2.0)) as pool:
+      src = source_image()
+      launcher = psutil.Process(pool.stats()[0]["launcher_pid"])
+      slow = pool.submit(EveJob(colored(1, delay=2.0), src))
+      time.sleep(1.0)  # the job is running
+      launcher.children()[0].kill()  # the zygote
+      res = slow.result(timeout=60)
+      self.assertEqual(res.reason, "sandbox_error")
+      self.assertTrue(pool.map([EveJob(colored(2), src)])[0].ok)
+      self.assertEqual(pool.stats()[0]["restarts"], 1)
+
+  def test_close_can_cancel_pending_jobs(self):
+    pool = SandboxPool(SandboxConfig(workers=1, queue_size=8))
+    src = source_image()
+    futs = [pool.submit(EveJob(colored(i, delay=0.2), src)) for i in range(4)]
+    time.sleep(0.3)
+    pool.close(cancel_pending=True)
+    self.assertTrue(futs[0].result().ok)
+    self.assertTrue(any(f.cancelled() for f in futs[1:]))
+
   def test_required_layer_missing_refuses_to_start(self):
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}

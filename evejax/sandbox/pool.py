@@ -96,7 +96,10 @@ class SandboxConfig:
   require: tuple[str, ...] = ()
   uid: int | None = None
   ro_paths: tuple[str, ...] = ()
-  preload: tuple[str, ...] = ("cairosvg",)
+  preload: tuple[str, ...] = (
+      "PIL.ImageOps", "PIL.ImageFilter", "PIL.ImageEnhance", "PIL.ImageChops",
+      "PIL.ImageStat", "PIL.ImageColor", "PIL.ImageMath", "PIL.ImageFont",
+      "colorsys", "cairosvg")
   grace_s: float = 10.0
   start_timeout_s: float = 120.0
   checks: checks_lib.CheckConfig = checks_lib.CheckConfig()
@@ -401,11 +404,24 @@ class SandboxPool:
           out.append(slot.stats())
       return out
 
-  def close(self) -> None:
-    """Finishes queued jobs, stops the workers and removes their files."""
+  def close(self, cancel_pending: bool = False) -> None:
+    """Stops the workers and removes their files.
+
+    Args:
+      cancel_pending: cancel queued jobs that have not started (their futures
+        raise CancelledError) instead of running them first.
+    """
     if self._closed:
       return
     self._closed = True
+    if cancel_pending:
+      while True:
+        try:
+          item = self._queue.get_nowait()
+        except queue.Empty:
+          break
+        if item is not None:
+          item[0].cancel()
     for _ in self._threads:
       self._queue.put(None)
     for t in self._threads:
