@@ -12,6 +12,9 @@ _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
+import dataclasses
+import tempfile
+
 from absl.testing import absltest
 import flax.struct
 import jax
@@ -20,6 +23,7 @@ import numpy as np
 
 from evejax import parallel
 from evejax import sampling
+from evejax.models import hf
 from evejax.models import vlm
 from evejax.models.presets import tiny
 from evejax.processing import batching
@@ -224,23 +228,29 @@ class FakeModelLoopTest(absltest.TestCase):
         seq.append(int(jnp.argmax(_Fake.forward(self.params, tokens, mask)[0, -1])))
       np.testing.assert_array_equal(rows[0], seq[len(prompt):])
 
-  def test_reproducible_across_buckets_chunks_and_calls(self):
+  def test_reproducible_across_buckets_chunks_and_calls_bounded_compiles(self):
     sp = sampling.SamplingParams(max_new_tokens=8, top_k=20, group_size=2)
-    a = self.sampler.generate(self.params, _examples(PROMPTS), sp, seed=7)
+    s = _fake_sampler()
+    a = s.generate(self.params, _examples(PROMPTS), sp, seed=7)
+    self.assertEqual(s.num_compiles, 2)  # prefill + decode
     # One batch bucket of 8 (4 filler rows) vs chunks of 2 prompts.
     b = _fake_sampler(batch_buckets=(8,)).generate(
         self.params, _examples(PROMPTS), sp, seed=7)
-    c = _fake_sampler(batch_buckets=(2,)).generate(
-        self.params, _examples(PROMPTS), sp, seed=7)
+    chunked = _fake_sampler(batch_buckets=(2,))
+    c = chunked.generate(self.params, _examples(PROMPTS), sp, seed=7)
+    self.assertEqual(chunked.num_compiles, 2)  # both chunks share programs
     for other in (b, c):
       np.testing.assert_array_equal(a.tokens, other.tokens)
       np.testing.assert_allclose(a.logprobs, other.logprobs, atol=1e-6)
       np.testing.assert_array_equal(a.prompt_index, other.prompt_index)
-    d = self.sampler.generate(self.params, _examples(PROMPTS), sp, seed=8)
+    d = s.generate(self.params, _examples(PROMPTS), sp, seed=8)
     self.assertFalse(np.array_equal(a.tokens, d.tokens))
-    e = self.sampler.generate(self.params, _examples(PROMPTS), sp,
-                              seed=jax.random.key(7))
+    e = s.generate(self.params, _examples(PROMPTS), sp, seed=jax.random.key(7))
     np.testing.assert_array_equal(a.tokens, e.tokens)
+    self.assertEqual(s.num_compiles, 2)  # same buckets: nothing new
+    s.generate(self.params, _examples(PROMPTS[:1]), sp, seed=0)  # bucket 2
+    self.assertEqual(s.num_compiles, 4)
+    self.assertGreater(s.compile_seconds, 0)
 
 
 class StopTest(absltest.TestCase):
@@ -283,23 +293,11 @@ class StopTest(absltest.TestCase):
     self.assertEqual(out.lengths[1], 2)
 
 
-class BucketsAndErrorsTest(absltest.TestCase):
+class ErrorsTest(absltest.TestCase):
 
   def setUp(self):
     super().setUp()
     self.params = _Fake.init_params(jax.random.key(0))
-
-  def test_compiles_bounded_by_buckets(self):
-    s = _fake_sampler()
-    sp = sampling.SamplingParams(max_new_tokens=4)
-    s.generate(self.params, _examples(PROMPTS[:3]), sp, seed=0)  # batch 4, len 8
-    self.assertEqual(s.num_compiles, 2)                          # prefill + decode
-    s.generate(self.params, _examples(PROMPTS[1:4]), sp, seed=1)
-    s.generate(self.params, _examples(PROMPTS[:1] * 4), sp, seed=2)
-    self.assertEqual(s.num_compiles, 2)
-    s.generate(self.params, _examples(PROMPTS[:1]), sp, seed=0)  # batch bucket 2
-    self.assertEqual(s.num_compiles, 4)
-    self.assertGreater(s.compile_seconds, 0)
 
   def test_errors_name_the_limit(self):
     s = _fake_sampler()
@@ -324,6 +322,124 @@ class BucketsAndErrorsTest(absltest.TestCase):
     mesh = parallel.make_mesh({"data": 8})
     with self.assertRaisesRegex(ValueError, "not divisible by 8"):
       _fake_sampler(mesh=mesh, batch_buckets=(4, 8))
+
+
+def _hf_checkpoint(config, path):
+  """A random transformers Qwen2.5-VL saved to `path` (the reference model)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  hf_config = transformers.Qwen2_5_VLConfig(**hf.config_to_hf(config))
+  # Wider than the default init so greedy paths are varied, not repetitive.
+  for c in (hf_config, hf_config.text_config, hf_config.vision_config):
+    c.initializer_range = 0.1
+  model = transformers.Qwen2_5_VLForConditionalGeneration(hf_config).eval()
+  model.save_pretrained(path)
+  return model
+
+
+def _vlm_prompts(config):
+  """Text only, one image, two images of different sizes, a 3x3-block image."""
+  rng = np.random.default_rng(0)
+
+  def prompt(*parts):
+    tokens, imgs = [], []
+    for part in parts:
+      if isinstance(part, tuple):
+        patches, grid = images.preprocess_image(
+            rng.integers(0, 256, part + (3,), dtype=np.uint8))
+        tokens += ([config.vision_start_token_id]
+                   + [config.image_token_id] * images.num_image_tokens(grid)
+                   + [config.vision_end_token_id])
+        imgs.append((patches, grid))
+      else:
+        tokens += part
+    return batching.Example(tokens=np.asarray(tokens, np.int32), images=imgs)
+
+  return [prompt([1, 40, 41, 42]),
+          prompt([1, 50], (56, 56), [51, 52]),
+          prompt([1], (56, 84), [60], (84, 56), [61, 62, 63]),
+          prompt([1, 70], (84, 84))]
+
+
+class VLMSamplerTest(absltest.TestCase):
+  """The real tiny Qwen2.5-VL (fp32): transformers parity, scoring, mesh."""
+
+  N = 8
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    base = tiny()
+    cls.config = base.replace(text=dataclasses.replace(
+        base.text, tie_word_embeddings=False))
+    cls.tmp = tempfile.TemporaryDirectory()
+    cls.hf_model = _hf_checkpoint(cls.config, cls.tmp.name)
+    cls.params = hf.load_params(cls.tmp.name, hf.config_from_hf(cls.tmp.name))
+    cls.prompts = _vlm_prompts(cls.config)
+    cls.kw = dict(length_buckets=(32,), patch_buckets=(0, 64),
+                  batch_buckets=(4,), max_cache=48)
+    cls.sampler = sampling.Sampler(cls.config, **cls.kw)
+    cls.sp = sampling.SamplingParams(max_new_tokens=cls.N, group_size=2)
+    cls.sampled = cls.sampler.generate(cls.params, cls.prompts, cls.sp, seed=3)
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.tmp.cleanup()
+    super().tearDownClass()
+
+  def test_greedy_matches_transformers_generate(self):
+    import torch  # pylint: disable=g-import-not-at-top
+    c = self.config
+    length = max(e.num_tokens for e in self.prompts)
+    ids = np.zeros((4, length), np.int64)
+    attn = np.zeros_like(ids)
+    for i, e in enumerate(self.prompts):
+      ids[i, length - e.num_tokens:] = e.tokens
+      attn[i, length - e.num_tokens:] = 1
+    with torch.no_grad():
+      ref = self.hf_model.generate(
+          input_ids=torch.tensor(ids), attention_mask=torch.tensor(attn),
+          pixel_values=torch.tensor(np.concatenate(
+              [p for e in self.prompts for p, _ in e.images])),
+          image_grid_thw=torch.tensor(
+              [g for e in self.prompts for _, g in e.images]),
+          mm_token_type_ids=torch.tensor((ids == c.image_token_id).astype(np.int64)),
+          max_new_tokens=self.N, do_sample=False, eos_token_id=None,
+          pad_token_id=0)[:, length:].numpy()
+    sp = sampling.SamplingParams(max_new_tokens=self.N, greedy=True,
+                                 group_size=2)
+    out = self.sampler.generate(self.params, self.prompts, sp, seed=0)
+    np.testing.assert_array_equal(out.tokens, np.repeat(ref, 2, axis=0))
+    self.assertTrue((out.finish_reason == sampling.FINISH_LENGTH).all())
+
+  def test_logprobs_match_scoring_path(self):
+    out = self.sampled
+    full = [batching.Example(
+        tokens=np.concatenate([self.prompts[p].tokens, t]),
+        images=self.prompts[p].images)
+            for p, t in zip(out.prompt_index, out.tokens)]
+    c = self.config
+    inputs = batching.make_batch(
+        full, vision=c.vision, image_token_id=c.image_token_id,
+        vision_start_id=c.vision_start_token_id, pad_id=0,
+        length_buckets=(48,), patch_buckets=(64,), padding="right")
+    logits = jax.jit(vlm.forward, static_argnums=1)(
+        self.params, c, jax.tree.map(jnp.asarray, inputs))
+    lp = np.asarray(jax.nn.log_softmax(logits, -1))
+    for r, ex in enumerate(full):
+      n = ex.num_tokens
+      cols = np.arange(n - self.N, n)
+      want = lp[r, cols - 1, ex.tokens[cols]]
+      np.testing.assert_allclose(out.logprobs[r], want, atol=1e-4, rtol=0)
+
+  def test_mesh_matches_single_device(self):
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded = sampling.Sampler(self.config, mesh=mesh, **self.kw)
+    out = sharded.generate(self.params, self.prompts, self.sp, seed=3)
+    np.testing.assert_array_equal(out.tokens, self.sampled.tokens)
+    np.testing.assert_allclose(out.logprobs, self.sampled.logprobs, atol=1e-5)
+    np.testing.assert_array_equal(out.lengths, self.sampled.lengths)
 
 
 if __name__ == "__main__":
