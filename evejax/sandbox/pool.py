@@ -249,7 +249,10 @@ class _Slot:
     c = self.config
     timeout = c.svg_timeout_s if prep.kind == "svg" else c.timeout_s
     cpu = min(c.cpu_s or timeout, timeout)
-    cap = c.result_mb << 20
+    # No valid result is larger than its images at the pixel limit, RGBA.
+    limit = (c.checks.max_pixels if prep.kind == "eve"
+             else c.checks.max_render_pixels)
+    cap = min(c.result_mb << 20, prep.expect_images * limit * 4 + (1 << 20))
     t0 = time.monotonic()
     self.sock.settimeout(c.grace_s)
     wire.send_frame(self.sock, {"op": "run", "timeout": timeout, "cpu_s": cpu,

@@ -7,7 +7,8 @@ namespace. The filter is built by hand (the BPF instruction set is tiny) so
 there is no dependency on libseccomp; syscall numbers were taken from the
 kernel headers (asm/unistd_64.h for x86_64, asm-generic/unistd.h for aarch64).
 
-Denied calls kill the whole process (SECCOMP_RET_KILL_PROCESS): the failure is
+Also denied: SysV IPC objects (they would outlive the job). Denied calls
+kill the whole process (SECCOMP_RET_KILL_PROCESS): the failure is
 unambiguous for the parent (death by SIGSYS means "forbidden operation") and
 the program cannot catch it. Threads stay allowed (clone with CLONE_THREAD);
 clone3 answers ENOSYS so that glibc falls back to clone, whose flags we can see.
@@ -72,6 +73,9 @@ _SYSCALLS = {
     "move_mount": (429, 429), "open_tree": (428, 428), "fsopen": (430, 430),
     "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
     "iopl": (172, None), "ioperm": (173, None), "uselib": (134, None),
+    # SysV IPC objects outlive the process that made them: a job could leave
+    # memory behind or pass data to the next job of the same worker.
+    "shmget": (29, 194), "semget": (64, 190), "msgget": (68, 186),
 }
 
 # Everything here kills the process; socket/socketpair/clone/clone3 are

@@ -115,7 +115,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 def _parse_header(raw: bytes) -> dict[str, Any]:
   try:
     header = json.loads(raw.decode("utf-8"))
-  except (UnicodeDecodeError, ValueError) as e:
+  except (UnicodeDecodeError, ValueError, RecursionError, MemoryError) as e:
     raise ProtocolError(f"frame header is not JSON: {e}") from None
   if not isinstance(header, dict):
     raise ProtocolError("frame header is not a JSON object")
@@ -125,12 +125,14 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
   return header
 
 
-def split_frames(data: bytes | bytearray | memoryview, max_frames: int
+def split_frames(data: bytes | bytearray | memoryview, max_frames: int,
+                 max_header: int = 64 << 10
                  ) -> list[tuple[dict[str, Any], memoryview]]:
   """Parses a complete byte stream into frames (for data a job wrote).
 
   Raises ProtocolError on any malformed or truncated frame. Payloads are
-  returned as views into `data` (no copies).
+  returned as views into `data` (no copies). A job's headers are small (an
+  image shape, or an error with a capped traceback), hence `max_header`.
   """
   view = memoryview(data).cast("B")
   out, pos = [], 0
@@ -141,7 +143,7 @@ def split_frames(data: bytes | bytearray | memoryview, max_frames: int
       raise ProtocolError("truncated frame length")
     (hlen,) = _LEN.unpack(view[pos:pos + 4])
     pos += 4
-    if hlen > MAX_HEADER or hlen > len(view) - pos:
+    if hlen > max_header or hlen > len(view) - pos:
       raise ProtocolError(f"bad frame header length {hlen}")
     header = _parse_header(bytes(view[pos:pos + hlen]))
     pos += hlen
