@@ -530,7 +530,7 @@ class Learner:
           for k, s in sums_shape.items()}
     (grads, sums), _ = jax.lax.scan(body, (g0, s0), mbs)
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)
     updates, opt_state = self._tx.update(grads, state.opt_state, trainable)
     new_trainable = optax.apply_updates(trainable, updates)

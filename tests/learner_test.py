@@ -1,0 +1,297 @@
+"""Learner: scoring path, exact accumulation, sharding, freezing, skips, losses."""
+import os
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+# 8 CPU devices for the mesh test; LLVM optimisation off: these tiny programs
+# compile ~5x faster and run fast enough unoptimised.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8"
+                           " --xla_backend_optimization_level=0").strip()
+
+import functools
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from evejax import parallel
+from evejax.models import presets
+from evejax.models import vlm
+from evejax.processing import batching
+from evejax.processing import images
+from evejax.rl import learner as learner_lib
+from evejax.rl import losses
+from evejax.rl import optim
+
+CONFIG = presets.tiny(vocab_size=64)
+B, T = 8, 16
+
+
+@functools.lru_cache(maxsize=None)
+def _init_params(seed: int = 0):
+  return jax.jit(vlm.init_params, static_argnums=0)(CONFIG, jax.random.PRNGKey(seed))
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _forward_logp(params, inputs, targets, temperature=1.0):
+  """The reference: full [B, T, V] logits from vlm.forward, log-softmax, gather."""
+  logits = vlm.forward(params, CONFIG, inputs) / temperature
+  return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
+
+
+def _batch(seed: int = 0, rows: int = B, image: bool = True) -> learner_lib.TrainBatch:
+  """Rows = [vision_start, image, vision_end, prompt text] + a ragged completion."""
+  rng = np.random.default_rng(seed)
+  examples = []
+  for _ in range(rows):
+    pixels = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    patches, grid = images.preprocess_image(pixels, min_pixels=28 * 28)
+    prompt = ([3, 5, 4] if image else []) + list(rng.integers(7, 64, 3))
+    completion = list(rng.integers(7, 64, rng.integers(1, T - len(prompt) + 1)))
+    tokens = np.array(prompt + completion, np.int32)
+    mask = np.array([0] * len(prompt) + [1] * len(completion), np.int32)
+    examples.append(batching.Example(tokens, [(patches, grid)] if image else [], mask))
+  b = batching.collate(examples, vision=CONFIG.vision, image_token_id=CONFIG.image_token_id,
+                       vision_start_id=CONFIG.vision_start_token_id, pad_id=0,
+                       length_buckets=(T,), patch_buckets=(4 if image else 0,),
+                       padding="right")
+  targets, loss_mask = learner_lib.targets_from_tokens(b.inputs.tokens, b.loss_mask)
+  return learner_lib.TrainBatch(inputs=b.inputs, targets=targets, loss_mask=loss_mask)
+
+
+def _cfg(**kw) -> ml_collections.ConfigDict:
+  cfg = learner_lib.default_train_config()
+  cfg.optimizer.lr = 1e-2
+  cfg.loss.kl_coef = 0.1
+  for k, v in kw.items():
+    node = cfg
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return cfg
+
+
+def _assert_trees_close(test, a, b, atol):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32),
+                               atol=atol, rtol=0, err_msg=jax.tree_util.keystr(path))
+
+
+class TokenLogprobsTest(absltest.TestCase):
+
+  def test_chunked_equals_full_logits_values_and_grads(self):
+    # Text only: chunking is about the unembedding; the vision tower would
+    # only add compile time here.
+    params, batch = _init_params(), _batch(image=False)
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=(B, T)), jnp.float32)
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def value_and_grad(params, batch, chunk):
+      def f(p):
+        logp, ent = learner_lib.token_logprobs(p, CONFIG, batch.inputs, batch.targets,
+                                               chunk, temperature=0.7, with_entropy=True)
+        return (logp * weights).sum(), (logp, ent)
+      return jax.value_and_grad(f, has_aux=True)(params)
+
+    (_, (logp_full, ent_full)), g_full = value_and_grad(params, batch, 0)
+    (_, (logp_chunk, ent_chunk)), g_chunk = value_and_grad(params, batch, 5)  # 16 = 5+5+5+1
+    want = _forward_logp(params, batch.inputs, batch.targets, 0.7)
+    np.testing.assert_allclose(logp_full, want, atol=2e-5)
+    np.testing.assert_allclose(logp_chunk, want, atol=2e-5)
+    np.testing.assert_allclose(ent_chunk, ent_full, atol=2e-5)
+    self.assertTrue(np.all(np.asarray(ent_full) > 0))
+    _assert_trees_close(self, g_chunk, g_full, atol=1e-5)
+
+  def test_targets_from_tokens_shifts_left(self):
+    tokens = np.array([[5, 6, 7, 8, 0]])
+    comp = np.array([[0, 0, 1, 1, 0]])
+    targets, mask = learner_lib.targets_from_tokens(tokens, comp)
+    np.testing.assert_array_equal(targets, [[6, 7, 8, 0, 0]])
+    np.testing.assert_array_equal(mask, [[0, 1, 1, 0, 0]])
+
+
+class GrpoStepTest(absltest.TestCase):
+  """One GRPO step: k micro-batches == one batch == 8-device mesh == direct loss."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    params = _init_params()
+    batch = _batch()
+    rng = np.random.default_rng(2)
+    logp = np.asarray(_forward_logp(params, batch.inputs, batch.targets))
+    # Old/ref log-probs away from the current ones, so the clip, the dual clip
+    # and the KL term are all active.
+    batch = batch.replace(
+        old_logp=(logp + rng.normal(scale=1.0, size=logp.shape)).astype(np.float32),
+        ref_logp=(logp + rng.normal(scale=0.3, size=logp.shape)).astype(np.float32),
+        advantages=rng.normal(size=B).astype(np.float32))
+    cls.params, cls.batch, cls.logp = params, batch, logp
+    cls.results = {}
+
+  def run_step(self, name, micro_batches=1, mesh=None):
+    if name not in self.results:
+      # Plain SGD with lr 1: the param change is the gradient itself, which
+      # compares well; Adam's first step is ~sign(grad) and amplifies noise.
+      cfg = _cfg(micro_batches=micro_batches, **{"optimizer.name": "sgd",
+                                                 "optimizer.lr": 1.0,
+                                                 "optimizer.grad_clip": 0.0})
+      learner = learner_lib.Learner(CONFIG, cfg, self.params, mesh=mesh)
+      metrics = learner.grpo_step(self.batch)
+      self.results[name] = (metrics, jax.device_get(learner.params), learner)
+    return self.results[name]
+
+  def test_loss_equals_direct_computation(self):
+    metrics, _, _ = self.run_step("one")
+    b = self.batch
+    pg, pm = losses.policy_loss(self.logp, b.old_logp, b.advantages, b.loss_mask)
+    kl = losses.aggregate(losses.kl_penalty(self.logp, b.ref_logp, "low_var_kl"), b.loss_mask)
+    np.testing.assert_allclose(metrics["pg_loss"], pg, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(metrics["kl"], kl, rtol=1e-4)
+    np.testing.assert_allclose(metrics["loss"], pg + 0.1 * kl, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(metrics["clip_fraction"], pm["clip_fraction"], atol=1e-6)
+    self.assertGreater(metrics["clip_fraction"], 0.0)
+    self.assertGreater(metrics["dual_clip_fraction"], 0.0)
+    self.assertEqual(metrics["skipped"], 0.0)
+    self.assertEqual(metrics["token_count"], float(b.loss_mask.sum()))
+
+  def test_params_moved(self):
+    _, after, _ = self.run_step("one")
+    moved = [not np.allclose(x, y) for x, y in zip(jax.tree.leaves(after),
+                                                  jax.tree.leaves(self.params))]
+    self.assertTrue(all(moved), "every param (vision tower included) gets an update")
+
+  def test_sharded_micro_batched_step_equals_one_device_one_batch(self):
+    # 8 devices (data 2 x fsdp 2 x tensor 2), 2 micro-batches of 4 rows, each
+    # spread over the 4 data-parallel devices: same loss, metrics and update
+    # as the whole batch on one device (not a mean of micro-batch means: the
+    # completions are ragged, so token-mean would differ).
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    m1, p1, _ = self.run_step("one")
+    ms, ps, learner = self.run_step("mesh", micro_batches=2, mesh=mesh)
+    for k in ("loss", "pg_loss", "kl", "clip_fraction", "entropy", "grad_norm"):
+      np.testing.assert_allclose(ms[k], m1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    _assert_trees_close(self, ps, p1, atol=1e-5)
+    # The params really are spread over the mesh, and so are Adam's moments.
+    emb = learner.params["text"]["embed"]["embedding"]
+    self.assertLess(emb.addressable_shards[0].data.size, emb.size)
+    adam = learner_lib.Learner(CONFIG, _cfg(), self.params, mesh=mesh)
+    mu = adam.state.opt_state[1][0].mu["text"]["embed"]["embedding"]
+    self.assertEqual(mu.sharding, adam.params["text"]["embed"]["embedding"].sharding)
+    self.assertLess(mu.addressable_shards[0].data.size, mu.size)
+
+  def test_batch_not_divisible_is_a_clear_error(self):
+    _, _, learner = self.run_step("mesh", micro_batches=2, mesh=parallel.make_mesh(
+        {"data": 2, "fsdp": 2, "tensor": 2}))
+    with self.assertRaisesRegex(ValueError, r"multiple of micro_batches \(2\) x devices"):
+      learner.grpo_step(_batch(rows=6).replace(advantages=np.zeros(6, np.float32)))
+
+
+class FreezeAndSkipTest(absltest.TestCase):
+
+  def test_frozen_vision_nan_skips_and_stop(self):
+    params = _init_params()
+    cfg = _cfg(freeze=("^vision/",), max_nonfinite_in_a_row=2, param_dtype="bfloat16")
+    cfg.loss.kl_coef = 0.0
+    learner = learner_lib.Learner(CONFIG, cfg, params)
+    self.assertIsNone(learner._ref)  # kl_coef 0: no reference params, no ref pass
+    batch = _batch().replace(advantages=np.linspace(-1, 1, B).astype(np.float32))
+    before = jax.device_get(learner.params)
+    metrics = learner.grpo_step(batch)
+    self.assertNotIn("kl", metrics)
+    after = jax.device_get(learner.params)
+    self.assertEqual(after["text"]["norm"]["scale"].dtype, jnp.bfloat16)
+    _assert_trees_close(self, after["vision"], before["vision"], atol=0)
+    self.assertFalse(np.array_equal(after["text"]["embed"]["embedding"],
+                                    before["text"]["embed"]["embedding"]))
+    # Frozen params carry no optimizer state: Adam's moments cover text only.
+    mu = learner.state.opt_state[1][0].mu
+    self.assertEmpty(jax.tree.leaves(mu["vision"]))
+    self.assertLen(jax.tree.leaves(mu["text"]), len(jax.tree.leaves(params["text"])))
+
+    bad = batch.replace(advantages=np.full(B, np.nan, np.float32))
+    metrics = learner.grpo_step(bad)
+    self.assertEqual(metrics["skipped"], 1.0)
+    self.assertEqual(metrics["nonfinite_in_a_row"], 1.0)
+    _assert_trees_close(self, jax.device_get(learner.params), after, atol=0)
+    learner.grpo_step(batch)  # a good step resets the run of failures
+    learner.grpo_step(bad)
+    with self.assertRaisesRegex(FloatingPointError, "max_nonfinite_in_a_row=2"):
+      learner.grpo_step(bad)
+    self.assertEqual(learner.step, 5)
+    self.assertEqual(int(learner.state.nonfinite_total), 3)
+
+  def test_freeze_pattern_typo(self):
+    with self.assertRaisesRegex(ValueError, "matches no parameter.*vision"):
+      optim.trainable_mask(_init_params(), ("^visual/",))
+
+  def test_unknown_config_key(self):
+    with self.assertRaisesRegex(ValueError, "config.train.loss.kl_cof"):
+      learner_lib._merge_config({"loss": {"kl_cof": 0.1}})
+
+  def test_warmup_then_cosine_schedule(self):
+    cfg = _cfg()
+    cfg.optimizer.update(lr=1.0, schedule="cosine", warmup_steps=4, total_steps=12)
+    lr = optim.schedule(cfg)
+    np.testing.assert_allclose([lr(0), lr(2), lr(4), lr(8), lr(12)],
+                               [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+    cfg.optimizer.total_steps = 0
+    with self.assertRaisesRegex(ValueError, "total_steps"):
+      optim.schedule(cfg)
+
+
+class SftAndReinforceTest(absltest.TestCase):
+
+  def test_sft_loss_is_completion_nll(self):
+    params, batch = _init_params(), _batch()
+    learner = learner_lib.Learner(CONFIG, _cfg(**{"loss.kl_coef": 0.0}), params)
+    logp = np.asarray(_forward_logp(params, batch.inputs, batch.targets))
+    m = batch.loss_mask
+    first = learner.sft_step(batch)
+    np.testing.assert_allclose(first["loss"], -(logp * m).sum() / m.sum(), rtol=1e-5)
+    for _ in range(4):
+      last = learner.sft_step(batch)
+    self.assertLess(last["loss"], first["loss"] - 0.5)
+
+  def test_reinforce_loss_baseline_and_beta(self):
+    params, ref = _init_params(0), _init_params(1)
+    cfg = _cfg(**{"loss.kl_coef": 0.0, "reinforce.kl_beta": 0.5})
+    learner = learner_lib.Learner(CONFIG, cfg, params, ref_params=ref)
+    batch = _batch()
+    rewards = np.linspace(0, 1, B).astype(np.float32)
+
+    @jax.jit
+    def direct(params, ref):
+      logits = vlm.forward(params, CONFIG, batch.inputs)
+      ref_logits = vlm.forward(ref, CONFIG, batch.inputs)
+      return (_forward_logp(params, batch.inputs, batch.targets),
+              losses.token_kl_from_logits(logits, ref_logits))
+
+    logp, kl_tok = map(np.asarray, direct(params, ref))
+    m = batch.loss_mask
+    nll = -(logp * m).sum(-1) / m.sum(-1)
+    adv = rewards - rewards.mean()  # first batch of a role: baseline = its mean
+    kl = (kl_tok * m).sum() / m.sum()
+    metrics = learner.reinforce_step(batch.replace(rewards=rewards), "solver")
+    np.testing.assert_allclose(metrics["pg_loss"], (adv * nll).mean(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(metrics["kl"], kl, rtol=1e-4)
+    np.testing.assert_allclose(metrics["loss"], (adv * nll).mean() + 0.5 * kl, rtol=1e-4)
+
+    s = learner.state
+    role = cfg.reinforce.roles.index("solver")
+    np.testing.assert_allclose(s.baselines.value[role], rewards.mean(), rtol=1e-6)
+    self.assertFalse(bool(s.baselines.initialized[1 - role]))
+    np.testing.assert_allclose(s.kl_beta, 0.5 * np.exp(0.1 * (kl - 0.02) / 0.02), rtol=1e-4)
+    metrics = learner.reinforce_step(batch.replace(rewards=rewards + 1.0), "solver")
+    np.testing.assert_allclose(metrics["baseline"], rewards.mean(), rtol=1e-5)
+    np.testing.assert_allclose(learner.state.baselines.value[role],
+                               0.9 * rewards.mean() + 0.1 * (rewards.mean() + 1.0), rtol=1e-5)
+    with self.assertRaisesRegex(ValueError, "unknown REINFORCE role 'coder'"):
+      learner.reinforce_step(batch.replace(rewards=rewards), "coder")
+
+
+if __name__ == "__main__":
+  absltest.main()
