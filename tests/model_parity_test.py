@@ -44,6 +44,10 @@ class ParityTest(absltest.TestCase):
     # (3x5 merged units) has partial windows on both edges.
     cls.segs_a = [[4, (84, 140), 3, (56, 84), 2], [3, (84, 56), 5], [7]]
     cls.ex_a, cls.pos_a, cls.ref_a = cls.a.examples(cls.segs_a, seed=3)
+    # Batch of 4 so the sharded test can split it over data x fsdp.
+    segs_b = [[2, (112, 56), 3, (56, 140), 1], [5, (84, 84), 2], [6],
+              [1, (56, 56)]]
+    cls.ex_b, cls.pos_b, cls.ref_b = cls.b.examples(segs_b, seed=4)
 
   @classmethod
   def tearDownClass(cls):
@@ -65,9 +69,8 @@ class ParityTest(absltest.TestCase):
                       self.ref_a, num_patches=128)
 
   def test_forward_matches_hf_untied(self):
-    segs = [[2, (112, 56), 3, (56, 140), 1], [5, (84, 84), 2], [6], [1, (56, 56)]]
-    exs, pos, refs = self.b.examples(segs, seed=4)
-    self._check_vs_hf(self.params_b, self.b.config, exs, pos, refs)
+    self._check_vs_hf(self.params_b, self.b.config, self.ex_b, self.pos_b,
+                      self.ref_b)
 
   def test_left_padding_matches_hf(self):
     self._check_vs_hf(self.params_a, self.a.config, self.ex_a, self.pos_a,
@@ -119,10 +122,9 @@ class ParityTest(absltest.TestCase):
 
   def test_sharded_forward_equals_single_device(self):
     config, params = self.b.config, self.params_b
-    segs = [[2, (56, 84), 3], [4, (84, 56)], [5], [1, (56, 56), 2]]
-    exs, pos, _ = self.b.examples(segs, seed=6)
-    inputs = _device(testing_hf.to_model_inputs(config, exs, pos))
-    single = np.asarray(_forward(params, config, inputs))
+    host_inputs = testing_hf.to_model_inputs(config, self.ex_b, self.pos_b)
+    inputs = _device(host_inputs)
+    single = np.asarray(_forward(params, config, inputs))  # cached compile
 
     mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
@@ -154,6 +156,8 @@ class ParityTest(absltest.TestCase):
     out = _forward(sharded_params, config, sharded_inputs)
     self.assertLen(out.sharding.device_set, 8)
     self.assertLessEqual(testing_hf.max_diff(out, single), 1e-5)
+    for o, r in zip(testing_hf.real_logits(out, host_inputs), self.ref_b):
+      self.assertLessEqual(testing_hf.max_diff(o, r), TOL)
 
 
 class PatchLayoutTest(absltest.TestCase):
