@@ -1,0 +1,238 @@
+"""Benchmark: evejax's sampler against transformers `generate`.
+
+  python -m evejax.tools.bench_sampler [--batch 8] [--prompt_len 64]
+      [--new_tokens 128] [--repeats 3] [--dtype float32]
+  python -m evejax.tools.bench_sampler --roofline [--preset qwen2_5_vl_3b]
+      [--batch 64] [--bandwidth_gbs 3350]
+
+Default (CPU) mode: builds a random Qwen2.5-VL checkpoint of about 50M
+parameters with transformers in this process (shape flags below), loads it
+into evejax with `hf.load_params`, and runs the same greedy job both ways:
+the same batch of text prompts of --prompt_len tokens, --new_tokens new tokens
+each (EOS disabled, so every row runs to the end), the same dtype. Prints
+tokens/s of each, their ratio, evejax's compile time (excluded from its
+rate) and how many greedy tokens agree. Rounds interleave the two so load
+from other processes hits both alike; each rate is the median round.
+
+--roofline: a random model of a preset's shape (default 3B) in bf16, batch 64;
+decode time per step = (time for N new tokens - time for 1) / (N - 1); bytes
+per step = text-model weights + the KV cache slots the attention reads; the
+fraction of the device's HBM bandwidth that implies is printed. Device
+bandwidth is looked up from the device kind or given with --bandwidth_gbs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evejax import sampling
+from evejax.models import hf
+from evejax.models import presets
+from evejax.models import vlm
+from evejax.processing import batching
+
+# Peak HBM bandwidth, bytes/s, by a substring of `device_kind` (first match).
+BANDWIDTH = (
+    ("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
+    ("A100-SXM4-80GB", 2.04e12), ("A100 80GB", 1.94e12), ("A100", 1.56e12),
+    ("L4", 0.3e12), ("TPU v6", 1.64e12), ("TPU v5p", 2.76e12),
+    ("TPU v5", 0.82e12), ("TPU v4", 1.2e12),
+)
+
+
+def bench_config(args) -> presets.ModelConfig:
+  """A ~50M-parameter text model with the tiny vision tower (unused here)."""
+  base = presets.tiny()
+  text = dataclasses.replace(
+      base.text, vocab_size=args.vocab, hidden_size=args.hidden,
+      intermediate_size=args.intermediate, num_layers=args.layers,
+      num_heads=args.heads, num_kv_heads=args.kv_heads,
+      mrope_section=_mrope_section(args.hidden // args.heads),
+      tie_word_embeddings=False)
+  vision = dataclasses.replace(base.vision, out_hidden_size=args.hidden)
+  return base.replace(text=text, vision=vision, dtype=args.dtype)
+
+
+def _mrope_section(head_dim: int) -> tuple[int, int, int]:
+  # Qwen's 16/24/24 split of head_dim/2 = 64, scaled to other head sizes.
+  half = head_dim // 2
+  t = half // 4
+  h = (half - t) // 2
+  return (t, h, half - t - h)
+
+
+def _prompts(batch: int, length: int, vocab: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  # Ids below 8 are special tokens in the tiny layout (e.g. <|image_pad|>).
+  return rng.integers(8, vocab, size=(batch, length)).astype(np.int32)
+
+
+def _count(params) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def run_cpu(args) -> None:
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  config = bench_config(args)
+  torch.manual_seed(0)
+  torch.set_num_threads(os.cpu_count() or 1)
+  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+  hf_config = transformers.Qwen2_5_VLConfig(**hf.config_to_hf(config, args.dtype))
+  for c in (hf_config, hf_config.text_config, hf_config.vision_config):
+    c.initializer_range = 0.1  # varied greedy paths, not a repeated token
+  model = transformers.Qwen2_5_VLForConditionalGeneration(hf_config)
+  model = model.to(torch_dtype).eval()
+  with tempfile.TemporaryDirectory() as tmp:
+    model.save_pretrained(tmp)
+    params = hf.load_params(tmp, hf.config_from_hf(tmp),
+                            dtype=jnp.dtype(args.dtype))
+  n_text = _count(params["text"]) if "text" in params else _count(params)
+  print(f"model: {_count(params) / 1e6:.1f}M params ({n_text / 1e6:.1f}M "
+        f"text), dtype {args.dtype}; batch {args.batch}, prompt "
+        f"{args.prompt_len}, {args.new_tokens} new tokens, greedy; "
+        f"{os.cpu_count()} CPU threads for torch, jax on {jax.devices()[0].platform}")
+
+  prompts = _prompts(args.batch, args.prompt_len, args.vocab)
+  examples = [batching.Example(tokens=p) for p in prompts]
+  sampler = sampling.Sampler(
+      config, length_buckets=(args.prompt_len,), patch_buckets=(0,),
+      batch_buckets=(args.batch,), max_cache=args.prompt_len + args.new_tokens)
+  sp = sampling.SamplingParams(max_new_tokens=args.new_tokens, greedy=True)
+
+  def run_evejax():
+    start = time.perf_counter()
+    out = sampler.generate(params, examples, sp, seed=0)
+    return time.perf_counter() - start, out.tokens
+
+  ids = torch.tensor(prompts, dtype=torch.long)
+  attn = torch.ones_like(ids)
+
+  def run_hf(n=args.new_tokens):
+    start = time.perf_counter()
+    with torch.no_grad():
+      out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=n,
+                           min_new_tokens=n, do_sample=False, eos_token_id=None,
+                           pad_token_id=0)
+    return time.perf_counter() - start, out[:, args.prompt_len:].numpy()
+
+  first, _ = run_evejax()
+  compile_s = sampler.compile_seconds
+  run_hf(4)  # warm-up (allocator, kernels)
+  ej_times, hf_times = [], []
+  for _ in range(args.repeats):
+    t, ej_tokens = run_evejax()
+    ej_times.append(t)
+    t, hf_tokens = run_hf()
+    hf_times.append(t)
+  total = args.batch * args.new_tokens
+  ej, th = statistics.median(ej_times), statistics.median(hf_times)
+  agree = float(np.mean(ej_tokens == hf_tokens))
+  # Greedy paths diverge after the first differing token: count the prefix.
+  same_prefix = np.mean([np.argmin(np.append(a == b, False))
+                         for a, b in zip(ej_tokens, hf_tokens)])
+  print(f"evejax:       {total / ej:10.1f} tokens/s  ({ej:.3f} s; first call "
+        f"{first:.1f} s of which compile {compile_s:.1f} s, "
+        f"{sampler.num_compiles} programs)")
+  print(f"transformers: {total / th:10.1f} tokens/s  ({th:.3f} s)")
+  print(f"ratio evejax / transformers: {th / ej:.2f}x   (rounds: evejax "
+        f"{[round(x, 3) for x in ej_times]}, transformers "
+        f"{[round(x, 3) for x in hf_times]})")
+  print(f"greedy agreement: {agree:.1%} of tokens; identical prefix "
+        f"{same_prefix:.1f} of {args.new_tokens} tokens on average")
+
+
+def _bandwidth(args) -> tuple[float, str]:
+  if args.bandwidth_gbs:
+    return args.bandwidth_gbs * 1e9, "--bandwidth_gbs"
+  kind = jax.devices()[0].device_kind
+  for key, bw in BANDWIDTH:
+    if key.lower() in kind.lower():
+      return bw, kind
+  raise SystemExit(f"Unknown HBM bandwidth for device kind {kind!r}; pass "
+                   "--bandwidth_gbs.")
+
+
+def run_roofline(args) -> None:
+  bandwidth, source = _bandwidth(args)
+  config = presets.get_preset(args.preset).replace(dtype=args.dtype)
+  dtype = jnp.dtype(args.dtype)
+  init = jax.jit(vlm.init_params, static_argnums=(0, 2))
+  params = init(config, jax.random.key(0), dtype)
+  t = config.text
+  text_bytes = sum(x.size * x.dtype.itemsize
+                   for x in jax.tree.leaves(params["text"]))
+  cache_size = args.prompt_len + args.new_tokens
+  kv_bytes = (2 * t.num_layers * args.batch * cache_size * t.num_kv_heads
+              * t.head_dim * dtype.itemsize)
+  prompts = _prompts(args.batch, args.prompt_len, t.vocab_size)
+  examples = [batching.Example(tokens=p) for p in prompts]
+  sampler = sampling.Sampler(
+      config, length_buckets=(args.prompt_len,), patch_buckets=(0,),
+      batch_buckets=(args.batch,), max_cache=cache_size)
+
+  def timed(n):
+    sp = sampling.SamplingParams(max_new_tokens=n, greedy=True)
+    sampler.generate(params, examples, sp, seed=0)  # compile
+    times = []
+    for _ in range(args.repeats):
+      start = time.perf_counter()
+      sampler.generate(params, examples, sp, seed=0)
+      times.append(time.perf_counter() - start)
+    return min(times)
+
+  t_full, t_one = timed(args.new_tokens), timed(1)
+  step = (t_full - t_one) / (args.new_tokens - 1)
+  # The decode step attends over every cache slot (masked), so all are read.
+  moved = text_bytes + kv_bytes
+  frac = moved / step / bandwidth
+  print(f"{args.preset} ({dtype.name}) on {jax.devices()[0].device_kind}: "
+        f"batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new")
+  print(f"decode step {step * 1e3:.3f} ms; {args.batch / step:.0f} tokens/s; "
+        f"prefill+1 token {t_one * 1e3:.1f} ms; compile "
+        f"{sampler.compile_seconds:.1f} s")
+  print(f"bytes/step: weights {text_bytes / 1e9:.3f} GB + KV {kv_bytes / 1e9:.3f}"
+        f" GB; bandwidth {bandwidth / 1e12:.2f} TB/s ({source})")
+  print(f"roofline fraction: {frac:.1%}")
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--batch", type=int, default=None)
+  p.add_argument("--prompt_len", type=int, default=64)
+  p.add_argument("--new_tokens", type=int, default=128)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"))
+  p.add_argument("--vocab", type=int, default=16384)
+  p.add_argument("--hidden", type=int, default=512)
+  p.add_argument("--intermediate", type=int, default=1536)
+  p.add_argument("--layers", type=int, default=8)
+  p.add_argument("--heads", type=int, default=8)
+  p.add_argument("--kv_heads", type=int, default=2)
+  p.add_argument("--roofline", action="store_true",
+                 help="random --preset model on the accelerator, HBM roofline")
+  p.add_argument("--preset", default="qwen2_5_vl_3b")
+  p.add_argument("--bandwidth_gbs", type=float, default=0.0,
+                 help="device bandwidth in GB/s (default: by device kind)")
+  args = p.parse_args(argv)
+  if args.roofline:
+    args.batch = args.batch or 64
+    args.dtype = args.dtype or "bfloat16"
+    run_roofline(args)
+  else:
+    args.batch = args.batch or 8
+    args.dtype = args.dtype or "float32"
+    run_cpu(args)
+
+
+if __name__ == "__main__":
+  main()
