@@ -54,6 +54,7 @@ def _base() -> ml_collections.ConfigDict:
       num_args=4,
       transforms="",               # extra transformation library "pkg.mod:attr"
       heldout_eval_questions=256,  # Solver accuracy on held-out families
+      pipeline_chunks=4,           # sandbox runs chunk i while chunk i+1 samples
   ))
   c.queue = ml_collections.ConfigDict(dict(
       capacity=50,                 # top-K by difficulty, seeds never evicted
@@ -72,10 +73,12 @@ def _base() -> ml_collections.ConfigDict:
   ))
   c.solver_data = ml_collections.ConfigDict(dict(
       log_min_pass=0.25, log_max_pass=1.0, keep=1280))
+  # Validity of a program's outputs (evejax.sandbox.CheckConfig fields).
   c.checks = ml_collections.ConfigDict(dict(
-      min_pixels=32 * 32, max_pixels=4096 * 4096, min_opaque=0.10,
-      max_near_black=0.10, max_near_black_rotation=0.75, near_black_luma=5,
-      size_tolerance=0.05))
+      min_pixels=32 * 32, max_pixels=4096 * 4096, min_opaque_fraction=0.10,
+      max_near_black_fraction=0.10, rotation_near_black_fraction=0.75,
+      near_black_luma=5.0, distinct_size_ratio=0.95, max_function_chars=2000,
+      reject_randomness=True, reject_file_saving=True))
 
   c.sampling = ml_collections.ConfigDict(dict(
       challenger=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=4096),
@@ -85,7 +88,8 @@ def _base() -> ml_collections.ConfigDict:
   c.sandbox = cu.sandbox(workers=16)
   c.checkpoint = cu.checkpoint(every=5, keep=3)
   c.warmstart = ml_collections.ConfigDict(dict(
-      enabled=False, challenger_steps=0, solver_steps=0, batch_size=16, lr=1e-3))
+      enabled=False, challenger_steps=0, solver_steps=0, batch_size=16, lr=1e-3,
+      solver_reasoning="The answer is"))
   c.log = ml_collections.ConfigDict(dict(
       every=1, tensorboard=True, gallery_tasks=24, progress=True))
   return c
@@ -111,13 +115,13 @@ def tiny() -> ml_collections.ConfigDict:
   c.eve.difficulty_samples = 6
   c.eve.heldout_eval_questions = 48
   c.solver_data.keep = 64
-  c.sampling.challenger.max_new_tokens = 384
+  c.sampling.challenger.max_new_tokens = 448
   c.sampling.solver.max_new_tokens = 16
   c.train = cu.grpo(lr=3e-4, kl_coef=0.0)
   c.sandbox = cu.sandbox(workers=2, timeout_s=5.0)
   c.checkpoint = cu.checkpoint(every=2, keep=2)
-  c.warmstart = ml_collections.ConfigDict(dict(
-      enabled=True, challenger_steps=150, solver_steps=150, batch_size=16, lr=2e-3))
+  c.warmstart.update(dict(enabled=True, challenger_steps=150, solver_steps=150,
+                          batch_size=16, lr=2e-3))
   c.log.gallery_tasks = 12
   return c
 

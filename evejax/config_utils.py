@@ -49,29 +49,26 @@ def mesh(data: int = 1, fsdp: int = -1, tensor: int = 1) -> ml_collections.Confi
 def grpo(*, lr: float = 1e-6, kl_coef: float = 1e-3, clip_low: float = 0.2,
          clip_high: float = 0.2, dual_clip: float = 3.0,
          micro_batches: int = 1) -> ml_collections.ConfigDict:
-  """verl/EasyR1 GRPO defaults (reference/METHODS.md)."""
-  return ml_collections.ConfigDict(dict(
-      optimizer=dict(
-          name="adamw", lr=lr, schedule="constant", warmup_steps=0,
-          b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0),
-      loss=dict(
-          policy="ppo_clip", clip_low=clip_low, clip_high=clip_high,
-          dual_clip=dual_clip, agg="token-mean", norm_constant=0.0,
-          kl_coef=kl_coef, kl_estimator="low_var_kl", entropy_coef=0.0,
-          advantage="grpo", adv_eps=1e-6),
-      micro_batches=micro_batches,
-      # Regexes on '/'-joined parameter paths; e.g. ("^visual/",) freezes the ViT.
-      freeze=(),
-      ref_on_host=False,
-      logprob_chunk=0,           # >0: log-softmax over sequence chunks of this size
-      max_nonfinite_in_a_row=5,
-  ))
+  """The learner's config (evejax.rl.learner.default_train_config) with GRPO overrides.
+
+  Defaults are verl/EasyR1's (reference/METHODS.md); the learner owns the full
+  set of keys so that every one of them can be overridden from the command line.
+  """
+  from evejax.rl import learner  # pylint: disable=g-import-not-at-top
+  c = learner.default_train_config()
+  c.optimizer.lr = lr
+  c.loss.kl_coef = kl_coef
+  c.loss.clip_low, c.loss.clip_high, c.loss.dual_clip = clip_low, clip_high, dual_clip
+  c.micro_batches = micro_batches
+  return c
 
 
 def sandbox(*, workers: int = 2, timeout_s: float = 10.0) -> ml_collections.ConfigDict:
+  """evejax.sandbox.SandboxConfig fields (output checks live in config.checks)."""
   return ml_collections.ConfigDict(dict(
-      workers=workers, timeout_s=timeout_s, cpu_s=10, memory_mb=1024,
-      max_file_mb=16, max_output_chars=10_000, queue_size=256))
+      workers=workers, queue_size=256, timeout_s=timeout_s, memory_mb=1024,
+      file_size_mb=16, disk_mb=64, open_files=64, processes=32,
+      output_bytes=16384, require=()))
 
 
 def checkpoint(every: int = 10, keep: int = 3) -> ml_collections.ConfigDict:

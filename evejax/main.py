@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging as logging_lib
 import os
 import sys
 
@@ -58,12 +59,22 @@ def default_workdir(config) -> str:
   return os.path.join("workdirs", f"{config.recipe}_{preset}")
 
 
+class _QuietLibraries(logging_lib.Filter):
+  """Drops INFO chatter of checkpointing libraries (orbax logs every save step)."""
+
+  def filter(self, record):
+    return record.levelno >= logging_lib.WARNING or not any(
+        f"/{lib}/" in record.pathname for lib in ("orbax", "etils"))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/eve.py:tiny")
+  for handler in logging_lib.getLogger().handlers + logging.get_absl_logger().handlers:
+    handler.addFilter(_QuietLibraries())
   workdir = _WORKDIR.value or default_workdir(config)
   os.makedirs(workdir, exist_ok=True)
   logging.info("Config:\n%s", config)
