@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import fcntl
 import itertools
 import json
 import logging
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 LAYER_NAMES = ("namespaces", "private_root", "uid_drop", "seccomp", "rlimits")
 _UID_BASE = 1 << 30
+F_SETPIPE_SZ = 1031
 _pool_seq = itertools.count()
 
 
@@ -255,14 +257,22 @@ class _Slot:
     cap = min(c.result_mb << 20, prep.expect_images * limit * 4 + (1 << 20))
     t0 = time.monotonic()
     self.sock.settimeout(c.grace_s)
-    wire.send_frame(self.sock, {"op": "run", "timeout": timeout, "cpu_s": cpu,
-                                "req": prep.request}, prep.payload)
-    msg, _, fds = wire.recv_frame(self.sock, 0, max_fds=4)
-    if msg.get("op") != "started" or len(fds) != 1:
-      for fd in fds:
-        os.close(fd)
-      raise RuntimeError(f"worker protocol: expected 'started', got {msg}")
-    rfd = fds[0]
+    # The job writes its result straight into this pipe; we hold the only
+    # read end, the write end goes (via the zygote) to the job alone.
+    rfd, wfd = os.pipe()
+    try:
+      fcntl.fcntl(wfd, F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+      pass
+    try:
+      wire.send_frame(self.sock, {"op": "run", "timeout": timeout,
+                                  "cpu_s": cpu, "req": prep.request},
+                      prep.payload, fds=[wfd])
+    except BaseException:
+      os.close(rfd)
+      raise
+    finally:
+      os.close(wfd)
     stream = bytearray()
     overflow = False
     finished = None
@@ -306,8 +316,8 @@ class _Slot:
         cpu_s=finished["cpu_s"], max_rss_kb=finished["max_rss_kb"],
         note=(f"wall-clock limit of {timeout:g} s reached; the process group "
               "was killed") if finished["timed_out"] else
-        (f"the result stream exceeded result_mb={c.result_mb}; the job was "
-         "killed") if overflow else "")
+        (f"the result stream exceeded {cap} bytes (no valid result is that "
+         "large); the job was killed") if overflow else "")
     return programs.assemble(prep, stream, status, c.checks)
 
 

@@ -57,29 +57,6 @@ def send_frame(sock: socket.socket, header: dict[str, Any],
     sock.sendall(buf)
 
 
-def _read_exact_fd(fd: int, n: int) -> bytes:
-  chunks, got = [], 0
-  while got < n:
-    chunk = os.read(fd, min(n - got, 1 << 20))
-    if not chunk:
-      raise EOFError(f"stream ended after {got} of {n} bytes")
-    chunks.append(chunk)
-    got += len(chunk)
-  return b"".join(chunks)
-
-
-def read_frame(fd: int, max_payload: int) -> tuple[dict[str, Any], bytes]:
-  """Reads one frame from a file descriptor (blocking)."""
-  (hlen,) = _LEN.unpack(_read_exact_fd(fd, 4))
-  if hlen > MAX_HEADER:
-    raise ProtocolError(f"frame header length {hlen} exceeds {MAX_HEADER}")
-  header = _parse_header(_read_exact_fd(fd, hlen))
-  n = header["n"]
-  if n > max_payload:
-    raise ProtocolError(f"frame payload of {n} bytes exceeds {max_payload}")
-  return header, _read_exact_fd(fd, n) if n else b""
-
-
 def recv_frame(sock: socket.socket, max_payload: int,
                max_fds: int = 0) -> tuple[dict[str, Any], bytes, list[int]]:
   """Reads one frame from a stream socket; returns (header, payload, fds)."""

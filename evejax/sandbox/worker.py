@@ -35,20 +35,20 @@ import socket
 import stat
 import sys
 import time
+import traceback
 
 from evejax.sandbox import jail
 from evejax.sandbox import seccomp
 from evejax.sandbox import wire
 
-F_SETPIPE_SZ = 1031
 MAX_REQUEST = 512 << 20
 
 
 class Spare:
   """A forked, jailed child waiting for its job."""
 
-  def __init__(self, pid, job_w, res_r, out_r, err_r, jobdir):
-    self.pid, self.job_w, self.res_r = pid, job_w, res_r
+  def __init__(self, pid, job_sock, out_r, err_r, jobdir):
+    self.pid, self.job_sock = pid, job_sock
     self.out_r, self.err_r, self.jobdir = out_r, err_r, jobdir
     self.pidfd = os.pidfd_open(pid)
 
@@ -163,39 +163,41 @@ class Zygote:
 
   def fork_spare(self) -> Spare:
     jobdir = self._make_jobdir()
-    job_r, job_w = os.pipe()
-    res_r, res_w = os.pipe()
+    job_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    try:
-      fcntl.fcntl(res_w, F_SETPIPE_SZ, 1 << 20)
-    except OSError:
-      pass
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
       code = 121
       try:
-        self._child(job_r, out_w, err_w, res_w, jobdir)
+        self._child(child_sock.fileno(), out_w, err_w, jobdir)
         code = 0
+      except BaseException:  # pylint: disable=broad-except
+        traceback.print_exc()  # to the job's stderr: a sandbox bug, not a job's
       finally:
         os._exit(code)  # pylint: disable=protected-access
-    for fd in (job_r, res_w, out_w, err_w):
+    child_sock.close()
+    for fd in (out_w, err_w):
       os.close(fd)
     for fd in (out_r, err_r):
       os.set_blocking(fd, False)
-    return Spare(pid, job_w, res_r, out_r, err_r, jobdir)
+    return Spare(pid, job_sock, out_r, err_r, jobdir)
 
-  def _child(self, job_r, out_w, err_w, res_w, jobdir) -> None:
-    """In the forked child: jail ourselves, then wait for and run the job."""
+  def _child(self, job_fd, out_w, err_w, jobdir) -> None:
+    """In the forked child: jail ourselves, then wait for and run the job.
+
+    fd 0 is the job socket, 1 and 2 the stdout/stderr pipes; fd 3, the result
+    pipe, arrives with the job (passed by the host through the zygote).
+    """
     os.setsid()
     jail.set_pdeathsig(signal.SIGKILL)
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
-            for fd in (job_r, out_w, err_w, res_w)]
+            for fd in (job_fd, out_w, err_w)]
     for target, fd in enumerate(high):
       os.dup2(fd, target)
-    os.closerange(4, 1 << 20)
+    os.closerange(3, 1 << 20)
     os.chdir(jobdir)
     jail.apply_rlimits(self.limits)
     jail.clean_environ(jobdir)
@@ -208,10 +210,17 @@ class Zygote:
         pass
     if self.installer is not None:
       self.installer.install()
+    job_sock = socket.socket(fileno=0)
     try:
-      header, payload = wire.read_frame(0, MAX_REQUEST)
+      header, payload, fds = wire.recv_frame(job_sock, MAX_REQUEST, max_fds=1)
     except (EOFError, OSError, wire.ProtocolError):
       return  # the zygote is shutting down
+    if len(fds) != 1:
+      return
+    if fds[0] != 3:  # usually it already is: the lowest free descriptor
+      os.dup2(fds[0], 3)
+      os.close(fds[0])
+    job_sock.detach()
     os.close(0)
     os.open("/dev/null", os.O_RDONLY)  # becomes fd 0
     jail.lower_cpu_limit(header["cpu_s"])
@@ -226,17 +235,18 @@ class Zygote:
 
   # ---------------------------------------------------------------- jobs
 
-  def run_job(self, req: dict, payload: bytes, spare: Spare) -> None:
+  def run_job(self, req: dict, payload: bytes, result_fd: int,
+              spare: Spare) -> None:
     t0 = time.monotonic()
-    wire.send_frame(self.ctrl, {"op": "started"}, fds=[spare.res_r])
-    os.close(spare.res_r)
     timeout = float(req["timeout"])
     try:
-      wire.write_frame(spare.job_w, {"req": req["req"], "cpu_s": req["cpu_s"]},
-                       payload)
+      wire.send_frame(spare.job_sock, {"req": req["req"],
+                                       "cpu_s": req["cpu_s"]},
+                      payload, fds=[result_fd])
     except OSError:
       pass  # the child is gone; its exit status says why
-    os.close(spare.job_w)
+    os.close(result_fd)  # now only the job holds the write end
+    spare.job_sock.close()
 
     cap = int(self.s["stdout_bytes"])
     out, err = bytearray(), bytearray()
@@ -277,8 +287,8 @@ class Zygote:
     for fd in (spare.out_r, spare.err_r):
       self._drain(fd, bufs[fd], dropped, cap, None, until_eof=True)
       os.close(fd)
-    self._rmtree(spare.jobdir)
     if parent_gone:
+      self._rmtree(spare.jobdir)
       os._exit(0)  # pylint: disable=protected-access
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     cpu = ru.ru_utime + ru.ru_stime
@@ -296,6 +306,9 @@ class Zygote:
         "leftovers": leftovers,
     }
     wire.send_frame(self.ctrl, report)
+    # After the report, while the host judges the result; the next request
+    # is only read once this is done, so no job ever sees another's files.
+    self._rmtree(spare.jobdir)
 
   def _drain(self, fd, buf, dropped, cap, poller, until_eof=False) -> None:
     """Reads what is there; keeps up to `cap` bytes and counts the rest."""
@@ -418,20 +431,25 @@ class Zygote:
     spare = self.fork_spare()
     while True:
       try:
-        msg, payload, _ = wire.recv_frame(self.ctrl, MAX_REQUEST)
+        msg, payload, fds = wire.recv_frame(self.ctrl, MAX_REQUEST, max_fds=1)
       except (EOFError, OSError, wire.ProtocolError):
         break
       op = msg.get("op")
-      if op == "run":
-        self.run_job(msg, payload, spare)
+      if op == "run" and len(fds) == 1:
+        self.run_job(msg, payload, fds[0], spare)
         spare = self.fork_spare()
+        continue
+      for fd in fds:
+        os.close(fd)
+      if op == "run":
+        break  # a run without its result pipe: the host is broken
       elif op == "stats":
         wire.send_frame(self.ctrl, self.stats())
       elif op == "exit":
         break
       # a stale "kill" for a job that already ended is ignored
     self._kill(spare.pid)
-    os.close(spare.job_w)
+    spare.job_sock.close()
     self._reap(block_for=[spare.pid])
     self._rmtree(spare.jobdir)
 

@@ -27,12 +27,14 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import time
 
 import numpy as np
 from PIL import Image, ImageDraw
+import psutil
 
 from evejax.sandbox import harness
 from evejax.sandbox import programs
@@ -144,16 +146,37 @@ def run_published(preps, cfg, timeout_s=20.0):
   return out
 
 
+def _worker_cpu(pool) -> float:
+  """CPU seconds used so far by the pool's zygotes and their reaped jobs."""
+  total = 0.0
+  for stats in pool.stats():
+    for proc in psutil.Process(stats["launcher_pid"]).children():
+      t = proc.cpu_times()
+      total += t.user + t.system + t.children_user + t.children_system
+  return total
+
+
 def run_pool(jobs, workers):
   t0 = time.monotonic()
   with SandboxPool(SandboxConfig(workers=workers)) as pool:
     startup = time.monotonic() - t0
     pool.map(jobs[:workers])  # every worker has served once
+    cpu0 = _cpu(resource.RUSAGE_SELF) + _worker_cpu(pool)
     t1 = time.monotonic()
     results = pool.map(jobs)
     elapsed = time.monotonic() - t1
+    cpu = _cpu(resource.RUSAGE_SELF) + _worker_cpu(pool) - cpu0
     layers = pool.layers.active()
-  return results, elapsed, startup, layers
+  return results, elapsed, cpu, startup, layers
+
+
+def _cpu(who) -> float:
+  ru = resource.getrusage(who)
+  return ru.ru_utime + ru.ru_stime
+
+
+def _all_cpu() -> float:
+  return _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN)
 
 
 # ------------------------------------------------------------------ main
@@ -180,31 +203,33 @@ def main(argv=None) -> int:
     return 1
 
   times = {"inline": [], "published": [], "pool1": [], "poolN": []}
+  cpus = {k: [] for k in times}
   startups, reasons, layers = [], {}, []
   for _ in range(args.repeats):
-    t0 = time.monotonic()
-    reasons["inline"] = [r.reason for r in run_inline(preps, cfg)]
-    times["inline"].append(time.monotonic() - t0)
-    t0 = time.monotonic()
-    reasons["published"] = [r.reason for r in run_published(preps, cfg)]
-    times["published"].append(time.monotonic() - t0)
+    for key, fn in (("inline", run_inline), ("published", run_published)):
+      c0, t0 = _all_cpu(), time.monotonic()
+      reasons[key] = [r.reason for r in fn(preps, cfg)]
+      times[key].append(time.monotonic() - t0)
+      cpus[key].append(_all_cpu() - c0)
     # Pools last in a round: the published way forks this process, which must
     # not have pool threads running at that moment.
     for key, workers in (("pool1", 1), ("poolN", args.workers)):
-      res, elapsed, startup, layers = run_pool(jobs, workers)
+      res, elapsed, cpu, startup, layers = run_pool(jobs, workers)
       reasons[key] = [r.reason for r in res]
       times[key].append(elapsed)
+      cpus[key].append(cpu)
       startups.append(startup)
 
   n = len(jobs)
   rate = {k: n / statistics.median(v) for k, v in times.items()}
+  cpu_ms = {k: 1000 * statistics.median(v) / n for k, v in cpus.items()}
   agree = len({tuple(v) for v in reasons.values()}) == 1
   ok = sum(r == "ok" for r in reasons["inline"])
   rows = [
-      ("inline, no isolation", rate["inline"]),
-      ("published: Process + Manager per program", rate["published"]),
-      ("evejax pool, 1 worker", rate["pool1"]),
-      (f"evejax pool, {args.workers} workers", rate["poolN"]),
+      ("inline, no isolation", "inline"),
+      ("published: Process + Manager per program", "published"),
+      ("evejax pool, 1 worker", "pool1"),
+      (f"evejax pool, {args.workers} workers", "poolN"),
   ]
   size = f"{args.size}x{args.size * 3 // 4}"
   print(f"{n} EVE programs (4 edits each) on {size} images, "
@@ -212,17 +237,23 @@ def main(argv=None) -> int:
         f"methods agree on every reason: {agree}")
   print(f"pool layers active: {', '.join(layers)}; pool start-up "
         f"{statistics.median(startups):.2f} s (excluded)")
+  print(f"load average at the end: {os.getloadavg()[0]:.1f}")
   if args.markdown:
-    print("\n| method | programs/s | ms/program | x published | x inline |")
-    print("|---|---:|---:|---:|---:|")
-  for name, r in rows:
-    cells = (name, f"{r:.1f}", f"{1000 / r:.1f}",
+    print("\n| method | programs/s | wall ms/program | CPU ms/program | "
+          "x published | x inline |")
+    print("|---|---:|---:|---:|---:|---:|")
+  for name, key in rows:
+    r = rate[key]
+    cells = (name, f"{r:.1f}", f"{1000 / r:.1f}", f"{cpu_ms[key]:.1f}",
              f"{r / rate['published']:.1f}", f"{r / rate['inline']:.2f}")
     if args.markdown:
       print("| " + " | ".join(cells) + " |")
     else:
-      print(f"{cells[0]:<44} {cells[1]:>8} programs/s {cells[2]:>7} ms "
-            f"{cells[3]:>6}x published {cells[4]:>6}x inline")
+      print(f"{cells[0]:<42} {cells[1]:>7} programs/s {cells[2]:>7} ms "
+            f"wall {cells[3]:>7} ms CPU {cells[4]:>6}x published "
+            f"{cells[5]:>6}x inline")
+  print("CPU ms/program counts every process involved (host, Manager, "
+        "workers, jobs):\nisolation overhead = pool CPU - inline CPU.")
   return 0 if agree else 1
 
 
