@@ -12,12 +12,13 @@ child forked and fully jailed in advance (limits, uid, seccomp all applied),
 blocked on a pipe; a job is just written into that pipe, so the fork and the
 jail cost nothing on the critical path.
 
-Per job the zygote hands the parent the read end of the child's result pipe
-(SCM_RIGHTS) so that pixels go straight from the child to the parent, reads
-the child's stdout/stderr up to a cap, enforces the wall-clock deadline by
-killing the process group, kills and reaps anything left behind, removes the
-job directory and reports how the process ended. Only the zygote (trusted
-code) ever talks to the parent on the control socket.
+Per job the host sends the request with the write end of a fresh result pipe
+(SCM_RIGHTS); the zygote passes both to the spare, so pixels go straight from
+the job to the host. The zygote reads the job's stdout/stderr up to a cap,
+enforces the wall-clock deadline by killing the process group, kills and
+reaps anything left behind, reports how the process ended and removes the job
+directory. Only the zygote (trusted code) ever talks to the host on the
+control socket.
 """
 
 from __future__ import annotations
