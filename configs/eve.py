@@ -55,6 +55,7 @@ def _base() -> ml_collections.ConfigDict:
       transforms="",               # extra transformation library "pkg.mod:attr"
       heldout_eval_questions=256,  # Solver accuracy on held-out families
       pipeline_chunks=4,           # sandbox runs chunk i while chunk i+1 samples
+      instructions="full",         # Challenger prompt: "full" rules or "compact"
   ))
   c.queue = ml_collections.ConfigDict(dict(
       capacity=50,                 # top-K by difficulty, seeds never evicted
@@ -89,22 +90,31 @@ def _base() -> ml_collections.ConfigDict:
   c.checkpoint = cu.checkpoint(every=5, keep=3)
   c.warmstart = ml_collections.ConfigDict(dict(
       enabled=False, challenger_steps=0, solver_steps=0, batch_size=16, lr=1e-3,
-      solver_reasoning="The answer is"))
+      solver_reasoning="The answer is",
+      short_think=False,           # think block = the family's one-line description
+      challenger_families=(),      # () = every family the Challenger may see
+  ))
   c.log = ml_collections.ConfigDict(dict(
       every=1, tensorboard=True, gallery_tasks=24, progress=True))
   return c
 
 
 def tiny() -> ml_collections.ConfigDict:
-  """Tiny VLM from scratch on CPU: SFT warm start, then a few EVE iterations."""
+  """Tiny VLM from scratch on CPU: SFT warm start, then a few EVE iterations.
+
+  Departures from the published setup, all for a 2-core CPU: compact
+  Challenger instructions with one queue example, a one-line think block in the
+  warm-start targets, short Solver replies, small batches, higher learning rates
+  and no KL term.
+  """
   c = _base()
   c.model = cu.model("tiny")
   c.data.size = 112
   c.data.num_images = 256
   c.data.max_pixels = 112 * 112
-  c.processing.length_buckets = (256, 512, 768, 1024, 1536)
-  c.processing.patch_buckets = (64, 128, 256, 320)
-  c.processing.batch_buckets = (8, 16, 32, 64)
+  c.processing.length_buckets = (512, 768)
+  c.processing.patch_buckets = (64, 128, 320)
+  c.processing.batch_buckets = (8, 16, 32)
   c.eve.iterations = 2
   c.eve.challenger_steps = 3
   c.eve.solver_steps = 4
@@ -114,14 +124,17 @@ def tiny() -> ml_collections.ConfigDict:
   c.eve.solver_group = 4
   c.eve.difficulty_samples = 6
   c.eve.heldout_eval_questions = 48
+  c.eve.instructions = "compact"
+  c.eve.pipeline_chunks = 2
+  c.queue.examples_per_prompt = (1,)
   c.solver_data.keep = 64
-  c.sampling.challenger.max_new_tokens = 448
+  c.sampling.challenger.max_new_tokens = 384
   c.sampling.solver.max_new_tokens = 16
   c.train = cu.grpo(lr=3e-4, kl_coef=0.0)
   c.sandbox = cu.sandbox(workers=2, timeout_s=5.0)
-  c.checkpoint = cu.checkpoint(every=2, keep=2)
-  c.warmstart.update(dict(enabled=True, challenger_steps=150, solver_steps=150,
-                          batch_size=16, lr=2e-3))
+  c.checkpoint = cu.checkpoint(every=4, keep=2)
+  c.warmstart.update(dict(enabled=True, challenger_steps=60, solver_steps=60,
+                          batch_size=16, lr=2e-3, short_think=True))
   c.log.gallery_tasks = 12
   return c
 

@@ -378,9 +378,12 @@ class Eve:
     images = [(i, self.source.item(i)[1]) for i in rng.integers(0, len(self.source), n)]
     if stage.role == "challenger":
       for i, image in images:
-        fam = self.library[self.train_families[rng.integers(len(self.train_families))]]
+        names = list(c.warmstart.challenger_families) or self.train_families
+        fam = self.library[names[rng.integers(len(names))]]
         examples = [e.program for e in self.queue.sample_examples(rng)]
-        text, target = eve_tasks.challenger_sft_pair(fam, rng, image.size, examples)
+        text, target = eve_tasks.challenger_sft_pair(
+            fam, rng, image.size, examples, style=c.eve.instructions,
+            think_text=fam.description if c.warmstart.short_think else None)
         prompts.append(common.prompt_example(self.rt, text, [image], min_pixels=c.data.min_pixels,
                                              max_pixels=c.data.max_pixels))
         targets.append(common.completion_ids(self.rt, target))
@@ -419,7 +422,7 @@ class Eve:
     prompts, images, indices = [], [], []
     for image_index, image in items:
       examples = [e.program for e in self.queue.sample_examples(rng)]
-      text = eve_tasks.challenger_instructions(examples, image.size)
+      text = eve_tasks.challenger_instructions(examples, image.size, c.eve.instructions)
       ex = common.prompt_example(self.rt, text, [image], min_pixels=c.data.min_pixels,
                                  max_pixels=c.data.max_pixels)
       if self._fits(ex, c.sampling.challenger.max_new_tokens):

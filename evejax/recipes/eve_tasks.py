@@ -239,15 +239,25 @@ def solver_sft_pair(question: Question, reasoning: str | None = None) -> tuple[s
   return question.text, f"{reasoning.strip()}\n\n\\boxed{{{question.answer}}}"
 
 
-def challenger_instructions(examples: Sequence[str], image_size: Sequence[int]) -> str:
+def challenger_instructions(examples: Sequence[str], image_size: Sequence[int],
+                            style: str = "full") -> str:
   """The Challenger's prompt text: task, rules, 1-2 queue example programs, format.
 
   Args:
     examples: full example programs (imports, edit_image, args_list), usually 1
       or 2 drawn from the example queue.
     image_size: (width, height) of the source image in pixels.
+    style: "full" (the method's rules, for real models) or "compact" (the same
+      contract in a few lines, for tiny CPU models where every token costs).
   """
   w, h = int(image_size[0]), int(image_size[1])
+  if style == "compact":
+    shown = "".join(f"```python\n{p.strip()}\n```\n" for p in examples)
+    return (f"Write edit_image(img, **params) and args_list: 4 dicts giving 4 different "
+            f"edits of this {w}x{h} image. PIL/numpy/math only, no randomness or files. "
+            f"Example:\n{shown}Answer: <think>...</think> then one ```python block.")
+  if style != "full":
+    raise ValueError(f"challenger instructions style {style!r}: use 'full' or 'compact'.")
   parts = [
       "# Task\n"
       "Write a Python function `edit_image(img: Image.Image, **params) -> Image.Image` that "
@@ -295,9 +305,9 @@ def challenger_sft_target(family: Family, args_list: Sequence[Mapping[str, Any]]
 
 def challenger_sft_pair(family: Family, rng: np.random.Generator,
                         image_size: Sequence[int], examples: Sequence[str],
-                        think_text: str | None = None) -> tuple[str, str]:
+                        think_text: str | None = None, style: str = "full") -> tuple[str, str]:
   """(prompt text, target) for Challenger SFT with freshly sampled arguments."""
   args_list = family.sample(rng, int(image_size[0]), int(image_size[1]))
   think = think_text or challenger_think_text(family, args_list, image_size)
-  return (challenger_instructions(examples, image_size),
+  return (challenger_instructions(examples, image_size, style),
           challenger_sft_target(family, args_list, think))
