@@ -259,14 +259,13 @@ def apply_rlimits(lim: JobLimits) -> None:
 
 
 def lower_cpu_limit(cpu_s: float) -> None:
+  """Caps the CPU still available to `cpu_s` seconds from now (never raises it)."""
   soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
   used = resource.getrusage(resource.RUSAGE_SELF)
-  spent = used.ru_utime + used.ru_stime
-  want = max(1, int(spent + cpu_s + 0.999))
+  want = max(1, int(used.ru_utime + used.ru_stime + cpu_s + 0.999))
   if soft == resource.RLIM_INFINITY or want < soft:
-    resource.setrlimit(resource.RLIMIT_CPU, (want, min(want + 1, hard)
-                                             if hard != resource.RLIM_INFINITY
-                                             else want + 1))
+    new_hard = want + 1 if hard == resource.RLIM_INFINITY else min(want + 1, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (want, new_hard))
 
 
 def clean_environ(home: str) -> None:
