@@ -5,7 +5,6 @@ source, independently of the sandbox, and compared pixel for pixel.
 """
 
 import concurrent.futures
-import io
 import json
 import os
 import subprocess
