@@ -76,7 +76,7 @@ def _base() -> ml_collections.ConfigDict:
       log_min_pass=0.25, log_max_pass=1.0, keep=1280))
   # Validity of a program's outputs (evejax.sandbox.CheckConfig fields).
   c.checks = ml_collections.ConfigDict(dict(
-      min_pixels=32 * 32, max_pixels=4096 * 4096, min_opaque_fraction=0.10,
+      min_pixels=32 * 32, max_pixels=2_000_000, min_opaque_fraction=0.10,
       max_near_black_fraction=0.10, rotation_near_black_fraction=0.75,
       near_black_luma=5.0, distinct_size_ratio=0.95, max_function_chars=2000,
       reject_randomness=True, reject_file_saving=True))
