@@ -22,6 +22,13 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a preset: configs/eve.py:tiny.",
     lock_config=True)
+_XLA_CACHE = flags.DEFINE_string(
+    "compilation_cache", os.path.join(os.path.expanduser("~"), ".cache", "evejax", "xla"),
+    "Directory of JAX's persistent compilation cache (re-runs and resumes skip "
+    "compiles); empty disables it.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Call jax.distributed.initialize() first (multi-host TPU pods, multi-node GPU).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None,
     "Where checkpoints, metrics and galleries go. Default: workdirs/<recipe>_<preset>.")
@@ -75,6 +82,13 @@ def main(argv):
     raise app.UsageError("--config is required, e.g. --config configs/eve.py:tiny")
   for handler in logging_lib.getLogger().handlers + logging.get_absl_logger().handlers:
     handler.addFilter(_QuietLibraries())
+  if _DISTRIBUTED.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
+  if _XLA_CACHE.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_compilation_cache_dir", _XLA_CACHE.value)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   workdir = _WORKDIR.value or default_workdir(config)
   os.makedirs(workdir, exist_ok=True)
   logging.info("Config:\n%s", config)

@@ -13,5 +13,5 @@ gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "
   set -e
   rm -rf evejax && mkdir evejax && tar xzf evejax.tar.gz -C evejax && cd evejax
   pip install -q -e . 'jax[tpu]'
-  python -m evejax.main --config $config --workdir $workdir $*
+  python -m evejax.main --distributed --config $config --workdir $workdir $*
 "
