@@ -4,6 +4,7 @@ Draws are seeded, so each test is deterministic; a chi-square p-value above
 1e-3 says the counts agree with the expected probabilities, and support
 checks say that top-k / top-p never emit an excluded token.
 """
+import dataclasses
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -15,6 +16,10 @@ import numpy as np
 from scipy import stats
 
 from evejax import sampling
+from evejax.models import vlm
+from evejax.models.presets import tiny
+from evejax.processing import batching
+from evejax.processing import images
 
 DRAWS = 40_000
 
@@ -109,6 +114,64 @@ class SamplingStatsTest(absltest.TestCase):
     tok, _ = _draw(logits, sp, seed=5)
     self.assertLessEqual(len(np.unique(tok)), 2)
     self.assertIn(0, tok)
+
+
+class ModelSamplingStatsTest(absltest.TestCase):
+  """End to end: the Sampler's first tokens from the tiny VLM (one prompt with
+  an image, G = 8192 completions sharing one prefill) follow softmax of the
+  model's own scoring logits, and top-p keeps to the nucleus."""
+
+  G = 8192
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    base = tiny()
+    cls.config = base.replace(text=dataclasses.replace(
+        base.text, tie_word_embeddings=False))
+    params = vlm.init_params(cls.config, jax.random.key(0))
+    # Sharpen the output layer so the law is far from uniform (logit std ~2).
+    params["text"]["lm_head"]["kernel"] *= 8.0
+    cls.params = params
+    patches, grid = images.preprocess_image(
+        np.random.default_rng(0).integers(0, 256, (56, 56, 3), dtype=np.uint8))
+    c = cls.config
+    tokens = np.array([1, 40, c.vision_start_token_id]
+                      + [c.image_token_id] * images.num_image_tokens(grid)
+                      + [c.vision_end_token_id, 41], np.int32)
+    cls.example = batching.Example(tokens=tokens, images=[(patches, grid)])
+    inputs = batching.make_batch(
+        [cls.example], vision=c.vision, image_token_id=c.image_token_id,
+        vision_start_id=c.vision_start_token_id, pad_id=0,
+        length_buckets=(16,), patch_buckets=(16,))
+    logits = vlm.forward(cls.params, c, jax.tree.map(jnp.asarray, inputs))
+    cls.logits = np.asarray(logits[0, -1], np.float64)
+    cls.sampler = sampling.Sampler(c, length_buckets=(16,), patch_buckets=(16,),
+                                   batch_buckets=(1,), max_cache=17)
+
+  def _first_tokens(self, **kw):
+    sp = sampling.SamplingParams(max_new_tokens=1, group_size=self.G, **kw)
+    out = self.sampler.generate(self.params, [self.example], sp, seed=11)
+    return out.tokens[:, 0], out.logprobs[:, 0]
+
+  def test_temperature_one_matches_softmax_of_scoring_logits(self):
+    probs = _softmax(self.logits)
+    self.assertGreater(probs.max(), 0.02)  # far from uniform (1/2048)
+    tok, lp = self._first_tokens()
+    self.assertGreater(_chi2_pvalue(tok, probs), 1e-3)
+    # ... and tells it apart from a near law (temperature 1.25).
+    self.assertLess(_chi2_pvalue(tok, _softmax(self.logits / 1.25)), 1e-6)
+    np.testing.assert_allclose(lp, np.log(probs[tok]), atol=1e-4)
+
+  def test_top_p_never_leaves_the_nucleus(self):
+    probs = _softmax(self.logits)
+    order = np.argsort(-probs)
+    n_keep = int(np.searchsorted(np.cumsum(probs[order]), 0.7) + 1)
+    tok, _ = self._first_tokens(top_p=0.7)
+    self.assertTrue(np.isin(tok, order[:n_keep]).all())
+    kept = np.zeros_like(probs)
+    kept[order[:n_keep]] = probs[order[:n_keep]]
+    self.assertGreater(_chi2_pvalue(tok, kept), 1e-3)
 
 
 if __name__ == "__main__":

@@ -412,6 +412,9 @@ class VLMSamplerTest(absltest.TestCase):
     out = self.sampler.generate(self.params, self.prompts, sp, seed=0)
     np.testing.assert_array_equal(out.tokens, np.repeat(ref, 2, axis=0))
     self.assertTrue((out.finish_reason == sampling.FINISH_LENGTH).all())
+    # Alone (3 filler rows), the two-image prompt decodes the same way.
+    alone = self.sampler.generate(self.params, self.prompts[2:3], sp, seed=0)
+    np.testing.assert_array_equal(alone.tokens, np.repeat(ref[2:3], 2, axis=0))
 
   def test_logprobs_match_scoring_path(self):
     out = self.sampled

@@ -75,15 +75,25 @@ def seed_key(seed: int | jax.Array) -> jax.Array:
   return jax.random.wrap_key_data(seed)
 
 
+def _host_fields(inputs: ModelInputs) -> dict[str, np.ndarray]:
+  return {f.name: np.asarray(getattr(inputs, f.name))
+          for f in dataclasses.fields(inputs)}
+
+
+def _take_rows(inputs: ModelInputs, n: int) -> ModelInputs:
+  """The first n rows (positions are [3, B, T]: their batch axis is 1)."""
+  return ModelInputs(**{k: (v[:, :n] if k == "positions" else v[:n])
+                        for k, v in _host_fields(inputs).items()})
+
+
 def _pad_rows(inputs: ModelInputs, rows: int) -> ModelInputs:
   """Pads a host batch to `rows` by repeating row 0 (a valid prompt, discarded)."""
   b = inputs.tokens.shape[0]
   if b == rows:
     return inputs
   idx = np.concatenate([np.arange(b), np.zeros(rows - b, np.int64)])
-  fields = {f.name: np.asarray(getattr(inputs, f.name))
-            for f in dataclasses.fields(inputs)}
-  out = {k: (v[:, idx] if k == "positions" else v[idx]) for k, v in fields.items()}
+  out = {k: (v[:, idx] if k == "positions" else v[idx])
+         for k, v in _host_fields(inputs).items()}
   return ModelInputs(**out)
 
 
@@ -320,8 +330,7 @@ class Sampler:
       batch_bucket = _pick_bucket(
           n, self.batch_buckets, "The number of prompts in one batch",
           "raise batch_buckets or call generate, which splits prompts")
-    inputs = _pad_rows(jax.tree.map(lambda x: np.asarray(x)[:n], inputs),
-                       batch_bucket)
+    inputs = _pad_rows(_take_rows(inputs, n), batch_bucket)
     cache_size = inputs.tokens.shape[1] + sampling.max_new_tokens
     params = self._place_params(params)
     dev_inputs = self._place_inputs(inputs)
