@@ -96,7 +96,8 @@ class _Fake:
     del config
     e = params["emb"][tokens]
     k = jax.lax.dynamic_update_slice(
-        cache.k, e[None, :, None, None], (0, 0, cache.index, 0, 0))
+        cache.k, e[None, :, None, None].astype(cache.k.dtype),
+        (0, 0, cache.index, 0, 0))
     mask = jax.lax.dynamic_update_slice(
         cache.mask, jnp.ones((tokens.shape[0], 1), jnp.int32), (0, cache.index))
     position = cache.position + 1
@@ -251,6 +252,10 @@ class FakeModelLoopTest(absltest.TestCase):
     s.generate(self.params, _examples(PROMPTS[:1]), sp, seed=0)  # bucket 2
     self.assertEqual(s.num_compiles, 4)
     self.assertGreater(s.compile_seconds, 0)
+    # Params of another dtype get their own programs (not a type error).
+    half = jax.tree.map(lambda x: x.astype(jnp.bfloat16), self.params)
+    s.generate(half, _examples(PROMPTS[:1]), sp, seed=0)
+    self.assertEqual(s.num_compiles, 6)
 
 
 class StopTest(absltest.TestCase):
@@ -304,6 +309,8 @@ class ErrorsTest(absltest.TestCase):
     sp = sampling.SamplingParams(max_new_tokens=4)
     with self.assertRaisesRegex(ValueError, "no prompts"):
       s.generate(self.params, [], sp, seed=0)
+    with self.assertRaisesRegex(TypeError, "seed must be an int or one jax"):
+      s.generate(self.params, _examples([[7]]), sp, seed=1.5)
     with self.assertRaisesRegex(ValueError, "Prompt 1 is empty"):
       s.generate(self.params, _examples([[1], []]), sp, seed=0)
     with self.assertRaisesRegex(ValueError, r"Example 2 has 17 tokens.*\(16\)"):

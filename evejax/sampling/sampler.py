@@ -67,12 +67,23 @@ def _check_buckets(name: str, buckets: Sequence[int]) -> tuple[int, ...]:
 
 def seed_key(seed: int | jax.Array) -> jax.Array:
   """A typed key from an int seed, a typed key or raw uint32 key data."""
-  if isinstance(seed, (int, np.integer)):
+  if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
     return jax.random.key(int(seed))
-  seed = jnp.asarray(seed) if not isinstance(seed, jax.Array) else seed
-  if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
-    return seed
-  return jax.random.wrap_key_data(seed)
+  if isinstance(seed, (jax.Array, np.ndarray)):
+    if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key) and seed.shape == ():
+      return seed
+    if seed.dtype == np.uint32 and seed.shape == (2,):
+      return jax.random.wrap_key_data(seed)
+  raise TypeError(
+      f"seed must be an int or one jax PRNG key (jax.random.key(...) or "
+      f"jax.random.PRNGKey(...)); got {type(seed).__name__} "
+      f"{getattr(seed, 'shape', '')}.")
+
+
+def _signature(tree: Any) -> tuple:
+  """Structure, shapes and dtypes: what a compiled program is specific to."""
+  leaves, treedef = jax.tree.flatten(tree)
+  return (treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
 
 
 def _host_fields(inputs: ModelInputs) -> dict[str, np.ndarray]:
@@ -167,7 +178,7 @@ class Sampler:
       self.compile_seconds += took
       self._programs[key] = prog
       logging.info("Sampler compiled %s in %.1fs (%d programs so far)",
-                   key, took, len(self._programs))
+                   key[:-1], took, len(self._programs))
     return prog
 
   # --------------------------------------------------------------- sharding
@@ -201,7 +212,8 @@ class Sampler:
   def _prefill_program(self, params, inputs: ModelInputs, group: int,
                        cache_size: int):
     b, t = inputs.tokens.shape
-    key = ("prefill", b, t, inputs.patches.shape[1], group, cache_size)
+    key = ("prefill", b, t, inputs.patches.shape[1], group, cache_size,
+           _signature(params))
     model, config, axes = self.model, self.config, self._cache_axes
 
     def prefill(params, inputs):
@@ -221,7 +233,7 @@ class Sampler:
 
   def _decode_program(self, params, logits, cache, row_ids, key_, sampling,
                       cache_size: int):
-    key = ("decode", logits.shape[0], cache_size, sampling)
+    key = ("decode", logits.shape[0], cache_size, sampling, _signature(params))
     model, config = self.model, self.config
 
     def decode(params, logits, cache, row_ids, seed):
