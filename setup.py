@@ -34,6 +34,10 @@ setuptools.setup(
             "pytest>=8",
             "torch==2.13.0",
             "transformers>=5.0,<6",
+            # tests/colab_test.py executes the notebooks in colabs/.
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
         ],
     },
 )
