@@ -139,7 +139,9 @@ class SandboxUnavailable(RuntimeError):
 
 def _worker_env() -> dict[str, str]:
   # Nothing of the trainer's environment (tokens, keys) reaches the worker.
-  path = [p for p in sys.path if p]
+  # Absolute paths: the worker runs from "/", so "" (the current directory, as
+  # in a notebook started in an uninstalled checkout) must become explicit.
+  path = [os.path.abspath(p or os.getcwd()) for p in sys.path]
   return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
           "PYTHONPATH": os.pathsep.join(path), "PYTHONHASHSEED": "0",
           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
