@@ -163,7 +163,8 @@ class Eve:
     self.solver_data: list[dict] = []   # selected at the start of a Solver phase
     self.results: dict[str, Any] = {}   # evaluation results by stage
     self.cursor = (0, 0)                # (stage index, step within the stage)
-    self.global_step = 0
+    self.global_step = 0                # train steps of any role: the metrics' step
+    self.position = 0                   # completed schedule units: the checkpoint's step
     self._task_cache: dict[str, Task | None] = {}
     self._eval_tasks: list[Task] | None = None
     self.gallery = observe.Gallery(title="EVE tasks", max_cards=c.log.gallery_tasks)
@@ -206,6 +207,7 @@ class Eve:
 
   def _extra(self) -> dict[str, Any]:
     return {"cursor": list(self.cursor), "global_step": self.global_step,
+            "position": self.position,
             "queue": self.queue.state(), "logged": self.logged,
             "solver_data": self.solver_data, "results": self.results,
             "counts": dict(self.counts), "source": self.source.state()}
@@ -226,6 +228,7 @@ class Eve:
         l.set_ref_params(self.ref_params[role])
     self.cursor = tuple(extra["cursor"])
     self.global_step = int(extra["global_step"])
+    self.position = int(extra["position"])
     self.queue.restore(extra["queue"])
     self.logged = extra["logged"]
     self.solver_data = extra["solver_data"]
@@ -237,7 +240,8 @@ class Eve:
                  stage.name if stage else "the end", self.cursor[1])
 
   def _save(self, force: bool = False) -> None:
-    self.ckpt.maybe_save(self.global_step, self._state(), self._extra(), force=force)
+    self.position += 1
+    self.ckpt.maybe_save(self.position, self._state(), self._extra(), force=force)
 
   # -------------------------------------------------------------------- run
   def run(self) -> dict[str, Any]:
