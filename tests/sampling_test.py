@@ -217,6 +217,20 @@ class FakeModelLoopTest(absltest.TestCase):
     # Group members of one prompt differ (independent keys).
     self.assertFalse(np.array_equal(out.tokens[0], out.tokens[1]))
 
+  def test_staged_cache_gives_the_same_outputs(self):
+    # Token 20 as EOS ends some rows early, so later stages see finished rows.
+    sp = sampling.SamplingParams(max_new_tokens=12, temperature=1.3,
+                                 group_size=2, eos_ids=(20, 30))
+    whole = self.sampler.generate(self.params, _examples(PROMPTS), sp, seed=1)
+    staged = _fake_sampler(first_stage_tokens=2).generate(
+        self.params, _examples(PROMPTS), sp, seed=1)  # stages end 2, 4, 8, 12
+    self.assertTrue((whole.lengths < 12).any() and (whole.lengths > 8).any())
+    np.testing.assert_array_equal(staged.tokens, whole.tokens)
+    np.testing.assert_allclose(staged.logprobs, whole.logprobs, atol=1e-6)
+    np.testing.assert_array_equal(staged.finish_reason, whole.finish_reason)
+    self.assertEqual(sampling.stage_ends(12, 2), (2, 4, 8, 12))
+    self.assertEqual(sampling.stage_ends(12, 0), (12,))
+
   def test_greedy_group_members_equal_and_match_step_by_step(self):
     sp = sampling.SamplingParams(max_new_tokens=6, greedy=True, group_size=3)
     out = self.sampler.generate(self.params, _examples(PROMPTS[:2]), sp, seed=0)
@@ -445,7 +459,9 @@ class VLMSamplerTest(absltest.TestCase):
 
   def test_mesh_matches_single_device(self):
     mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    sharded = sampling.Sampler(self.config, mesh=mesh, **self.kw)
+    # Also in stages (cache grown from 4 to 8 new tokens) on the mesh.
+    sharded = sampling.Sampler(self.config, mesh=mesh, first_stage_tokens=4,
+                               **self.kw)
     out = sharded.generate(self.params, self.prompts, self.sp, seed=3)
     np.testing.assert_array_equal(out.tokens, self.sampled.tokens)
     np.testing.assert_allclose(out.logprobs, self.sampled.logprobs, atol=1e-5)

@@ -7,6 +7,7 @@ The public face; the pieces live in small modules:
   sampler.py  Sampler: buckets, compiles, shardings, errors
 """
 from evejax.sampling.loop import decode_loop
+from evejax.sampling.loop import stage_ends
 from evejax.sampling.params import FINISH_EOS
 from evejax.sampling.params import FINISH_LENGTH
 from evejax.sampling.params import FINISH_NAMES
@@ -21,5 +22,5 @@ from evejax.sampling.select import sample_tokens
 __all__ = [
     "FINISH_EOS", "FINISH_LENGTH", "FINISH_NAMES", "FINISH_STOP",
     "SampleOutput", "SamplingParams", "Sampler", "decode_loop",
-    "replicate_rows", "sample_tokens", "seed_key",
+    "replicate_rows", "sample_tokens", "seed_key", "stage_ends",
 ]

@@ -69,23 +69,53 @@ def _record(state: _State, tok: jax.Array, lp: jax.Array,
   return new, tok
 
 
+def stage_ends(max_new_tokens: int, first_stage: int) -> tuple[int, ...]:
+  """New-token counts at which the cache grows: first_stage, doubling, N.
+
+  0 (or first_stage >= N) gives one stage: the whole cache from the start.
+  """
+  if first_stage <= 0 or first_stage >= max_new_tokens:
+    return (max_new_tokens,)
+  ends = [first_stage]
+  while ends[-1] * 2 < max_new_tokens:
+    ends.append(ends[-1] * 2)
+  return tuple(ends) + (max_new_tokens,)
+
+
 def decode_loop(step_fn: StepFn, first_logits: jax.Array, cache: Any,
-                keys: jax.Array, sampling: SamplingParams):
+                keys: jax.Array, sampling: SamplingParams, *,
+                ends: tuple[int, ...] | None = None,
+                grow: Callable[[Any, int], Any] | None = None):
   """Samples up to `sampling.max_new_tokens` tokens per row.
+
+  Staged caches: attention reads every slot of the cache, used or not, so a
+  cache sized for N new tokens makes early steps pay for all N. With
+  `ends` = (n_1, ..., N) the loop starts on a cache with room for n_1 new
+  tokens and, while some row is still running, `grow`s it by n_{i+1} - n_i
+  slots before stage i+1; a batch that finishes early never pays for the
+  larger caches.
 
   Args:
     step_fn: feeds one token per row, returns next logits and the new cache.
     first_logits: [R, V] logits after the prompt (the first token's).
-    cache: the model's cache after prefill, R rows.
+    cache: the model's cache after prefill, R rows, with room for ends[0]
+      new tokens.
     keys: [R] per-row keys; step i of row r uses fold_in(keys[r], i).
     sampling: static.
+    ends: static stage ends (default: one stage of N).
+    grow: (cache, extra_slots) -> a larger cache; needed with several stages.
 
   Returns:
     (tokens int32 [R, N], logprobs f32 [R, N], lengths int32 [R],
-     finish_reason int32 [R]), and the final cache.
+     finish_reason int32 [R]), and the final cache with one stage (so a
+    donated cache can be updated in place) or None with several.
   """
   rows = first_logits.shape[0]
   n = sampling.max_new_tokens
+  ends = tuple(ends or (n,))
+  if ends[-1] != n or list(ends) != sorted(set(ends)) or (len(ends) > 1 and grow is None):
+    raise ValueError(f"decode_loop: stage ends {ends} must increase to "
+                     f"max_new_tokens={n}, with `grow` for several stages.")
   width = max([len(s) for s in sampling.stop_sequences] + [1])
   state = _State(
       step=jnp.zeros((), jnp.int32),
@@ -102,8 +132,7 @@ def decode_loop(step_fn: StepFn, first_logits: jax.Array, cache: Any,
   tok, lp = pick(first_logits, state.step)
   state, tok = _record(state, tok, lp, sampling)
 
-  def cond(carry):
-    state, _, _ = carry
+  def running(state):
     return (state.step < n) & jnp.any(state.finish == 0)
 
   def body(carry):
@@ -113,5 +142,22 @@ def decode_loop(step_fn: StepFn, first_logits: jax.Array, cache: Any,
     state, tok = _record(state, tok, lp, sampling)
     return state, cache, tok
 
-  state, cache, _ = jax.lax.while_loop(cond, body, (state, cache, tok))
-  return (state.tokens, state.logprobs, state.lengths, state.finish), cache
+  def run_stage(carry, end):
+    cond = lambda c: running(c[0]) & (c[0].step < end)
+    return jax.lax.while_loop(cond, body, carry)
+
+  def later_stages(i, carry):
+    """Stages i.. (i >= 1), entered only while a row is running."""
+    if i == len(ends):
+      return carry[0]
+    def go(carry):
+      state, cache, tok = carry
+      carry = run_stage((state, grow(cache, ends[i] - ends[i - 1]), tok), ends[i])
+      return later_stages(i + 1, carry)
+    return jax.lax.cond(running(carry[0]), go, lambda c: c[0], carry)
+
+  carry = run_stage((state, cache, tok), ends[0])
+  outputs = lambda s: (s.tokens, s.logprobs, s.lengths, s.finish)
+  if len(ends) == 1:
+    return outputs(carry[0]), carry[1]
+  return outputs(later_stages(1, carry)), None

@@ -5,9 +5,12 @@ bucket; each chunk is padded (left) to a length bucket, a patch bucket and a
 batch bucket, prefilled once (vision tower once per prompt), the cache is
 replicated G ways (prompt-major, group-minor rows), and one compiled
 `lax.while_loop` decodes all rows, the cache donated so XLA updates it in
-place. Two programs per bucket combination — prefill keyed by (batch, length,
-patches, G, cache size) and decode by (rows, cache size, SamplingParams) — are
-compiled ahead of time, counted, timed and logged.
+place. Long budgets decode in stages on a growing cache (see
+`loop.decode_loop`). Two programs per bucket combination — prefill keyed by
+(batch, length, patches, G, cache size) and decode by (rows, cache size,
+stages, SamplingParams) — are compiled ahead of time, counted, timed and
+logged; a run compiles at most 2 x |length| x |patch| x |batch buckets| x
+|distinct SamplingParams| programs.
 
 Row r's randomness is fold_in(seed_key, global row id) with global row id =
 prompt index in the call * G + g, so results depend neither on bucketing,
@@ -124,12 +127,16 @@ class Sampler:
     batch_fn: turns a list of examples into host `ModelInputs`, left-padded
       to the given buckets (default: `evejax.processing.batching.make_batch`).
     prompt_pad_id: token id of prompt padding (masked out; any id works).
+    first_stage_tokens: decode starts on a cache with room for this many new
+      tokens and doubles it while rows are running (attention reads every
+      slot, so long budgets do not slow early steps); 0: one full-size cache.
   """
 
   def __init__(self, model_config: ModelConfig, *, mesh=None, rules=None,
                length_buckets: Sequence[int], patch_buckets: Sequence[int],
                batch_buckets: Sequence[int], max_cache: int, model=None,
-               batch_fn=None, prompt_pad_id: int = 0):
+               batch_fn=None, prompt_pad_id: int = 0,
+               first_stage_tokens: int = 256):
     if model is None:
       from evejax.models import vlm as model  # pylint: disable=g-import-not-at-top
     self.config = model_config
@@ -146,6 +153,7 @@ class Sampler:
           f"after the smallest length bucket {self.length_buckets[0]}; raise it.")
     self._batch_fn = batch_fn
     self.prompt_pad_id = int(prompt_pad_id)
+    self.first_stage_tokens = int(first_stage_tokens)
     self._shards = 1
     if mesh is not None:
       spec = self._batch_sharding(1).spec
@@ -231,18 +239,37 @@ class Sampler:
           params, inputs).compile()
     return self._compiled(key, build)
 
+  def _grow_cache(self, cache, extra: int):
+    """Appends `extra` empty (masked) slots on every leaf's 'length' axis."""
+    def pad(x, ax):
+      if "length" not in ax:
+        return x
+      widths = [(0, 0)] * x.ndim
+      widths[list(ax).index("length")] = (0, extra)
+      return jnp.pad(x, widths)
+    cache = jax.tree.map(pad, cache, self._cache_axes, is_leaf=_is_axes)
+    if self.mesh is not None:
+      cache = jax.lax.with_sharding_constraint(
+          cache, self._shardings(self._cache_axes, cache))
+    return cache
+
   def _decode_program(self, params, logits, cache, row_ids, key_, sampling,
-                      cache_size: int):
-    key = ("decode", logits.shape[0], cache_size, sampling, _signature(params))
+                      ends: tuple[int, ...], cache_size: int):
+    key = ("decode", logits.shape[0], cache_size, ends, sampling,
+           _signature(params))
     model, config = self.model, self.config
 
     def decode(params, logits, cache, row_ids, seed):
       keys = jax.vmap(jax.random.fold_in, (None, 0))(seed, row_ids)
       step = lambda tok, c: model.decode_step(params, config, tok, c)
-      return loop_lib.decode_loop(step, logits, cache, keys, sampling)
+      return loop_lib.decode_loop(step, logits, cache, keys, sampling,
+                                  ends=ends, grow=self._grow_cache)
 
     def build():
-      return jax.jit(decode, donate_argnums=(2,)).lower(
+      # One stage returns its cache, so the donated one is updated in place;
+      # with several, the first (small) cache is copied once into the loop.
+      donate = (2,) if len(ends) == 1 else ()
+      return jax.jit(decode, donate_argnums=donate).lower(
           params, logits, cache, row_ids, key_).compile()
     return self._compiled(key, build)
 
@@ -343,7 +370,8 @@ class Sampler:
           n, self.batch_buckets, "The number of prompts in one batch",
           "raise batch_buckets or call generate, which splits prompts")
     inputs = _pad_rows(_take_rows(inputs, n), batch_bucket)
-    cache_size = inputs.tokens.shape[1] + sampling.max_new_tokens
+    ends = loop_lib.stage_ends(sampling.max_new_tokens, self.first_stage_tokens)
+    cache_size = inputs.tokens.shape[1] + ends[0]
     params = self._place_params(params)
     dev_inputs = self._place_inputs(inputs)
     prefill = self._prefill_program(params, dev_inputs, g, cache_size)
@@ -356,7 +384,7 @@ class Sampler:
                if self.mesh is not None else jnp.asarray(row_ids))
     key = seed_key(seed)
     decode = self._decode_program(params, logits, cache, row_ids, key, sampling,
-                                  cache_size)
+                                  ends, cache_size)
     (tokens, logprobs, lengths, finish), cache = decode(
         params, logits, cache, row_ids, key)
     del cache
