@@ -2,11 +2,9 @@
 import os
 
 os.environ["JAX_PLATFORMS"] = "cpu"
-# 8 CPU devices for the mesh test; LLVM optimisation off: these tiny programs
-# compile ~5x faster and run fast enough unoptimised.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8"
-                           " --xla_backend_optimization_level=0").strip()
+_flag = "--xla_force_host_platform_device_count=8"  # for the mesh test
+if _flag not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 import functools
 
@@ -27,14 +25,18 @@ from evejax.rl import optim
 
 CONFIG = presets.tiny(vocab_size=64)
 B, T = 8, 16
+# LLVM optimisation off: these tiny programs compile ~5x faster and still run
+# fast. Per program, so nothing else in the test process is affected.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+_jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 
 @functools.lru_cache(maxsize=None)
 def _init_params(seed: int = 0):
-  return jax.jit(vlm.init_params, static_argnums=0)(CONFIG, jax.random.PRNGKey(seed))
+  return _jit(vlm.init_params, static_argnums=0)(CONFIG, jax.random.PRNGKey(seed))
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
+@functools.partial(_jit, static_argnums=(3,))
 def _forward_logp(params, inputs, targets, temperature=1.0):
   """The reference: full [B, T, V] logits from vlm.forward, log-softmax, gather."""
   logits = vlm.forward(params, CONFIG, inputs) / temperature
@@ -88,7 +90,7 @@ class TokenLogprobsTest(absltest.TestCase):
     params, batch = _init_params(), _batch(image=False)
     weights = jnp.asarray(np.random.default_rng(1).normal(size=(B, T)), jnp.float32)
 
-    @functools.partial(jax.jit, static_argnums=2)
+    @functools.partial(_jit, static_argnums=2)
     def value_and_grad(params, batch, chunk):
       def f(p):
         logp, ent = learner_lib.token_logprobs(p, CONFIG, batch.inputs, batch.targets,
@@ -139,7 +141,8 @@ class GrpoStepTest(absltest.TestCase):
       cfg = _cfg(micro_batches=micro_batches, **{"optimizer.name": "sgd",
                                                  "optimizer.lr": 1.0,
                                                  "optimizer.grad_clip": 0.0})
-      learner = learner_lib.Learner(CONFIG, cfg, self.params, mesh=mesh)
+      learner = learner_lib.Learner(CONFIG, cfg, self.params, mesh=mesh,
+                                    compiler_options=FAST_COMPILE)
       metrics = learner.grpo_step(self.batch)
       self.results[name] = (metrics, jax.device_get(learner.params), learner)
     return self.results[name]
@@ -178,7 +181,8 @@ class GrpoStepTest(absltest.TestCase):
     # The params really are spread over the mesh, and so are Adam's moments.
     emb = learner.params["text"]["embed"]["embedding"]
     self.assertLess(emb.addressable_shards[0].data.size, emb.size)
-    adam = learner_lib.Learner(CONFIG, _cfg(), self.params, mesh=mesh)
+    adam = learner_lib.Learner(CONFIG, _cfg(), self.params, mesh=mesh,
+                               compiler_options=FAST_COMPILE)
     mu = adam.state.opt_state[1][0].mu["text"]["embed"]["embedding"]
     self.assertEqual(mu.sharding, adam.params["text"]["embed"]["embedding"].sharding)
     self.assertLess(mu.addressable_shards[0].data.size, mu.size)
@@ -196,7 +200,7 @@ class FreezeAndSkipTest(absltest.TestCase):
     params = _init_params()
     cfg = _cfg(freeze=("^vision/",), max_nonfinite_in_a_row=2, param_dtype="bfloat16")
     cfg.loss.kl_coef = 0.0
-    learner = learner_lib.Learner(CONFIG, cfg, params)
+    learner = learner_lib.Learner(CONFIG, cfg, params, compiler_options=FAST_COMPILE)
     self.assertIsNone(learner._ref)  # kl_coef 0: no reference params, no ref pass
     batch = _batch().replace(advantages=np.linspace(-1, 1, B).astype(np.float32))
     before = jax.device_get(learner.params)
@@ -247,7 +251,8 @@ class SftAndReinforceTest(absltest.TestCase):
 
   def test_sft_loss_is_completion_nll(self):
     params, batch = _init_params(), _batch()
-    learner = learner_lib.Learner(CONFIG, _cfg(**{"loss.kl_coef": 0.0}), params)
+    learner = learner_lib.Learner(CONFIG, _cfg(**{"loss.kl_coef": 0.0}), params,
+                                  compiler_options=FAST_COMPILE)
     logp = np.asarray(_forward_logp(params, batch.inputs, batch.targets))
     m = batch.loss_mask
     first = learner.sft_step(batch)
@@ -259,16 +264,18 @@ class SftAndReinforceTest(absltest.TestCase):
   def test_reinforce_loss_baseline_and_beta(self):
     params, ref = _init_params(0), _init_params(1)
     cfg = _cfg(**{"loss.kl_coef": 0.0, "reinforce.kl_beta": 0.5})
-    learner = learner_lib.Learner(CONFIG, cfg, params, ref_params=ref)
+    learner = learner_lib.Learner(CONFIG, cfg, params, ref_params=ref,
+                                  compiler_options=FAST_COMPILE)
     batch = _batch()
     rewards = np.linspace(0, 1, B).astype(np.float32)
 
-    @jax.jit
+    @_jit
     def direct(params, ref):
       logits = vlm.forward(params, CONFIG, batch.inputs)
       ref_logits = vlm.forward(ref, CONFIG, batch.inputs)
-      return (_forward_logp(params, batch.inputs, batch.targets),
-              losses.token_kl_from_logits(logits, ref_logits))
+      logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1),
+                                 batch.targets[..., None], -1)[..., 0]
+      return logp, losses.token_kl_from_logits(logits, ref_logits)
 
     logp, kl_tok = map(np.asarray, direct(params, ref))
     m = batch.loss_mask

@@ -262,12 +262,16 @@ class Learner:
     ref_params: frozen reference policy for KL terms; None = a copy of the
       initial `params` when `cfg.loss.kl_coef` > 0 (REINFORCE also needs one).
     seed: seeds the state's rng.
+    compiler_options: XLA options for every program the learner compiles
+      (e.g. {"xla_backend_optimization_level": 0} for fast CPU tests).
   """
 
   def __init__(self, model_config: ModelConfig, cfg, params: PyTree, *,
                mesh: jax.sharding.Mesh | None = None, rules=None,
-               ref_params: PyTree | None = None, seed: int = 0):
+               ref_params: PyTree | None = None, seed: int = 0,
+               compiler_options: dict[str, Any] | None = None):
     self.model_config = model_config
+    self._jit = functools.partial(jax.jit, compiler_options=compiler_options)
     self.cfg = c = _merge_config(cfg)
     if c.micro_batches < 1:
       raise ValueError(f"config.train.micro_batches={c.micro_batches} must be >= 1.")
@@ -286,13 +290,13 @@ class Learner:
 
     params = self._put_params(params)
     self._state_shardings = self._make_state_shardings(params)
-    self._state = jax.jit(self._init_state, out_shardings=self._state_shardings)(
+    self._state = self._jit(self._init_state, out_shardings=self._state_shardings)(
         params, jax.random.PRNGKey(seed))
     self._ref = None
     if ref_params is not None or c.loss.kl_coef > 0:
       self.set_ref_params(ref_params if ref_params is not None else params)
     self._steps: dict[Any, Callable] = {}
-    self._score_fn = jax.jit(self._score)
+    self._score_fn = self._jit(self._score)
 
   # -- state -----------------------------------------------------------------
 
@@ -471,7 +475,7 @@ class Learner:
     key = (kind, jax.tree.structure(batch))
     if key not in self._steps:
       ref_sh = None if ref_params is None else self._param_shardings
-      self._steps[key] = jax.jit(
+      self._steps[key] = self._jit(
           functools.partial(self._train_step, kind, loss_fn),
           in_shardings=(self._state_shardings, self._batch_shardings(batch), ref_sh,
                         None),
