@@ -43,7 +43,9 @@ def init(hf_dir: str = "") -> ml_collections.ConfigDict:
 def mesh(data: int = 1, fsdp: int = -1, tensor: int = 1) -> ml_collections.ConfigDict:
   # -1 takes the remaining devices. Logical-axis rules live in evejax.parallel;
   # `rules` overrides them as ((logical, mesh_axes), ...).
-  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, rules=()))
+  # `devices`: use the first N devices (-1: all), e.g. 1 for a CPU debug run.
+  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, rules=(),
+                                        devices=-1))
 
 
 def grpo(*, lr: float = 1e-6, kl_coef: float = 1e-3, clip_low: float = 0.2,

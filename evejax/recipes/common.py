@@ -72,7 +72,8 @@ def build_runtime(config) -> Runtime:
         f"tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary is "
         f"{model_config.text.vocab_size}; use the checkpoint's own tokenizer.")
   mesh_axes = {k: config.mesh[k] for k in parallel.MESH_AXES}
-  mesh = parallel.make_mesh(mesh_axes)
+  n = int(config.mesh.get("devices", -1))
+  mesh = parallel.make_mesh(mesh_axes, devices=jax.devices()[:n] if n > 0 else None)
   rules = parallel.rules_from_config(config.mesh)
   dtype = jnp.dtype(config.model.param_dtype)
   abstract = jax.eval_shape(lambda: vlm.init_params(model_config, jax.random.PRNGKey(0), dtype))
