@@ -169,7 +169,7 @@ class Sampler:
     self._programs: dict[tuple, Any] = {}
     self.compile_seconds = 0.0
     self._cache_axes = model.cache_axes(model_config)
-    self._param_shardings = None
+    self._param_shardings: dict[tuple, Any] = {}
 
   # ---------------------------------------------------------------- compiles
   @property
@@ -194,14 +194,16 @@ class Sampler:
     return parallel.shardings_for(axes_tree, self.mesh, self.rules, shapes)
 
   def _place_params(self, params):
+    """Params laid out by the model's logical axes (a no-op when they are)."""
     if self.mesh is None:
       return params
-    if self._param_shardings is None:
+    sig = _signature(params)
+    if sig not in self._param_shardings:
       shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                             params)
-      self._param_shardings = self._shardings(
+      self._param_shardings[sig] = self._shardings(
           self.model.param_axes(self.config), shapes)
-    return jax.device_put(params, self._param_shardings)
+    return jax.device_put(params, self._param_shardings[sig])
 
   def _batch_sharding(self, ndim: int, axis: int = 0):
     return parallel.batch_sharding(self.mesh, ndim, axis, self.rules)

@@ -85,7 +85,6 @@ def run_cpu(args) -> None:
 
   config = bench_config(args)
   torch.manual_seed(0)
-  torch.set_num_threads(os.cpu_count() or 1)
   torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
   hf_config = transformers.Qwen2_5_VLConfig(**hf.config_to_hf(config, args.dtype))
   for c in (hf_config, hf_config.text_config, hf_config.vision_config):
@@ -99,14 +98,15 @@ def run_cpu(args) -> None:
   n_text = _count(params["text"]) if "text" in params else _count(params)
   print(f"model: {_count(params) / 1e6:.1f}M params ({n_text / 1e6:.1f}M "
         f"text), dtype {args.dtype}; batch {args.batch}, prompt "
-        f"{args.prompt_len}, {args.new_tokens} new tokens, greedy; "
-        f"{os.cpu_count()} CPU threads for torch, jax on {jax.devices()[0].platform}")
+        f"{args.prompt_len}, {args.new_tokens} new tokens, greedy; jax on "
+        f"{jax.devices()[0].platform}, {os.cpu_count()} CPUs")
 
   prompts = _prompts(args.batch, args.prompt_len, args.vocab)
   examples = [batching.Example(tokens=p) for p in prompts]
   sampler = sampling.Sampler(
       config, length_buckets=(args.prompt_len,), patch_buckets=(0,),
-      batch_buckets=(args.batch,), max_cache=args.prompt_len + args.new_tokens)
+      batch_buckets=(args.batch,), max_cache=args.prompt_len + args.new_tokens,
+      first_stage_tokens=args.first_stage_tokens)
   sp = sampling.SamplingParams(max_new_tokens=args.new_tokens, greedy=True)
 
   def run_evejax():
@@ -127,7 +127,17 @@ def run_cpu(args) -> None:
 
   first, _ = run_evejax()
   compile_s = sampler.compile_seconds
-  run_hf(4)  # warm-up (allocator, kernels)
+  # torch's best thread count: on a shared 2-core machine, 2 spinning OpenMP
+  # threads can be several times slower than 1. Give transformers the faster.
+  counts = sorted({1, os.cpu_count() or 1}) if args.torch_threads == 0 else [
+      args.torch_threads]
+  trial = {}
+  for n in counts:
+    torch.set_num_threads(n)
+    run_hf(2)  # warm-up (allocator, kernels)
+    trial[n] = min(run_hf(16)[0] for _ in range(2))
+  threads = min(trial, key=trial.get)
+  torch.set_num_threads(threads)
   ej_times, hf_times = [], []
   for _ in range(args.repeats):
     t, ej_tokens = run_evejax()
@@ -143,7 +153,9 @@ def run_cpu(args) -> None:
   print(f"evejax:       {total / ej:10.1f} tokens/s  ({ej:.3f} s; first call "
         f"{first:.1f} s of which compile {compile_s:.1f} s, "
         f"{sampler.num_compiles} programs)")
-  print(f"transformers: {total / th:10.1f} tokens/s  ({th:.3f} s)")
+  trials = ", ".join(f"{k}: {v:.2f} s" for k, v in trial.items())
+  print(f"transformers: {total / th:10.1f} tokens/s  ({th:.3f} s; torch "
+        f"threads {threads}, from 16-token trials {trials})")
   print(f"ratio evejax / transformers: {th / ej:.2f}x   (rounds: evejax "
         f"{[round(x, 3) for x in ej_times]}, transformers "
         f"{[round(x, 3) for x in hf_times]})")
@@ -218,6 +230,10 @@ def main(argv=None) -> None:
   p.add_argument("--layers", type=int, default=8)
   p.add_argument("--heads", type=int, default=8)
   p.add_argument("--kv_heads", type=int, default=2)
+  p.add_argument("--first_stage_tokens", type=int, default=256,
+                 help="Sampler's first decode stage (0: one full cache)")
+  p.add_argument("--torch_threads", type=int, default=0,
+                 help="0: the faster of 1 and all CPUs, tried on 16 tokens")
   p.add_argument("--roofline", action="store_true",
                  help="random --preset model on the accelerator, HBM roofline")
   p.add_argument("--preset", default="qwen2_5_vl_3b")
