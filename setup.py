@@ -39,5 +39,9 @@ setuptools.setup(
             "nbformat>=5.10",
             "ipykernel>=6.29",
         ],
+        # Source images from any TFDS dataset by name (array_record, no TensorFlow).
+        "tfds": ["tensorflow-datasets>=4.9", "array-record>=0.5"],
+        # Plotting-Python sandbox contract and matplotlib's bundled sample photos.
+        "plot": ["matplotlib>=3.8"],
     },
 )
