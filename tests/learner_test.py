@@ -22,6 +22,7 @@ from evejax.processing import images
 from evejax.rl import learner as learner_lib
 from evejax.rl import losses
 from evejax.rl import optim
+from evejax.rl import synthetic
 
 CONFIG = presets.tiny(vocab_size=64)
 B, T = 8, 16
@@ -227,6 +228,23 @@ class FreezeAndSkipTest(absltest.TestCase):
       learner.grpo_step(bad)
     self.assertEqual(learner.step, 5)
     self.assertEqual(int(learner.state.nonfinite_total), 3)
+
+  def test_abstract_learner_compiles_without_allocating(self):
+    shapes = jax.eval_shape(lambda: vlm.init_params(CONFIG, jax.random.PRNGKey(0)))
+    mesh = parallel.make_mesh({"fsdp": 4}, devices=jax.devices()[:4])
+    learner = learner_lib.Learner(CONFIG, _cfg(), shapes, mesh=mesh,
+                                  compiler_options=FAST_COMPILE)
+    self.assertTrue(learner.abstract)
+    self.assertIsInstance(learner.params["text"]["norm"]["scale"], jax.ShapeDtypeStruct)
+    batch = synthetic.abstract_batch(CONFIG, rows=4, length=T, images=1, image_side=28)
+    stats = learner.lower_step("grpo", batch).compile().memory_analysis()
+    self.assertGreater(stats.temp_size_in_bytes, 0)
+    # The train state is an argument, sharded 4 ways.
+    state_bytes = parallel.per_device_bytes(learner.abstract_state())
+    self.assertGreaterEqual(stats.argument_size_in_bytes, state_bytes)
+    self.assertLess(state_bytes, 3 * 4 * sum(x.size for x in jax.tree.leaves(shapes)) / 2)
+    with self.assertRaisesRegex(ValueError, "abstract params"):
+      learner.sft_step(_batch())
 
   def test_freeze_pattern_typo(self):
     with self.assertRaisesRegex(ValueError, "matches no parameter.*vision"):

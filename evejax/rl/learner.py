@@ -288,10 +288,18 @@ class Learner:
     self._tx = optim.make_optimizer(c)
     self._roles = tuple(c.reinforce.roles)
 
+    # Abstract params (ShapeDtypeStructs) give an abstract learner: its steps
+    # can be lowered and compiled ahead of time (memory plans) but not run.
+    self.abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
     params = self._put_params(params)
     self._state_shardings = self._make_state_shardings(params)
-    self._state = self._jit(self._init_state, out_shardings=self._state_shardings)(
-        params, jax.random.PRNGKey(seed))
+    if self.abstract:
+      self._state = parallel.abstract_tree(
+          jax.eval_shape(self._init_state, params, jax.random.PRNGKey(seed)),
+          self._state_shardings)
+    else:
+      self._state = self._jit(self._init_state, out_shardings=self._state_shardings)(
+          params, jax.random.PRNGKey(seed))
     self._ref = None
     if ref_params is not None or c.loss.kl_coef > 0:
       self.set_ref_params(ref_params if ref_params is not None else params)
@@ -365,18 +373,23 @@ class Learner:
   def set_ref_params(self, ref_params: PyTree) -> None:
     """Sets the frozen reference policy (kept in host RAM if cfg.ref_on_host)."""
     ref = self._put_params(ref_params)
-    self._ref = jax.device_get(ref) if self.cfg.ref_on_host else ref
+    self._ref = jax.device_get(ref) if self.cfg.ref_on_host and not self.abstract else ref
 
   def _ref_on_device(self) -> PyTree:
     if self._ref is None:
       raise ValueError(
           "this step needs reference params (a KL term) but the learner has none; "
           "pass ref_params=... to Learner or call set_ref_params().")
-    if self.cfg.ref_on_host:
+    if self.cfg.ref_on_host and not self.abstract:
       return jax.device_put(self._ref, self._param_shardings)
     return self._ref
 
   def _put_params(self, params: PyTree) -> PyTree:
+    if self.abstract:
+      return jax.tree.map(
+          lambda x, s: jax.ShapeDtypeStruct(
+              x.shape, self._dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype,
+              sharding=s), params, self._param_shardings)
     return jax.device_put(_cast_floats(params, self._dtype), self._param_shardings)
 
   # -- batches ---------------------------------------------------------------
@@ -443,12 +456,12 @@ class Learner:
         batch = self.fill_ref_logp(batch)
     else:
       batch = batch.replace(ref_logp=None)
-    return self._run("grpo", self._grpo_loss, batch.replace(rewards=None), None, None)
+    return self._run("grpo", batch.replace(rewards=None), None, None)
 
   def sft_step(self, batch: TrainBatch) -> dict[str, float]:
     """Cross-entropy on the loss_mask tokens (completion only)."""
     batch = TrainBatch(inputs=batch.inputs, targets=batch.targets, loss_mask=batch.loss_mask)
-    return self._run("sft", self._sft_loss, batch, None, None)
+    return self._run("sft", batch, None, None)
 
   def reinforce_step(self, batch: TrainBatch, role: str) -> dict[str, float]:
     """EvoLMM update: (r - b_role) * NLL_mean + beta * full-vocabulary KL(pi || ref).
@@ -466,22 +479,64 @@ class Learner:
       raise ValueError("reinforce_step needs batch.rewards (one per row).")
     batch = TrainBatch(inputs=batch.inputs, targets=batch.targets,
                        loss_mask=batch.loss_mask, rewards=batch.rewards,
-                       advantages=jnp.zeros_like(batch.rewards, jnp.float32))
-    return self._run("reinforce", self._reinforce_loss, batch, self._ref_on_device(),
+                       advantages=np.zeros(np.shape(batch.rewards), np.float32))
+    return self._run("reinforce", batch, self._ref_on_device(),
                      np.int32(self._roles.index(role)))
 
-  def _run(self, kind, loss_fn, batch, ref_params, role) -> dict[str, float]:
-    batch = self._put_batch(batch)
-    key = (kind, jax.tree.structure(batch))
+  def _program(self, kind: str, batch: TrainBatch, with_ref: bool):
+    """The jit-compiled step of `kind` for batches shaped like `batch` (cached)."""
+    key = (kind, jax.tree.structure(batch), with_ref)
     if key not in self._steps:
-      ref_sh = None if ref_params is None else self._param_shardings
+      loss_fn = {"grpo": self._grpo_loss, "sft": self._sft_loss,
+                 "reinforce": self._reinforce_loss}[kind]
       self._steps[key] = self._jit(
           functools.partial(self._train_step, kind, loss_fn),
-          in_shardings=(self._state_shardings, self._batch_shardings(batch), ref_sh,
-                        None),
+          in_shardings=(self._state_shardings, self._batch_shardings(batch),
+                        self._param_shardings if with_ref else None, None),
           out_shardings=(self._state_shardings, self._replicated),
           donate_argnums=(0,))
-    self._state, metrics = self._steps[key](self._state, batch, ref_params, role)
+    return self._steps[key]
+
+  def lower_step(self, kind: str, batch: TrainBatch) -> jax.stages.Lowered:
+    """Lowers one `kind` step ('grpo' | 'sft' | 'reinforce') without running it.
+
+    `batch` may hold arrays or ShapeDtypeStructs; with an abstract learner this
+    is how a memory plan compiles the real step ahead of time. For GRPO with
+    kl_coef > 0 the batch gets a ref_logp slot (the reference pass is a
+    separate program: `lower_score`).
+    """
+    if kind not in ("grpo", "sft", "reinforce"):
+      raise ValueError(f"lower_step: unknown step kind {kind!r}; use grpo, sft or reinforce.")
+    spec = lambda x, dtype: jax.ShapeDtypeStruct(x.shape, dtype)
+    if kind == "grpo" and self.cfg.loss.kl_coef > 0 and batch.ref_logp is None:
+      batch = batch.replace(ref_logp=spec(batch.targets, jnp.float32))
+    if kind == "reinforce":
+      batch = TrainBatch(inputs=batch.inputs, targets=batch.targets,
+                         loss_mask=batch.loss_mask,
+                         rewards=spec(batch.targets[:, 0], jnp.float32),
+                         advantages=spec(batch.targets[:, 0], jnp.float32))
+    batch = parallel.abstract_tree(
+        jax.tree.map(lambda x: spec(x, x.dtype), batch), self._batch_shardings(batch))
+    ref = self._ref_on_device() if kind == "reinforce" else None
+    role = np.int32(0) if kind == "reinforce" else None
+    return self._program(kind, batch, ref is not None).lower(self._state, batch, ref, role)
+
+  def lower_score(self, batch: TrainBatch) -> jax.stages.Lowered:
+    """Lowers the scoring pass (reference / old log-probs) without running it."""
+    view = TrainBatch(inputs=batch.inputs, targets=batch.targets, loss_mask=batch.loss_mask)
+    view = parallel.abstract_tree(
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), view),
+        self._batch_shardings(view))
+    params = self._ref_on_device() if self._ref is not None else self._state.params
+    return self._score_fn.lower(params, view)
+
+  def _run(self, kind, batch, ref_params, role) -> dict[str, float]:
+    if self.abstract:
+      raise ValueError("this Learner was built from abstract params (ShapeDtypeStructs): "
+                       "it can lower_step() but not run steps; pass real params.")
+    batch = self._put_batch(batch)
+    program = self._program(kind, batch, ref_params is not None)
+    self._state, metrics = program(self._state, batch, ref_params, role)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     self._check_nonfinite(metrics)
     return metrics

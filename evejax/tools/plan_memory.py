@@ -1,0 +1,199 @@
+r"""Per-device memory of a train step, planned on CPU before renting hardware.
+
+Compiles (ahead of time, nothing is allocated) the real learner step for a
+model preset on a mesh of fake CPU devices and prints what one device holds:
+policy params, optimizer state, reference params, and the step's peak from
+XLA's buffer assignment; then which accelerators it fits.
+
+  python -m evejax.tools.plan_memory --config qwen2_5_vl_7b --mesh fsdp=8
+  python -m evejax.tools.plan_memory --config configs/eve.py:qwen2_5_vl_7b \
+      --mesh fsdp=4 --batch 32 --seq 4096
+
+`--config` is a model preset name or a config file (`path.py[:arg]`), whose
+model, mesh and train blocks are then used. The estimate comes from the CPU
+compiler: GPU/TPU compilers fuse differently (and may use flash attention),
+so treat temp memory as an order-of-magnitude guide; params, optimizer and
+reference bytes are exact.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+_CONFIG = flags.DEFINE_string("config", "qwen2_5_vl_7b",
+                              "Model preset name, or a config file path.py[:arg].")
+_MESH = flags.DEFINE_string("mesh", "",
+                            "Mesh, e.g. 'fsdp=8' or 'data=2,fsdp=4' (default: the "
+                            "config's, or fsdp=8 for a preset).")
+_BATCH = flags.DEFINE_integer("batch", 0, "Rows per train step (default: one row per "
+                              "device per micro-batch).")
+_SEQ = flags.DEFINE_integer("seq", 0, "Tokens per row (default: the config's largest "
+                            "length bucket, else 4096).")
+_IMAGES = flags.DEFINE_integer("images", 1, "Images per row.")
+_SIDE = flags.DEFINE_integer("image_side", 448, "Image side in pixels (multiple of 28).")
+_MICRO = flags.DEFINE_integer("micro_batches", 0, "Micro-batches (default: config's, or 1).")
+_KIND = flags.DEFINE_enum("kind", "grpo", ["grpo", "sft", "reinforce"], "Step kind.")
+_PARAM_DTYPE = flags.DEFINE_string("param_dtype", "", "float32 | bfloat16 (default: "
+                                   "config's, or bfloat16).")
+_DTYPE = flags.DEFINE_string("dtype", "", "Activation dtype (default: config's, or bfloat16).")
+_REMAT = flags.DEFINE_bool("remat", None, "Recompute blocks in the backward pass "
+                           "(default: config's, or True).")
+_KL = flags.DEFINE_float("kl_coef", None, "KL coefficient; > 0 keeps reference params "
+                         "(default: config's, or 1e-3).")
+_CHUNK = flags.DEFINE_integer("logprob_chunk", None, "Log-softmax chunk (default: config's, "
+                              "or 1024).")
+
+# Memory per device, GiB (HBM as the vendors list it).
+HARDWARE = {
+    "H100 80GB": 80, "H200 141GB": 141, "A100 80GB": 80, "A100 40GB": 40,
+    "TPU v5p (95GB)": 95, "TPU v5e (16GB)": 16, "TPU v4 (32GB)": 32, "TPU v6e (32GB)": 32,
+}
+GiB = 1024 ** 3
+
+
+def _parse_mesh(spec: str) -> dict[str, int]:
+  out = {}
+  for part in filter(None, spec.split(",")):
+    name, _, size = part.partition("=")
+    if not size.lstrip("-").isdigit():
+      raise app.UsageError(f"--mesh part {part!r}: use axis=size, e.g. fsdp=8.")
+    out[name.strip()] = int(size)
+  return out
+
+
+def _load(spec: str) -> tuple[str, ml_collections.ConfigDict | None]:
+  """(preset name, config or None) from --config."""
+  path, _, arg = spec.partition(":")
+  if not path.endswith(".py"):
+    return spec, None
+  if not os.path.exists(path):
+    raise app.UsageError(f"--config {path!r} does not exist.")
+  module_spec = importlib.util.spec_from_file_location("_plan_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  return config.model.preset, config
+
+
+def _get(config, path: str, default):
+  node = config
+  for part in path.split("."):
+    if node is None or part not in node:
+      return default
+    node = node[part]
+  return node
+
+
+def _gib(n: float) -> str:
+  return f"{n / GiB:8.2f} GiB" if n >= GiB / 10 else f"{n / 2**20:8.2f} MiB"
+
+
+def _peak(stats) -> int:
+  """Arguments + outputs (minus donated aliases) + XLA's temp allocation.
+
+  XLA packs all temporaries into one buffer sized for the most alive at once,
+  so this is the program's high-water mark. (CPU's peak_memory_in_bytes
+  leaves temporaries out, so it is not used.)
+  """
+  return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+          - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+
+
+def main(argv):
+  del argv
+  preset, config = _load(_CONFIG.value)
+  mesh_axes = _parse_mesh(_MESH.value) if _MESH.value else (
+      {k: int(v) for k, v in _get(config, "mesh", {}).items() if k != "rules"}
+      if config is not None else {"fsdp": 8})
+  known = [v for v in mesh_axes.values() if v > 0]
+  if any(v == -1 for v in mesh_axes.values()):
+    raise app.UsageError("--mesh: give every axis size explicitly (no -1) for a plan.")
+  devices = math.prod(known)
+  # Fake CPU devices: must be set before the backend starts.
+  jax.config.update("jax_platforms", "cpu")
+  jax.config.update("jax_num_cpu_devices", devices)
+
+  # Imported here so that nothing touches a backend before the lines above.
+  from evejax import parallel  # pylint: disable=g-import-not-at-top
+  from evejax.models import presets, vlm  # pylint: disable=g-import-not-at-top
+  from evejax.rl import learner as learner_lib, synthetic  # pylint: disable=g-import-not-at-top
+
+  model_config = presets.get_preset(
+      preset, dtype=_DTYPE.value or _get(config, "model.dtype", "bfloat16"),
+      remat=_REMAT.value if _REMAT.value is not None else _get(config, "model.remat", True))
+  train = learner_lib.default_train_config()
+  if config is not None and "train" in config:
+    train = learner_lib._merge_config(config.train)  # pylint: disable=protected-access
+  train.param_dtype = _PARAM_DTYPE.value or _get(config, "model.param_dtype", "bfloat16")
+  if _MICRO.value:
+    train.micro_batches = _MICRO.value
+  if _KL.value is not None:
+    train.loss.kl_coef = _KL.value
+  train.logprob_chunk = (_CHUNK.value if _CHUNK.value is not None
+                         else train.logprob_chunk or 1024)
+
+  mesh = parallel.make_mesh(mesh_axes)
+  rules = parallel.rules_from_config(config.mesh) if config is not None else None
+  data_shards = math.prod(
+      mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape)
+  rows = _BATCH.value or train.micro_batches * data_shards
+  seq = _SEQ.value or max(_get(config, "processing.length_buckets", (4096,)))
+
+  params = jax.eval_shape(lambda: vlm.init_params(model_config, jax.random.PRNGKey(0)))
+  learner = learner_lib.Learner(model_config, train, params, mesh=mesh, rules=rules)
+  batch = synthetic.abstract_batch(model_config, rows, seq, images=_IMAGES.value,
+                                   image_side=_SIDE.value)
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  print(f"{preset}: {n_params / 1e9:.2f}B params ({train.param_dtype}), activations "
+        f"{model_config.dtype}, remat={model_config.remat}; mesh "
+        f"{dict(mesh.shape)} = {devices} devices")
+  print(f"{_KIND.value} step: {rows} rows x {seq} tokens, {_IMAGES.value} image(s) of "
+        f"{_SIDE.value}px per row, {train.micro_batches} micro-batch(es) -> "
+        f"{rows // train.micro_batches // data_shards} row(s) per device per micro-batch; "
+        f"kl_coef={train.loss.kl_coef}, freeze={tuple(train.freeze)}, "
+        f"logprob_chunk={train.logprob_chunk}")
+
+  state = learner.abstract_state()
+  param_b = parallel.per_device_bytes(state.params)
+  opt_b = parallel.per_device_bytes(state.opt_state)
+  needs_ref = (_KIND.value == "reinforce" or train.loss.kl_coef > 0)
+  ref_b = param_b if needs_ref and not train.ref_on_host else 0
+
+  print("compiling the step on CPU (a few minutes for large presets) ...", flush=True)
+  step = learner.lower_step(_KIND.value, batch).compile().memory_analysis()
+  step_peak = _peak(step)
+  # The reference params stay resident through the step unless kept on host
+  # (REINFORCE takes them as an argument, so they are already counted).
+  total = step_peak + (ref_b if _KIND.value == "grpo" else 0)
+  score_peak = 0
+  if _KIND.value == "grpo" and train.loss.kl_coef > 0:
+    score = learner.lower_score(batch).compile().memory_analysis()
+    score_peak = _peak(score) + param_b + opt_b  # the train state stays resident
+    total = max(total, score_peak)
+
+  print("\nper device:")
+  print(f"  policy params        {_gib(param_b)}")
+  print(f"  optimizer state      {_gib(opt_b)}")
+  print(f"  reference params     {_gib(ref_b)}"
+        + ("  (host RAM)" if needs_ref and train.ref_on_host else ""))
+  print(f"  step: arguments      {_gib(step.argument_size_in_bytes)}")
+  print(f"  step: temporaries    {_gib(step.temp_size_in_bytes)}")
+  print(f"  step: peak           {_gib(step_peak)}")
+  if score_peak:
+    print(f"  reference pass peak  {_gib(score_peak)}  (with the train state resident)")
+  print(f"  estimated peak       {_gib(total)}")
+  print("\nfits (peak under 90% of device memory):")
+  for name, mem in HARDWARE.items():
+    verdict = "yes" if total < 0.9 * mem * GiB else "no"
+    print(f"  {name:16s} {verdict:3s}  ({total / (mem * GiB):5.0%} of memory)")
+
+
+if __name__ == "__main__":
+  app.run(main)
