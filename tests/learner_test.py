@@ -281,9 +281,10 @@ class SftAndReinforceTest(absltest.TestCase):
 
   def test_reinforce_loss_baseline_and_beta(self):
     params, ref = _init_params(0), _init_params(1)
-    cfg = _cfg(**{"loss.kl_coef": 0.0, "reinforce.kl_beta": 0.5})
+    cfg = _cfg(**{"loss.kl_coef": 0.0, "reinforce.kl_beta": 0.5, "ref_on_host": True})
     learner = learner_lib.Learner(CONFIG, cfg, params, ref_params=ref,
                                   compiler_options=FAST_COMPILE)
+    self.assertIsInstance(learner._ref["text"]["norm"]["scale"], np.ndarray)  # host RAM
     batch = _batch()
     rewards = np.linspace(0, 1, B).astype(np.float32)
 
