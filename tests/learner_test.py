@@ -205,8 +205,12 @@ class FreezeAndSkipTest(absltest.TestCase):
     self.assertIsNone(learner._ref)  # kl_coef 0: no reference params, no ref pass
     batch = _batch().replace(advantages=np.linspace(-1, 1, B).astype(np.float32))
     before = jax.device_get(learner.params)
+    dtypes = jax.tree.map(lambda x: x.dtype, learner.state)
     metrics = learner.grpo_step(batch)
     self.assertNotIn("kl", metrics)
+    # bf16 params keep bf16 Adam moments: the state's dtypes never drift
+    # (which would recompile the step and break checkpoint restores).
+    self.assertEqual(jax.tree.map(lambda x: x.dtype, learner.state), dtypes)
     after = jax.device_get(learner.params)
     self.assertEqual(after["text"]["norm"]["scale"].dtype, jnp.bfloat16)
     _assert_trees_close(self, after["vision"], before["vision"], atol=0)

@@ -593,7 +593,10 @@ class Learner:
     ok = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)
     updates, opt_state = self._tx.update(grads, state.opt_state, trainable)
     new_trainable = optax.apply_updates(trainable, updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    # Old values where the step is skipped; old dtypes always (bf16 params'
+    # Adam moments would otherwise come back as f32 from the f32 gradients).
+    keep = lambda new, old: jax.tree.map(
+        lambda a, b: jnp.where(ok, a, b).astype(b.dtype), new, old)
     applied = state.step - state.nonfinite_total  # optimizer updates so far
     new_state = state.replace(
         params=optim.merge(self._mask, keep(new_trainable, trainable), frozen),
