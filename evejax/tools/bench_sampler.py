@@ -181,16 +181,26 @@ def run_roofline(args) -> None:
   init = jax.jit(vlm.init_params, static_argnums=(0, 2))
   params = init(config, jax.random.key(0), dtype)
   t = config.text
-  text_bytes = sum(x.size * x.dtype.itemsize
-                   for x in jax.tree.leaves(params["text"]))
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize
+                            for x in jax.tree.leaves(tree))
+  # A step reads every text weight once, except an untied input embedding,
+  # of which it gathers only B rows.
+  text_bytes = nbytes(params["text"])
+  if not t.tie_word_embeddings:
+    text_bytes -= nbytes(params["text"]["embed"])
   cache_size = args.prompt_len + args.new_tokens
-  kv_bytes = (2 * t.num_layers * args.batch * cache_size * t.num_kv_heads
-              * t.head_dim * dtype.itemsize)
+  # Attention reads every slot of the current stage's cache (masked or not).
+  ends = sampling.stage_ends(args.new_tokens, args.first_stage_tokens)
+  slots = np.mean([args.prompt_len + next(e for e in ends if e > i)
+                   for i in range(1, args.new_tokens)])
+  kv_bytes = int(2 * t.num_layers * args.batch * slots * t.num_kv_heads
+                 * t.head_dim * dtype.itemsize)
   prompts = _prompts(args.batch, args.prompt_len, t.vocab_size)
   examples = [batching.Example(tokens=p) for p in prompts]
   sampler = sampling.Sampler(
       config, length_buckets=(args.prompt_len,), patch_buckets=(0,),
-      batch_buckets=(args.batch,), max_cache=cache_size)
+      batch_buckets=(args.batch,), max_cache=cache_size,
+      first_stage_tokens=args.first_stage_tokens)
 
   def timed(n):
     sp = sampling.SamplingParams(max_new_tokens=n, greedy=True)
@@ -204,7 +214,6 @@ def run_roofline(args) -> None:
 
   t_full, t_one = timed(args.new_tokens), timed(1)
   step = (t_full - t_one) / (args.new_tokens - 1)
-  # The decode step attends over every cache slot (masked), so all are read.
   moved = text_bytes + kv_bytes
   frac = moved / step / bandwidth
   print(f"{args.preset} ({dtype.name}) on {jax.devices()[0].device_kind}: "
