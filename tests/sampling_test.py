@@ -451,11 +451,20 @@ class VLMSamplerTest(absltest.TestCase):
     logits = jax.jit(vlm.forward, static_argnums=1)(
         self.params, c, jax.tree.map(jnp.asarray, inputs))
     lp = np.asarray(jax.nn.log_softmax(logits, -1))
+    want = np.zeros_like(out.logprobs)
     for r, ex in enumerate(full):
       n = ex.num_tokens
       cols = np.arange(n - self.N, n)
-      want = lp[r, cols - 1, ex.tokens[cols]]
-      np.testing.assert_allclose(out.logprobs[r], want, atol=1e-4, rtol=0)
+      want[r] = lp[r, cols - 1, ex.tokens[cols]]
+    np.testing.assert_allclose(out.logprobs, want, atol=1e-4, rtol=0)
+    stats = sampling.mismatch_stats(out.logprobs, want, np.ones_like(want))
+    self.assertLess(stats["max_abs"], 1e-4)
+    self.assertAlmostEqual(stats["ratio_mean"], 1.0, places=4)
+    self.assertEqual(stats["tokens"], want.size)
+    # A trainer off by one position would show up plainly.
+    shifted = sampling.mismatch_stats(out.logprobs, np.roll(want, 1, axis=1),
+                                      np.ones_like(want))
+    self.assertGreater(shifted["mean_abs"], 0.1)
 
   def test_mesh_matches_single_device(self):
     mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})

@@ -5,9 +5,11 @@ The public face; the pieces live in small modules:
   select.py   sample_tokens: greedy / temperature / top-k / top-p
   loop.py     decode_loop: the compiled while-loop over new tokens
   sampler.py  Sampler: buckets, compiles, shardings, errors
+  metrics.py  mismatch_stats: sampler vs trainer log-probs
 """
 from evejax.sampling.loop import decode_loop
 from evejax.sampling.loop import stage_ends
+from evejax.sampling.metrics import mismatch_stats
 from evejax.sampling.params import FINISH_EOS
 from evejax.sampling.params import FINISH_LENGTH
 from evejax.sampling.params import FINISH_NAMES
@@ -21,6 +23,6 @@ from evejax.sampling.select import sample_tokens
 
 __all__ = [
     "FINISH_EOS", "FINISH_LENGTH", "FINISH_NAMES", "FINISH_STOP",
-    "SampleOutput", "SamplingParams", "Sampler", "decode_loop",
+    "SampleOutput", "SamplingParams", "Sampler", "decode_loop", "mismatch_stats",
     "replicate_rows", "sample_tokens", "seed_key", "stage_ends",
 ]
