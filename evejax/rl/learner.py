@@ -102,6 +102,7 @@ def default_train_config() -> ml_collections.ConfigDict:
           baseline_momentum=0.9,
           kl_beta=1e-3, kl_target=0.02, kl_rate=0.1, kl_beta_min=1e-8, kl_beta_max=100.0),
       micro_batches=1,
+      grad_accum_dtype="float32",  # gradient sum over micro-batches (> 1 only)
       # Regexes (re.search) on '/'-joined parameter paths, e.g. "^vision/";
       # frozen params get no gradient and no optimizer state.
       freeze=(),
@@ -574,20 +575,26 @@ class Learner:
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def body(carry, mb):
-      (_, sums), g = grad_fn(trainable, frozen, self._constrain(mb), ctx)
-      acc_g = jax.tree.map(lambda a, b: a + b.astype(a.dtype), carry[0], g)
-      return (acc_g, _add_sums(carry[1], sums)), None
-
     mbs = _split_micro(batch, c.micro_batches)
     first = jax.tree.map(lambda x: x[0], mbs)
-    sums_shape = jax.eval_shape(lambda: loss_fn(trainable, frozen, first, ctx)[1])
-    trainable_sh, _ = optim.split(self._param_shardings, self._mask)
-    g0 = jax.lax.with_sharding_constraint(
-        jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), trainable), trainable_sh)
-    s0 = {k: jnp.full(s.shape, -jnp.inf if k.endswith("_max") else 0, s.dtype)
-          for k, s in sums_shape.items()}
-    (grads, sums), _ = jax.lax.scan(body, (g0, s0), mbs)
+    if c.micro_batches == 1:
+      # No accumulator: gradients stay in the params' dtype, no extra copy.
+      (_, sums), grads = grad_fn(trainable, frozen, self._constrain(first), ctx)
+    else:
+      acc_dtype = jnp.dtype(c.grad_accum_dtype)
+
+      def body(carry, mb):
+        (_, sums), g = grad_fn(trainable, frozen, self._constrain(mb), ctx)
+        acc_g = jax.tree.map(lambda a, b: a + b.astype(a.dtype), carry[0], g)
+        return (acc_g, _add_sums(carry[1], sums)), None
+
+      sums_shape = jax.eval_shape(lambda: loss_fn(trainable, frozen, first, ctx)[1])
+      trainable_sh, _ = optim.split(self._param_shardings, self._mask)
+      g0 = jax.lax.with_sharding_constraint(
+          jax.tree.map(lambda x: jnp.zeros(x.shape, acc_dtype), trainable), trainable_sh)
+      s0 = {k: jnp.full(s.shape, -jnp.inf if k.endswith("_max") else 0, s.dtype)
+            for k, s in sums_shape.items()}
+      (grads, sums), _ = jax.lax.scan(body, (g0, s0), mbs)
 
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)
