@@ -150,10 +150,10 @@ def main(argv):
   print(f"step time: median {step * 1e3:.1f} ms (min {min(times) * 1e3:.1f}, max "
         f"{max(times) * 1e3:.1f}) over {len(times)} steps")
   print(f"tokens/s: {tokens / step:,.0f} ({tokens / step / devices:,.0f} per device)")
-  print(f"model FLOPs/step: {flops / 1e12:.2f} TFLOP; achieved {achieved:.1f} TFLOP/s "
+  print(f"model FLOPs/step: {flops / 1e12:.3g} TFLOP; achieved {achieved:.3g} TFLOP/s "
         "per device")
   if peak:
-    print(f"MFU: {100 * achieved / peak:.1f}% of {peak:.0f} TFLOP/s ({kind}, dense bf16)")
+    print(f"MFU: {100 * achieved / peak:.1f}% of {peak:g} TFLOP/s ({kind}, dense bf16)")
   else:
     print(f"MFU: n/a (no known peak for {kind!r}; pass --peak_tflops)")
 

@@ -13,7 +13,9 @@ XLA's buffer assignment; then which accelerators it fits.
 model, mesh and train blocks are then used. The estimate comes from the CPU
 compiler: GPU/TPU compilers fuse differently (and may use flash attention),
 so treat temp memory as an order-of-magnitude guide; params, optimizer and
-reference bytes are exact.
+reference bytes are exact. The CPU compiler also runs bf16 matmuls in f32
+(an f32 copy of each weight it multiplies), so with bf16 weights the
+temporaries are an upper bound.
 """
 from __future__ import annotations
 
@@ -188,7 +190,7 @@ def main(argv):
   print(f"  step: peak           {_gib(step_peak)}")
   if score_peak:
     print(f"  reference pass peak  {_gib(score_peak)}  (with the train state resident)")
-  print(f"  estimated peak       {_gib(total)}")
+  print(f"  estimated peak       {_gib(total)}  (CPU compiler: an upper bound for bf16)")
   print("\nfits (peak under 90% of device memory):")
   for name, mem in HARDWARE.items():
     verdict = "yes" if total < 0.9 * mem * GiB else "no"
