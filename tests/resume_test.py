@@ -10,6 +10,8 @@ the optimizer state or the step counter reports different metrics.
 import os
 import sys
 
+import resume_util
+
 if __name__ == "__main__" and "--workdir" in sys.argv:
   # Child process: resume_util.subprocess_env already set CPU and 8 devices.
   import argparse
@@ -24,7 +26,6 @@ if __name__ == "__main__" and "--workdir" in sys.argv:
   from evejax.processing import batching
   from evejax.processing import images
   from evejax.rl import learner as learner_lib
-  import resume_util
 
   CONFIG = presets.tiny(vocab_size=64)
   FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -100,8 +101,6 @@ import shutil
 import tempfile
 
 from absl.testing import absltest
-
-import resume_util
 
 
 class ResumeRealTrainStepTest(absltest.TestCase):

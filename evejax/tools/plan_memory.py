@@ -26,7 +26,6 @@ import os
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 _CONFIG = flags.DEFINE_string("config", "qwen2_5_vl_7b",
