@@ -48,6 +48,17 @@ class TrainBatchTest(absltest.TestCase):
     np.testing.assert_array_equal(b.loss_mask[2:], 0)      # filler rows
     np.testing.assert_array_equal(b.advantages, [1.0, -1.0, 0.0, 0.0])
 
+  def test_sampled_image_token_is_silenced_not_a_crash(self):
+    rng = np.random.default_rng(2)
+    prompts = [_prompt(rng, 5), _prompt(rng, 5)]
+    completions = [np.array([11, CFG.image_token_id, 13]), np.array([21, 22])]
+    b = rollouts.train_batch(prompts, completions, model_config=CFG, pad_id=0,
+                             length_buckets=(32,), patch_buckets=(16,))
+    self.assertEqual(b.loss_mask[0].sum(), 0)
+    self.assertEqual(b.loss_mask[1].sum(), 2)
+    self.assertNotIn(CFG.image_token_id, b.inputs.tokens[0, len(prompts[0].tokens):])
+    self.assertTrue(rollouts.has_vision_tokens(CFG, completions[0]))
+
   def test_sampler_logprobs_equal_learner_scores(self):
     """Sampled tokens scored by the learner give the sampler's own log-probs."""
     rng = np.random.default_rng(1)

@@ -148,9 +148,9 @@ class Eve:
     self.extra_rewards = [reward_registry.resolve(n) for n in c.reward.extra]
 
     # Learners: separate weights per role unless share_params.
-    self.learners = {"challenger": self._make_learner(c.train)}
+    self.learners = {"challenger": self._make_learner(c.train, role="challenger")}
     self.learners["solver"] = (self.learners["challenger"] if c.eve.share_params
-                               else self._make_learner(c.train))
+                               else self._make_learner(c.train, role="solver"))
     self.learner_kind = "rl"
     self.row_multiple = self._row_multiple()
     self.rt.params = None  # the learners hold their own copies
@@ -178,9 +178,12 @@ class Eve:
         resume_step=self.global_step if self.global_step else None)
 
   # ------------------------------------------------------------------ setup
-  def _make_learner(self, train_cfg, params=None):
+  def _make_learner(self, train_cfg, params=None, *, role: str):
     cfg = copy.deepcopy(train_cfg)
     cfg.param_dtype = self.config.model.param_dtype
+    # The trainer scores log pi at the temperature the role samples at, so the
+    # importance ratio starts at 1 (verl's convention).
+    cfg.loss.temperature = float(self.config.sampling[role].temperature)
     return learner_lib.Learner(self.rt.model_config, cfg,
                                self.rt.params if params is None else params,
                                mesh=self.rt.mesh, rules=self.rt.rules, seed=self.config.seed)
@@ -316,7 +319,7 @@ class Eve:
       cfg.optimizer.lr = self.config.warmstart.lr
       cfg.loss.kl_coef = 0.0
     for role, old in self._roles().items():
-      new = self._make_learner(cfg, old.params)
+      new = self._make_learner(cfg, old.params, role=role)
       if carry_state:
         new.load_state(old.state)
       self.learners[role] = new
@@ -331,6 +334,8 @@ class Eve:
     with self.timer("sampling"):
       out = self.sampler.generate(self.learners[role].params, prompts, sp, seed)
     toks, lps = rollouts.completions_from_samples(out)
+    self.counts[f"{role}/completion_with_vision_token"] += sum(
+        rollouts.has_vision_tokens(self.rt.model_config, t) for t in toks)
     texts = self.tok.decode_batch([t for t in toks], skip_special_tokens=True)
     return toks, lps, texts
 

@@ -37,6 +37,8 @@ def train_batch(prompts: Sequence[batching.Example],
   Args:
     prompts: one Example per row (the same Example may repeat for a group).
     completions: the completion token ids of each row (EOS included if any).
+      A completion holding image-structure tokens (see `vision_token_ids`) is
+      kept as padding with no loss (count them with `has_vision_tokens`).
     model_config: for the image-token ids and vision shapes.
     pad_id: token id of padding.
     length_buckets, patch_buckets: static shapes (see `batching.collate`).
@@ -49,9 +51,15 @@ def train_batch(prompts: Sequence[batching.Example],
   """
   if len(prompts) != len(completions):
     raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions.")
-  examples = []
+  vision_ids = np.asarray(vision_token_ids(model_config), np.int32)
+  examples, silenced = [], []
   for p, c in zip(prompts, completions):
     c = np.asarray(c, np.int32)
+    # A sampled image/vision token has no image behind it: as input it would
+    # claim a patch slot. It is replaced by padding and the row carries no loss.
+    bad = np.isin(c, vision_ids)
+    silenced.append(bool(bad.any()))
+    c = np.where(bad, pad_id, c)
     tokens = np.concatenate([np.asarray(p.tokens, np.int32), c])
     mask = np.concatenate([np.zeros(len(p.tokens), np.int32), np.ones(len(c), np.int32)])
     examples.append(batching.Example(tokens=tokens, images=p.images, loss_mask=mask))
@@ -67,6 +75,7 @@ def train_batch(prompts: Sequence[batching.Example],
   targets[:, :-1] = tokens[:, 1:]
   loss_mask = np.zeros(tokens.shape, np.float32)
   loss_mask[:, :-1] = completion[:, 1:]
+  loss_mask[:len(silenced)][np.asarray(silenced, bool)] = 0.0
 
   def per_row(values):
     out = np.zeros((rows,), np.float32)
@@ -85,6 +94,16 @@ def train_batch(prompts: Sequence[batching.Example],
       old_logp=old, sampler_logp=old,
       advantages=None if advantages is None else per_row(advantages),
       rewards=None if rewards is None else per_row(rewards))
+
+
+def vision_token_ids(model_config: ModelConfig) -> tuple[int, ...]:
+  """Tokens that mark image structure; a completion must not feed them back as input."""
+  return (model_config.image_token_id, model_config.video_token_id,
+          model_config.vision_start_token_id, model_config.vision_end_token_id)
+
+
+def has_vision_tokens(model_config: ModelConfig, completion: Sequence[int]) -> bool:
+  return bool(np.isin(np.asarray(completion), vision_token_ids(model_config)).any())
 
 
 def completions_from_samples(out) -> tuple[list[np.ndarray], list[np.ndarray]]:
