@@ -58,15 +58,18 @@ def permutations(rng: np.random.Generator, n: int, k: int = 4,
                  min_moved: int = 2) -> list[list[int]]:
   """k distinct permutations of range(n); each moves >= min_moved items and any
   two differ in >= min_moved positions."""
-  out: list[list[int]] = []
-  for _ in range(10_000):
-    p = [int(i) for i in rng.permutation(n)]
-    if sum(a != b for a, b in zip(p, range(n))) < min_moved:
-      continue
-    if all(sum(a != b for a, b in zip(p, q)) >= min_moved for q in out):
-      out.append(p)
-      if len(out) == k:
-        return out
+  # Greedy picks can paint themselves into a corner (few permutations of 4
+  # items move >= 3), so a stuck attempt starts over instead of failing.
+  for _ in range(200):
+    out: list[list[int]] = []
+    for _ in range(200):
+      p = [int(i) for i in rng.permutation(n)]
+      if sum(a != b for a, b in zip(p, range(n))) < min_moved:
+        continue
+      if all(sum(a != b for a, b in zip(p, q)) >= min_moved for q in out):
+        out.append(p)
+        if len(out) == k:
+          return out
   raise ValueError(f"Cannot draw {k} permutations of {n} moving >= {min_moved} items.")
 
 
