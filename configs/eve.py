@@ -133,7 +133,7 @@ def tiny() -> ml_collections.ConfigDict:
   c.train = cu.grpo(lr=3e-4, kl_coef=0.0)
   c.sandbox = cu.sandbox(workers=2, timeout_s=5.0)
   c.checkpoint = cu.checkpoint(every=4, keep=2)
-  c.warmstart.update(dict(enabled=True, challenger_steps=60, solver_steps=60,
+  c.warmstart.update(dict(enabled=True, challenger_steps=60, solver_steps=30,
                           batch_size=16, lr=2e-3, short_think=True))
   c.log.gallery_tasks = 12
   return c
