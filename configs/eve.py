@@ -1,6 +1,6 @@
 r"""EVE: Challenger-Solver self-evolution through executable image transformations.
 
-Run (tiny model from scratch, built-in images, CPU, about 10 minutes):
+Run (tiny model from scratch, built-in images, CPU, 10-20 minutes on 2 cores):
   python -m evejax.main --config configs/eve.py:tiny --workdir workdirs/eve_tiny
 
 A released checkpoint on a GPU node or TPU slice (published hyperparameters):
