@@ -29,10 +29,8 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
-from typing import Any, Sequence
+from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -152,7 +150,7 @@ class Eve:
     self.learners["solver"] = (self.learners["challenger"] if c.eve.share_params
                                else self._make_learner(c.train, role="solver"))
     self.learner_kind = "rl"
-    self.row_multiple = self._row_multiple()
+    self.row_multiple = self.learners["challenger"].row_multiple
     self.rt.params = None  # the learners hold their own copies
     # With a warm start and a KL term, the reference (warm-started) weights
     # cannot be rebuilt from the config, so checkpoints carry them.
@@ -187,15 +185,6 @@ class Eve:
     return learner_lib.Learner(self.rt.model_config, cfg,
                                self.rt.params if params is None else params,
                                mesh=self.rt.mesh, rules=self.rt.rules, seed=self.config.seed)
-
-  def _row_multiple(self) -> int:
-    """Train batches are padded to a multiple of micro-batches x batch shards."""
-    from evejax import parallel  # pylint: disable=g-import-not-at-top
-    spec = parallel.batch_sharding(self.rt.mesh, 1, 0, self.rt.rules).spec
-    axes = spec[0] if spec else ()
-    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    shards = int(np.prod([self.rt.mesh.shape[a] for a in axes])) if axes else 1
-    return shards * int(self.config.train.micro_batches)
 
   def _roles(self) -> dict[str, learner_lib.Learner]:
     if self.config.eve.share_params:
@@ -576,7 +565,7 @@ class Eve:
       with self.timer("sandbox"):
         res = self._submit(rec["program"], image).result()
       self._task_cache[key] = self._task_from_result(rec["image"], image, rec["program"], res,
-                                                     seed=0, types=(0, 1, 2))
+                                                     seed=0, types=())
     task = self._task_cache[key]
     if task is None:
       return None
@@ -685,7 +674,7 @@ class Eve:
         "after_warmstart" if stage.iteration == 0 else f"iter{stage.iteration}")
     self.results[key] = result
     logging.info("Held-out evaluation (%s): %s", key, result)
-    self.writer.scalars(self.global_step, result, prefix=f"eval")
+    self.writer.scalars(self.global_step, result, prefix="eval")
 
   def _summary(self) -> dict[str, Any]:
     res = dict(self.results)

@@ -400,12 +400,17 @@ class Learner:
         lambda x, a: parallel.batch_sharding(self._mesh, np.ndim(x), a, self._rules),
         batch, _batch_axes(batch))
 
-  def _put_batch(self, batch: TrainBatch) -> TrainBatch:
+  @property
+  def row_multiple(self) -> int:
+    """Batch sizes must be multiples of this: micro-batches x batch shards."""
     spec = parallel.batch_sharding(self._mesh, 1, 0, self._rules).spec
     axes = spec[0] if spec else ()
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    shards = math.prod(self._mesh.shape[a] for a in axes)
+    return self.cfg.micro_batches * math.prod(self._mesh.shape[a] for a in axes)
+
+  def _put_batch(self, batch: TrainBatch) -> TrainBatch:
     k = self.cfg.micro_batches
+    shards = self.row_multiple // k
     if batch.batch_size % (k * shards):
       raise ValueError(
           f"batch size {batch.batch_size} must be a multiple of micro_batches ({k}) x "
