@@ -1,9 +1,16 @@
 """Qwen2 decoder with sectioned M-RoPE, and its KV cache.
 
-Layers are stacked and scanned (params carry a leading 'layers' axis) so a
-28-80 layer model compiles one layer body. Every layer also returns its
-rotated keys and values; callers that do not use them (training) let XLA drop
-them, prefill/decode write them into a `KVCache`.
+Two layouts of the same layers (one `DecoderBlock`):
+  scanned   params['layers'] stacks every layer on a leading 'layers' axis and
+            `nn.scan` runs it, so a 28-80 layer model compiles one layer body
+            (training, scoring);
+  unrolled  params['layers_0'], params['layers_1'], ... are separate arrays and
+            a Python loop runs them (sampling). Inside scan, XLA copies each
+            layer's weights out of the stack before its dots (a dynamic-slice:
+            26% of a CPU decode step); separate arrays are read in place.
+Every layer also returns its rotated keys and values: training lets XLA drop
+them, prefill puts them into a `KVCache`; in decode each layer writes its own
+into the cache.
 """
 from __future__ import annotations
 
@@ -18,16 +25,21 @@ from evejax.models.presets import TextConfig
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys/values of every layer for a batch of left-padded sequences."""
-  k: jax.Array         # [layers, B, S, kv_heads, head_dim], rotated keys
-  v: jax.Array         # [layers, B, S, kv_heads, head_dim]
+  """Keys/values of every layer for a batch of left-padded sequences.
+
+  One array per layer, so a decode step updates each in place and reads it
+  without slicing a stack; laid out [B, kv_heads, S, head_dim] so attention's
+  dots read it as it is (their batch dims lead), without a transpose.
+  """
+  k: tuple[jax.Array, ...]  # per layer [B, kv_heads, S, head_dim], rotated keys
+  v: tuple[jax.Array, ...]  # per layer [B, kv_heads, S, head_dim]
   mask: jax.Array      # int32 [B, S]; 1 for filled real slots
   index: jax.Array     # int32 []; next slot to write (shared by all rows)
   position: jax.Array  # int32 [B]; next M-RoPE text position per row
 
   @property
   def size(self) -> int:
-    return self.k.shape[2]
+    return self.k[0].shape[2]
 
 
 def mrope_cos_sin(positions: jax.Array, cfg: TextConfig
@@ -53,14 +65,29 @@ def mrope_cos_sin(positions: jax.Array, cfg: TextConfig
   return jnp.cos(ang), jnp.sin(ang)
 
 
+def write_cache(cache: jax.Array, new: jax.Array, index) -> jax.Array:
+  """Puts new [B, T, K, hd] into a layer's cache [B, K, S, hd] at slot index."""
+  return jax.lax.dynamic_update_slice(
+      cache, jnp.swapaxes(new, 1, 2).astype(cache.dtype), (0, 0, index, 0))
+
+
 class DecoderBlock(nn.Module):
-  """x + attn(input_norm(x)); x + mlp(post_attn_norm(x)). Returns (x, (k, v))."""
+  """x + attn(input_norm(x)); x + mlp(post_attn_norm(x)).
+
+  Without a cache, x attends to itself under `mask` [B, T, T] and the block
+  returns (x, (k, v)) of x's tokens. With `cache` = this layer's (k, v), each
+  [B, K, S, hd], x's keys/values are written at slot `index` first and x
+  attends to the whole cache under `mask` [B, T, S]; the block returns (x,
+  updated cache). Writing before reading lets XLA update the cache in place:
+  reading the old cache and then writing gives it no order between the two,
+  and it copies every layer's cache every step.
+  """
   config: TextConfig
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, kv_prefix, cos, sin, mask, prefix_mask):
+  def __call__(self, x, cache, cos, sin, mask, index=None):
     c = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     d, hd = c.hidden_size, c.head_dim
@@ -73,10 +100,13 @@ class DecoderBlock(nn.Module):
                       ("kv_heads", "head_dim"), use_bias=True, **kw, name="v")(h)
     q = layers.apply_rotary(q, cos, sin)
     k = layers.apply_rotary(k, cos, sin)
-    prefix = None
-    if kv_prefix is not None:
-      prefix = (kv_prefix[0], kv_prefix[1], prefix_mask)
-    o = layers.attention(q, k, v, mask, prefix=prefix)
+    if cache is not None:
+      k, v = write_cache(cache[0], k, index), write_cache(cache[1], v, index)
+      # Swapped views, not copies: XLA folds them into the dots' operands.
+      o = layers.attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2),
+                           mask)
+    else:
+      o = layers.attention(q, k, v, mask)
     x = x + layers.Linear((c.num_heads, hd), (d,), ("heads", "head_dim"),
                           ("embed",), **kw, name="o")(o)
     h = layers.RMSNorm(c.rms_norm_eps, **kw, name="post_attn_norm")(x)
@@ -109,11 +139,16 @@ class Embed(nn.Module):
 
 
 class TextModel(nn.Module):
-  """Embedding, scanned decoder layers, final norm and (tied) lm head."""
+  """Embedding, decoder layers, final norm and (tied) lm head.
+
+  `scan_layers` picks the params layout (see the module docstring);
+  `unstack_layers` turns scanned params into unrolled ones.
+  """
   config: TextConfig
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  scan_layers: bool = True
 
   def setup(self):
     c = self.config
@@ -122,11 +157,14 @@ class TextModel(nn.Module):
     block = DecoderBlock
     if self.remat:
       block = nn.remat(block, prevent_cse=False)
-    self.layers = nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-        length=c.num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"})(c, **kw)
+    if self.scan_layers:
+      self.layers = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+          length=c.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})(c, **kw)
+    else:  # Flax names a list's modules layers_0, layers_1, ...
+      self.layers = [block(c, **kw) for _ in range(c.num_layers)]
     self.norm = layers.RMSNorm(c.rms_norm_eps, **kw)
     if not c.tie_word_embeddings:
       self.lm_head = layers.Linear((c.hidden_size,), (c.vocab_size,),
@@ -136,21 +174,33 @@ class TextModel(nn.Module):
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
     return self.embed(tokens)
 
-  def decode(self, x, positions, mask, kv_prefix=None, prefix_mask=None):
+  def decode(self, x, positions, mask, cache=None, index=None):
     """Runs all layers on embeddings x [B, T, D].
 
     Args:
       x: [B, T, D] input embeddings.
       positions: int [3, B, T] M-RoPE positions of x.
-      mask: bool [B, T, T]; which of the new tokens each new token sees.
-      kv_prefix: optional cached (k, v), each [layers, B, S, kv_heads, hd].
-      prefix_mask: bool [B, T, S]; which cached slots each new token sees.
+      mask: bool [B, T, T], which of x's tokens each token sees; with
+        `cache`, [B, T, S], which cache slots (x's own included) it sees.
+      cache: optional per-layer (k, v), each [B, kv_heads, S, hd]; x's
+        keys/values are written into them at slot `index` (int32 []).
 
     Returns:
-      (final-normed hidden [B, T, D], (k, v) of x, each [layers, B, T, K, hd]).
+      (final-normed hidden [B, T, D], per layer (k, v): x's, each
+      [B, T, kv_heads, hd], or with `cache` the updated cache).
     """
     cos, sin = mrope_cos_sin(positions, self.config)
-    x, kv = self.layers(x, kv_prefix, cos, sin, mask, prefix_mask)
+    if self.scan_layers:
+      if cache is not None:  # A copy per call: the fast path is unrolled.
+        cache = tuple(jnp.stack(t) for t in zip(*cache))
+      x, (k, v) = self.layers(x, cache, cos, sin, mask, index)
+      kv = [(k[i], v[i]) for i in range(self.config.num_layers)]
+    else:
+      kv = []
+      for i, layer in enumerate(self.layers):
+        x, kv_i = layer(x, None if cache is None else cache[i], cos, sin,
+                        mask, index)
+        kv.append(kv_i)
     return self.norm(x), kv
 
   def unembed(self, h: jax.Array) -> jax.Array:
@@ -158,3 +208,19 @@ class TextModel(nn.Module):
     if self.config.tie_word_embeddings:
       return self.embed.attend(h)
     return self.lm_head(h)
+
+
+def unstack_layers(text_params: dict, num_layers: int, take=None) -> dict:
+  """Scanned text params (or any tree shaped like them) -> unrolled ones.
+
+  `take(leaf, i)` gives layer i of a stacked leaf (default `leaf[i]`; e.g. drop
+  the first logical axis name for a tree of axis names).
+  """
+  take = take or (lambda x, i: x[i])
+  out = {k: v for k, v in text_params.items() if k != "layers"}
+  stacked = text_params["layers"]
+  is_leaf = lambda x: isinstance(x, tuple)  # axis-name tuples are leaves
+  for i in range(num_layers):
+    out[f"layers_{i}"] = jax.tree.map(lambda x: take(x, i), stacked,
+                                      is_leaf=is_leaf)
+  return out

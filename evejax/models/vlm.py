@@ -5,6 +5,12 @@
     last, cache = prefill(params, config, prompts, cache_size=S)
     logits, cache = decode_step(params, config, tokens, cache)
 
+For sampling, convert the params once with `fast = inference_params(params,
+config)` (text weights in the compute dtype, one array per layer) and pass
+`fast` to prefill/decode_step: the layers then run unrolled and a decode step
+reads every weight in place instead of copying it out of the scanned stack.
+Both layouts give the same logits; the layout of `params` picks the path.
+
 `config` is a hashable `ModelConfig`: pass it as a static argument of jax.jit.
 Image features are scattered on device: the k-th `image_token_id` token (among
 real tokens) of an example receives merged vision feature k of that example.
@@ -12,10 +18,13 @@ Prompts for `prefill` are LEFT-padded so all rows share one cache write index.
 """
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from evejax.models import text as text_lib
 from evejax.models.inputs import ModelInputs
 from evejax.models.presets import ModelConfig
 from evejax.models.text import KVCache, TextModel
@@ -24,7 +33,7 @@ from evejax.models.vision import VisionTower
 __all__ = [
     "KVCache", "VLM", "init_params", "param_axes", "forward", "hidden_states",
     "unembed", "init_cache", "cache_axes", "prefill", "decode_step",
-    "causal_mask",
+    "causal_mask", "inference_params", "inference_param_axes",
 ]
 
 
@@ -39,6 +48,7 @@ class VLM(nn.Module):
   """Vision tower + Qwen2 decoder; methods are the entry points below."""
   config: ModelConfig
   param_dtype: jnp.dtype = jnp.float32
+  scan_layers: bool = True  # params layout; see evejax.models.text
 
   def setup(self):
     c = self.config
@@ -48,7 +58,8 @@ class VLM(nn.Module):
           f"text.hidden_size ({c.text.hidden_size}); fix the ModelConfig.")
     dtype = jnp.dtype(c.dtype)
     self.vision = VisionTower(c.vision, dtype, self.param_dtype, c.remat)
-    self.text = TextModel(c.text, dtype, self.param_dtype, c.remat)
+    self.text = TextModel(c.text, dtype, self.param_dtype, c.remat,
+                          self.scan_layers)
 
   def embed(self, inputs: ModelInputs) -> jax.Array:
     """Token embeddings with image features in place of image tokens."""
@@ -80,17 +91,18 @@ class VLM(nn.Module):
     if t > cache_size:
       raise ValueError(f"prefill: prompt length {t} exceeds cache_size "
                        f"{cache_size}; raise cache_size.")
-    h, (k, v) = self.text.decode(self.embed(inputs), inputs.positions,
-                                 causal_mask(inputs.mask))
+    h, kv = self.text.decode(self.embed(inputs), inputs.positions,
+                             causal_mask(inputs.mask))
     last_logits = self.unembed(h[:, -1])
     cache_dtype = jnp.dtype(self.config.dtype)
-    pad = ((0, 0), (0, 0), (0, cache_size - t), (0, 0), (0, 0))
+    # [B, T, K, hd] -> the cache's [B, K, S, hd], empty slots after the prompt.
+    pad = lambda x: jnp.pad(jnp.swapaxes(x, 1, 2).astype(cache_dtype),
+                            ((0, 0), (0, 0), (0, cache_size - t), (0, 0)))
     real = inputs.mask != 0
     position = jnp.max(jnp.where(real[None], inputs.positions, -1),
                        axis=(0, 2)) + 1
     cache = KVCache(
-        k=jnp.pad(k.astype(cache_dtype), pad),
-        v=jnp.pad(v.astype(cache_dtype), pad),
+        k=tuple(pad(k) for k, _ in kv), v=tuple(pad(v) for _, v in kv),
         mask=jnp.pad(real.astype(jnp.int32), ((0, 0), (0, cache_size - t))),
         index=jnp.asarray(t, jnp.int32),
         position=position.astype(jnp.int32))
@@ -101,20 +113,14 @@ class VLM(nn.Module):
     b = tokens.shape[0]
     x = self.text.embed_tokens(tokens[:, None])
     positions = jnp.broadcast_to(cache.position[None, :, None], (3, b, 1))
-    h, (k, v) = self.text.decode(
-        x, positions, jnp.ones((b, 1, 1), bool), kv_prefix=(cache.k, cache.v),
-        prefix_mask=(cache.mask != 0)[:, None, :])
-    logits = self.unembed(h[:, 0])
     i = cache.index
-    return logits, cache.replace(
-        k=jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype),
-                                       (0, 0, i, 0, 0)),
-        v=jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype),
-                                       (0, 0, i, 0, 0)),
-        mask=jax.lax.dynamic_update_slice(
-            cache.mask, jnp.ones((b, 1), cache.mask.dtype), (0, i)),
-        index=i + 1,
-        position=cache.position + 1)
+    mask = jax.lax.dynamic_update_slice(
+        cache.mask, jnp.ones((b, 1), cache.mask.dtype), (0, i))
+    h, kv = self.text.decode(x, positions, (mask != 0)[:, None, :],
+                             cache=list(zip(cache.k, cache.v)), index=i)
+    return self.unembed(h[:, 0]), cache.replace(
+        k=tuple(k for k, _ in kv), v=tuple(v for _, v in kv), mask=mask,
+        index=i + 1, position=cache.position + 1)
 
 
 def _dummy_inputs(config: ModelConfig) -> ModelInputs:
@@ -183,20 +189,63 @@ def param_axes(config: ModelConfig) -> dict:
                       is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _split_layers(stacked, num_layers: int, dtype) -> dict:
+  # Sharded like the input minus the (unsharded) 'layers' axis: XLA
+  # propagates the input shardings through the slices.
+  return text_lib.unstack_layers({"layers": stacked}, num_layers,
+                                 take=lambda x, i: x[i].astype(dtype))
+
+
+def inference_params(params, config: ModelConfig) -> dict:
+  """Params for fast prefill/decode_step: the text weights cast to the
+  compute dtype, the stacked layers split into layers_0, layers_1, ...
+
+  Prefill and decode_step then run the layers unrolled, reading each weight
+  in place and never casting it again. Call it outside jit, once per round of
+  generation: it copies the decoder layers (and casts whatever is not yet in
+  the compute dtype) but passes every other array through as it is.
+  """
+  dtype = jnp.dtype(config.dtype)
+  text = dict(params["text"])
+  stacked = text.pop("layers", None)  # None: already unrolled
+  # Outside jit, astype to an array's own dtype returns that same array.
+  text = jax.tree.map(lambda x: x.astype(dtype), text)
+  if stacked is not None:
+    text.update(_split_layers(stacked, config.text.num_layers, dtype))
+  return {**params, "text": text}
+
+
+def inference_param_axes(config: ModelConfig) -> dict:
+  """`param_axes` for `inference_params`: the 'layers' axis is gone."""
+  axes = param_axes(config)
+  text = text_lib.unstack_layers(axes["text"], config.text.num_layers,
+                                 take=lambda names, i: names[1:])
+  return {**axes, "text": text}
+
+
+def _model(params, config: ModelConfig) -> VLM:
+  """The module for this params layout (scanned or unrolled layers)."""
+  return VLM(config, scan_layers="layers" in params["text"])
+
+
 def forward(params, config: ModelConfig, inputs: ModelInputs) -> jax.Array:
   """float32 logits [B, T, V]."""
-  return VLM(config).apply({"params": params}, inputs, method=VLM.forward)
+  return _model(params, config).apply({"params": params}, inputs,
+                                     method=VLM.forward)
 
 
 def hidden_states(params, config: ModelConfig, inputs: ModelInputs
                   ) -> jax.Array:
   """Final-normed hidden states [B, T, D], before the lm head."""
-  return VLM(config).apply({"params": params}, inputs, method=VLM.hidden)
+  return _model(params, config).apply({"params": params}, inputs,
+                                     method=VLM.hidden)
 
 
 def unembed(params, config: ModelConfig, hidden: jax.Array) -> jax.Array:
   """float32 logits [..., V] from hidden [..., D] (e.g. per chunk of T)."""
-  return VLM(config).apply({"params": params}, hidden, method=VLM.unembed)
+  return _model(params, config).apply({"params": params}, hidden,
+                                     method=VLM.unembed)
 
 
 def init_cache(config: ModelConfig, batch: int, size: int, dtype=None
@@ -204,8 +253,9 @@ def init_cache(config: ModelConfig, batch: int, size: int, dtype=None
   """An empty cache of `size` slots (dtype defaults to config.dtype)."""
   t = config.text
   dtype = jnp.dtype(dtype or config.dtype)
-  shape = (t.num_layers, batch, size, t.num_kv_heads, t.head_dim)
-  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+  shape = (batch, t.num_kv_heads, size, t.head_dim)
+  empty = tuple(jnp.zeros(shape, dtype) for _ in range(t.num_layers))
+  return KVCache(k=empty, v=empty,
                  mask=jnp.zeros((batch, size), jnp.int32),
                  index=jnp.zeros((), jnp.int32),
                  position=jnp.zeros((batch,), jnp.int32))
@@ -213,8 +263,7 @@ def init_cache(config: ModelConfig, batch: int, size: int, dtype=None
 
 def cache_axes(config: ModelConfig) -> KVCache:
   """KVCache-shaped pytree of logical axis tuples."""
-  del config  # Same names for every shape.
-  kv = ("layers", "batch", "length", "kv_heads", "head_dim")
+  kv = (("batch", "kv_heads", "length", "head_dim"),) * config.text.num_layers
   return KVCache(k=kv, v=kv, mask=("batch", "length"), index=(),
                  position=("batch",))
 
@@ -223,9 +272,10 @@ def prefill(params, config: ModelConfig, inputs: ModelInputs, cache_size: int
             ) -> tuple[jax.Array, KVCache]:
   """Runs LEFT-padded prompts [B, T], T <= cache_size.
 
-  Returns float32 logits [B, V] at position T-1 and the filled cache.
+  `params` from `init_params` or (faster) `inference_params`. Returns float32
+  logits [B, V] at position T-1 and the filled cache.
   """
-  return VLM(config).apply({"params": params}, inputs, cache_size,
+  return _model(params, config).apply({"params": params}, inputs, cache_size,
                            method=VLM.prefill)
 
 
@@ -234,7 +284,9 @@ def decode_step(params, config: ModelConfig, tokens: jax.Array,
   """Feeds one token per row; returns float32 logits [B, V] and the cache.
 
   Writes slot `cache.index`; the caller keeps index < cache size. jit with
-  the cache donated so the update happens in place.
+  the cache donated so the update happens in place. Pass `inference_params`
+  for speed: with scanned params every step copies each layer's weights (and
+  the cache, to stack it) before using them.
   """
-  return VLM(config).apply({"params": params}, tokens, cache,
+  return _model(params, config).apply({"params": params}, tokens, cache,
                            method=VLM.decode_step)
