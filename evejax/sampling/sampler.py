@@ -1,16 +1,20 @@
 """`Sampler`: bucketed, sharded prefill + decode of groups of completions.
 
-One `generate` call: prompts are cut into chunks of at most the largest batch
-bucket; each chunk is padded (left) to a length bucket, a patch bucket and a
-batch bucket, prefilled once (vision tower once per prompt), the cache is
-replicated G ways (prompt-major, group-minor rows), and one compiled
-`lax.while_loop` decodes all rows, the cache donated so XLA updates it in
-place. Long budgets decode in stages on a growing cache (see
+One `generate` call: the params are converted once to the model's inference
+layout (`model.inference_params`, when it has one: for the VLM, text weights in
+the compute dtype and one array per decoder layer, so decode runs the layers
+unrolled and reads every weight in place); prompts are cut into chunks of at
+most the largest batch bucket; each chunk is padded (left) to a length bucket,
+a patch bucket and a batch bucket, prefilled once (vision tower once per
+prompt), the cache is replicated G ways (prompt-major, group-minor rows), and
+one compiled `lax.while_loop` decodes all rows, the cache donated so XLA
+updates it in place. Long budgets decode in stages on a growing cache (see
 `loop.decode_loop`). Two programs per bucket combination — prefill keyed by
 (batch, length, patches, G, cache size) and decode by (rows, cache size,
 stages, SamplingParams) — are compiled ahead of time, counted, timed and
 logged; a run compiles at most 2 x |length| x |patch| x |batch buckets| x
-|distinct SamplingParams| programs.
+|distinct SamplingParams| programs (the layout conversion is one more small
+jit, outside that count).
 
 Row r's randomness is fold_in(seed_key, global row id) with global row id =
 prompt index in the call * G + g, so results depend neither on bucketing,
@@ -130,13 +134,18 @@ class Sampler:
     first_stage_tokens: decode starts on a cache with room for this many new
       tokens and doubles it while rows are running (attention reads every
       slot, so long budgets do not slow early steps); 0: one full-size cache.
+    unroll_layers: run prefill and decode on `model.inference_params(params,
+      config)` when the model has it (the fast path; it holds a second copy
+      of the decoder weights during `generate`). False: on the params as
+      given, scanned (one layer body compiled: for very deep models whose
+      compile time or memory matters more than decode speed).
   """
 
   def __init__(self, model_config: ModelConfig, *, mesh=None, rules=None,
                length_buckets: Sequence[int], patch_buckets: Sequence[int],
                batch_buckets: Sequence[int], max_cache: int, model=None,
                batch_fn=None, prompt_pad_id: int = 0,
-               first_stage_tokens: int = 256):
+               first_stage_tokens: int = 256, unroll_layers: bool = True):
     if model is None:
       from evejax.models import vlm as model  # pylint: disable=g-import-not-at-top
     self.config = model_config
@@ -154,6 +163,7 @@ class Sampler:
     self._batch_fn = batch_fn
     self.prompt_pad_id = int(prompt_pad_id)
     self.first_stage_tokens = int(first_stage_tokens)
+    self.unroll_layers = bool(unroll_layers)
     self._shards = 1
     if mesh is not None:
       spec = self._batch_sharding(1).spec
@@ -204,6 +214,18 @@ class Sampler:
       self._param_shardings[sig] = self._shardings(
           self.model.param_axes(self.config), shapes)
     return jax.device_put(params, self._param_shardings[sig])
+
+  def _inference_params(self, params):
+    """Placed params in the model's decode layout (once per generate call).
+
+    Not cached across calls: it would keep a copy of the weights alive (e.g.
+    through a training step) to save about one decode step of work.
+    """
+    params = self._place_params(params)
+    convert = getattr(self.model, "inference_params", None)
+    if not self.unroll_layers or convert is None:
+      return params
+    return convert(params, self.config)
 
   def _batch_sharding(self, ndim: int, axis: int = 0):
     return parallel.batch_sharding(self.mesh, ndim, axis, self.rules)
@@ -292,13 +314,14 @@ class Sampler:
     """
     if not prompts:
       raise ValueError("Sampler.generate got no prompts; pass at least one.")
+    params = self._inference_params(params)
     chunk = self.batch_buckets[-1]
     outs = []
     for start in range(0, len(prompts), chunk):
       part = list(prompts[start:start + chunk])
       bucket = min(b for b in self.batch_buckets if b >= len(part))
       inputs = self._make_batch(part, start, bucket)
-      outs.append(self.generate_from_inputs(
+      outs.append(self._generate_placed(
           params, inputs, sampling, seed, num_prompts=len(part),
           prompt_offset=start, batch_bucket=bucket))
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
@@ -364,6 +387,16 @@ class Sampler:
     Returns:
       A host `SampleOutput` with num_prompts * G rows.
     """
+    return self._generate_placed(
+        self._inference_params(params), inputs, sampling, seed,
+        num_prompts=num_prompts, prompt_offset=prompt_offset,
+        batch_bucket=batch_bucket)
+
+  def _generate_placed(self, params, inputs: ModelInputs,
+                       sampling: SamplingParams, seed: int | jax.Array, *,
+                       num_prompts: int | None, prompt_offset: int,
+                       batch_bucket: int | None) -> SampleOutput:
+    """`generate_from_inputs` on params from `_inference_params`."""
     n = inputs.tokens.shape[0] if num_prompts is None else num_prompts
     g = sampling.group_size
     self._check_inputs(inputs, n, sampling)
@@ -374,7 +407,6 @@ class Sampler:
     inputs = _pad_rows(_take_rows(inputs, n), batch_bucket)
     ends = loop_lib.stage_ends(sampling.max_new_tokens, self.first_stage_tokens)
     cache_size = inputs.tokens.shape[1] + ends[0]
-    params = self._place_params(params)
     dev_inputs = self._place_inputs(inputs)
     prefill = self._prefill_program(params, dev_inputs, g, cache_size)
     logits, cache = prefill(params, dev_inputs)
