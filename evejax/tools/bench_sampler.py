@@ -1,7 +1,7 @@
 """Benchmark: evejax's sampler against transformers `generate`.
 
   python -m evejax.tools.bench_sampler [--batch 8] [--prompt_len 64]
-      [--new_tokens 128] [--repeats 3] [--dtype float32]
+      [--new_tokens 128] [--repeats 3] [--dtype float32] [--compare_scan]
   python -m evejax.tools.bench_sampler --roofline [--preset qwen2_5_vl_3b]
       [--batch 64] [--bandwidth_gbs 3350]
 
@@ -13,6 +13,9 @@ each (EOS disabled, so every row runs to the end), the same dtype. Prints
 tokens/s of each, their ratio, evejax's compile time (excluded from its
 rate) and how many greedy tokens agree. Rounds interleave the two so load
 from other processes hits both alike; each rate is the median round.
+--compare_scan adds a third contender to every round: the sampler on the
+scanned params (`Sampler(unroll_layers=False)`), to measure what the unrolled
+decode path gains.
 
 --roofline: a random model of a preset's shape (default 3B) in bf16, batch 64;
 decode time per step = (time for N new tokens - time for 1) / (N - 1); bytes
@@ -109,10 +112,18 @@ def run_cpu(args) -> None:
       first_stage_tokens=args.first_stage_tokens)
   sp = sampling.SamplingParams(max_new_tokens=args.new_tokens, greedy=True)
 
-  def run_evejax():
+  def run_evejax(s=sampler):
     start = time.perf_counter()
-    out = sampler.generate(params, examples, sp, seed=0)
+    out = s.generate(params, examples, sp, seed=0)
     return time.perf_counter() - start, out.tokens
+
+  scanned = None
+  if args.compare_scan:
+    scanned = sampling.Sampler(
+        config, length_buckets=(args.prompt_len,), patch_buckets=(0,),
+        batch_buckets=(args.batch,), max_cache=args.prompt_len + args.new_tokens,
+        first_stage_tokens=args.first_stage_tokens, unroll_layers=False)
+    run_evejax(scanned)  # compile
 
   ids = torch.tensor(prompts, dtype=torch.long)
   attn = torch.ones_like(ids)
@@ -138,12 +149,17 @@ def run_cpu(args) -> None:
     trial[n] = min(run_hf(16)[0] for _ in range(2))
   threads = min(trial, key=trial.get)
   torch.set_num_threads(threads)
-  ej_times, hf_times = [], []
+  ej_times, hf_times, scan_times = [], [], []
   for _ in range(args.repeats):
     t, ej_tokens = run_evejax()
     ej_times.append(t)
     t, hf_tokens = run_hf()
     hf_times.append(t)
+    if scanned is not None:
+      t, scan_tokens = run_evejax(scanned)
+      scan_times.append(t)
+      if not np.array_equal(scan_tokens, ej_tokens):
+        print("WARNING: scanned and unrolled greedy tokens differ")
   total = args.batch * args.new_tokens
   ej, th = statistics.median(ej_times), statistics.median(hf_times)
   agree = float(np.mean(ej_tokens == hf_tokens))
@@ -161,6 +177,11 @@ def run_cpu(args) -> None:
         f"{[round(x, 3) for x in hf_times]})")
   print(f"greedy agreement: {agree:.1%} of tokens; identical prefix "
         f"{same_prefix:.1f} of {args.new_tokens} tokens on average")
+  if scanned is not None:
+    sc = statistics.median(scan_times)
+    print(f"evejax scanned: {total / sc:8.1f} tokens/s  ({sc:.3f} s; rounds "
+          f"{[round(x, 3) for x in scan_times]}); unrolled / scanned: "
+          f"{sc / ej:.2f}x, scanned / transformers: {th / sc:.2f}x")
 
 
 def _bandwidth(args) -> tuple[float, str]:
@@ -243,6 +264,8 @@ def main(argv=None) -> None:
                  help="Sampler's first decode stage (0: one full cache)")
   p.add_argument("--torch_threads", type=int, default=0,
                  help="0: the faster of 1 and all CPUs, tried on 16 tokens")
+  p.add_argument("--compare_scan", action="store_true",
+                 help="also time the sampler on scanned (stacked) layers")
   p.add_argument("--roofline", action="store_true",
                  help="random --preset model on the accelerator, HBM roofline")
   p.add_argument("--preset", default="qwen2_5_vl_3b")
