@@ -210,17 +210,13 @@ class TextModel(nn.Module):
     return self.lm_head(h)
 
 
-def unstack_layers(text_params: dict, num_layers: int, take=None) -> dict:
+def unstack_layers(text_params: dict, num_layers: int, take_layer) -> dict:
   """Scanned text params (or any tree shaped like them) -> unrolled ones.
 
-  `take(leaf, i)` gives layer i of a stacked leaf (default `leaf[i]`; e.g. drop
-  the first logical axis name for a tree of axis names).
+  `take_layer(stacked, i)` gives layer i's tree from the stacked 'layers'
+  tree (for params: index every leaf; for axis names: drop 'layers').
   """
-  take = take or (lambda x, i: x[i])
   out = {k: v for k, v in text_params.items() if k != "layers"}
-  stacked = text_params["layers"]
-  is_leaf = lambda x: isinstance(x, tuple)  # axis-name tuples are leaves
   for i in range(num_layers):
-    out[f"layers_{i}"] = jax.tree.map(lambda x: take(x, i), stacked,
-                                      is_leaf=is_leaf)
+    out[f"layers_{i}"] = take_layer(text_params["layers"], i)
   return out

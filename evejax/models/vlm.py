@@ -189,12 +189,13 @@ def param_axes(config: ModelConfig) -> dict:
                       is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _split_layers(stacked, num_layers: int, dtype) -> dict:
-  # Sharded like the input minus the (unsharded) 'layers' axis: XLA
-  # propagates the input shardings through the slices.
-  return text_lib.unstack_layers({"layers": stacked}, num_layers,
-                                 take=lambda x, i: x[i].astype(dtype))
+@functools.partial(jax.jit, static_argnums=2)
+def _take_layer(stacked, i, dtype) -> dict:
+  # `i` is traced, so one small program serves every layer (one program
+  # slicing out all 28 layers took 4 s to compile on CPU). The outputs are
+  # sharded like the inputs minus the unsharded 'layers' axis: XLA propagates
+  # the input shardings through the slice.
+  return jax.tree.map(lambda x: x[i].astype(dtype), stacked)
 
 
 def inference_params(params, config: ModelConfig) -> dict:
@@ -207,20 +208,22 @@ def inference_params(params, config: ModelConfig) -> dict:
   the compute dtype) but passes every other array through as it is.
   """
   dtype = jnp.dtype(config.dtype)
-  text = dict(params["text"])
-  stacked = text.pop("layers", None)  # None: already unrolled
+  text = params["text"]
+  if "layers" in text:  # else already unrolled
+    text = text_lib.unstack_layers(
+        text, config.text.num_layers,
+        lambda stacked, i: _take_layer(stacked, i, dtype))
   # Outside jit, astype to an array's own dtype returns that same array.
-  text = jax.tree.map(lambda x: x.astype(dtype), text)
-  if stacked is not None:
-    text.update(_split_layers(stacked, config.text.num_layers, dtype))
-  return {**params, "text": text}
+  return {**params, "text": jax.tree.map(lambda x: x.astype(dtype), text)}
 
 
 def inference_param_axes(config: ModelConfig) -> dict:
   """`param_axes` for `inference_params`: the 'layers' axis is gone."""
   axes = param_axes(config)
+  drop_layers = lambda stacked, i: jax.tree.map(
+      lambda names: names[1:], stacked, is_leaf=lambda x: isinstance(x, tuple))
   text = text_lib.unstack_layers(axes["text"], config.text.num_layers,
-                                 take=lambda names, i: names[1:])
+                                 drop_layers)
   return {**axes, "text": text}
 
 
