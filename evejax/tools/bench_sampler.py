@@ -3,7 +3,7 @@
   python -m evejax.tools.bench_sampler [--batch 8] [--prompt_len 64]
       [--new_tokens 128] [--repeats 3] [--dtype float32] [--compare_scan]
   python -m evejax.tools.bench_sampler --roofline [--preset qwen2_5_vl_3b]
-      [--batch 64] [--bandwidth_gbs 3350]
+      [--batch 64] [--bandwidth_gbs 3350] [--compare_scan]
 
 Default (CPU) mode: builds a random Qwen2.5-VL checkpoint of about 50M
 parameters with transformers in this process (shape flags below), loads it
@@ -20,8 +20,9 @@ decode path gains.
 --roofline: a random model of a preset's shape (default 3B) in bf16, batch 64;
 decode time per step = (time for N new tokens - time for 1) / (N - 1); bytes
 per step = text-model weights + the KV cache slots the attention reads; the
-fraction of the device's HBM bandwidth that implies is printed. Device
-bandwidth is looked up from the device kind or given with --bandwidth_gbs.
+fraction of the device's HBM bandwidth that implies is printed (with
+--compare_scan also for the scanned sampler). Device bandwidth is looked up
+from the device kind or given with --bandwidth_gbs.
 """
 from __future__ import annotations
 
@@ -218,33 +219,34 @@ def run_roofline(args) -> None:
                  * t.head_dim * dtype.itemsize)
   prompts = _prompts(args.batch, args.prompt_len, t.vocab_size)
   examples = [batching.Example(tokens=p) for p in prompts]
-  sampler = sampling.Sampler(
-      config, length_buckets=(args.prompt_len,), patch_buckets=(0,),
-      batch_buckets=(args.batch,), max_cache=cache_size,
-      first_stage_tokens=args.first_stage_tokens)
-
-  def timed(n):
-    sp = sampling.SamplingParams(max_new_tokens=n, greedy=True)
-    sampler.generate(params, examples, sp, seed=0)  # compile
-    times = []
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      sampler.generate(params, examples, sp, seed=0)
-      times.append(time.perf_counter() - start)
-    return min(times)
-
-  t_full, t_one = timed(args.new_tokens), timed(1)
-  step = (t_full - t_one) / (args.new_tokens - 1)
-  moved = text_bytes + kv_bytes
-  frac = moved / step / bandwidth
   print(f"{args.preset} ({dtype.name}) on {jax.devices()[0].device_kind}: "
         f"batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new")
-  print(f"decode step {step * 1e3:.3f} ms; {args.batch / step:.0f} tokens/s; "
-        f"prefill+1 token {t_one * 1e3:.1f} ms; compile "
-        f"{sampler.compile_seconds:.1f} s")
   print(f"bytes/step: weights {text_bytes / 1e9:.3f} GB + KV {kv_bytes / 1e9:.3f}"
         f" GB; bandwidth {bandwidth / 1e12:.2f} TB/s ({source})")
-  print(f"roofline fraction: {frac:.1%}")
+  variants = [("unrolled", True)] + ([("scanned", False)]
+                                     if args.compare_scan else [])
+  for name, unroll in variants:
+    sampler = sampling.Sampler(
+        config, length_buckets=(args.prompt_len,), patch_buckets=(0,),
+        batch_buckets=(args.batch,), max_cache=cache_size,
+        first_stage_tokens=args.first_stage_tokens, unroll_layers=unroll)
+
+    def timed(n):
+      sp = sampling.SamplingParams(max_new_tokens=n, greedy=True)
+      sampler.generate(params, examples, sp, seed=0)  # compile
+      times = []
+      for _ in range(args.repeats):
+        start = time.perf_counter()
+        sampler.generate(params, examples, sp, seed=0)
+        times.append(time.perf_counter() - start)
+      return min(times)
+
+    t_full, t_one = timed(args.new_tokens), timed(1)
+    step = (t_full - t_one) / (args.new_tokens - 1)
+    frac = (text_bytes + kv_bytes) / step / bandwidth
+    print(f"{name}: decode step {step * 1e3:.3f} ms; {args.batch / step:.0f} "
+          f"tokens/s; prefill+1 token {t_one * 1e3:.1f} ms; compile "
+          f"{sampler.compile_seconds:.1f} s; roofline fraction: {frac:.1%}")
 
 
 def main(argv=None) -> None:
