@@ -5,6 +5,7 @@ Set EVEJAX_SANDBOX_SOAK=<jobs> for a longer run (default 2000).
 
 import itertools
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -59,12 +60,28 @@ def snapshot(pool):
       "descendants": [len(psutil.Process(s["launcher_pid"]).children(
           recursive=True)) for s in stats],
       "host_tmp": [len(os.listdir(s["host_tmp"])) for s in stats],
-      "tmp_entries": sorted(n for n in os.listdir(tempfile.gettempdir())
-                            if n.startswith("evejax")),
+      # The pool's temp root is private to this test (see test_soak), so
+      # whatever other processes do in /tmp cannot show up here.
+      "tmp_entries": sorted(os.listdir(tempfile.gettempdir())),
   }
 
 
 class SoakTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    # Everything the pool creates through `tempfile` lands in a directory of
+    # its own: concurrent pools elsewhere on the machine cannot disturb the
+    # listing, and after close it must be empty again. 0711 like /tmp, so
+    # that jobs can still reach their directories where there is no private
+    # root.
+    private = tempfile.mkdtemp(prefix="evejax-soak-")
+    os.chmod(private, 0o711)
+    saved = tempfile.tempdir
+    tempfile.tempdir = private
+    self.addCleanup(shutil.rmtree, private, ignore_errors=True)
+    self.addCleanup(setattr, tempfile, "tempdir", saved)
+    self.private_tmp = private
 
   def test_soak(self):
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
@@ -100,6 +117,8 @@ class SoakTest(absltest.TestCase):
     self.assertEqual(after["parent_fds"], before["parent_fds"])
     self.assertEqual(after["parent_threads"], before["parent_threads"])
     self.assertEqual(after["tmp_entries"], before["tmp_entries"])
+    self.assertLen(before["tmp_entries"], 2)  # one temp root per worker
+    self.assertEqual(os.listdir(self.private_tmp), [])  # all gone at close
     for b, a in zip(before["zygote_rss_kb"], after["zygote_rss_kb"]):
       self.assertLess(a - b, 2048)  # KiB
     self.assertLess(after["parent_rss"] - before["parent_rss"], 32 << 20)
