@@ -66,6 +66,30 @@ class ChecksTest(absltest.TestCase):
     blue[..., 2] = 255
     self.assertEqual(checks.near_black_fraction(blue, CFG), 0.0)
 
+  def test_near_black_matches_full_float_luma(self):
+    # The fast path (float luma only where green can pass) must count exactly
+    # what converting every pixel does, at and around each threshold.
+    def reference(img, cfg):
+      valid = checks.opaque_mask(img, cfg)
+      rgb = img[..., :3].astype(np.float32)
+      luma = 0.2126 * rgb[..., 0] + 0.7152 * rgb[..., 1] + 0.0722 * rgb[..., 2]
+      n = int(valid.sum())
+      return float(((luma <= cfg.near_black_luma) & valid).sum()) / n if n else 0.0
+
+    grid = np.stack(np.meshgrid(np.arange(48), np.arange(12), np.arange(96),
+                                indexing="ij"), -1).reshape(1, -1, 3)
+    rng = np.random.default_rng(1)
+    images = [grid.astype(np.uint8)]
+    for c in (3, 4):
+      for high in (8, 40, 256):
+        images.append(rng.integers(0, high, (31, 47, c), dtype=np.uint8))
+    for limit in (5.0, 0.0, -1.0, 4.9999, 5.0001, 0.7152, 30.0, 255.0, 300.0):
+      cfg = checks.CheckConfig(near_black_luma=limit)
+      for k, img in enumerate(images):
+        with self.subTest(limit=limit, image=k):
+          self.assertEqual(checks.near_black_fraction(img, cfg),
+                           reference(img, cfg))
+
   def test_image_problem_rotation_allowance(self):
     img = np.full((100, 100, 3), 180, np.uint8)
     img[:40] = 0  # 40% black

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 from typing import Any, Mapping, Sequence
 import warnings
 
@@ -111,18 +112,45 @@ def opaque_mask(img: np.ndarray, cfg: CheckConfig) -> np.ndarray:
 
 
 def opaque_fraction(img: np.ndarray, cfg: CheckConfig) -> float:
+  if not (img.ndim == 3 and img.shape[2] == 4):
+    return 1.0
   return float(opaque_mask(img, cfg).mean())
 
 
+_LUMA = (0.2126, 0.7152, 0.0722)  # Rec.709
+
+
 def near_black_fraction(img: np.ndarray, cfg: CheckConfig) -> float:
-  """Share of near-black pixels among the opaque ones (0 if none is opaque)."""
-  valid = opaque_mask(img, cfg)
-  n = int(valid.sum())
+  """Share of near-black pixels among the opaque ones (0 if none is opaque).
+
+  Luma is computed in float32 as the published check does, but only for the
+  pixels that can pass: all weights are positive, so luma <= limit needs
+  green <= limit / 0.7152 (with a margin for rounding). Same answer, without
+  converting the whole image to float.
+  """
+  alpha = img.ndim == 3 and img.shape[2] == 4
+  valid = opaque_mask(img, cfg) if alpha else None
+  n = int(np.count_nonzero(valid)) if alpha else img.shape[0] * img.shape[1]
   if n == 0:
     return 0.0
-  rgb = img[..., :3].astype(np.float32)
-  luma = 0.2126 * rgb[..., 0] + 0.7152 * rgb[..., 1] + 0.0722 * rgb[..., 2]
-  return float(((luma <= cfg.near_black_luma) & valid).sum()) / n
+  limit = cfg.near_black_luma
+  flat = img.reshape(-1, 1 if img.ndim == 2 else img.shape[2])
+  rgb = [flat[:, min(c, flat.shape[1] - 1)] for c in range(3)]
+  # An integer bound keeps the comparison in uint8.
+  bound = math.floor(limit / _LUMA[1] * (1 + 1e-6) + 1e-6)
+  if bound < 0:
+    return 0.0
+  maybe = None if valid is None else valid.reshape(-1)
+  if bound < 255:
+    maybe = rgb[1] <= np.uint8(bound)
+    if valid is not None:
+      maybe &= valid.reshape(-1)
+  if maybe is not None:
+    rows = np.flatnonzero(maybe)
+    rgb = [channel[rows] for channel in rgb]
+  r, g, b = (channel.astype(np.float32) for channel in rgb)
+  luma = _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
+  return float(np.count_nonzero(luma <= limit)) / n
 
 
 def image_problem(img: np.ndarray, cfg: CheckConfig,
