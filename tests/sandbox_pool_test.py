@@ -71,6 +71,50 @@ args_list = [{{"k": 0}}, {{"k": 1}}, {{"k": 2}}, {{"k": 3}}]
 """
 
 
+TAMPER_INPUT = """import mmap
+import os
+from PIL import ImageDraw
+
+
+def tamper():
+    # The input pixels arrive as a memfd; every way of writing must fail.
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink("/proc/self/fd/" + name)
+        except OSError:  # the descriptor of the listing itself
+            continue
+        if "evejax-input" not in link:
+            continue
+        fd = int(name)
+        print("input", link)
+        attempts = {
+            "write": lambda: os.pwrite(fd, b"\\0" * 64, 0),
+            "truncate": lambda: os.ftruncate(fd, 0),
+            "grow": lambda: os.ftruncate(fd, 1 << 20),
+            "map_shared_write": lambda: mmap.mmap(fd, 64, mmap.MAP_SHARED,
+                                                  mmap.PROT_WRITE),
+            "reopen_write": lambda: os.pwrite(
+                os.open("/proc/self/fd/" + name, os.O_RDWR), b"\\0", 0),
+        }
+        for what, attempt in attempts.items():
+            try:
+                attempt()
+                print("ALLOWED", what)
+            except OSError as e:
+                print("refused", what, e.errno)
+
+
+def edit_image(img, x):
+    if x == 2:
+        tamper()
+    ImageDraw.Draw(img).rectangle([x, 4, x + 20, 30], fill=(255, 0, 0))
+    return img
+
+
+args_list = [{"x": 2}, {"x": 24}, {"x": 46}, {"x": 68}]
+"""
+
+
 class PoolTest(absltest.TestCase):
 
   @classmethod
@@ -97,6 +141,18 @@ class PoolTest(absltest.TestCase):
                                           "46", "drew", "68"])
     self.assertTrue(res.function_source.rstrip().endswith("return img"))
     self.assertGreater(res.wall_s, 0)
+
+  def test_input_pixels_are_read_only(self):
+    first, second = self.pool.map([EveJob(TAMPER_INPUT, self.src),
+                                   EveJob(BOXES, self.src)])
+    self.assertTrue(first.ok, first.detail + first.stderr)
+    self.assertEqual(first.stdout.count("evejax-input"), 1)  # one mapping
+    self.assertNotIn("ALLOWED", first.stdout)
+    self.assertEqual(first.stdout.count("refused"), 5)
+    np.testing.assert_array_equal(first.images[3][40, 100],
+                                  self.src[40, 100])
+    for got, want in zip(second.images, expected_boxes(self.src)):
+      np.testing.assert_array_equal(got, want)
 
   def test_map_keeps_order_with_uneven_durations(self):
     jobs = [EveJob(colored(i, delay=0.15 if i % 3 == 0 else 0.0), self.src)

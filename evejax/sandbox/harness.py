@@ -81,10 +81,31 @@ def _compile(source: str):
     raise _Failed("syntax_error", detail) from None
 
 
+_evejax_modules: tuple[tuple[str, ...], int] | None = None
+
+
+def _is_evejax(name: str) -> bool:
+  return name == "evejax" or name.startswith("evejax.")
+
+
+def remember_modules() -> None:
+  """Lists the evejax modules now, in the zygote, for `_hide_evejax`.
+
+  Scanning sys.modules in the job would touch (refcount) every module name
+  the job inherited, a copy-on-write page fault for each page they sit on.
+  """
+  global _evejax_modules
+  _evejax_modules = (tuple(m for m in sys.modules if _is_evejax(m)),
+                     len(sys.modules))
+
+
 def _hide_evejax() -> None:
-  for name in [m for m in sys.modules if m == "evejax" or
-               m.startswith("evejax.")]:
-    del sys.modules[name]
+  if _evejax_modules is not None and len(sys.modules) == _evejax_modules[1]:
+    names = _evejax_modules[0]
+  else:  # something was imported since: look again
+    names = [m for m in sys.modules if _is_evejax(m)]
+  for name in names:
+    sys.modules.pop(name, None)
 
 
 def _exec(code, hide: bool) -> dict:
@@ -149,7 +170,10 @@ def _emit_image(emit: Emit, index: int, out: Any, what: str,
 
 def _run_eve(req: dict, payload, emit: Emit, hide: bool) -> None:
   w, h = int(req["w"]), int(req["h"])
-  src = Image.frombytes("RGB", (w, h), bytes(payload))
+  if len(payload) != w * h * 3:
+    raise _Failed("sandbox_error", f"input has {len(payload)} bytes for "
+                  f"{w}x{h} RGB")
+  src = Image.frombytes("RGB", (w, h), payload)  # copies out of the buffer
   args = [ast.literal_eval(s) for s in req["args"]]
   code = _compile(req["source"])
   scope = _exec(code, hide)
@@ -289,7 +313,8 @@ def run(req: dict, payload, emit: Emit, hide: bool = True) -> None:
 
   Args:
     req: the request header the host built (`programs.prepare`).
-    payload: raw input pixels (EVE) or empty.
+    payload: raw input pixels (EVE; any buffer, e.g. a read-only mapping) or
+      empty.
     emit: writes one frame.
     hide: remove evejax modules from sys.modules first (jailed runs only).
   """

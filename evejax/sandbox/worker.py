@@ -13,8 +13,9 @@ blocked on a pipe; a job is just written into that pipe, so the fork and the
 jail cost nothing on the critical path.
 
 Per job the host sends the request with the write end of a fresh result pipe
-(SCM_RIGHTS); the zygote passes both to the spare, so pixels go straight from
-the job to the host. The zygote reads the job's stdout/stderr up to a cap,
+and, for EVE, a sealed read-only memfd holding the input pixels (SCM_RIGHTS);
+the zygote passes them on to the spare without reading any pixel, so pixels
+go straight from the host to the job and from the job to the host. The zygote reads the job's stdout/stderr up to a cap,
 enforces the wall-clock deadline by killing the process group, kills and
 reaps anything left behind, reports how the process ended and removes the job
 directory. Only the zygote (trusted code) ever talks to the host on the
@@ -27,6 +28,7 @@ import argparse
 import fcntl
 import gc
 import json
+import mmap
 import os
 import resource
 import select
@@ -41,8 +43,6 @@ import traceback
 from evejax.sandbox import jail
 from evejax.sandbox import seccomp
 from evejax.sandbox import wire
-
-MAX_REQUEST = 512 << 20
 
 
 class Spare:
@@ -117,6 +117,8 @@ class Zygote:
                                "see the host filesystem")
     if not layers.private_root:
       os.chmod(self.jobs_root, 0o711)
+    from evejax.sandbox import harness  # pylint: disable=g-import-not-at-top
+    harness.remember_modules()
     gc.collect()
     gc.freeze()  # forked children then share these pages untouched
 
@@ -213,18 +215,31 @@ class Zygote:
       self.installer.install()
     job_sock = socket.socket(fileno=0)
     try:
-      header, payload, fds = wire.recv_frame(job_sock, MAX_REQUEST, max_fds=1)
+      header, _, fds = wire.recv_frame(job_sock, 0, max_fds=2)
     except (EOFError, OSError, wire.ProtocolError):
       return  # the zygote is shutting down
-    if len(fds) != 1:
+    if not fds:
       return
-    if fds[0] != 3:  # usually it already is: the lowest free descriptor
-      os.dup2(fds[0], 3)
-      os.close(fds[0])
+    result_fd, input_fd = fds[0], (fds[1] if len(fds) > 1 else None)
+    if result_fd != 3:  # usually it already is: the lowest free descriptor
+      if input_fd == 3:
+        input_fd = fcntl.fcntl(3, fcntl.F_DUPFD, 10)
+        os.close(3)
+      os.dup2(result_fd, 3)
+      os.close(result_fd)
     job_sock.detach()
     os.close(0)
     os.open("/dev/null", os.O_RDONLY)  # becomes fd 0
     jail.lower_cpu_limit(header["cpu_s"])
+    payload = b""
+    if input_fd is not None:
+      # The input pixels, mapped read-only from the host's sealed memfd and
+      # populated in one call (no copy, no page fault per page).
+      size = os.fstat(input_fd).st_size
+      if size:
+        payload = mmap.mmap(input_fd, size, mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                            mmap.PROT_READ)
+      os.close(input_fd)
     from evejax.sandbox import harness  # pylint: disable=g-import-not-at-top
     harness.run(header["req"], payload,
                 lambda h, p: wire.write_frame(3, h, p))
@@ -236,17 +251,17 @@ class Zygote:
 
   # ---------------------------------------------------------------- jobs
 
-  def run_job(self, req: dict, payload: bytes, result_fd: int,
-              spare: Spare) -> None:
+  def run_job(self, req: dict, fds: list[int], spare: Spare) -> None:
+    """Hands the job and its descriptors (result pipe, input) to the spare."""
     t0 = time.monotonic()
     timeout = float(req["timeout"])
     try:
       wire.send_frame(spare.job_sock, {"req": req["req"],
-                                       "cpu_s": req["cpu_s"]},
-                      payload, fds=[result_fd])
+                                       "cpu_s": req["cpu_s"]}, fds=fds)
     except OSError:
       pass  # the child is gone; its exit status says why
-    os.close(result_fd)  # now only the job holds the write end
+    for fd in fds:
+      os.close(fd)  # now only the job holds the result pipe and the input
     spare.job_sock.close()
 
     cap = int(self.s["stdout_bytes"])
@@ -432,12 +447,12 @@ class Zygote:
     spare = self.fork_spare()
     while True:
       try:
-        msg, payload, fds = wire.recv_frame(self.ctrl, MAX_REQUEST, max_fds=1)
+        msg, _, fds = wire.recv_frame(self.ctrl, 0, max_fds=2)
       except (EOFError, OSError, wire.ProtocolError):
         break
       op = msg.get("op")
-      if op == "run" and len(fds) == 1:
-        self.run_job(msg, payload, fds[0], spare)
+      if op == "run" and fds:
+        self.run_job(msg, fds, spare)
         spare = self.fork_spare()
         continue
       for fd in fds:
