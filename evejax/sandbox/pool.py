@@ -6,12 +6,13 @@
 `submit(job)` returns a `concurrent.futures.Future[JobResult]`; it blocks
 while `queue_size` jobs are already waiting (back-pressure instead of
 unbounded memory). `map(jobs)` returns results in order. Each worker slot is
-one `worker.py` process tree driven by one parent thread; a job never raises
-in the caller: whatever the program does comes back as a `JobResult`.
+one `worker.py` process tree driven by one parent thread, plus a thread that
+judges finished results while the worker runs the next job; a job never
+raises in the caller: whatever the program does comes back as a `JobResult`.
 
-The parent reads each job's result stream straight from the job's pipe,
-bounded by `result_mb`, and judges it with `programs.assemble` (the host
-trusts only pixels and exit statuses, never a job's own claims).
+The parent reads each job's result stream straight from the job's pipe into
+one buffer, bounded by `result_mb`, and judges it with `programs.assemble`
+(the host trusts only pixels and exit statuses, never a job's own claims).
 """
 
 from __future__ import annotations
@@ -253,8 +254,13 @@ class _Slot:
 
   # ---------------------------------------------------------------- one job
 
-  def run(self, prep: programs.Prepared) -> JobResult:
-    """Runs one prepared job; raises only when the worker itself fails."""
+  def run(self, prep: programs.Prepared
+          ) -> tuple[memoryview, programs.ProcessStatus]:
+    """Runs one prepared job; returns its raw result stream and how it ended.
+
+    Raises only when the worker itself fails. The caller judges the result
+    (`programs.assemble`), meanwhile this slot can run the next job.
+    """
     c = self.config
     timeout = c.svg_timeout_s if prep.kind == "svg" else c.timeout_s
     cpu = min(c.cpu_s or timeout, timeout)
@@ -284,8 +290,11 @@ class _Slot:
     finally:
       for fd in fds:
         os.close(fd)
-    stream = bytearray()
-    overflow = False
+    # EVE outputs are usually the input's size, RGB: expect that much.
+    req = prep.request
+    expect = (prep.expect_images * (req["h"] * req["w"] * 3 + 256) + 4096
+              if prep.kind == "eve" else 1 << 20)
+    stream = wire.StreamBuffer(expect, cap)
     finished = None
     deadline = t0 + timeout + c.grace_s
     poller = select.poll()
@@ -299,13 +308,10 @@ class _Slot:
                              f"plus {c.grace_s} s")
         for fd, _ in poller.poll(left * 1000):
           if fd == rfd:
-            chunk = os.read(rfd, 1 << 20)
-            if chunk and not overflow:
-              stream += chunk
-              if len(stream) > cap:
-                overflow = True
-                wire.send_frame(self.sock, {"op": "kill", "why": "overflow"})
-            if not chunk or overflow:
+            got = stream.read_from(rfd)
+            if stream.overflow:
+              wire.send_frame(self.sock, {"op": "kill", "why": "overflow"})
+            if not got or stream.overflow:
               poller.unregister(rfd)
               os.close(rfd)
               rfd = -1
@@ -322,14 +328,14 @@ class _Slot:
     status = programs.ProcessStatus(
         exit_code=finished["exit_code"], signal=finished["signal"],
         timed_out=finished["timed_out"], cpu_limited=finished["cpu_limited"],
-        stream_overflow=overflow, stdout=finished["stdout"],
+        stream_overflow=stream.overflow, stdout=finished["stdout"],
         stderr=finished["stderr"], wall_s=time.monotonic() - t0,
         cpu_s=finished["cpu_s"], max_rss_kb=finished["max_rss_kb"],
         note=(f"wall-clock limit of {timeout:g} s reached; the process group "
               "was killed") if finished["timed_out"] else
         (f"the result stream exceeded {cap} bytes (no valid result is that "
-         "large); the job was killed") if overflow else "")
-    return programs.assemble(prep, stream, status, c.checks)
+         "large); the job was killed") if stream.overflow else "")
+    return stream.data(), status
 
 
 def sealed_memfd(data: bytes) -> int:
@@ -485,18 +491,44 @@ class SandboxPool:
   # ---------------------------------------------------------------- slots
 
   def _serve(self, slot: _Slot) -> None:
+    # Results are judged on a second thread, so that the worker runs the next
+    # job while the host checks the last one (at most one waits).
+    judged: queue.Queue = queue.Queue(maxsize=1)
+    judge = threading.Thread(target=self._judge, args=(judged,),
+                             name=f"sandbox-judge-{slot.index}", daemon=True)
+    judge.start()
+    try:
+      while True:
+        item = self._queue.get()
+        if item is None:
+          return
+        fut, prep = item
+        if not fut.set_running_or_notify_cancel():
+          continue
+        with slot.busy:
+          try:
+            stream, status = slot.run(prep)
+          except Exception as e:  # pylint: disable=broad-except
+            fut.set_result(self._recover(slot, prep, e))
+            continue
+        judged.put((fut, prep, stream, status))
+    finally:
+      judged.put(None)
+      judge.join()
+
+  def _judge(self, judged: queue.Queue) -> None:
     while True:
-      item = self._queue.get()
+      item = judged.get()
       if item is None:
         return
-      fut, prep = item
-      if not fut.set_running_or_notify_cancel():
-        continue
-      with slot.busy:
-        try:
-          result = slot.run(prep)
-        except Exception as e:  # pylint: disable=broad-except
-          result = self._recover(slot, prep, e)
+      fut, prep, stream, status = item
+      try:
+        result = programs.assemble(prep, stream, status, self.config.checks)
+      except Exception as e:  # pylint: disable=broad-except
+        log.exception("evejax sandbox: judging a result failed")
+        result = failure(Reason.SANDBOX_ERROR, "judging the result failed: "
+                         f"{type(e).__name__}: {e}", prep.kind, args=prep.args,
+                         function_source=prep.function_source)
       fut.set_result(result)
 
   def _recover(self, slot: _Slot, prep: programs.Prepared,

@@ -342,7 +342,8 @@ def _decode_frames(prep: Prepared, frames, cfg: checks_lib.CheckConfig
   return images, end
 
 
-def assemble(prep: Prepared, stream: bytes | bytearray, status: ProcessStatus,
+def assemble(prep: Prepared, stream: bytes | bytearray | memoryview,
+             status: ProcessStatus,
              cfg: checks_lib.CheckConfig) -> JobResult:
   """Judges one finished job from its raw output stream and exit status."""
   common = dict(kind=prep.kind, stdout=status.stdout, stderr=status.stderr,
