@@ -71,9 +71,23 @@ args_list = [{{"k": 0}}, {{"k": 1}}, {{"k": 2}}, {{"k": 3}}]
 """
 
 
-TAMPER_INPUT = """import mmap
+TAMPER_INPUT = """import ctypes
+import mmap
 import os
 from PIL import ImageDraw
+
+
+def mprotect_write(fd):
+    # Map it read-only, then ask for write access to that shared mapping.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    address = libc.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if libc.mprotect(ctypes.c_void_p(address), 4096,
+                     mmap.PROT_READ | mmap.PROT_WRITE) != 0:
+        raise OSError(ctypes.get_errno(), "mprotect")
+    ctypes.memset(address, 0, 64)
 
 
 def tamper():
@@ -93,6 +107,7 @@ def tamper():
             "grow": lambda: os.ftruncate(fd, 1 << 20),
             "map_shared_write": lambda: mmap.mmap(fd, 64, mmap.MAP_SHARED,
                                                   mmap.PROT_WRITE),
+            "mprotect_write": lambda: mprotect_write(fd),
             "reopen_write": lambda: os.pwrite(
                 os.open("/proc/self/fd/" + name, os.O_RDWR), b"\\0", 0),
         }
@@ -148,7 +163,7 @@ class PoolTest(absltest.TestCase):
     self.assertTrue(first.ok, first.detail + first.stderr)
     self.assertEqual(first.stdout.count("evejax-input"), 1)  # one mapping
     self.assertNotIn("ALLOWED", first.stdout)
-    self.assertEqual(first.stdout.count("refused"), 5)
+    self.assertEqual(first.stdout.count("refused"), 6)
     np.testing.assert_array_equal(first.images[3][40, 100],
                                   self.src[40, 100])
     for got, want in zip(second.images, expected_boxes(self.src)):
