@@ -130,6 +130,34 @@ args_list = [{"x": 2}, {"x": 24}, {"x": 46}, {"x": 68}]
 """
 
 
+KILL_OTHERS = """import os
+from PIL import ImageDraw
+
+
+def kill_others():
+    # The next job's spare is already forked while this job runs; it runs as
+    # another uid, so this job must not be able to signal it (nor anything).
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != me:
+            try:
+                os.kill(int(name), 9)
+                print("KILLED", name)
+            except OSError as e:
+                print("refused", name, e.errno)
+
+
+def edit_image(img, x):
+    if x == 2:
+        kill_others()
+    ImageDraw.Draw(img).rectangle([x, 4, x + 20, 30], fill=(255, 0, 0))
+    return img
+
+
+args_list = [{"x": 2}, {"x": 24}, {"x": 46}, {"x": 68}]
+"""
+
+
 class PoolTest(absltest.TestCase):
 
   @classmethod
@@ -307,6 +335,19 @@ class PoolLifecycleTest(absltest.TestCase):
       self.assertEqual(res.reason, "sandbox_error")
       self.assertTrue(pool.map([EveJob(colored(2), src)])[0].ok)
       self.assertEqual(pool.stats()[0]["restarts"], 1)
+
+  def test_a_job_cannot_touch_the_next_spare(self):
+    with SandboxPool(SandboxConfig(workers=1)) as pool:
+      if not pool.layers.uid_drop:
+        self.skipTest("needs the uid layer (two job uids per worker)")
+      src = source_image()
+      killer, after = pool.map([EveJob(KILL_OTHERS, src), EveJob(BOXES, src)])
+      self.assertTrue(killer.ok, killer.detail + killer.stderr)
+      self.assertNotIn("KILLED", killer.stdout)
+      # It saw the zygote and the spare for the next job, and hit neither.
+      self.assertGreaterEqual(killer.stdout.count("refused"), 2)
+      self.assertTrue(after.ok, after.detail + after.stderr)
+      self.assertEqual(pool.stats()[0]["restarts"], 0)
 
   def test_close_can_cancel_pending_jobs(self):
     pool = SandboxPool(SandboxConfig(workers=1, queue_size=8))

@@ -73,7 +73,8 @@ class SandboxConfig:
       a layer the machine cannot provide is skipped with a warning.
     require: layer names that must be active, else the pool refuses to
       start (see LAYER_NAMES).
-    uid: base of the dedicated job uids (default: derived from the pid).
+    uid: base of the dedicated job uids, two per worker, taken in turn by
+      consecutive jobs (default: derived from the pid).
     ro_paths: extra host paths made readable (read-only) inside the jail.
     preload: modules each worker imports before serving (besides numpy/PIL).
     grace_s: extra time the parent waits for a worker beyond a job's limit
@@ -175,6 +176,7 @@ class _Slot:
     return {
         "namespaces": c.namespaces, "private_root": c.private_root,
         "drop_uid": c.drop_uid, "seccomp": c.seccomp, "uid": self.uid,
+        "uid_alt": self.uid + 1,
         "host_tmp": self.host_tmp, "ro_paths": list(c.ro_paths),
         "preload": list(c.preload), "stdout_bytes": c.output_bytes,
         "disk_bytes": c.disk_mb << 20, "disk_inodes": 16384,
@@ -391,7 +393,8 @@ class SandboxPool:
     seq = next(_pool_seq)
     base = config.uid if config.uid is not None else (
         _UID_BASE + ((os.getpid() % (1 << 20)) << 10) + ((seq % 4) << 8))
-    self._slots = [_Slot(i, config, base + i) for i in range(config.workers)]
+    self._slots = [_Slot(i, config, base + 2 * i)
+                   for i in range(config.workers)]
     self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
     self._closed = False
     self._lock = threading.Lock()

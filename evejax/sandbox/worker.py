@@ -48,9 +48,10 @@ from evejax.sandbox import wire
 class Spare:
   """A forked, jailed child waiting for its job."""
 
-  def __init__(self, pid, job_sock, out_r, err_r, jobdir):
+  def __init__(self, pid, job_sock, out_r, err_r, jobdir, uid):
     self.pid, self.job_sock = pid, job_sock
     self.out_r, self.err_r, self.jobdir = out_r, err_r, jobdir
+    self.uid = uid
     self.pidfd = os.pidfd_open(pid)
 
 
@@ -62,7 +63,9 @@ class Zygote:
     self.s = settings
     self.layers = layers
     self.counter = 0
-    self.uid = None
+    self.uids: tuple[int, ...] = ()  # dedicated job uids, taken in turn
+    self.spares: set[int] = set()  # forked, their job not yet run
+    self.early_exits: dict[int, tuple] = {}  # spares reaped by a sweep
     self.jobs_root = settings["host_tmp"]
     self.limits = jail.JobLimits(**settings["limits"])
     self.installer = None
@@ -91,7 +94,7 @@ class Zygote:
                                "syscalls are not blocked")
     if s["drop_uid"]:
       if jail.can_switch_uid():
-        self.uid = s["uid"]
+        self.uids = (s["uid"], s["uid_alt"])
         layers.uid_drop = True
       else:
         layers.warnings.append(
@@ -156,16 +159,19 @@ class Zygote:
 
   # ---------------------------------------------------------------- spares
 
-  def _make_jobdir(self) -> str:
+  def _make_jobdir(self, uid: int | None) -> str:
     self.counter += 1
     path = f"{self.jobs_root}/job{self.counter}"
     os.mkdir(path, 0o700)
-    if self.uid is not None:
-      os.chown(path, self.uid, self.uid)
+    if uid is not None:
+      os.chown(path, uid, uid)
     return path
 
   def fork_spare(self) -> Spare:
-    jobdir = self._make_jobdir()
+    # Consecutive jobs run as different uids: a job can then neither signal
+    # nor trace nor read the spare forked for the next job while it runs.
+    uid = self.uids[self.counter % len(self.uids)] if self.uids else None
+    jobdir = self._make_jobdir(uid)
     job_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -175,7 +181,7 @@ class Zygote:
     if pid == 0:
       code = 121
       try:
-        self._child(child_sock.fileno(), out_w, err_w, jobdir)
+        self._child(child_sock.fileno(), out_w, err_w, jobdir, uid)
         code = 0
       except BaseException:  # pylint: disable=broad-except
         traceback.print_exc()  # to the job's stderr: a sandbox bug, not a job's
@@ -186,9 +192,10 @@ class Zygote:
       os.close(fd)
     for fd in (out_r, err_r):
       os.set_blocking(fd, False)
-    return Spare(pid, job_sock, out_r, err_r, jobdir)
+    self.spares.add(pid)
+    return Spare(pid, job_sock, out_r, err_r, jobdir, uid)
 
-  def _child(self, job_fd, out_w, err_w, jobdir) -> None:
+  def _child(self, job_fd, out_w, err_w, jobdir, uid) -> None:
     """In the forked child: jail ourselves, then wait for and run the job.
 
     fd 0 is the job socket, 1 and 2 the stdout/stderr pipes; fd 3, the result
@@ -204,8 +211,8 @@ class Zygote:
     os.chdir(jobdir)
     jail.apply_rlimits(self.limits)
     jail.clean_environ(jobdir)
-    if self.uid is not None:
-      jail.drop_privileges(self.uid, self.uid)
+    if uid is not None:
+      jail.drop_privileges(uid, uid)
     else:
       try:
         jail.drop_capabilities()
@@ -251,8 +258,14 @@ class Zygote:
 
   # ---------------------------------------------------------------- jobs
 
-  def run_job(self, req: dict, fds: list[int], spare: Spare) -> None:
-    """Hands the job and its descriptors (result pipe, input) to the spare."""
+  def run_job(self, req: dict, fds: list[int], spare: Spare) -> Spare:
+    """Runs the job on `spare` and reports; returns the next spare.
+
+    The job gets its descriptors (result pipe, input) through the spare's
+    socket. With two job uids the next spare is forked and jails itself
+    while this job runs (it runs as the other uid), so neither is on the
+    critical path; otherwise it is forked once this job is swept.
+    """
     t0 = time.monotonic()
     timeout = float(req["timeout"])
     try:
@@ -263,6 +276,7 @@ class Zygote:
     for fd in fds:
       os.close(fd)  # now only the job holds the result pipe and the input
     spare.job_sock.close()
+    following = self.fork_spare() if len(self.uids) > 1 else None
 
     cap = int(self.s["stdout_bytes"])
     out, err = bytearray(), bytearray()
@@ -296,10 +310,14 @@ class Zygote:
           if msg.get("op") in ("kill", "exit") and killed is None:
             killed = msg.get("why", "cancelled")
             self._kill(spare.pid)
-    _, status, ru = os.wait4(spare.pid, 0)
+    self.spares.discard(spare.pid)
+    if spare.pid in self.early_exits:
+      status, ru = self.early_exits.pop(spare.pid)
+    else:
+      _, status, ru = os.wait4(spare.pid, 0)
     os.close(spare.pidfd)
     wall = time.monotonic() - t0
-    leftovers = self._sweep(spare.pid)
+    leftovers = self._sweep(spare, following)
     for fd in (spare.out_r, spare.err_r):
       self._drain(fd, bufs[fd], dropped, cap, None, until_eof=True)
       os.close(fd)
@@ -325,6 +343,7 @@ class Zygote:
     # After the report, while the host judges the result; the next request
     # is only read once this is done, so no job ever sees another's files.
     self._rmtree(spare.jobdir)
+    return following or self.fork_spare()
 
   def _drain(self, fd, buf, dropped, cap, poller, until_eof=False) -> None:
     """Reads what is there; keeps up to `cap` bytes and counts the rest."""
@@ -367,22 +386,26 @@ class Zygote:
         kids.append(int(name))
     return kids
 
-  def _sweep(self, pgid: int) -> int:
-    """Kills and reaps whatever the job left behind; returns how many."""
-    self._kill(pgid)
+  def _sweep(self, job: Spare, following: Spare | None) -> int:
+    """Kills and reaps whatever the job left behind; returns how many.
+
+    `following` (the next spare, already forked) is not the job's and stays.
+    """
+    self._kill(job.pid)  # its process group
     if self.layers.seccomp and self.layers.namespaces:
       # No fork is possible under the filter; nothing can be left behind
       # except by a sandbox bug, which the stats op would reveal.
       self._reap()
       return 0
+    keep = following.pid if following else None
     total = 0
     for _ in range(200):
-      kids = self._children()
+      kids = [k for k in self._children() if k != keep]
       if not kids:
         break
       total += len(kids)
-      if self.uid is not None:
-        self._kill_uid(self.uid)
+      if job.uid is not None:
+        self._kill_uid(job.uid)
       for k in kids:
         try:
           os.kill(k, signal.SIGKILL)
@@ -399,11 +422,13 @@ class Zygote:
         pass
     while True:
       try:
-        pid, _ = os.waitpid(-1, os.WNOHANG)
+        pid, status, ru = os.wait4(-1, os.WNOHANG)
       except ChildProcessError:
         return
       if pid == 0:
         return
+      if pid in self.spares:  # died waiting: its status is for its turn
+        self.early_exits[pid] = (status, ru)
 
   def _kill_uid(self, uid: int) -> None:
     """kill(-1) as the job's uid: every process of that uid, atomically."""
@@ -452,8 +477,7 @@ class Zygote:
         break
       op = msg.get("op")
       if op == "run" and fds:
-        self.run_job(msg, fds, spare)
-        spare = self.fork_spare()
+        spare = self.run_job(msg, fds, spare)
         continue
       for fd in fds:
         os.close(fd)
