@@ -9,17 +9,21 @@ The launcher only creates the namespaces and waits. The zygote imports numpy,
 PIL and cairosvg once, builds the private root, chroots into it and then
 serves jobs one at a time over the control socket. It keeps one *spare*
 child forked and fully jailed in advance (limits, uid, seccomp all applied),
-blocked on a pipe; a job is just written into that pipe, so the fork and the
-jail cost nothing on the critical path.
+blocked on a socket; a job is just written into that socket. The spare for
+the next job is forked as soon as a job starts, under the worker's other job
+uid (consecutive jobs alternate between two uids, so a running job cannot
+signal, trace or read the waiting spare), so neither the fork nor the jail is
+on the critical path. Without the uid layer the next spare is only forked
+once the job has ended and been swept.
 
 Per job the host sends the request with the write end of a fresh result pipe
 and, for EVE, a sealed read-only memfd holding the input pixels (SCM_RIGHTS);
 the zygote passes them on to the spare without reading any pixel, so pixels
-go straight from the host to the job and from the job to the host. The zygote reads the job's stdout/stderr up to a cap,
-enforces the wall-clock deadline by killing the process group, kills and
-reaps anything left behind, reports how the process ended and removes the job
-directory. Only the zygote (trusted code) ever talks to the host on the
-control socket.
+go straight from the host to the job and from the job to the host. The
+zygote reads the job's stdout/stderr up to a cap, enforces the wall-clock
+deadline by killing the process group, kills and reaps anything left behind,
+reports how the process ended and removes the job directory. Only the zygote
+(trusted code) ever talks to the host on the control socket.
 """
 
 from __future__ import annotations
