@@ -89,7 +89,10 @@ def _base() -> ml_collections.ConfigDict:
   c.sandbox = cu.sandbox(workers=16)
   c.checkpoint = cu.checkpoint(every=5, keep=3)
   c.warmstart = ml_collections.ConfigDict(dict(
-      enabled=False, challenger_steps=0, solver_steps=0, batch_size=16, lr=1e-3,
+      enabled=False, challenger_steps=0, solver_steps=0,
+      batch_size=16,               # SFT rows per step (Solver: questions)
+      lr=1e-3,
+      schedule="cosine", warmup_steps=5,  # per role, over that role's steps
       solver_reasoning="The answer is",
       short_think=False,           # think block = the family's one-line description
       challenger_families=(),      # () = every family the Challenger may see
@@ -133,8 +136,8 @@ def tiny() -> ml_collections.ConfigDict:
   c.train = cu.grpo(lr=3e-4, kl_coef=0.0)
   c.sandbox = cu.sandbox(workers=2, timeout_s=5.0)
   c.checkpoint = cu.checkpoint(every=4, keep=2)
-  c.warmstart.update(dict(enabled=True, challenger_steps=60, solver_steps=30,
-                          batch_size=16, lr=2e-3, short_think=True))
+  c.warmstart.update(dict(enabled=True, challenger_steps=60, solver_steps=40,
+                          batch_size=16, lr=4e-3, short_think=True))
   c.log.gallery_tasks = 12
   return c
 

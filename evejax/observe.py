@@ -17,6 +17,7 @@ import logging as std_logging
 import math
 import numbers
 import os
+import re
 import sys
 import threading
 import time
@@ -377,15 +378,27 @@ class Gallery:
   and multi-line strings in <pre>, lists as numbered lists, dicts as nested
   fields, images wherever they appear. All text is HTML-escaped; images are
   embedded as base64 PNG, so the file opens in a browser with no server.
+
+  With `cards_dir`, every card is also kept as `<cards_dir>/<key>.html` and the
+  cards found there are loaded at construction, so a run that resumes in the
+  middle of a phase keeps the cards it made before it stopped (a step that is
+  re-run re-renders its cards under the same keys).
   """
 
   def __init__(self, directory: str | None = None, *, title: str = "evejax gallery",
-               max_image_side: int | None = 512, max_cards: int | None = None):
+               max_image_side: int | None = 512, max_cards: int | None = None,
+               cards_dir: str | None = None):
     self.directory = directory
     self.title = title
     self.max_image_side = max_image_side
     self.max_cards = max_cards
-    self._cards: list[str] = []
+    self.cards_dir = cards_dir
+    self._cards: dict[str, str] = {}
+    if cards_dir and os.path.isdir(cards_dir):
+      for name in sorted(os.listdir(cards_dir)):
+        if name.endswith(".html"):
+          with open(os.path.join(cards_dir, name), encoding="utf-8") as f:
+            self._cards[name[:-len(".html")]] = f.read()
 
   def __len__(self) -> int:
     return len(self._cards)
@@ -428,9 +441,17 @@ class Gallery:
       return f"<pre>{html.escape(s)}</pre>"
     return html.escape(s)
 
-  def add(self, task: Mapping[str, Any]) -> None:
-    """Renders one task to a card now (later changes to `task` do not show)."""
-    if self.max_cards is not None and len(self._cards) >= self.max_cards:
+  def add(self, task: Mapping[str, Any], key: str | None = None) -> None:
+    """Renders one task to a card now (later changes to `task` do not show).
+
+    Cards are shown in the order of their keys (default: the order added); a
+    key already present is replaced.
+    """
+    key = f"{len(self._cards):06d}" if key is None else str(key)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
+      raise ValueError(f"Gallery card key {key!r}: use letters, digits, '_', '.', '-'.")
+    if (key not in self._cards and self.max_cards is not None
+        and len(self._cards) >= self.max_cards):
       return
     parts = ['<div class="card">']
     title = task.get("title")
@@ -445,13 +466,16 @@ class Gallery:
         parts.append(f"<dt>{html.escape(str(k))}</dt><dd>{self._value(str(k), v)}</dd>")
       parts.append("</dl>")
     parts.append("</div>")
-    self._cards.append("".join(parts))
+    self._cards[key] = card = "".join(parts)
+    if self.cards_dir:
+      _write_atomic(os.path.join(self.cards_dir, key + ".html"), card)
 
   def html(self) -> str:
     title = html.escape(self.title)
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
             f"<style>{_CSS}</style></head><body><h1>{title}</h1>"
-            f"<p>{len(self._cards)} cards</p>\n" + "\n".join(self._cards) + "\n</body></html>\n")
+            f"<p>{len(self._cards)} cards</p>\n"
+            + "\n".join(self._cards[k] for k in sorted(self._cards)) + "\n</body></html>\n")
 
   def write(self, path: str | None = None) -> str:
     """Writes the page (atomically) to `path` or `<directory>/gallery.html`."""
@@ -459,12 +483,16 @@ class Gallery:
       if self.directory is None:
         raise ValueError("Gallery.write needs a path (no directory was given).")
       path = os.path.join(self.directory, "gallery.html")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(self.html())
-    os.replace(tmp, path)
+    _write_atomic(path, self.html())
     return path
+
+
+def _write_atomic(path: str, text: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 def _fmt(x: Any) -> str:

@@ -252,6 +252,24 @@ class GalleryTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "needs a path"):
       gallery.write()
 
+  def test_cards_on_disk_survive_a_restart_in_key_order(self):
+    cards = os.path.join(_tempdir(self), "iter1.cards")
+    first = observe.Gallery(cards_dir=cards, max_cards=2)
+    first.add({"title": "LATE card"}, key="step00002_row0000")
+    first.add({"title": "EARLY card"}, key="step00001_row0003")
+    # A new process (a resumed run) finds both cards and shows them by key.
+    again = observe.Gallery(cards_dir=cards, max_cards=2)
+    self.assertLen(again, 2)
+    text = again.html()
+    self.assertLess(text.index("EARLY card"), text.index("LATE card"))
+    again.add({"title": "early, re-run"}, key="step00001_row0003")   # same key: replaced
+    again.add({"title": "third"}, key="step00003_row0000")           # over max_cards
+    self.assertLen(again, 2)
+    self.assertIn("early, re-run", again.html())
+    self.assertNotIn("third", again.html())
+    with self.assertRaisesRegex(ValueError, "card key"):
+      again.add({"title": "x"}, key="../escape")
+
 
 class SetupLoggingTest(absltest.TestCase):
 

@@ -102,6 +102,7 @@ class Task:
   args: list[dict]
   outputs: list[Image.Image]
   questions: list[eve_tasks.Question]
+  seed: int = 0                  # the questions' shuffle seed
 
 
 class Eve:
@@ -160,12 +161,11 @@ class Eve:
     self.logged: list[dict] = []        # Challenger-phase questions for the Solver
     self.solver_data: list[dict] = []   # selected at the start of a Solver phase
     self.results: dict[str, Any] = {}   # evaluation results by stage
+    self._galleries: dict[int, observe.Gallery] = {}
     self.cursor = (0, 0)                # (stage index, step within the stage)
     self.global_step = 0                # train steps of any role: the metrics' step
     self.position = 0                   # completed schedule units: the checkpoint's step
-    self._task_cache: dict[str, Task | None] = {}
     self._eval_tasks: list[Task] | None = None
-    self.gallery = observe.Gallery(title="EVE tasks", max_cards=c.log.gallery_tasks)
 
     self.ckpt = checkpoint_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), save_every=c.checkpoint.every,
@@ -281,10 +281,9 @@ class Eve:
     if stage.kind == "warmstart" and stage.role == "solver":
       self._after_warmstart()
     if stage.kind == "challenger":
-      path = os.path.join(self.workdir, "gallery", f"iter{stage.iteration}.html")
-      self.gallery.write(path)
+      path = self._gallery(stage.iteration).write(
+          os.path.join(self.workdir, "gallery", f"iter{stage.iteration}.html"))
       logging.info("Gallery of iteration %d: %s", stage.iteration, path)
-      self.gallery = observe.Gallery(title="EVE tasks", max_cards=self.config.log.gallery_tasks)
 
   def _after_warmstart(self) -> None:
     """GRPO starts from the warm-started weights with a fresh optimizer; they are
@@ -303,11 +302,18 @@ class Eve:
     """
     if kind == self.learner_kind and carry_state:
       return
-    cfg = copy.deepcopy(self.config.train)
-    if kind == "sft":
-      cfg.optimizer.lr = self.config.warmstart.lr
-      cfg.loss.kl_coef = 0.0
+    w = self.config.warmstart
     for role, old in self._roles().items():
+      cfg = copy.deepcopy(self.config.train)
+      if kind == "sft":
+        # Each role's warm start is its own run: its schedule spans its own steps
+        # (the optimizer's count starts at 0 for it and travels in checkpoints).
+        steps = {"challenger": w.challenger_steps, "solver": w.solver_steps}[role]
+        if self.config.eve.share_params:
+          steps = w.challenger_steps + w.solver_steps
+        cfg.optimizer.update(dict(lr=w.lr, schedule=w.schedule, total_steps=max(steps, 1),
+                                  warmup_steps=min(w.warmup_steps, max(steps - 1, 0))))
+        cfg.loss.kl_coef = 0.0
       new = self._make_learner(cfg, old.params, role=role)
       if carry_state:
         new.load_state(old.state)
@@ -364,7 +370,8 @@ class Eve:
     questions = eve_tasks.build_questions(
         image, result.function_source, result.args, outputs,
         types=tuple(types if types is not None else self.config.eve.question_types), seed=seed)
-    return Task(image_index, code, result.function_source, list(result.args), outputs, questions)
+    return Task(image_index, code, result.function_source, list(result.args), outputs, questions,
+                seed)
 
   # ------------------------------------------------------------- warm start
   def _warmstart_step(self, stage: Stage, step: int) -> None:
@@ -372,7 +379,9 @@ class Eve:
     c = self.config
     rng = np.random.default_rng(_seed(c.seed, stage.name, step))
     prompts, targets = [], []
-    n = c.warmstart.batch_size
+    n = c.warmstart.batch_size   # rows; a Solver image gives one row per question type
+    if stage.role == "solver":
+      n = max(1, n // max(1, len(c.eve.question_types)))
     images = [(i, self.source.item(i)[1]) for i in rng.integers(0, len(self.source), n)]
     if stage.role == "challenger":
       for i, image in images:
@@ -484,7 +493,8 @@ class Eve:
         [prompts[row // G] for row in range(len(texts))], toks, model_config=self.rt.model_config,
         pad_id=self.tok.pad_id, length_buckets=self.length_buckets,
         patch_buckets=self.patch_buckets, row_multiple=self.row_multiple,
-        sampler_logp=lps, advantages=np.asarray(adv))
+        sampler_logp=None if any(l is None for l in lps) else lps,  # None: on-policy
+        advantages=np.asarray(adv))
     with self.timer("training"):
       train_metrics = self.learners["challenger"].grpo_step(batch)
 
@@ -499,8 +509,8 @@ class Eve:
         p = per_row[row].get(q.qtype)
         if p is not None and c.solver_data.log_min_pass <= p < c.solver_data.log_max_pass:
           self.logged.append(self._log_record(t, q, p))
-      if ok and len(self.gallery) < c.log.gallery_tasks:
-        self._add_to_gallery(stage, t, texts[row], rew, per_row[row])
+      if ok:
+        self._add_to_gallery(stage, step, row, t, texts[row], rew, per_row[row])
 
     n = len(texts)
     parts = collections.defaultdict(list)
@@ -518,6 +528,7 @@ class Eve:
         "format_rate": float(np.mean(parts["format"])) if parts else 0.0,
         "solver_pass_rate": float(np.mean(rates)) if rates else 0.0,
         "admitted": float(admitted["admitted"]),
+        **{f"offer/{k}": float(v) for k, v in admitted.items()},  # admitted or why not
         "logged_questions": float(len(self.logged)),
         "completion_tokens": float(np.mean([len(t) for t in toks])),
         "rows": float(n),
@@ -531,13 +542,22 @@ class Eve:
 
   def _log_record(self, task: Task, q: eve_tasks.Question, p: float) -> dict:
     return {"image": task.image_index, "program": task.program, "qtype": q.qtype,
-            "k": q.meta.get("k"), "pass_rate": p,
+            "k": q.meta.get("k"), "seed": task.seed, "answer": q.answer,
+            "order": q.meta.get("order"), "pass_rate": p,
             "difficulty": eve_rewards.question_difficulty(p)}
 
-  def _add_to_gallery(self, stage, t: Task, reply: str, rew, rates) -> None:
+  def _gallery(self, iteration: int) -> observe.Gallery:
+    """The iteration's gallery; its cards live on disk, so mid-phase resume keeps them."""
+    if iteration not in self._galleries:
+      self._galleries[iteration] = observe.Gallery(
+          title=f"EVE tasks, iteration {iteration}", max_cards=self.config.log.gallery_tasks,
+          cards_dir=os.path.join(self.workdir, "gallery", f"iter{iteration}.cards"))
+    return self._galleries[iteration]
+
+  def _add_to_gallery(self, stage, step: int, row: int, t: Task, reply: str, rew, rates) -> None:
     q = t.questions[0]
-    self.gallery.add({
-        "title": f"{stage.name} step {self.cursor[1]}",
+    self._gallery(stage.iteration).add({
+        "title": f"{stage.name} step {step}",
         "images": {"source": self._image(t.image_index),
                    **{f"args {i}": o for i, o in enumerate(t.outputs)}},
         "args": [json.dumps(a) for a in t.args],
@@ -545,7 +565,7 @@ class Eve:
         "solver pass rate by type": rates,
         "reward": {k: v for k, v in rew.parts.items()} | {"total": rew.value},
         "program": t.program, "reply": reply,
-    })
+    }, key=f"step{step:05d}_row{row:04d}")
 
   # ------------------------------------------------------------ Solver step
   def _image(self, image_index: int) -> Image.Image:
@@ -557,24 +577,29 @@ class Eve:
     index = int(self.source.order(epoch)[i])
     return index, next(self.source)[1]
 
-  def _rebuild(self, rec: dict) -> eve_tasks.Question | None:
-    """A logged question again: the program is re-run (deterministic) on its image."""
-    key = _seed(rec["image"], rec["program"])
-    if key not in self._task_cache:
-      image = self._image(rec["image"])
-      with self.timer("sandbox"):
-        res = self._submit(rec["program"], image).result()
-      self._task_cache[key] = self._task_from_result(rec["image"], image, rec["program"], res,
-                                                     seed=0, types=())
-    task = self._task_cache[key]
-    if task is None:
-      return None
-    image = self._image(rec["image"])
-    qs = eve_tasks.build_questions(image, task.function_text, task.args, task.outputs,
-                                   types=(rec["qtype"],),
-                                   ks=None if rec["k"] is None else [rec["k"]],
-                                   seed=_seed(self.config.seed, rec["program"]))
-    return qs[0] if qs else None
+  def _rebuild(self, recs: list[dict]) -> list[eve_tasks.Question | None]:
+    """Logged questions again, exactly as the frozen Solver saw them.
+
+    Programs are deterministic, so each distinct one is re-run on its image
+    (all submitted to the sandbox at once; nothing is kept between steps, so
+    host memory does not grow with the Solver data) and each question is
+    rebuilt with its logged k and shuffle seed.
+    """
+    keys = [(r["image"], r["program"]) for r in recs]
+    with self.timer("sandbox"):
+      futures = {key: self._submit(key[1], self._image(key[0])) for key in dict.fromkeys(keys)}
+      tasks = {key: self._task_from_result(key[0], self._image(key[0]), key[1], fut.result(),
+                                           seed=0, types=())
+               for key, fut in futures.items()}
+    questions = []
+    for key, rec in zip(keys, recs):
+      task = tasks[key]
+      qs = task and eve_tasks.build_questions(
+          self._image(rec["image"]), task.function_text, task.args, task.outputs,
+          types=(rec["qtype"],), ks=None if rec["k"] is None else [rec["k"]],
+          seed=rec.get("seed", 0))
+      questions.append(qs[0] if qs else None)
+    return questions
 
   def _select_solver_data(self) -> list[dict]:
     """Logged questions with 0 < p < 1, hardest first, the top `keep`."""
@@ -597,7 +622,7 @@ class Eve:
     n = c.eve.solver_prompts
     start = step * n
     recs = [self.solver_data[(start + i) % len(self.solver_data)] for i in range(n)]
-    questions = [q for q in map(self._rebuild, recs) if q is not None]
+    questions = [q for q in self._rebuild(recs) if q is not None]
     prompts = [self._question_prompt(q) for q in questions]
     pairs = [(q, p) for q, p in zip(questions, prompts) if self._fits(p, c.sampling.solver.max_new_tokens)]
     if not pairs:
