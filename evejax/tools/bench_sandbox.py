@@ -146,28 +146,43 @@ def run_published(preps, cfg, timeout_s=20.0):
   return out
 
 
-def _worker_cpu(pool) -> float:
-  """CPU seconds used so far by the pool's zygotes and their reaped jobs."""
-  total = 0.0
+def _worker_usage(pool) -> np.ndarray:
+  """[zygote CPU s, zygote faults, jobs CPU s, jobs faults] so far.
+
+  Jobs are the zygotes' reaped children; faults are minor page faults.
+  """
+  total = np.zeros(4)
+  ticks = os.sysconf("SC_CLK_TCK")
   for stats in pool.stats():
     for proc in psutil.Process(stats["launcher_pid"]).children():
-      t = proc.cpu_times()
-      total += t.user + t.system + t.children_user + t.children_system
+      with open(f"/proc/{proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+      minflt, cminflt = int(fields[7]), int(fields[8])
+      utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+      total += ((utime + stime) / ticks, minflt, (cutime + cstime) / ticks,
+                cminflt)
   return total
 
 
+def _host_usage() -> np.ndarray:
+  ru = resource.getrusage(resource.RUSAGE_SELF)
+  return np.array([ru.ru_utime + ru.ru_stime, ru.ru_minflt])
+
+
 def run_pool(jobs, workers):
+  """Returns results, wall s, CPU s, start-up s, layers and the split
+  [host CPU s, host faults, zygote CPU s, faults, jobs CPU s, faults]."""
   t0 = time.monotonic()
   with SandboxPool(SandboxConfig(workers=workers)) as pool:
     startup = time.monotonic() - t0
     pool.map(jobs[:workers])  # every worker has served once
-    cpu0 = _cpu(resource.RUSAGE_SELF) + _worker_cpu(pool)
+    usage0 = np.concatenate([_host_usage(), _worker_usage(pool)])
     t1 = time.monotonic()
     results = pool.map(jobs)
     elapsed = time.monotonic() - t1
-    cpu = _cpu(resource.RUSAGE_SELF) + _worker_cpu(pool) - cpu0
+    split = np.concatenate([_host_usage(), _worker_usage(pool)]) - usage0
     layers = pool.layers.active()
-  return results, elapsed, cpu, startup, layers
+  return results, elapsed, split[0::2].sum(), startup, layers, split
 
 
 def _cpu(who) -> float:
@@ -204,7 +219,7 @@ def main(argv=None) -> int:
 
   times = {"inline": [], "published": [], "pool1": [], "poolN": []}
   cpus = {k: [] for k in times}
-  startups, reasons, layers = [], {}, []
+  startups, reasons, layers, splits = [], {}, [], []
   for _ in range(args.repeats):
     for key, fn in (("inline", run_inline), ("published", run_published)):
       c0, t0 = _all_cpu(), time.monotonic()
@@ -214,7 +229,9 @@ def main(argv=None) -> int:
     # Pools last in a round: the published way forks this process, which must
     # not have pool threads running at that moment.
     for key, workers in (("pool1", 1), ("poolN", args.workers)):
-      res, elapsed, cpu, startup, layers = run_pool(jobs, workers)
+      res, elapsed, cpu, startup, layers, split = run_pool(jobs, workers)
+      if key == "pool1":
+        splits.append(split)
       reasons[key] = [r.reason for r in res]
       times[key].append(elapsed)
       cpus[key].append(cpu)
@@ -254,6 +271,11 @@ def main(argv=None) -> int:
             f"{cells[5]:>6}x inline")
   print("CPU ms/program counts every process involved (host, Manager, "
         "workers, jobs):\nisolation overhead = pool CPU - inline CPU.")
+  split = np.median(np.stack(splits), axis=0) / n
+  print(f"pool, 1 worker, per program (median): host {1000 * split[0]:.1f} ms "
+        f"CPU, {split[1]:.0f} page faults; zygote {1000 * split[2]:.1f} ms, "
+        f"{split[3]:.0f}; job process {1000 * split[4]:.1f} ms, "
+        f"{split[5]:.0f} (inline: {cpu_ms['inline']:.1f} ms CPU in all)")
   return 0 if agree else 1
 
 
