@@ -124,6 +124,9 @@ class Zygote:
                                "see the host filesystem")
     if not layers.private_root:
       os.chmod(self.jobs_root, 0o711)
+    # Jobs inherit this environment (nothing of the trainer's; their home
+    # is set per job): done once here rather than in every job.
+    jail.clean_environ(self.jobs_root)
     from evejax.sandbox import harness  # pylint: disable=g-import-not-at-top
     harness.remember_modules()
     gc.collect()
@@ -214,7 +217,7 @@ class Zygote:
     os.closerange(3, 1 << 20)
     os.chdir(jobdir)
     jail.apply_rlimits(self.limits)
-    jail.clean_environ(jobdir)
+    jail.set_home(jobdir)  # the rest of the environment: see setup()
     if uid is not None:
       jail.drop_privileges(uid, uid)
     else:
