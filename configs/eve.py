@@ -1,6 +1,6 @@
 r"""EVE: Challenger-Solver self-evolution through executable image transformations.
 
-Run (tiny model from scratch, built-in images, CPU, 10-20 minutes on 2 cores):
+Run (tiny model from scratch, built-in images, CPU, about 9 minutes on 2 cores):
   python -m evejax.main --config configs/eve.py:tiny --workdir workdirs/eve_tiny
 
 A released checkpoint on a GPU node or TPU slice (published hyperparameters):
@@ -109,6 +109,13 @@ def tiny() -> ml_collections.ConfigDict:
   Challenger instructions with one queue example, a one-line think block in the
   warm-start targets, short Solver replies, small batches, higher learning rates
   and no KL term.
+
+  What it shows: the Solver learns the answer format (held-out accuracy from 0%
+  to about chance, 25%); the 2-layer Challenger learns the reply format but not
+  to write working programs in this budget (tried: 1-16 families, 4 layers,
+  rope_theta 1e4, learning rates 2e-3 to 5e-3, temperatures 0.3-1.0), so no
+  program is admitted and the Solver phases find no data. The data path with
+  valid programs is exercised by tests/eve_pipeline_test.py.
   """
   c = _base()
   c.model = cu.model("tiny")
