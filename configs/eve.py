@@ -92,6 +92,7 @@ def _base() -> ml_collections.ConfigDict:
       enabled=False, challenger_steps=0, solver_steps=0,
       batch_size=16,               # SFT rows per step (Solver: questions)
       lr=1e-3,
+      solver_lr=0.0,               # > 0: the Solver's own warm-start lr
       schedule="cosine", warmup_steps=5,  # per role, over that role's steps
       solver_reasoning="The answer is",
       short_think=False,           # think block = the family's one-line description
@@ -144,7 +145,7 @@ def tiny() -> ml_collections.ConfigDict:
   c.sandbox = cu.sandbox(workers=2, timeout_s=5.0)
   c.checkpoint = cu.checkpoint(every=4, keep=2)
   c.warmstart.update(dict(enabled=True, challenger_steps=60, solver_steps=40,
-                          batch_size=16, lr=4e-3, short_think=True))
+                          batch_size=16, lr=2e-3, solver_lr=4e-3, short_think=True))
   c.log.gallery_tasks = 12
   return c
 
