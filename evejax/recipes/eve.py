@@ -309,10 +309,12 @@ class Eve:
         # Each role's warm start is its own run: its schedule spans its own steps
         # (the optimizer's count starts at 0 for it and travels in checkpoints).
         steps = {"challenger": w.challenger_steps, "solver": w.solver_steps}[role]
-        lr = w.solver_lr if role == "solver" and w.solver_lr > 0 else w.lr
+        lr, schedule = w.lr, w.schedule
+        if role == "solver" and not self.config.eve.share_params:
+          lr, schedule = w.solver_lr or lr, w.solver_schedule or schedule
         if self.config.eve.share_params:
-          steps, lr = w.challenger_steps + w.solver_steps, w.lr
-        cfg.optimizer.update(dict(lr=lr, schedule=w.schedule, total_steps=max(steps, 1),
+          steps = w.challenger_steps + w.solver_steps
+        cfg.optimizer.update(dict(lr=lr, schedule=schedule, total_steps=max(steps, 1),
                                   warmup_steps=min(w.warmup_steps, max(steps - 1, 0))))
         cfg.loss.kl_coef = 0.0
       new = self._make_learner(cfg, old.params, role=role)
