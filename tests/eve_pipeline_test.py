@@ -34,8 +34,7 @@ def pipeline_config():
   c.mesh.devices = 1
   c.warmstart.challenger_steps = 0     # the scripted Challenger needs none
   c.warmstart.solver_steps = 40        # sampled replies boxed, pass rate near chance
-  c.warmstart.schedule = "cosine"      # decays to a calibrated Solver
-  c.warmstart.batch_size = 16         # Solver: 8 images, 16 questions
+  c.warmstart.batch_size = 16        # Solver: 8 images, 16 questions
   c.eve.iterations = 1
   c.eve.challenger_steps = 2
   c.eve.challenger_prompts = 6
