@@ -441,6 +441,10 @@ class Gallery:
       return f"<pre>{html.escape(s)}</pre>"
     return html.escape(s)
 
+  def has_room(self, key: str) -> bool:
+    """Whether `add(..., key=key)` would keep the card (check before building it)."""
+    return key in self._cards or self.max_cards is None or len(self._cards) < self.max_cards
+
   def add(self, task: Mapping[str, Any], key: str | None = None) -> None:
     """Renders one task to a card now (later changes to `task` do not show).
 
@@ -450,8 +454,7 @@ class Gallery:
     key = f"{len(self._cards):06d}" if key is None else str(key)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
       raise ValueError(f"Gallery card key {key!r}: use letters, digits, '_', '.', '-'.")
-    if (key not in self._cards and self.max_cards is not None
-        and len(self._cards) >= self.max_cards):
+    if not self.has_room(key):
       return
     parts = ['<div class="card">']
     title = task.get("title")

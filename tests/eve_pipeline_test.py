@@ -19,6 +19,7 @@ from evejax import observe
 from evejax.recipes import common
 from evejax.recipes import eve
 from evejax.recipes import eve_tasks
+from evejax.rl import rollouts
 
 _CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "eve.py")
 # Non-seed, non-held-out families whose function text is not a near-duplicate
@@ -60,7 +61,17 @@ class ScriptedChallengerEve(eve.Eve):
       texts.append(eve_tasks.challenger_sft_target(
           fam, fam.sample(rng, *size), think_text=fam.description))
     toks = [common.completion_ids(self.rt, t) for t in texts]
-    return toks, [None] * len(toks), texts   # no sampler log-probs: on-policy
+    # Behaviour log-probs under the current policy, as the sampler reports them.
+    rows = [p for p in prompts for _ in range(group)]
+    learner = self.learners[role]
+    batch = rollouts.train_batch(
+        rows, toks, model_config=self.rt.model_config, pad_id=self.tok.pad_id,
+        length_buckets=self.length_buckets, patch_buckets=self.patch_buckets,
+        row_multiple=self.row_multiple)
+    logp = np.asarray(learner.score(learner.params, batch))
+    lps = [logp[i, len(p.tokens) - 1:len(p.tokens) - 1 + len(t)]
+           for i, (p, t) in enumerate(zip(rows, toks))]
+    return toks, lps, texts
 
 
 class PipelineTest(absltest.TestCase):

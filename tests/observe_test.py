@@ -263,6 +263,8 @@ class GalleryTest(absltest.TestCase):
     text = again.html()
     self.assertLess(text.index("EARLY card"), text.index("LATE card"))
     again.add({"title": "early, re-run"}, key="step00001_row0003")   # same key: replaced
+    self.assertTrue(again.has_room("step00001_row0003"))
+    self.assertFalse(again.has_room("step00003_row0000"))
     again.add({"title": "third"}, key="step00003_row0000")           # over max_cards
     self.assertLen(again, 2)
     self.assertIn("early, re-run", again.html())

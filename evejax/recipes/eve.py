@@ -496,8 +496,7 @@ class Eve:
         [prompts[row // G] for row in range(len(texts))], toks, model_config=self.rt.model_config,
         pad_id=self.tok.pad_id, length_buckets=self.length_buckets,
         patch_buckets=self.patch_buckets, row_multiple=self.row_multiple,
-        sampler_logp=None if any(l is None for l in lps) else lps,  # None: on-policy
-        advantages=np.asarray(adv))
+        sampler_logp=lps, advantages=np.asarray(adv))
     with self.timer("training"):
       train_metrics = self.learners["challenger"].grpo_step(batch)
 
@@ -512,8 +511,9 @@ class Eve:
         p = per_row[row].get(q.qtype)
         if p is not None and c.solver_data.log_min_pass <= p < c.solver_data.log_max_pass:
           self.logged.append(self._log_record(t, q, p))
-      if ok:
-        self._add_to_gallery(stage, step, row, t, texts[row], rew, per_row[row])
+      key = f"step{step:05d}_row{row:04d}"
+      if ok and self._gallery(stage.iteration).has_room(key):
+        self._add_to_gallery(stage, key, t, texts[row], rew, per_row[row])
 
     n = len(texts)
     parts = collections.defaultdict(list)
@@ -557,10 +557,10 @@ class Eve:
           cards_dir=os.path.join(self.workdir, "gallery", f"iter{iteration}.cards"))
     return self._galleries[iteration]
 
-  def _add_to_gallery(self, stage, step: int, row: int, t: Task, reply: str, rew, rates) -> None:
+  def _add_to_gallery(self, stage, key: str, t: Task, reply: str, rew, rates) -> None:
     q = t.questions[0]
     self._gallery(stage.iteration).add({
-        "title": f"{stage.name} step {step}",
+        "title": f"{stage.name} {key}",
         "images": {"source": self._image(t.image_index),
                    **{f"args {i}": o for i, o in enumerate(t.outputs)}},
         "args": [json.dumps(a) for a in t.args],
@@ -568,7 +568,7 @@ class Eve:
         "solver pass rate by type": rates,
         "reward": {k: v for k, v in rew.parts.items()} | {"total": rew.value},
         "program": t.program, "reply": reply,
-    }, key=f"step{step:05d}_row{row:04d}")
+    }, key=key)
 
   # ------------------------------------------------------------ Solver step
   def _image(self, image_index: int) -> Image.Image:
@@ -589,16 +589,17 @@ class Eve:
     rebuilt with its logged k and shuffle seed.
     """
     keys = [(r["image"], r["program"]) for r in recs]
+    images = {i: self._image(i) for i in {r["image"] for r in recs}}
     with self.timer("sandbox"):
-      futures = {key: self._submit(key[1], self._image(key[0])) for key in dict.fromkeys(keys)}
-      tasks = {key: self._task_from_result(key[0], self._image(key[0]), key[1], fut.result(),
+      futures = {key: self._submit(key[1], images[key[0]]) for key in dict.fromkeys(keys)}
+      tasks = {key: self._task_from_result(key[0], images[key[0]], key[1], fut.result(),
                                            seed=0, types=())
                for key, fut in futures.items()}
     questions = []
     for key, rec in zip(keys, recs):
       task = tasks[key]
       qs = task and eve_tasks.build_questions(
-          self._image(rec["image"]), task.function_text, task.args, task.outputs,
+          images[rec["image"]], task.function_text, task.args, task.outputs,
           types=(rec["qtype"],), ks=None if rec["k"] is None else [rec["k"]],
           seed=rec.get("seed", 0))
       questions.append(qs[0] if qs else None)
