@@ -282,6 +282,11 @@ class SftAndReinforceTest(absltest.TestCase):
     for _ in range(4):
       last = learner.sft_step(batch)
     self.assertLess(last["loss"], first["loss"] - 0.5)
+    # A learner that scores its policy at a sampling temperature still fits
+    # the data at T=1 (a recipe's roles sample at T != 1).
+    hot = learner_lib.Learner(CONFIG, _cfg(**{"loss.kl_coef": 0.0, "loss.temperature": 0.5}),
+                              params, compiler_options=FAST_COMPILE)
+    np.testing.assert_allclose(hot.sft_step(batch)["loss"], first["loss"], rtol=1e-5)
 
   def test_reinforce_loss_baseline_and_beta(self):
     params, ref = _init_params(0), _init_params(1)

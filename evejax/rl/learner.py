@@ -94,7 +94,7 @@ def default_train_config() -> ml_collections.ConfigDict:
           agg="token-mean",
           norm_constant=0.0,      # seq-mean-token-sum-norm divisor; 0 = length T
           kl_coef=1e-3, kl_estimator="low_var_kl", entropy_coef=0.0,
-          temperature=1.0,        # log-probs of logits / T, as the sampler reports them
+          temperature=1.0,        # log-probs of logits / T, as the sampler reports them (not SFT)
           advantage="grpo", adv_eps=1e-6),   # read by recipes (group advantages)
       reinforce=dict(             # EvoLMM: KL-regularised REINFORCE
           roles=("proposer", "solver"),
@@ -423,9 +423,10 @@ class Learner:
 
   # -- scoring ---------------------------------------------------------------
 
-  def _logprobs(self, params, mb: TrainBatch, with_entropy=False):
+  def _logprobs(self, params, mb: TrainBatch, with_entropy=False, temperature=None):
+    temperature = self.cfg.loss.temperature if temperature is None else temperature
     return token_logprobs(params, self.model_config, mb.inputs, mb.targets,
-                          self.cfg.logprob_chunk, temperature=self.cfg.loss.temperature,
+                          self.cfg.logprob_chunk, temperature=temperature,
                           with_entropy=with_entropy)
 
   def _score(self, params, batch: TrainBatch) -> jax.Array:
@@ -668,7 +669,10 @@ class Learner:
 
   def _sft_loss(self, trainable, frozen, mb: TrainBatch, ctx):
     l = self.cfg.loss
-    logp, ent = self._logprobs(self._params(trainable, frozen), mb, with_entropy=True)
+    # Cross-entropy against the data at T=1: `loss.temperature` is the
+    # sampling temperature of the policy's log-probs (GRPO), not the data's.
+    logp, ent = self._logprobs(self._params(trainable, frozen), mb, with_entropy=True,
+                               temperature=1.0)
     m = mb.loss_mask.astype(jnp.float32)
     num, _, sums = losses.sft_loss_terms(logp, m, agg=l.agg,
                                          norm_constant=l.norm_constant or None)
