@@ -384,6 +384,7 @@ class Eve:
     prompts, targets = [], []
     n = c.warmstart.batch_size   # rows; a Solver image gives one row per question type
     if stage.role == "solver":
+      n = c.warmstart.solver_batch_size or n
       n = max(1, n // max(1, len(c.eve.question_types)))
     images = [(i, self.source.item(i)[1]) for i in rng.integers(0, len(self.source), n)]
     if stage.role == "challenger":
