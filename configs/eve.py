@@ -113,11 +113,11 @@ def tiny() -> ml_collections.ConfigDict:
   with one queue example; short Solver replies, small batches, higher learning
   rates and no KL term.
 
-  What it shows (about 8 minutes; BENCHMARKS.md, "EVE tiny preset"): 17-81% of
-  the Challenger's programs per step run and pass every check, a few enter the queue
-  (4 -> 6), the Solver phases train on the logged questions, and held-out
-  accuracy goes from 0% to about chance (27%), learnt in the warm start (the
-  answer format); the EVE iterations do not raise it at this size.
+  What it shows (about 8 minutes; BENCHMARKS.md, "EVE tiny preset"): 17-81%
+  of the Challenger's programs per step run and pass every check, a few enter
+  the queue (4 -> 6), the Solver phases train on the logged questions, and
+  held-out accuracy goes from 0% to about chance (27%), learnt in the warm
+  start (the answer format); the EVE iterations do not raise it at this size.
   """
   c = _base()
   c.model = cu.model("tiny")
