@@ -77,10 +77,10 @@ def _cfg(**kw) -> ml_collections.ConfigDict:
   return cfg
 
 
-def _assert_trees_close(test, a, b, atol):
+def _assert_trees_close(test, a, b, atol, rtol=0.0):
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32),
-                               atol=atol, rtol=0, err_msg=jax.tree_util.keystr(path))
+                               atol=atol, rtol=rtol, err_msg=jax.tree_util.keystr(path))
 
 
 class TokenLogprobsTest(absltest.TestCase):
@@ -106,7 +106,9 @@ class TokenLogprobsTest(absltest.TestCase):
     np.testing.assert_allclose(logp_chunk, want, atol=2e-5)
     np.testing.assert_allclose(ent_chunk, ent_full, atol=2e-5)
     self.assertTrue(np.all(np.asarray(ent_full) > 0))
-    _assert_trees_close(self, g_chunk, g_full, atol=1e-5)
+    # Gradients reach ~30: allow fp32 rounding of the summation order (AVX-512
+    # CPUs differ from AVX2 ones by ~1.5e-5 there).
+    _assert_trees_close(self, g_chunk, g_full, atol=1e-5, rtol=2e-6)
 
   def test_targets_from_tokens_shifts_left(self):
     tokens = np.array([[5, 6, 7, 8, 0]])
