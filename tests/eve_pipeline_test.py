@@ -1,9 +1,9 @@
 """EVE's whole data path with a Challenger that already writes valid programs.
 
-The tiny model cannot learn to write working programs within a test's budget,
-so here the Challenger's replies are built-in library programs (what a
-pretrained Challenger would write) while everything downstream is the real
-recipe: the sandbox runs them, questions are built, the frozen (warm-started)
+Within a test's budget the tiny model learns to write the programs of one or
+two families (tests/eve_recipe_test.py); here the Challenger's replies are
+built-in library programs of six families (what a pretrained Challenger would
+write) while everything downstream is the real recipe: the sandbox runs them, questions are built, the frozen (warm-started)
 Solver's pass rates give difficulty, rewards and GRPO update the Challenger,
 the queue admits programs, logged questions feed a Solver phase trained by
 GRPO, and the gallery shows the tasks.
@@ -35,7 +35,7 @@ def pipeline_config():
   c.mesh.devices = 1
   c.warmstart.challenger_steps = 0     # the scripted Challenger needs none
   c.warmstart.solver_steps = 40        # sampled replies boxed, pass rate near chance
-  c.warmstart.batch_size = 16        # Solver: 8 images, 16 questions
+  c.warmstart.solver_batch_size = 16   # 8 images, 16 questions
   c.eve.iterations = 1
   c.eve.challenger_steps = 2
   c.eve.challenger_prompts = 6
