@@ -42,9 +42,19 @@ def short_config():
   c.processing.length_buckets = (768,)
   c.processing.batch_buckets = (8, 16, 32)
   c.sampling.challenger.max_new_tokens = 320
-  c.checkpoint.every = 1
-  c.checkpoint.keep = 1000   # the resume check restarts from a mid-phase step
+  # The resume check restarts after the first Challenger step: save there
+  # (stage ends are always saved), not after each of the ~150 warm-start steps.
+  c.checkpoint.every = _first_challenger_step(c)[1]
+  c.checkpoint.keep = 1000
   return c
+
+
+def _first_challenger_step(c):
+  """(stage index, checkpoint position) of the end of the first Challenger step."""
+  stages = eve.schedule(c)
+  first = next(i for i, st in enumerate(stages) if st.kind == "challenger")
+  # Every step and every stage end advance the position by one.
+  return first, sum(st.steps + 1 for st in stages[:first]) + 1
 
 
 def _records(workdir):
@@ -99,9 +109,7 @@ class EndToEndTest(absltest.TestCase):
     # Resume in the middle of the Challenger phase: a workdir holding only the
     # checkpoints up to the end of its first step continues from there and
     # logs the same metrics as the uninterrupted run.
-    stages = eve.schedule(short_config())
-    first = next(i for i, st in enumerate(stages) if st.kind == "challenger")
-    position = sum(st.steps + 1 for st in stages[:first]) + 1
+    first, position = _first_challenger_step(short_config())
     part = os.path.join(root, "part")
     os.makedirs(os.path.join(part, "checkpoints"))
     for name in os.listdir(os.path.join(full, "checkpoints")):
