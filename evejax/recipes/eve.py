@@ -166,6 +166,7 @@ class Eve:
     self.global_step = 0                # train steps of any role: the metrics' step
     self.position = 0                   # completed schedule units: the checkpoint's step
     self._eval_tasks: list[Task] | None = None
+    self._rebuild_ahead: dict[int, Any] = {}  # Solver step -> its programs in the sandbox
 
     self.ckpt = checkpoint_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), save_every=c.checkpoint.every,
@@ -582,23 +583,32 @@ class Eve:
     return index, next(self.source)[1]
 
   def _rebuild(self, recs: list[dict]) -> list[eve_tasks.Question | None]:
-    """Logged questions again, exactly as the frozen Solver saw them.
+    """Logged questions again, exactly as the frozen Solver saw them."""
+    return self._finish_rebuild(self._start_rebuild(recs))
 
-    Programs are deterministic, so each distinct one is re-run on its image
-    (all submitted to the sandbox at once; nothing is kept between steps, so
-    host memory does not grow with the Solver data) and each question is
-    rebuilt with its logged k and shuffle seed.
+  def _start_rebuild(self, recs: list[dict]):
+    """Submits the distinct programs of `recs` to the sandbox; returns the pending work.
+
+    Programs are deterministic, so each distinct one is re-run on its image;
+    nothing is kept between steps, so host memory does not grow with the
+    Solver data.
     """
-    keys = [(r["image"], r["program"]) for r in recs]
     images = {i: self._image(i) for i in {r["image"] for r in recs}}
+    keys = [(r["image"], r["program"]) for r in recs]
+    futures = {key: self._submit(key[1], images[key[0]]) for key in dict.fromkeys(keys)}
+    return recs, images, futures
+
+  def _finish_rebuild(self, pending) -> list[eve_tasks.Question | None]:
+    """Waits for `_start_rebuild`'s programs; rebuilds each question with its logged
+    k and shuffle seed (the options order and answer it was scored with)."""
+    recs, images, futures = pending
     with self.timer("sandbox"):
-      futures = {key: self._submit(key[1], images[key[0]]) for key in dict.fromkeys(keys)}
       tasks = {key: self._task_from_result(key[0], images[key[0]], key[1], fut.result(),
                                            seed=0, types=())
                for key, fut in futures.items()}
     questions = []
-    for key, rec in zip(keys, recs):
-      task = tasks[key]
+    for rec in recs:
+      task = tasks[(rec["image"], rec["program"])]
       qs = task and eve_tasks.build_questions(
           images[rec["image"]], task.function_text, task.args, task.outputs,
           types=(rec["qtype"],), ks=None if rec["k"] is None else [rec["k"]],
@@ -625,9 +635,14 @@ class Eve:
       return
     G = c.eve.solver_group
     n = c.eve.solver_prompts
-    start = step * n
-    recs = [self.solver_data[(start + i) % len(self.solver_data)] for i in range(n)]
-    questions = [q for q in self._rebuild(recs) if q is not None]
+    step_recs = lambda s: [self.solver_data[(s * n + i) % len(self.solver_data)]
+                           for i in range(n)]
+    # The sandbox re-runs the next step's programs while this step samples and trains.
+    pending = self._rebuild_ahead.pop(step, None) or self._start_rebuild(step_recs(step))
+    self._rebuild_ahead = {}
+    if step + 1 < stage.steps:
+      self._rebuild_ahead[step + 1] = self._start_rebuild(step_recs(step + 1))
+    questions = [q for q in self._finish_rebuild(pending) if q is not None]
     prompts = [self._question_prompt(q) for q in questions]
     pairs = [(q, p) for q, p in zip(questions, prompts) if self._fits(p, c.sampling.solver.max_new_tokens)]
     if not pairs:
