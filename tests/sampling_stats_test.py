@@ -108,6 +108,19 @@ class SamplingStatsTest(absltest.TestCase):
     n_keep = int(np.searchsorted(np.cumsum(renorm), 0.5) + 1)
     self.assertEqual(set(np.unique(tok)), set(top8[:n_keep].tolist()))
 
+  def test_two_level_draw_law_with_excluded_tokens(self):
+    # 600 tokens draw in 24 blocks of 25: a block by its mass, then a token
+    # in it. A third of the tokens are excluded (-inf) and never drawn.
+    rng = np.random.default_rng(1)
+    logits = (rng.normal(size=600) * 1.5).astype(np.float32)
+    logits[rng.permutation(600)[:200]] = -np.inf
+    tok, lp = _draw(logits, sampling.SamplingParams(max_new_tokens=1), seed=6)
+    probs = _softmax(logits.astype(np.float64))
+    self.assertTrue(np.isfinite(logits[tok]).all())
+    self.assertGreater(_chi2_pvalue(tok, probs), 1e-3)
+    self.assertLess(_chi2_pvalue(tok, _softmax(logits / 1.2)), 1e-6)
+    np.testing.assert_allclose(lp, np.log(probs[tok]), rtol=1e-5, atol=1e-6)
+
   def test_ties_at_the_cut_never_exceed_k(self):
     logits = np.array([2.0, 1.0, 1.0, 1.0, 0.0], np.float32)
     sp = sampling.SamplingParams(max_new_tokens=1, top_k=2)

@@ -176,6 +176,35 @@ class SampleTokensTest(absltest.TestCase):
       seen.add(int(tok[0]))
     self.assertEqual(seen, {0, 1})
 
+  def test_blocked_argmax_is_first_index_of_the_max(self):
+    # Vocabularies that block as 8 x 12 (96), 1 x 97 (prime) and 32 x 64;
+    # ties put the max in several blocks and inside one block.
+    rng = np.random.default_rng(0)
+    for vocab in (96, 97, 2048):
+      x = rng.integers(-3, 4, size=(64, vocab)).astype(np.float32)
+      x[0, [5, 40, 90 % vocab]] = 10.0   # ties across blocks
+      x[1, [2, 3]] = 10.0                # ties inside a block
+      x[2, -1] = 10.0                    # the last entry
+      np.testing.assert_array_equal(sampling.select.argmax(jnp.asarray(x)),
+                                    np.argmax(x, -1), err_msg=str(vocab))
+
+  def test_inverse_cdf_search_lands_only_on_positive_weights(self):
+    w = jnp.array([[0.0, 0.0, 1.0, 0.0, 2.0, 0.0]] * 4)
+    u = jnp.array([0.0, 1 / 3 - 1e-6, 1 / 3 + 1e-6, 1.0 - 1e-7])
+    np.testing.assert_array_equal(sampling.select._search(w, u), [2, 2, 4, 4])
+    # u = 1 cannot be drawn, but rounding of u * total can reach the top.
+    np.testing.assert_array_equal(
+        sampling.select._search(w[:1], jnp.array([1.0])), [4])
+
+  def test_draw_returns_logsumexp_and_never_an_excluded_index(self):
+    x = jax.random.normal(jax.random.key(0), (256, 96)) * 3
+    x = x.at[:, ::2].set(-jnp.inf)  # every even index excluded
+    keys = jax.random.split(jax.random.key(1), 256)
+    idx, lse = sampling.select.draw(x, keys, 0.5)
+    self.assertTrue(np.all(np.asarray(idx) % 2 == 1))
+    np.testing.assert_allclose(lse, jax.nn.logsumexp(x * 0.5, axis=-1),
+                               rtol=1e-6)
+
   def test_bad_params_name_the_field(self):
     with self.assertRaisesRegex(ValueError, "temperature"):
       sampling.SamplingParams(max_new_tokens=4, temperature=0.0)
