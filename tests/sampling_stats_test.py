@@ -100,6 +100,30 @@ class SamplingStatsTest(absltest.TestCase):
     # Every allowed token actually occurs (no over-truncation).
     self.assertEqual(set(np.unique(tok)), set(allowed.tolist()))
 
+  def test_top_p_over_a_large_vocabulary_both_paths(self):
+    # 2048 tokens: a peaked law whose nucleus lies in the top
+    # TOP_P_CANDIDATES (drawn without a full sort), and a flat one whose
+    # nucleus does not (the full sort runs). Same law either way.
+    self.assertLess(sampling.select.TOP_P_CANDIDATES, 2048)
+    rng = np.random.default_rng(2)
+    for scale, seed in ((4.0, 7), (0.3, 8)):
+      logits = (rng.normal(size=2048) * scale).astype(np.float32)
+      full = _softmax(logits.astype(np.float64))
+      order = np.argsort(-full)
+      n_keep = int(np.searchsorted(np.cumsum(full[order]), 0.8) + 1)
+      if scale > 1:
+        self.assertLess(n_keep, sampling.select.TOP_P_CANDIDATES)
+      else:
+        self.assertGreater(n_keep, sampling.select.TOP_P_CANDIDATES)
+      tok, lp = _draw(logits, sampling.SamplingParams(
+          max_new_tokens=1, top_p=0.8, logprob_mode="sampling"), seed=seed)
+      allowed = order[:n_keep]
+      self.assertTrue(np.isin(tok, allowed).all(), msg=str(scale))
+      kept = np.zeros_like(full)
+      kept[allowed] = full[allowed] / full[allowed].sum()
+      self.assertGreater(_chi2_pvalue(tok, kept), 1e-3, msg=str(scale))
+      np.testing.assert_allclose(lp, np.log(kept[tok]), rtol=1e-4, atol=1e-5)
+
   def test_top_k_then_top_p(self):
     sp = sampling.SamplingParams(max_new_tokens=1, top_k=8, top_p=0.5)
     tok, _ = _draw(self.logits, sp, seed=4)

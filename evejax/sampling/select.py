@@ -116,25 +116,58 @@ def logsumexp(x: jax.Array, scale=1.0) -> jax.Array:
   return m * scale + jnp.log(jnp.sum(mass, axis=-1))
 
 
-def _candidates(scaled: jax.Array, sampling: SamplingParams):
-  """Allowed tokens per row: (logits [B, K] with -inf for excluded, ids [B, K]).
+# top-p alone first looks for the nucleus among this many top tokens.
+TOP_P_CANDIDATES = 1024
 
-  Only for top-k and/or top-p (without them every token is allowed).
+
+def _nucleus(vals: jax.Array, lse: jax.Array, top_p: float) -> jax.Array:
+  """Sorted candidate logits [B, K] (descending) with the tail set to -inf.
+
+  A token is kept when the mass before it (under softmax over all candidates
+  and whatever is beyond them, whose logsumexp is `lse`) is still below
+  top_p, so the first always is: the smallest prefix whose mass reaches it.
   """
+  probs = jnp.exp(vals - lse[:, None])
+  before = jnp.cumsum(probs, axis=-1) - probs
+  return jnp.where(before < top_p, vals, -jnp.inf)
+
+
+def _draw_truncated(scaled: jax.Array, keys: jax.Array,
+                    sampling: SamplingParams) -> tuple[jax.Array, jax.Array]:
+  """(tokens [B], log-probs under the truncated law) for top-k and/or top-p.
+
+  Candidates are gathered (`lax.top_k` or a sort) and drawn among. top-p
+  alone needs the tokens in descending order, but a full sort of a 152K
+  vocabulary costs seconds per step on CPU: the nucleus is looked for among
+  the top TOP_P_CANDIDATES first, and the full sort runs only in a step where
+  some row's nucleus is larger (`lax.top_k` orders ties by index, as the
+  stable sort does, so both keep the same tokens).
+  """
+  def among(vals, ids):
+    choice, lse = draw(vals, keys)
+    return _pick(ids, choice).astype(jnp.int32), _pick(vals, choice) - lse
+
   vocab = scaled.shape[-1]
-  top_k = min(sampling.top_k, vocab) if sampling.top_k else 0
-  if top_k:
-    vals, ids = jax.lax.top_k(scaled, top_k)
-  else:
+  if sampling.top_k:
+    vals, ids = jax.lax.top_k(scaled, min(sampling.top_k, vocab))
+    if sampling.top_p < 1.0:  # on the top-k-renormalised distribution
+      vals = _nucleus(vals, jax.nn.logsumexp(vals, axis=-1), sampling.top_p)
+    return among(vals, ids)
+  lse = logsumexp(scaled)
+
+  def sort_all(scaled):
     ids = jnp.argsort(-scaled, axis=-1)  # descending, stable
     vals = jnp.take_along_axis(scaled, ids, axis=-1)
-  if sampling.top_p < 1.0:
-    probs = jax.nn.softmax(vals, axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p: a token is kept when
-    # the mass before it is still below top_p (so the first always is).
-    before = jnp.cumsum(probs, axis=-1) - probs
-    vals = jnp.where(before < sampling.top_p, vals, -jnp.inf)
-  return vals, ids.astype(jnp.int32)
+    return among(_nucleus(vals, lse, sampling.top_p), ids)
+
+  if vocab <= TOP_P_CANDIDATES:
+    return sort_all(scaled)
+  vals, ids = jax.lax.top_k(scaled, TOP_P_CANDIDATES)
+  covered = jnp.all(jnp.sum(jnp.exp(vals - lse[:, None]), axis=-1)
+                    >= sampling.top_p)
+  return jax.lax.cond(
+      covered, lambda _: among(_nucleus(vals, lse, sampling.top_p), ids),
+      sort_all, scaled)
 
 
 def sample_tokens(logits: jax.Array, rng: jax.Array,
@@ -151,19 +184,16 @@ def sample_tokens(logits: jax.Array, rng: jax.Array,
   """
   logits = logits.astype(jnp.float32)
   inv_t = jnp.float32(1.0 / sampling.temperature)
-  truncated = bool(sampling.top_k) or sampling.top_p < 1.0
   policy_lse = None  # logsumexp(logits / T), when the draw computed it
   if sampling.greedy:
     tokens = argmax(logits)
     sample_lp = jnp.zeros(tokens.shape, jnp.float32)
-  elif not truncated:
+  elif sampling.top_k or sampling.top_p < 1.0:
+    tokens, sample_lp = _draw_truncated(
+        logits * inv_t, row_keys(rng, logits.shape[0]), sampling)
+  else:
     tokens, policy_lse = draw(logits, row_keys(rng, logits.shape[0]), inv_t)
     sample_lp = _pick(logits, tokens) * inv_t - policy_lse
-  else:
-    cand, ids = _candidates(logits * inv_t, sampling)
-    choice, cand_lse = draw(cand, row_keys(rng, logits.shape[0]))
-    tokens = _pick(ids, choice)
-    sample_lp = _pick(cand, choice) - cand_lse
   if sampling.logprob_mode == "sampling":
     return tokens, sample_lp
   if sampling.logprob_mode == "raw":
