@@ -36,7 +36,12 @@ def _base() -> ml_collections.ConfigDict:
   c.processing = ml_collections.ConfigDict(dict(
       length_buckets=(1024, 2048, 4096, 8192),
       patch_buckets=(1024, 2048, 4096, 8192),
-      batch_buckets=(8, 32, 128),
+      # Prompts per generate chunk (x G rows decode together). 16 x G=8 rows,
+      # 4096 + 4096 tokens, plan at 49 GiB per device on 8 devices for 7B
+      # with the train state resident; 128 prompts would need 247 GiB:
+      #   python -m evejax.tools.plan_memory --config configs/eve.py:qwen2_5_vl_7b \
+      #       --mesh fsdp=8 --seq 4096 [--sample_prompts 128]
+      batch_buckets=(8, 16),
   ))
 
   c.eve = ml_collections.ConfigDict(dict(

@@ -506,5 +506,27 @@ class VLMSamplerTest(absltest.TestCase):
     np.testing.assert_array_equal(out.lengths, self.sampled.lengths)
 
 
+  def test_memory_analysis_plans_the_programs_generate_runs(self):
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            self.params)
+    plans = {}
+    for name, mesh in (("one", None), ("mesh", parallel.make_mesh(
+        {"data": 2, "fsdp": 2, "tensor": 2}))):
+      sampler = sampling.Sampler(self.config, mesh=mesh, **self.kw)
+      plans[name] = sampler.memory_analysis(abstract, self.sp, length=32,
+                                            patches=64)
+      self.assertEqual(sampler.num_compiles, 2)
+      # generate runs exactly the planned programs (no new compile).
+      out = sampler.generate(self.params, self.prompts, self.sp, seed=3)
+      self.assertEqual(sampler.num_compiles, 2)
+      np.testing.assert_array_equal(out.tokens, self.sampled.tokens)
+    t = self.config.text
+    rows = 4 * self.sp.group_size
+    kv_bytes = 2 * t.num_layers * rows * t.num_kv_heads * (32 + self.N) * t.head_dim * 4
+    one = plans["one"]["decode"].argument_size_in_bytes
+    self.assertGreater(one, kv_bytes)
+    # Per device on the mesh: rows split 4 ways, KV heads 2 ways.
+    self.assertLess(plans["mesh"]["decode"].argument_size_in_bytes, one - kv_bytes / 2)
+
 if __name__ == "__main__":
   absltest.main()

@@ -297,6 +297,70 @@ class Sampler:
           params, logits, cache, row_ids, key_).compile()
     return self._compiled(key, build)
 
+  # ---------------------------------------------------------------- planning
+  def memory_analysis(self, params, sampling: SamplingParams, *, length: int,
+                      patches: int = 0, prompts: int | None = None) -> dict:
+    """XLA's memory analysis of one chunk's programs, compiled, not run.
+
+    Args:
+      params: the params as `generate` gets them, arrays or ShapeDtypeStructs
+        (nothing is allocated; e.g. `jax.eval_shape(vlm.init_params, ...)`).
+      sampling: the SamplingParams (group size and token budget matter).
+      length, patches: the prompt length and patch buckets of the chunk.
+      prompts: prompts in the chunk (default: the largest batch bucket).
+
+    Returns:
+      {"prefill": ..., "decode": ...} (`CompiledMemoryStats`; with a mesh,
+      per device) and "inference_params": the abstract params the programs
+      run on (with the unrolled layout, the second copy `generate` holds).
+    """
+    rows = prompts or self.batch_buckets[-1]
+    params = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=getattr(x, "sharding", None)),
+        params)
+    convert = getattr(self.model, "inference_params", None)
+    if self.unroll_layers and convert is not None:
+      params = jax.eval_shape(lambda p: convert(p, self.config), params)
+      axes = self.model.inference_param_axes(self.config)
+    else:
+      axes = self.model.param_axes(self.config)
+    if self.mesh is not None:
+      params = jax.tree.map(
+          lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+          params, self._shardings(axes, params))
+    v = self.config.vision
+    shapes = dict(tokens=(rows, length), mask=(rows, length),
+                  positions=(3, rows, length),
+                  patches=(rows, patches, v.patch_dim),
+                  patch_coords=(rows, patches, 2), patch_image=(rows, patches),
+                  patch_window=(rows, patches))
+    inputs = ModelInputs(**{
+        name: jax.ShapeDtypeStruct(
+            shape, jnp.float32 if name == "patches" else jnp.int32,
+            sharding=(self._batch_sharding(len(shape), int(name == "positions"))
+                      if self.mesh is not None else None))
+        for name, shape in shapes.items()})
+    ends = loop_lib.stage_ends(sampling.max_new_tokens, self.first_stage_tokens)
+    cache_size = length + ends[0]
+    prefill = self._prefill_program(params, inputs, sampling.group_size,
+                                    cache_size)
+    logits, cache = prefill.out_info  # ShapeDtypeStructs of its outputs
+    batch = lambda x, ndim: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=(self._batch_sharding(ndim)
+                                    if self.mesh is not None else None))
+    logits = batch(logits, 2)
+    if self.mesh is not None:
+      cache = jax.tree.map(
+          lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+          cache, self._shardings(self._cache_axes, cache))
+    row_ids = batch(jax.ShapeDtypeStruct((logits.shape[0],), jnp.int32), 1)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    decode = self._decode_program(params, logits, cache, row_ids, key,
+                                  sampling, ends, cache_size)
+    return {"prefill": prefill.memory_analysis(),
+            "decode": decode.memory_analysis(), "inference_params": params}
+
   # --------------------------------------------------------------- generate
   def generate(self, params, prompts: Sequence[Any], sampling: SamplingParams,
                seed: int | jax.Array) -> SampleOutput:

@@ -2,6 +2,7 @@
 
   python -m evejax.tools.bench_sampler [--batch 8] [--prompt_len 64]
       [--new_tokens 128] [--repeats 3] [--dtype float32] [--compare_scan]
+      [--ceiling]
   python -m evejax.tools.bench_sampler --roofline [--preset qwen2_5_vl_3b]
       [--batch 64] [--bandwidth_gbs 3350] [--compare_scan]
 
@@ -15,7 +16,10 @@ rate) and how many greedy tokens agree. Rounds interleave the two so load
 from other processes hits both alike; each rate is the median round.
 --compare_scan adds a third contender to every round: the sampler on the
 scanned params (`Sampler(unroll_layers=False)`), to measure what the unrolled
-decode path gains.
+decode path gains. --ceiling then times what bounds a decode step on this
+machine: the step's matmuls alone (every text weight once, chained, at this
+batch, in one compiled loop) and a plain read of the same bytes; it prints
+the tokens/s each would allow and that rate over transformers'.
 
 --roofline: a random model of a preset's shape (default 3B) in bf16, batch 64;
 decode time per step = (time for N new tokens - time for 1) / (N - 1); bytes
@@ -183,6 +187,60 @@ def run_cpu(args) -> None:
     print(f"evejax scanned: {total / sc:8.1f} tokens/s  ({sc:.3f} s; rounds "
           f"{[round(x, 3) for x in scan_times]}); unrolled / scanned: "
           f"{sc / ej:.2f}x, scanned / transformers: {th / sc:.2f}x")
+  if args.ceiling:
+    dots, read = _ceilings(config, params, args.batch, args.new_tokens)
+    hf_rate = total / th
+    for what, sec in (("its matmuls alone (XLA's kernels)", dots),
+                      ("one plain read of its weights", read)):
+      print(f"a decode step no faster than {what}: {sec * 1e3:.2f} ms -> at "
+            f"most {args.batch / sec:.0f} tokens/s = "
+            f"{args.batch / sec / hf_rate:.2f}x transformers")
+
+
+def _min_seconds(fn, *args, repeats: int = 3) -> float:
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def _ceilings(config, params, batch: int, steps: int) -> tuple[float, float]:
+  """(s/step of the decode step's matmuls alone, s to read their bytes once).
+
+  The matmuls are chained through the hidden state as in a decode step
+  (q/k/v/o, gate/up/down per layer, then the LM head), with no attention,
+  norms or sampling: no decode step on these weights can be faster with
+  XLA's kernels. The read is one reduction over an array of the same size.
+  """
+  text = vlm.inference_params(params, config)["text"]
+  t = config.text
+  head = (text["embed"]["embedding"] if t.tie_word_embeddings
+          else text["lm_head"]["kernel"].T)
+
+  def step(_, h):
+    for i in range(t.num_layers):
+      w = text[f"layers_{i}"]
+      q, k, v = (jnp.einsum("bd,dhk->bhk", h, w[n]["kernel"]) for n in "qkv")
+      h = h + jnp.einsum("bhk,hkd->bd", q, w["o"]["kernel"])
+      h = h + 1e-6 * (k.mean() + v.mean())
+      mlp = w["mlp"]
+      gate_up = (h @ mlp["gate"]["kernel"]) * (h @ mlp["up"]["kernel"])
+      h = h + gate_up @ mlp["down"]["kernel"]
+    return h + 1e-6 * jnp.einsum("bd,vd->bv", h, head)[:, :t.hidden_size]
+
+  h0 = jnp.ones((batch, t.hidden_size), jnp.dtype(config.dtype))
+  loop = jax.jit(lambda h: jax.lax.fori_loop(0, steps, step, h))
+  dots = _min_seconds(loop, h0) / steps
+  nbytes = sum(x.size * x.dtype.itemsize for name, x in
+               jax.tree_util.tree_leaves_with_path(text)
+               if "embed" not in jax.tree_util.keystr(name)
+               or t.tie_word_embeddings)
+  flat = jnp.ones((nbytes // 4,), jnp.float32)
+  read = _min_seconds(jax.jit(jnp.sum), flat, repeats=5)
+  return dots, read
 
 
 def _bandwidth(args) -> tuple[float, str]:
@@ -268,6 +326,8 @@ def main(argv=None) -> None:
                  help="0: the faster of 1 and all CPUs, tried on 16 tokens")
   p.add_argument("--compare_scan", action="store_true",
                  help="also time the sampler on scanned (stacked) layers")
+  p.add_argument("--ceiling", action="store_true",
+                 help="also time the step's matmuls alone and a plain weight read")
   p.add_argument("--roofline", action="store_true",
                  help="random --preset model on the accelerator, HBM roofline")
   p.add_argument("--preset", default="qwen2_5_vl_3b")

@@ -1,9 +1,14 @@
-r"""Per-device memory of a train step, planned on CPU before renting hardware.
+r"""Per-device memory of a train step and of sampling, planned on CPU before
+renting hardware.
 
 Compiles (ahead of time, nothing is allocated) the real learner step for a
 model preset on a mesh of fake CPU devices and prints what one device holds:
 policy params, optimizer state, reference params, and the step's peak from
-XLA's buffer assignment; then which accelerators it fits.
+XLA's buffer assignment. Then the same for one `Sampler.generate` chunk
+(prefill and decode programs, with the train state resident beside them:
+the decode copy of the text weights, the KV cache for prompts x G rows at
+the full token budget, temporaries); then which accelerators the larger of
+the two fits.
 
   python -m evejax.tools.plan_memory --config qwen2_5_vl_7b --mesh fsdp=8
   python -m evejax.tools.plan_memory --config configs/eve.py:qwen2_5_vl_7b \
@@ -48,6 +53,18 @@ _REMAT = flags.DEFINE_bool("remat", None, "Recompute blocks in the backward pass
                            "(default: config's, or True).")
 _KL = flags.DEFINE_float("kl_coef", None, "KL coefficient; > 0 keeps reference params "
                          "(default: config's, or 1e-3).")
+_SAMPLE = flags.DEFINE_bool("sample", True, "Also plan one Sampler.generate chunk.")
+_SAMPLE_PROMPTS = flags.DEFINE_integer(
+    "sample_prompts", 0, "Prompts per generate chunk (default: the config's largest "
+    "processing.batch_buckets, else 8).")
+_SAMPLE_GROUP = flags.DEFINE_integer(
+    "sample_group", 0, "Completions per prompt (default: the config's largest of "
+    "eve.challenger_group / solver_group / difficulty_samples, else 8).")
+_SAMPLE_LENGTH = flags.DEFINE_integer("sample_length", 0, "Prompt length bucket "
+                                      "(default: --seq's).")
+_SAMPLE_NEW = flags.DEFINE_integer(
+    "sample_new_tokens", 0, "Token budget per completion (default: the config's "
+    "largest sampling.*.max_new_tokens, else 1024).")
 _CHUNK = flags.DEFINE_integer("logprob_chunk", None, "Log-softmax chunk (default: config's, "
                               "or 1024).")
 
@@ -190,10 +207,51 @@ def main(argv):
   if score_peak:
     print(f"  reference pass peak  {_gib(score_peak)}  (with the train state resident)")
   print(f"  estimated peak       {_gib(total)}  (CPU compiler: an upper bound for bf16)")
-  print("\nfits (peak under 90% of device memory):")
+  if _SAMPLE.value:
+    sample_peak = _plan_sampling(config, model_config, mesh, rules, state,
+                                 seq, param_b + opt_b + ref_b)
+    total = max(total, sample_peak)
+  print("\nfits (the larger peak under 90% of device memory):")
   for name, mem in HARDWARE.items():
     verdict = "yes" if total < 0.9 * mem * GiB else "no"
     print(f"  {name:16s} {verdict:3s}  ({total / (mem * GiB):5.0%} of memory)")
+
+
+def _plan_sampling(config, model_config, mesh, rules, state, seq: int,
+                   resident: int) -> int:
+  """Prints one generate chunk's plan; returns its peak with `resident` bytes."""
+  from evejax import parallel, sampling  # pylint: disable=g-import-not-at-top
+  prompts = _SAMPLE_PROMPTS.value or max(_get(config, "processing.batch_buckets", (8,)))
+  group = _SAMPLE_GROUP.value or max(
+      [_get(config, f"eve.{k}", 0)
+       for k in ("challenger_group", "solver_group", "difficulty_samples")] + [0]) or 8
+  length = _SAMPLE_LENGTH.value or seq
+  new = _SAMPLE_NEW.value or max(
+      [_get(config, f"sampling.{role}.max_new_tokens", 0)
+       for role in ("challenger", "solver", "proposer", "coder")] + [0]) or 1024
+  side = _SIDE.value // model_config.vision.patch_size
+  patches = _IMAGES.value * side * side
+  sampler = sampling.Sampler(
+      model_config, mesh=mesh, rules=rules, length_buckets=(length,),
+      patch_buckets=(patches,), batch_buckets=(prompts,), max_cache=length + new)
+  sp = sampling.SamplingParams(max_new_tokens=new, group_size=group)
+  print(f"\ncompiling one generate chunk on CPU: {prompts} prompts x G={group} = "
+        f"{prompts * group} rows, prompt {length} tokens ({_IMAGES.value} image(s)), "
+        f"up to {new} new tokens ...", flush=True)
+  plan = sampler.memory_analysis(state.params, sp, length=length, patches=patches)
+  copy_b = parallel.per_device_bytes(plan["inference_params"])
+  prefill, decode = _peak(plan["prefill"]), _peak(plan["decode"])
+  peak = resident + max(prefill, decode)
+  print("per device, with the train state resident:")
+  print(f"  decode weights copy  {_gib(copy_b)}  (text weights in {model_config.dtype}, "
+        "one array per layer; held during generate)")
+  print(f"  prefill: peak        {_gib(prefill)}  (arguments {_gib(plan['prefill'].argument_size_in_bytes)}, "
+        f"temporaries {_gib(plan['prefill'].temp_size_in_bytes)})")
+  print(f"  decode: peak         {_gib(decode)}  (arguments {_gib(plan['decode'].argument_size_in_bytes)}, "
+        f"temporaries {_gib(plan['decode'].temp_size_in_bytes)}; the cache grows to "
+        f"{length + new} slots)")
+  print(f"  estimated peak       {_gib(peak)}")
+  return peak
 
 
 if __name__ == "__main__":
