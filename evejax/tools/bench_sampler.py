@@ -3,6 +3,7 @@
   python -m evejax.tools.bench_sampler [--batch 8] [--prompt_len 64]
       [--new_tokens 128] [--repeats 3] [--dtype float32] [--compare_scan]
       [--ceiling]
+  python -m evejax.tools.bench_sampler --select [--batch 64] [--vocab 151936]
   python -m evejax.tools.bench_sampler --roofline [--preset qwen2_5_vl_3b]
       [--batch 64] [--bandwidth_gbs 3350] [--compare_scan]
 
@@ -20,6 +21,13 @@ decode path gains. --ceiling then times what bounds a decode step on this
 machine: the step's matmuls alone (every text weight once, chained, at this
 batch, in one compiled loop) and a plain read of the same bytes; it prints
 the tokens/s each would allow and that rate over transformers'.
+
+--select: times only the token selection of one decode step (`sample_tokens`)
+on random logits of --batch x --vocab (default 64 x 151936, Qwen's
+vocabulary), against the plain JAX forms in the same process (jnp.argmax,
+jax.random.categorical, a full argsort for top-p, log_softmax for the
+log-prob), for greedy, T = 0.7, top-k 50 and top-p 0.9 (logits scaled so the
+nucleus is a few dozen tokens, as for a trained model).
 
 --roofline: a random model of a preset's shape (default 3B) in bf16, batch 64;
 decode time per step = (time for N new tokens - time for 1) / (N - 1); bytes
@@ -243,6 +251,50 @@ def _ceilings(config, params, batch: int, steps: int) -> tuple[float, float]:
   return dots, read
 
 
+def _plain_select(logits, keys, sp):
+  """The obvious JAX forms of `sample_tokens` (the peer of --select)."""
+  scaled = logits / sp.temperature
+  if sp.greedy:
+    tokens = jnp.argmax(logits, axis=-1)
+  else:
+    cand, ids = scaled, None
+    if sp.top_k:
+      cand, ids = jax.lax.top_k(scaled, sp.top_k)
+    elif sp.top_p < 1.0:
+      ids = jnp.argsort(-scaled, axis=-1)
+      cand = jnp.take_along_axis(scaled, ids, axis=-1)
+    if sp.top_p < 1.0:
+      probs = jax.nn.softmax(cand, axis=-1)
+      before = jnp.cumsum(probs, axis=-1) - probs
+      cand = jnp.where(before < sp.top_p, cand, -jnp.inf)
+    choice = jax.vmap(jax.random.categorical)(keys, cand)
+    tokens = choice if ids is None else jnp.take_along_axis(
+        ids, choice[:, None], axis=-1)[:, 0]
+  lp = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1),
+                           tokens[:, None], axis=-1)[:, 0]
+  return tokens, lp
+
+
+def run_select(args) -> None:
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.standard_normal((args.batch, args.vocab)) * 6,
+                       jnp.float32)
+  keys = jax.random.split(jax.random.key(0), args.batch)
+  print(f"token selection for {args.batch} rows x {args.vocab} vocabulary on "
+        f"{jax.devices()[0].platform}, ms per decode step (best of "
+        f"{args.repeats + 2}):")
+  cases = (("greedy", dict(greedy=True)), ("T=0.7", dict(temperature=0.7)),
+           ("top-k 50", dict(top_k=50)), ("top-p 0.9", dict(top_p=0.9)))
+  for name, kw in cases:
+    sp = sampling.SamplingParams(max_new_tokens=1, **kw)
+    ours = jax.jit(lambda x, k, sp=sp: sampling.sample_tokens(x, k, sp))
+    plain = jax.jit(lambda x, k, sp=sp: _plain_select(x, k, sp))
+    t_ours = _min_seconds(ours, logits, keys, repeats=args.repeats + 2)
+    t_plain = _min_seconds(plain, logits, keys, repeats=args.repeats + 2)
+    print(f"  {name:10s} evejax {t_ours * 1e3:8.2f}   plain JAX "
+          f"{t_plain * 1e3:8.2f}   ratio {t_plain / t_ours:6.1f}x")
+
+
 def _bandwidth(args) -> tuple[float, str]:
   if args.bandwidth_gbs:
     return args.bandwidth_gbs * 1e9, "--bandwidth_gbs"
@@ -314,7 +366,8 @@ def main(argv=None) -> None:
   p.add_argument("--new_tokens", type=int, default=128)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"))
-  p.add_argument("--vocab", type=int, default=16384)
+  p.add_argument("--vocab", type=int, default=None,
+                 help="default 16384 (151936 with --select)")
   p.add_argument("--hidden", type=int, default=512)
   p.add_argument("--intermediate", type=int, default=1536)
   p.add_argument("--layers", type=int, default=8)
@@ -328,18 +381,25 @@ def main(argv=None) -> None:
                  help="also time the sampler on scanned (stacked) layers")
   p.add_argument("--ceiling", action="store_true",
                  help="also time the step's matmuls alone and a plain weight read")
+  p.add_argument("--select", action="store_true",
+                 help="time token selection alone on --batch x --vocab logits")
   p.add_argument("--roofline", action="store_true",
                  help="random --preset model on the accelerator, HBM roofline")
   p.add_argument("--preset", default="qwen2_5_vl_3b")
   p.add_argument("--bandwidth_gbs", type=float, default=0.0,
                  help="device bandwidth in GB/s (default: by device kind)")
   args = p.parse_args(argv)
-  if args.roofline:
+  if args.select:
+    args.batch = args.batch or 64
+    args.vocab = args.vocab or 151936
+    run_select(args)
+  elif args.roofline:
     args.batch = args.batch or 64
     args.dtype = args.dtype or "bfloat16"
     run_roofline(args)
   else:
     args.batch = args.batch or 8
+    args.vocab = args.vocab or 16384
     args.dtype = args.dtype or "float32"
     run_cpu(args)
 
