@@ -3,10 +3,11 @@
 Within a test's budget the tiny model learns to write the programs of one or
 two families (tests/eve_recipe_test.py); here the Challenger's replies are
 built-in library programs of six families (what a pretrained Challenger would
-write) while everything downstream is the real recipe: the sandbox runs them, questions are built, the frozen (warm-started)
-Solver's pass rates give difficulty, rewards and GRPO update the Challenger,
-the queue admits programs, logged questions feed a Solver phase trained by
-GRPO, and the gallery shows the tasks.
+write) while everything downstream is the real recipe: the sandbox runs them,
+questions are built, the frozen (warm-started) Solver's pass rates give
+difficulty, rewards and GRPO update the Challenger, the queue admits programs,
+logged questions feed a Solver phase trained by GRPO, and the gallery shows
+the tasks.
 """
 import importlib.util
 import os
@@ -103,7 +104,7 @@ class PipelineTest(absltest.TestCase):
     again = ScriptedChallengerEve(pipeline_config(), workdir)   # restores the run's end
     try:
       recs = again.solver_data[:6]
-      rebuilt = again._rebuild(recs)
+      rebuilt = again._finish_rebuild(again._start_rebuild(recs))
     finally:
       again.pool.close()
       again.ckpt.close()

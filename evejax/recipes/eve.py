@@ -166,7 +166,7 @@ class Eve:
     self.global_step = 0                # train steps of any role: the metrics' step
     self.position = 0                   # completed schedule units: the checkpoint's step
     self._eval_tasks: list[Task] | None = None
-    self._rebuild_ahead: dict[int, Any] = {}  # Solver step -> its programs in the sandbox
+    self._rebuild_ahead: tuple[int, Any] | None = None  # (Solver step, its programs in the sandbox)
 
     self.ckpt = checkpoint_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), save_every=c.checkpoint.every,
@@ -582,12 +582,9 @@ class Eve:
     index = int(self.source.order(epoch)[i])
     return index, next(self.source)[1]
 
-  def _rebuild(self, recs: list[dict]) -> list[eve_tasks.Question | None]:
-    """Logged questions again, exactly as the frozen Solver saw them."""
-    return self._finish_rebuild(self._start_rebuild(recs))
-
   def _start_rebuild(self, recs: list[dict]):
-    """Submits the distinct programs of `recs` to the sandbox; returns the pending work.
+    """Rebuilding logged questions exactly as the frozen Solver saw them, part 1:
+    submits the distinct programs of `recs` to the sandbox; returns the pending work.
 
     Programs are deterministic, so each distinct one is re-run on its image;
     nothing is kept between steps, so host memory does not grow with the
@@ -638,10 +635,10 @@ class Eve:
     step_recs = lambda s: [self.solver_data[(s * n + i) % len(self.solver_data)]
                            for i in range(n)]
     # The sandbox re-runs the next step's programs while this step samples and trains.
-    pending = self._rebuild_ahead.pop(step, None) or self._start_rebuild(step_recs(step))
-    self._rebuild_ahead = {}
+    ahead, self._rebuild_ahead = self._rebuild_ahead, None
+    pending = ahead[1] if ahead and ahead[0] == step else self._start_rebuild(step_recs(step))
     if step + 1 < stage.steps:
-      self._rebuild_ahead[step + 1] = self._start_rebuild(step_recs(step + 1))
+      self._rebuild_ahead = (step + 1, self._start_rebuild(step_recs(step + 1)))
     questions = [q for q in self._finish_rebuild(pending) if q is not None]
     prompts = [self._question_prompt(q) for q in questions]
     pairs = [(q, p) for q, p in zip(questions, prompts) if self._fits(p, c.sampling.solver.max_new_tokens)]

@@ -230,15 +230,18 @@ class Sampler:
   def _batch_sharding(self, ndim: int, axis: int = 0):
     return parallel.batch_sharding(self.mesh, ndim, axis, self.rules)
 
+  def _input_shardings(self, inputs: ModelInputs) -> ModelInputs:
+    """Each field split over its batch axis (positions: axis 1)."""
+    return ModelInputs(**{
+        f.name: self._batch_sharding(getattr(inputs, f.name).ndim,
+                                     1 if f.name == "positions" else 0)
+        for f in dataclasses.fields(inputs)})
+
   def _place_inputs(self, inputs: ModelInputs) -> ModelInputs:
     if self.mesh is None:
       return jax.tree.map(jnp.asarray, inputs)
-    return ModelInputs(**{
-        f.name: jax.device_put(
-            np.asarray(getattr(inputs, f.name)),
-            self._batch_sharding(np.ndim(getattr(inputs, f.name)),
-                                 1 if f.name == "positions" else 0))
-        for f in dataclasses.fields(inputs)})
+    inputs = jax.tree.map(np.asarray, inputs)
+    return jax.device_put(inputs, self._input_shardings(inputs))
 
   # ---------------------------------------------------------------- programs
   def _prefill_program(self, params, inputs: ModelInputs, group: int,
@@ -315,46 +318,34 @@ class Sampler:
       run on (with the unrolled layout, the second copy `generate` holds).
     """
     rows = prompts or self.batch_buckets[-1]
-    params = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=getattr(x, "sharding", None)),
-        params)
+    abstract = lambda tree, axes: parallel.abstract_tree(
+        tree, None if self.mesh is None else self._shardings(axes, tree))
+    params = parallel.abstract_tree(params)
     convert = getattr(self.model, "inference_params", None)
     if self.unroll_layers and convert is not None:
-      params = jax.eval_shape(lambda p: convert(p, self.config), params)
-      axes = self.model.inference_param_axes(self.config)
+      params = abstract(jax.eval_shape(lambda p: convert(p, self.config), params),
+                        self.model.inference_param_axes(self.config))
     else:
-      axes = self.model.param_axes(self.config)
-    if self.mesh is not None:
-      params = jax.tree.map(
-          lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-          params, self._shardings(axes, params))
-    v = self.config.vision
-    shapes = dict(tokens=(rows, length), mask=(rows, length),
-                  positions=(3, rows, length),
-                  patches=(rows, patches, v.patch_dim),
-                  patch_coords=(rows, patches, 2), patch_image=(rows, patches),
-                  patch_window=(rows, patches))
-    inputs = ModelInputs(**{
-        name: jax.ShapeDtypeStruct(
-            shape, jnp.float32 if name == "patches" else jnp.int32,
-            sharding=(self._batch_sharding(len(shape), int(name == "positions"))
-                      if self.mesh is not None else None))
-        for name, shape in shapes.items()})
+      params = abstract(params, self.model.param_axes(self.config))
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    inputs = ModelInputs(
+        tokens=i32(rows, length), mask=i32(rows, length),
+        positions=i32(3, rows, length),
+        patches=jax.ShapeDtypeStruct(
+            (rows, patches, self.config.vision.patch_dim), jnp.float32),
+        patch_coords=i32(rows, patches, 2), patch_image=i32(rows, patches),
+        patch_window=i32(rows, patches))
+    inputs = parallel.abstract_tree(
+        inputs, None if self.mesh is None else self._input_shardings(inputs))
     ends = loop_lib.stage_ends(sampling.max_new_tokens, self.first_stage_tokens)
     cache_size = length + ends[0]
     prefill = self._prefill_program(params, inputs, sampling.group_size,
                                     cache_size)
     logits, cache = prefill.out_info  # ShapeDtypeStructs of its outputs
-    batch = lambda x, ndim: jax.ShapeDtypeStruct(
-        x.shape, x.dtype, sharding=(self._batch_sharding(ndim)
-                                    if self.mesh is not None else None))
-    logits = batch(logits, 2)
-    if self.mesh is not None:
-      cache = jax.tree.map(
-          lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-          cache, self._shardings(self._cache_axes, cache))
-    row_ids = batch(jax.ShapeDtypeStruct((logits.shape[0],), jnp.int32), 1)
+    by_batch = lambda x: parallel.abstract_tree(
+        x, None if self.mesh is None else self._batch_sharding(x.ndim))
+    logits, cache = by_batch(logits), abstract(cache, self._cache_axes)
+    row_ids = by_batch(jax.ShapeDtypeStruct((logits.shape[0],), jnp.int32))
     key = jax.eval_shape(lambda: jax.random.key(0))
     decode = self._decode_program(params, logits, cache, row_ids, key,
                                   sampling, ends, cache_size)

@@ -63,8 +63,8 @@ _SAMPLE_GROUP = flags.DEFINE_integer(
 _SAMPLE_LENGTH = flags.DEFINE_integer("sample_length", 0, "Prompt length bucket "
                                       "(default: --seq's).")
 _SAMPLE_NEW = flags.DEFINE_integer(
-    "sample_new_tokens", 0, "Token budget per completion (default: the config's "
-    "largest sampling.*.max_new_tokens, else 1024).")
+    "sample_new_tokens", 0, "Token budget per completion (default: the largest "
+    "max_new_tokens of the config's sampling roles, else 1024).")
 _CHUNK = flags.DEFINE_integer("logprob_chunk", None, "Log-softmax chunk (default: config's, "
                               "or 1024).")
 
@@ -226,9 +226,9 @@ def _plan_sampling(config, model_config, mesh, rules, state, seq: int,
       [_get(config, f"eve.{k}", 0)
        for k in ("challenger_group", "solver_group", "difficulty_samples")] + [0]) or 8
   length = _SAMPLE_LENGTH.value or seq
+  roles = _get(config, "sampling", {})
   new = _SAMPLE_NEW.value or max(
-      [_get(config, f"sampling.{role}.max_new_tokens", 0)
-       for role in ("challenger", "solver", "proposer", "coder")] + [0]) or 1024
+      [block.max_new_tokens for block in roles.values()] + [0]) or 1024
   side = _SIDE.value // model_config.vision.patch_size
   patches = _IMAGES.value * side * side
   sampler = sampling.Sampler(
