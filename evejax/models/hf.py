@@ -166,7 +166,7 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict:
 # ---------------------------------------------------------- tensor table ---
 
 @dataclasses.dataclass(frozen=True)
-class _Entry:
+class TensorEntry:
   """One evejax leaf and the checkpoint tensor(s) it is made of."""
   path: tuple[str, ...]   # keys into the params dict
   name: str               # hub-style tensor name; '{i}' = layer index
@@ -180,69 +180,70 @@ class _Entry:
     return [self.name.format(i=i) for i in range(self.layers)]
 
 
-def _table(config: ModelConfig) -> list[_Entry]:
+def tensor_table(config: ModelConfig) -> list[TensorEntry]:
+  """Every evejax leaf and the checkpoint tensors it is made of (hub names)."""
   t, v = config.text, config.vision
   d, hd, f = t.hidden_size, t.head_dim, t.intermediate_size
   dv, iv = v.hidden_size, v.intermediate_size
   L, LV = t.num_layers, v.depth
   e = []
   text = ("text",)
-  e.append(_Entry(text + ("embed", "embedding"), "model.embed_tokens.weight",
+  e.append(TensorEntry(text + ("embed", "embedding"), "model.embed_tokens.weight",
                   (t.vocab_size, d), "same"))
   pre = "model.layers.{i}."
   lay = text + ("layers",)
   for ours, theirs in (("input_norm", "input_layernorm"),
                        ("post_attn_norm", "post_attention_layernorm")):
-    e.append(_Entry(lay + (ours, "scale"), pre + theirs + ".weight", (d,),
+    e.append(TensorEntry(lay + (ours, "scale"), pre + theirs + ".weight", (d,),
                     "same", L))
   for proj, heads in (("q", t.num_heads), ("k", t.num_kv_heads),
                       ("v", t.num_kv_heads)):
     name = pre + f"self_attn.{proj}_proj."
-    e.append(_Entry(lay + (proj, "kernel"), name + "weight", (heads * hd, d),
+    e.append(TensorEntry(lay + (proj, "kernel"), name + "weight", (heads * hd, d),
                     "linear", L))
-    e.append(_Entry(lay + (proj, "bias"), name + "bias", (heads * hd,), "same",
+    e.append(TensorEntry(lay + (proj, "bias"), name + "bias", (heads * hd,), "same",
                     L))
-  e.append(_Entry(lay + ("o", "kernel"), pre + "self_attn.o_proj.weight",
+  e.append(TensorEntry(lay + ("o", "kernel"), pre + "self_attn.o_proj.weight",
                   (d, t.num_heads * hd), "linear", L))
   for proj, shape in (("gate", (f, d)), ("up", (f, d)), ("down", (d, f))):
-    e.append(_Entry(lay + ("mlp", proj, "kernel"),
+    e.append(TensorEntry(lay + ("mlp", proj, "kernel"),
                     pre + f"mlp.{proj}_proj.weight", shape, "linear", L))
-  e.append(_Entry(text + ("norm", "scale"), "model.norm.weight", (d,), "same"))
+  e.append(TensorEntry(text + ("norm", "scale"), "model.norm.weight", (d,), "same"))
   if not t.tie_word_embeddings:
-    e.append(_Entry(text + ("lm_head", "kernel"), "lm_head.weight",
+    e.append(TensorEntry(text + ("lm_head", "kernel"), "lm_head.weight",
                     (t.vocab_size, d), "linear"))
 
   vis = ("vision",)
-  e.append(_Entry(vis + ("patch_embed", "kernel"), "visual.patch_embed.proj.weight",
+  e.append(TensorEntry(vis + ("patch_embed", "kernel"), "visual.patch_embed.proj.weight",
                   (dv, v.in_channels, v.temporal_patch_size, v.patch_size,
                    v.patch_size), "linear"))
   pre = "visual.blocks.{i}."
   blk = vis + ("blocks",)
   for n in ("norm1", "norm2"):
-    e.append(_Entry(blk + (n, "scale"), pre + n + ".weight", (dv,), "same", LV))
-  e.append(_Entry(blk + ("qkv", "kernel"), pre + "attn.qkv.weight",
+    e.append(TensorEntry(blk + (n, "scale"), pre + n + ".weight", (dv,), "same", LV))
+  e.append(TensorEntry(blk + ("qkv", "kernel"), pre + "attn.qkv.weight",
                   (3 * dv, dv), "linear", LV))
-  e.append(_Entry(blk + ("qkv", "bias"), pre + "attn.qkv.bias", (3 * dv,),
+  e.append(TensorEntry(blk + ("qkv", "bias"), pre + "attn.qkv.bias", (3 * dv,),
                   "same", LV))
-  e.append(_Entry(blk + ("proj", "kernel"), pre + "attn.proj.weight", (dv, dv),
+  e.append(TensorEntry(blk + ("proj", "kernel"), pre + "attn.proj.weight", (dv, dv),
                   "linear", LV))
-  e.append(_Entry(blk + ("proj", "bias"), pre + "attn.proj.bias", (dv,), "same",
+  e.append(TensorEntry(blk + ("proj", "bias"), pre + "attn.proj.bias", (dv,), "same",
                   LV))
   for proj, shape, out in (("gate", (iv, dv), iv), ("up", (iv, dv), iv),
                            ("down", (dv, iv), dv)):
-    e.append(_Entry(blk + ("mlp", proj, "kernel"),
+    e.append(TensorEntry(blk + ("mlp", proj, "kernel"),
                     pre + f"mlp.{proj}_proj.weight", shape, "linear", LV))
-    e.append(_Entry(blk + ("mlp", proj, "bias"), pre + f"mlp.{proj}_proj.bias",
+    e.append(TensorEntry(blk + ("mlp", proj, "bias"), pre + f"mlp.{proj}_proj.bias",
                     (out,), "same", LV))
   w = dv * v.merge_unit
   mer = vis + ("merger",)
-  e.append(_Entry(mer + ("ln_q", "scale"), "visual.merger.ln_q.weight", (dv,),
+  e.append(TensorEntry(mer + ("ln_q", "scale"), "visual.merger.ln_q.weight", (dv,),
                   "same"))
   for ours, theirs, shape in (("fc1", "mlp.0", (w, w)),
                               ("fc2", "mlp.2", (v.out_hidden_size, w))):
-    e.append(_Entry(mer + (ours, "kernel"), f"visual.merger.{theirs}.weight",
+    e.append(TensorEntry(mer + (ours, "kernel"), f"visual.merger.{theirs}.weight",
                     shape, "linear"))
-    e.append(_Entry(mer + (ours, "bias"), f"visual.merger.{theirs}.bias",
+    e.append(TensorEntry(mer + (ours, "bias"), f"visual.merger.{theirs}.bias",
                     shape[:1], "same"))
   return e
 
@@ -313,7 +314,7 @@ class _Reader:
     return self._file(self.where[key]).get_tensor(key)
 
 
-def _check(reader: _Reader, entries: list[_Entry], hf_dir: str
+def _check(reader: _Reader, entries: list[TensorEntry], hf_dir: str
            ) -> dict[str, str]:
   """Maps every needed hub name to its key in the checkpoint, or raises."""
   keys = {}
@@ -362,7 +363,7 @@ def load_params(hf_dir: str, config: ModelConfig, shardings=None,
   """
   from evejax.models import vlm  # Local: vlm is the higher-level module.
   shapes = jax.eval_shape(lambda: vlm.init_params(config, jax.random.key(0)))
-  entries = _table(config)
+  entries = tensor_table(config)
   reader = _Reader(hf_dir)
   keys = _check(reader, entries, hf_dir)
   np_dtype = np.dtype(dtype)
@@ -392,7 +393,7 @@ def load_params(hf_dir: str, config: ModelConfig, shardings=None,
 def _tensors(params: dict, config: ModelConfig
              ) -> Iterator[tuple[str, np.ndarray]]:
   """(hub name, numpy tensor) one at a time, one leaf on the host at a time."""
-  for entry in _table(config):
+  for entry in tensor_table(config):
     try:
       leaf = np.asarray(jax.device_get(_get(params, entry.path)))
     except KeyError as e:

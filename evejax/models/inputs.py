@@ -2,7 +2,8 @@
 
 Host code (`evejax.processing`) builds these with numpy, padded to static
 buckets; the model (`evejax.models.vlm`) is mechanical given them. Every field
-has a leading batch axis (positions: axis 1) so all of it shards over the batch.
+has a batch axis (`ModelInputs.batch_axes`: axis 1 of positions, else 0) so all
+of it shards over the batch.
 
 Images: each example's images are flattened, in order, into one patch sequence
 of P rows (P a bucket, multiple of 4). Rows come in 2x2 merge-block order, as
@@ -14,8 +15,11 @@ The k-th <|image_pad|> token of an example receives merged feature k.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax.struct
 import jax
+import numpy as np
 
 
 @flax.struct.dataclass
@@ -29,6 +33,21 @@ class ModelInputs:
   patch_coords: jax.Array  # int32 [B, P, 2]; (row, col) of the patch in its image grid
   patch_image: jax.Array   # int32 [B, P]; image index within the example, -1 padding
   patch_window: jax.Array  # int32 [B, P]; window id, unique within the example, -1 padding
+
+  # The one field whose batch axis is not 0: M-RoPE positions are [3, B, T].
+  _BATCH_AXIS = {"positions": 1}
+
+  @classmethod
+  def batch_axes(cls) -> "ModelInputs":
+    """A ModelInputs of ints: the batch axis of each field."""
+    return cls(**{f.name: cls._BATCH_AXIS.get(f.name, 0) for f in dataclasses.fields(cls)})
+
+  def take_rows(self, rows) -> "ModelInputs":
+    """Host copy with the given rows (an index array) of every field."""
+    return ModelInputs(**{
+        f.name: np.take(np.asarray(getattr(self, f.name)), rows,
+                        axis=self._BATCH_AXIS.get(f.name, 0))
+        for f in dataclasses.fields(self)})
 
   @property
   def batch_size(self) -> int:

@@ -240,12 +240,12 @@ def make_batch(examples: Sequence[Example], *, vision: presets.VisionConfig,
 
 
 def _batch_axes(tree: Any) -> Any:
-  """Which axis of each leaf is the batch: 1 for positions, else 0."""
+  """Which axis of each leaf is the batch (`ModelInputs.batch_axes`)."""
   if isinstance(tree, Batch):
     return Batch(inputs=_batch_axes(tree.inputs), loss_mask=0, lengths=0,
                  rope_deltas=0, example_mask=0)
   if isinstance(tree, inputs_lib.ModelInputs):
-    return jax.tree.map(lambda _: 0, tree).replace(positions=1)
+    return inputs_lib.ModelInputs.batch_axes()
   return jax.tree.map(lambda _: 0, tree)
 
 

@@ -46,7 +46,7 @@ PyTree = Any
 
 @flax.struct.dataclass
 class TrainBatch:
-  """One training batch; every array has a leading batch axis B (positions: axis 1).
+  """One training batch; every array has a batch axis B (`ModelInputs.batch_axes`).
 
   Optional fields are None when a step does not use them; the structure is
   part of the compiled step, so keep it fixed within a run. Rows whose
@@ -209,9 +209,8 @@ def _cast_floats(tree: PyTree, dtype) -> PyTree:
 
 
 def _batch_axes(batch: TrainBatch) -> TrainBatch:
-  """Which axis of each leaf is the batch axis (M-RoPE positions: 1)."""
-  axes = jax.tree.map(lambda _: 0, batch)
-  return axes.replace(inputs=axes.inputs.replace(positions=1))
+  """Which axis of each leaf is the batch axis."""
+  return jax.tree.map(lambda _: 0, batch).replace(inputs=ModelInputs.batch_axes())
 
 
 def _split_micro(batch: TrainBatch, k: int) -> TrainBatch:

@@ -23,7 +23,6 @@ chunking, padding rows nor sharding.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import time
 from typing import Any, Sequence
 
@@ -93,26 +92,10 @@ def _signature(tree: Any) -> tuple:
   return (treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
 
 
-def _host_fields(inputs: ModelInputs) -> dict[str, np.ndarray]:
-  return {f.name: np.asarray(getattr(inputs, f.name))
-          for f in dataclasses.fields(inputs)}
-
-
-def _take_rows(inputs: ModelInputs, n: int) -> ModelInputs:
-  """The first n rows (positions are [3, B, T]: their batch axis is 1)."""
-  return ModelInputs(**{k: (v[:, :n] if k == "positions" else v[:n])
-                        for k, v in _host_fields(inputs).items()})
-
-
-def _pad_rows(inputs: ModelInputs, rows: int) -> ModelInputs:
-  """Pads a host batch to `rows` by repeating row 0 (a valid prompt, discarded)."""
-  b = inputs.tokens.shape[0]
-  if b == rows:
-    return inputs
-  idx = np.concatenate([np.arange(b), np.zeros(rows - b, np.int64)])
-  out = {k: (v[:, idx] if k == "positions" else v[idx])
-         for k, v in _host_fields(inputs).items()}
-  return ModelInputs(**out)
+def _pad_rows(inputs: ModelInputs, n: int, rows: int) -> ModelInputs:
+  """The first n rows, padded to `rows` by repeating row 0 (a valid prompt, discarded)."""
+  idx = np.concatenate([np.arange(n), np.zeros(rows - n, np.int64)])
+  return inputs.take_rows(idx)
 
 
 class Sampler:
@@ -231,11 +214,9 @@ class Sampler:
     return parallel.batch_sharding(self.mesh, ndim, axis, self.rules)
 
   def _input_shardings(self, inputs: ModelInputs) -> ModelInputs:
-    """Each field split over its batch axis (positions: axis 1)."""
-    return ModelInputs(**{
-        f.name: self._batch_sharding(getattr(inputs, f.name).ndim,
-                                     1 if f.name == "positions" else 0)
-        for f in dataclasses.fields(inputs)})
+    """Each field split over its batch axis."""
+    return jax.tree.map(lambda x, a: self._batch_sharding(x.ndim, a),
+                        inputs, ModelInputs.batch_axes())
 
   def _place_inputs(self, inputs: ModelInputs) -> ModelInputs:
     if self.mesh is None:
@@ -459,7 +440,7 @@ class Sampler:
       batch_bucket = _pick_bucket(
           n, self.batch_buckets, "The number of prompts in one batch",
           "raise batch_buckets or call generate, which splits prompts")
-    inputs = _pad_rows(_take_rows(inputs, n), batch_bucket)
+    inputs = _pad_rows(inputs, n, batch_bucket)
     ends = loop_lib.stage_ends(sampling.max_new_tokens, self.first_stage_tokens)
     cache_size = inputs.tokens.shape[1] + ends[0]
     dev_inputs = self._place_inputs(inputs)
