@@ -20,8 +20,7 @@ from evejax.models import hf
 from evejax.models import presets
 from evejax.models import vlm
 from evejax.processing import batching
-from evejax.processing import chat
-from evejax.processing import images as images_lib
+from evejax.processing import prompts
 from evejax.processing import tokenizer as tokenizer_lib
 from evejax.sampling import SamplingParams
 
@@ -92,22 +91,14 @@ def build_runtime(config) -> Runtime:
 def prompt_example(rt: Runtime, text: str, images: Sequence[Any], *, min_pixels: int,
                    max_pixels: int, image_first: bool = True) -> batching.Example:
   """A one-turn user prompt (images, then text) as a batching.Example."""
-  v = rt.model_config.vision
-  patches = [images_lib.preprocess_image(
-      im, min_pixels=min_pixels, max_pixels=max_pixels, patch_size=v.patch_size,
-      temporal_patch_size=v.temporal_patch_size, merge_size=v.spatial_merge_size)
-             for im in images]
-  parts = [{"type": "image"} for _ in images]
-  parts = (parts + [{"type": "text", "text": text}] if image_first
-           else [{"type": "text", "text": text}] + parts)
-  tokens = chat.encode_chat(rt.tokenizer, [{"role": "user", "content": parts}],
-                            [g for _, g in patches], merge_size=v.spatial_merge_size)
-  return batching.Example(tokens=np.asarray(tokens, np.int32), images=patches)
+  return prompts.user_prompt(rt.model_config, rt.tokenizer, text, images,
+                             min_pixels=min_pixels, max_pixels=max_pixels,
+                             image_first=image_first)
 
 
 def completion_ids(rt: Runtime, text: str) -> np.ndarray:
   """A target reply as the model should emit it: text, then <|im_end|>."""
-  return np.asarray(rt.tokenizer.encode(text) + [rt.tokenizer.eos_id], np.int32)
+  return prompts.completion_ids(rt.tokenizer, text)
 
 
 def sampling_params(rt: Runtime, block, *, group_size: int, greedy: bool = False
