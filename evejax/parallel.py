@@ -244,6 +244,14 @@ def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0,
   return NamedSharding(mesh, logical_to_spec(axes, rules, mesh))
 
 
+def batch_shards(mesh: Mesh, rules: Rules = LOGICAL_RULES) -> int:
+  """How many ways the rules split a batch axis on `mesh` (its data-parallel degree)."""
+  spec = batch_sharding(mesh, 1, 0, rules).spec
+  axes = spec[0] if spec else ()
+  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  return math.prod(mesh.shape[a] for a in axes)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 

@@ -149,16 +149,13 @@ class Sampler:
     self.unroll_layers = bool(unroll_layers)
     self._shards = 1
     if mesh is not None:
-      spec = self._batch_sharding(1).spec
-      axes = spec[0] if spec else ()
-      axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-      self._shards = int(np.prod([mesh.shape[a] for a in axes]))
+      self._shards = parallel.batch_shards(mesh, self.rules)
       bad = [b for b in self.batch_buckets if b % self._shards]
       if bad:
         raise ValueError(
             f"Sampler batch_buckets {bad} are not divisible by {self._shards}, "
-            f"the number of devices the batch is split over (mesh axes "
-            f"{axes}); use multiples of {self._shards}.")
+            f"the number of devices the batch is split over; use multiples of "
+            f"{self._shards}.")
     self._programs: dict[tuple, Any] = {}
     self.compile_seconds = 0.0
     self._cache_axes = model.cache_axes(model_config)
