@@ -52,10 +52,11 @@ import numpy as np
 from PIL import Image
 
 # Named colours that SVG (CSS) and PIL read alike and that are far apart in
-# RGB, so that a picture's parts can be told apart by exact colour.
+# RGB, so that a picture's parts can be told apart by colour. No gray: an
+# antialiased one-pixel black line renders as gray.
 PALETTE = {"red": (255, 0, 0), "blue": (0, 0, 255), "green": (0, 128, 0),
            "orange": (255, 165, 0), "purple": (128, 0, 128), "brown": (165, 42, 42),
-           "teal": (0, 128, 128), "gray": (128, 128, 128)}
+           "teal": (0, 128, 128)}
 COLORS = tuple(PALETTE)
 FONT_SIZE = 10  # px, set once on the root <svg> (with centred anchoring); texts inherit it
 HELDOUT_MODULUS = 5  # one caption hash class in 5 is held out (20%)
