@@ -1,0 +1,35 @@
+"""Evaluation: benchmark files -> prompts -> the training sampler -> rule graders -> reports.
+
+The package's face; the pieces live in small modules, lowest first:
+  records.py     Item (one benchmark question) and Skipped (a row with a reason)
+  readers.py     VLMEvalKit TSV, HF `datasets` on disk (arrow/parquet), JSONL + images
+  graders.py     the papers' rules: VLMEvalKit can_infer and yes/no, relaxed accuracy,
+                 MMMU's parser, MathVista's rule stage, HallusionBench's accuracies
+  templates.py   prompt texts of VLMEvalKit, lmms-eval and MM-Zero
+  profiles.py    eve / evolmm / mmzero: prompts, sampling, pixels, answer extraction
+  benchmarks.py  the six benchmarks: files, style, rule, summary numbers
+  evaluator.py   Evaluator: prompts, one generate call, grading
+  runner.py      one benchmark into results.jsonl + summary, chunked, resumable
+  validation.py  in-loop validation of a subset every N steps
+  restore.py     one role's params from an evejax run directory
+  cli.py         `python -m evejax.eval` (loads the model; the only module that
+                 imports evejax.recipes)
+  lmms.py        an lmms-eval model class (optional extra `lmms`)
+"""
+from evejax.eval.benchmarks import BENCHMARKS
+from evejax.eval.benchmarks import get_benchmark
+from evejax.eval.benchmarks import summarise
+from evejax.eval.evaluator import Evaluator
+from evejax.eval.profiles import PROFILES
+from evejax.eval.profiles import get_profile
+from evejax.eval.readers import DataError
+from evejax.eval.readers import locate
+from evejax.eval.readers import read
+from evejax.eval.records import Item
+from evejax.eval.records import Skipped
+from evejax.eval.validation import Validation
+
+__all__ = [
+    "BENCHMARKS", "DataError", "Evaluator", "Item", "PROFILES", "Skipped", "Validation",
+    "get_benchmark", "get_profile", "locate", "read", "summarise",
+]

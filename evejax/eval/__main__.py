@@ -1,0 +1,61 @@
+r"""python -m evejax.eval --config configs/eval.py:<benchmark-or-profile> --workdir OUT
+
+    python -m evejax.eval --config configs/eval.py:mmstar \
+        --config.init.hf_dir=/models/Qwen2.5-VL-7B-Instruct \
+        --config.eval.data_dir=/data/LMUData --workdir /scratch/eval_7b
+
+`--config.init.workdir=RUN_DIR` evaluates the latest checkpoint of an evejax
+run instead. Running the same command again resumes: finished items are
+skipped. See evejax/eval/cli.py and configs/eval.py.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file with a preset: configs/eval.py:mmstar.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where results go (resumed when it has some).")
+_XLA_CACHE = flags.DEFINE_string(
+    "compilation_cache", os.path.join(os.path.expanduser("~"), ".cache", "evejax", "xla"),
+    "Directory of JAX's persistent compilation cache; empty disables it.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config configs/eval.py:mmstar")
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required: the folder results go to.")
+  import jax  # pylint: disable=g-import-not-at-top
+  if _XLA_CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", _XLA_CACHE.value)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  from evejax.eval import cli  # pylint: disable=g-import-not-at-top
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  cli.run(config, _WORKDIR.value)
+
+
+def _run():
+  from evejax import main as evejax_main  # pylint: disable=g-import-not-at-top
+  from evejax.eval import readers, restore, runner  # pylint: disable=g-import-not-at-top
+  user_errors = (readers.DataError, restore.RestoreError, runner.EvalError)
+  try:
+    evejax_main.check_args(sys.argv[1:])
+    app.run(main)
+  except evejax_main.ConfigError as e:
+    print(f"evejax.eval: config error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except user_errors as e:
+    print(f"evejax.eval: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  _run()

@@ -1,0 +1,162 @@
+r"""`python -m evejax.eval`: load a model, evaluate each configured benchmark, report.
+
+The model comes from one of:
+  --config.init.hf_dir=DIR     a local HF checkpoint directory (read onto the mesh);
+  --config.init.workdir=RUN    the latest committed checkpoint of an evejax run:
+                               the params of `init.role` only (restore.py), with
+                               the run's config.json naming the model (its
+                               `model` block and `init.hf_dir`/`tokenizer_dir`
+                               win over this config's, since they describe the
+                               checkpoint); `init.step` picks another step;
+  neither                      a random init of `model.preset` (tiny tests).
+
+Each benchmark of `eval.benchmarks` is read from `eval.data_dir` (nothing is
+downloaded), sampled with `eval.profile` through one `Sampler` built from
+`processing` (the buckets and batching training uses) on `mesh`, and written
+to WORKDIR/<benchmark>/ (runner.py). WORKDIR/summary.json and summary.md hold
+all of them.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+
+from evejax import parallel
+from evejax.eval import benchmarks as benchmarks_lib
+from evejax.eval import evaluator as evaluator_lib
+from evejax.eval import profiles as profiles_lib
+from evejax.eval import readers
+from evejax.eval import report
+from evejax.eval import restore
+from evejax.eval import runner
+from evejax.models import vlm
+from evejax.sampling import Sampler
+
+try:  # The recipes' model loading (recipes/loading.py; recipes/common.py before it).
+  from evejax.recipes import loading as _loading
+  _load_model = _loading.load_model
+except ImportError:  # pragma: no cover
+  from evejax.recipes import common as _loading
+  _load_model = _loading.build_runtime
+
+
+def resolve_judge(path: str):
+  """The judge callable named by eval.judge ('pkg.module:function'), or None."""
+  if not path:
+    return None
+  module_name, _, attr = path.partition(":")
+  if not attr:
+    module_name, _, attr = path.rpartition(".")
+  try:
+    fn = getattr(importlib.import_module(module_name), attr)
+  except (ImportError, AttributeError, ValueError) as e:
+    raise runner.EvalError(f"eval.judge={path!r} cannot be imported ({e}); write it as "
+                           "'package.module:function'.") from None
+  if not callable(fn):
+    raise runner.EvalError(f"eval.judge={path!r} is not callable.")
+  return fn
+
+
+def _with_run_model(config, run_dir: str):
+  """This config with the run's model and init blocks (from RUN_DIR/config.json)."""
+  config = copy.deepcopy(config)
+  saved = restore.run_config(run_dir)
+  if saved is None:
+    logging.warning("%s has no config.json; the model is config.model / config.init as given.",
+                    run_dir)
+    return config
+  with config.unlocked():
+    for key in ("preset", "dtype", "param_dtype"):
+      if key in saved.get("model", {}):
+        config.model[key] = saved["model"][key]
+    for key in ("hf_dir", "tokenizer_dir"):
+      if saved.get("init", {}).get(key) and not config.init[key]:
+        config.init[key] = saved["init"][key]
+  return config
+
+
+def load(config) -> tuple[Any, dict[str, Any]]:
+  """(the loaded model: model_config, tokenizer, mesh, rules, params; a description)."""
+  if not config.init.workdir:
+    loaded = _load_model(config)
+    return loaded, {"hf_dir": config.init.hf_dir, "preset": config.model.preset,
+                    "random_init": not config.init.hf_dir}
+  run_dir = config.init.workdir
+  config = _with_run_model(config, run_dir)
+  model_config = _loading.model_config_from(config)
+  tokenizer = _loading.tokenizer_from(config)
+  mesh_axes = {k: config.mesh[k] for k in parallel.MESH_AXES}
+  n = int(config.mesh.get("devices", -1))
+  mesh = parallel.make_mesh(mesh_axes, devices=jax.devices()[:n] if n > 0 else None)
+  rules = parallel.rules_from_config(config.mesh)
+  dtype = jnp.dtype(config.model.param_dtype)
+  abstract = jax.eval_shape(lambda: vlm.init_params(model_config, jax.random.PRNGKey(0), dtype))
+  shardings = parallel.shardings_for(vlm.param_axes(model_config), mesh, rules,
+                                     shapes_tree=abstract)
+  params, step = restore.restore_params(
+      run_dir, config.init.role, restore.abstract_with_shardings(abstract, shardings),
+      step=int(config.init.step))
+  logging.info("Restored %s params of step %d from %s", config.init.role, step, run_dir)
+  loaded = _loading.LoadedModel(model_config, tokenizer, mesh, rules, params) if hasattr(
+      _loading, "LoadedModel") else _loading.Runtime(model_config, tokenizer, mesh, rules, params)
+  return loaded, {"workdir": os.path.abspath(run_dir), "role": config.init.role, "step": step,
+                  "preset": config.model.preset, "hf_dir": config.init.hf_dir}
+
+
+def make_sampler(config, loaded, max_new_tokens: int) -> Sampler:
+  p = config.processing
+  return Sampler(loaded.model_config, mesh=loaded.mesh, rules=loaded.rules,
+                 length_buckets=tuple(p.length_buckets), patch_buckets=tuple(p.patch_buckets),
+                 batch_buckets=tuple(p.batch_buckets),
+                 max_cache=max(p.length_buckets) + max_new_tokens,
+                 prompt_pad_id=loaded.tokenizer.pad_id)
+
+
+def run(config, workdir: str) -> list[dict[str, Any]]:
+  """Evaluates every benchmark of config.eval into workdir; returns their summaries."""
+  e = config.eval
+  names = [e.benchmarks] if isinstance(e.benchmarks, str) else list(e.benchmarks)
+  if not names:
+    raise runner.EvalError("config.eval.benchmarks is empty; name at least one of "
+                           f"{sorted(benchmarks_lib.BENCHMARKS)}.")
+  benches = [benchmarks_lib.get_benchmark(n) for n in names]
+  profile = profiles_lib.get_profile(e.profile)
+  if e.path and len(benches) > 1:
+    raise runner.EvalError("config.eval.path names one file but eval.benchmarks has "
+                           f"{len(benches)}; evaluate one benchmark, or use eval.data_dir.")
+  # Every file is located before the model loads: a missing one fails in a second.
+  files = [readers.locate(e.data_dir, b.stems, e.path) for b in benches]
+  judge = resolve_judge(e.judge)
+  loaded, model_info = load(config)
+  family = profiles_lib.model_family(loaded.model_config)
+  budget = max(profile.settings(family, b.name, max_new_tokens=e.max_new_tokens).max_new_tokens
+               for b in benches)
+  sampler = make_sampler(config, loaded, budget)
+  summaries = []
+  for bench, path in zip(benches, files):
+    data = readers.read(path, split=e.split or bench.split, answer_index=bench.answer_index,
+                        category_keys=bench.category_keys, image_dir=e.image_dir)
+    logging.info("%s: %d items, %d skipped rows from %s (%s)", bench.name, len(data.items),
+                 len(data.skipped), path, data.format)
+    evaluator = evaluator_lib.Evaluator(
+        bench, profile, model_config=loaded.model_config, tokenizer=loaded.tokenizer,
+        sampler=sampler, max_new_tokens=e.max_new_tokens, min_pixels=e.min_pixels,
+        max_pixels=e.max_pixels, judge=judge)
+    summaries.append(runner.evaluate_benchmark(
+        evaluator, loaded.params, data, os.path.join(workdir, bench.name),
+        chunk_size=e.chunk_size, seed=config.seed, limit=e.limit, model=model_info,
+        progress=config.log.progress))
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump({"profile": profile.name, "model": model_info,
+               "benchmarks": {s["benchmark"]: s for s in summaries}}, f, indent=1)
+  with open(os.path.join(workdir, "summary.md"), "w") as f:
+    f.write(report.overview_markdown(summaries))
+  print(report.overview_markdown(summaries))
+  return summaries

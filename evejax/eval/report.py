@@ -1,0 +1,50 @@
+"""Summaries as markdown: one table per benchmark, one table for a whole evaluation."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+
+def _fmt(x: Any) -> str:
+  if x is None:
+    return "-"
+  if isinstance(x, float):
+    return f"{x:.2f}"
+  return str(x)
+
+
+def _failures(summary: Mapping[str, Any]) -> str:
+  failures = summary.get("failures") or {}
+  return ", ".join(f"{k} {v}" for k, v in failures.items()) or "none"
+
+
+def benchmark_markdown(summary: Mapping[str, Any]) -> str:
+  """The headline, the benchmark's own metrics, per-category scores and the counts."""
+  profile = summary.get("profile", {})
+  lines = [f"# {summary['title']} — profile `{profile.get('name', '?')}`", "",
+           f"**{summary['headline']}: {_fmt(summary['score'])}** over "
+           f"{summary['num_counted']} items ({summary['num_graded']} graded, "
+           f"{summary['num_undecided']} undecided by the rule, "
+           f"{summary.get('num_judged', 0)} judged); failures: {_failures(summary)}.", "",
+           f"Denominator: {summary['denominator']}.", ""]
+  extra = [k for k in ("aAcc", "fAcc", "qAcc", "mean") if k in summary]
+  if extra:
+    lines += ["| " + " | ".join(extra) + " |", "|" + "---|" * len(extra),
+              "| " + " | ".join(_fmt(summary[k]) for k in extra) + " |", ""]
+  lines += ["| category | items | score |", "|---|---|---|"]
+  lines += [f"| {name} | {v['n']} | {_fmt(v['score'])} |"
+            for name, v in summary.get("per_category", {}).items()]
+  rate = summary.get("items_per_s")
+  lines += ["", f"items/s: {_fmt(rate)} ({summary.get('sampled_this_run', 0)} sampled in this run)",
+            ""]
+  return "\n".join(lines)
+
+
+def overview_markdown(summaries: Sequence[Mapping[str, Any]]) -> str:
+  """One row per benchmark: the headline score, counts, failures and speed."""
+  lines = ["| benchmark | profile | metric | score | items | failures | items/s |",
+           "|---|---|---|---|---|---|---|"]
+  for s in summaries:
+    lines.append(f"| {s['title']} | {s.get('profile', {}).get('name', '?')} | {s['headline']} "
+                 f"| {_fmt(s['score'])} | {s['num_counted']} | {_failures(s)} "
+                 f"| {_fmt(s.get('items_per_s'))} |")
+  return "\n".join(lines) + "\n"
