@@ -1,22 +1,25 @@
-"""Hugging Face Qwen2.5-VL checkpoints <-> evejax params (numpy + safetensors).
+"""Hugging Face checkpoints <-> evejax params, for every family (numpy + safetensors).
 
     config = config_from_hf(hf_dir)
     params = load_params(hf_dir, config, shardings=None, dtype=jnp.bfloat16)
     save_params(params, config, out_dir, tokenizer_dir=hf_dir)
 
+config.json's `model_type` says the family (`evejax.models.families`); the
+family's checkpoint module converts the config and lists its tensors
+(`tensor_table`). A config.json of an architecture evejax does not implement
+is one error naming the ones it does.
+
 Loading reads tensor by tensor with `safetensors.safe_open` and builds one
 evejax leaf at a time (stacked layer leaves from their per-layer tensors), so
 host memory peaks at about one leaf. With `shardings`, each leaf goes straight
-to its devices through `jax.make_array_from_callback`.
-
-Both checkpoint key styles load: the hub's (`model.layers.N...`, `visual...`)
-and transformers>=5's in-memory names (`model.language_model...`,
-`model.visual...`). Saving writes the hub style, which transformers loads.
+to its devices through `jax.make_array_from_callback`. Single files, or
+shards listed in model.safetensors.index.json, load the same; a tensor may be
+stored under any of the family's names for it (Qwen2.5-VL: the hub's and
+transformers>=5's). Saving writes the hub names, which transformers loads.
 No torch or transformers import here.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -28,7 +31,12 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from evejax.models.presets import ModelConfig, TextConfig, VisionConfig
+from evejax.models import families
+from evejax.models.presets import ModelConfig
+from evejax.models.tensors import TensorEntry
+
+__all__ = ["TensorEntry", "config_from_hf", "config_to_hf", "tensor_table",
+           "load_params", "save_params"]
 
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
@@ -45,207 +53,29 @@ TOKENIZER_FILES = (
 def _read_json(path: str) -> dict:
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f"{path} not found; point hf_dir at a Hugging Face Qwen2.5-VL "
-        f"checkpoint directory (config.json + *.safetensors).")
+        f"{path} not found; point hf_dir at a Hugging Face checkpoint "
+        f"directory (config.json + *.safetensors) of {families.implemented()}.")
   with open(path) as f:
     return json.load(f)
 
 
 def config_from_hf(hf_dir: str) -> ModelConfig:
-  """ModelConfig from a checkpoint's config.json (nested v5 or flat hub form)."""
-  cfg = _read_json(os.path.join(hf_dir, CONFIG_FILE))
-  nested = cfg.get("text_config")
-  tc = nested if isinstance(nested, dict) and "hidden_size" in nested else cfg
-  rope = (tc.get("rope_parameters") or tc.get("rope_scaling")
-          or cfg.get("rope_scaling") or {})
-  rope_type = rope.get("rope_type", rope.get("type", "default"))
-  if rope_type not in ("default", "mrope"):
-    raise ValueError(f"{hf_dir}/config.json: rope type {rope_type!r} is not "
-                     "supported; evejax implements Qwen2.5-VL's sectioned M-RoPE.")
-  if tc.get("use_sliding_window"):
-    raise ValueError(f"{hf_dir}/config.json sets use_sliding_window=true, "
-                     "which evejax does not implement; set it to false.")
-  for where, c in (("text", tc), ("vision", cfg.get("vision_config", {}))):
-    if c.get("hidden_act", "silu") != "silu":
-      raise ValueError(f"{hf_dir}/config.json: {where} hidden_act "
-                       f"{c['hidden_act']!r} is not supported (only 'silu').")
-  heads = tc["num_attention_heads"]
-  text = TextConfig(
-      vocab_size=tc["vocab_size"],
-      hidden_size=tc["hidden_size"],
-      intermediate_size=tc["intermediate_size"],
-      num_layers=tc["num_hidden_layers"],
-      num_heads=heads,
-      num_kv_heads=tc.get("num_key_value_heads") or heads,
-      rope_theta=float(rope.get("rope_theta",
-                                tc.get("rope_theta", cfg.get("rope_theta",
-                                                             1_000_000.0)))),
-      rms_norm_eps=float(tc.get("rms_norm_eps", 1e-6)),
-      mrope_section=tuple(rope.get("mrope_section", (16, 24, 24))),
-      # transformers>=5 keeps it at the root; older saves in text_config.
-      tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)
-                               or tc.get("tie_word_embeddings", False)),
-  )
-  vc = cfg.get("vision_config", {})
-  vd = VisionConfig()
-  vision = VisionConfig(
-      depth=vc.get("depth", vd.depth),
-      hidden_size=vc.get("hidden_size", vd.hidden_size),
-      intermediate_size=vc.get("intermediate_size", vd.intermediate_size),
-      num_heads=vc.get("num_heads", vd.num_heads),
-      out_hidden_size=vc.get("out_hidden_size", text.hidden_size),
-      in_channels=vc.get("in_channels", vc.get("in_chans", vd.in_channels)),
-      patch_size=vc.get("patch_size", vd.patch_size),
-      temporal_patch_size=vc.get("temporal_patch_size",
-                                 vd.temporal_patch_size),
-      spatial_merge_size=vc.get("spatial_merge_size", vd.spatial_merge_size),
-      window_size=vc.get("window_size", vd.window_size),
-      fullatt_block_indexes=tuple(vc.get("fullatt_block_indexes",
-                                         vd.fullatt_block_indexes)),
-      rope_theta=float((vc.get("rope_parameters") or {}).get(
-          "rope_theta", vd.rope_theta)),
-  )
-  md = ModelConfig()
-  return ModelConfig(
-      vision=vision, text=text,
-      image_token_id=cfg.get("image_token_id", md.image_token_id),
-      video_token_id=cfg.get("video_token_id", md.video_token_id),
-      vision_start_token_id=cfg.get("vision_start_token_id",
-                                    md.vision_start_token_id),
-      vision_end_token_id=cfg.get("vision_end_token_id",
-                                  md.vision_end_token_id))
+  """ModelConfig from a checkpoint's config.json (its family's forms)."""
+  path = os.path.join(hf_dir, CONFIG_FILE)
+  cfg = _read_json(path)
+  return families.from_hf_config(cfg, path).config_from_hf(cfg, path)
 
 
 def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict:
   """config.json (transformers>=5 nested form) for a ModelConfig."""
-  t, v = config.text, config.vision
-  return {
-      "architectures": ["Qwen2_5_VLForConditionalGeneration"],
-      "model_type": "qwen2_5_vl",
-      "dtype": torch_dtype,
-      "image_token_id": config.image_token_id,
-      "video_token_id": config.video_token_id,
-      "vision_start_token_id": config.vision_start_token_id,
-      "vision_end_token_id": config.vision_end_token_id,
-      "tie_word_embeddings": t.tie_word_embeddings,
-      "text_config": {
-          "model_type": "qwen2_5_vl_text",
-          "vocab_size": t.vocab_size,
-          "hidden_size": t.hidden_size,
-          "intermediate_size": t.intermediate_size,
-          "num_hidden_layers": t.num_layers,
-          "num_attention_heads": t.num_heads,
-          "num_key_value_heads": t.num_kv_heads,
-          "hidden_act": "silu",
-          "rms_norm_eps": t.rms_norm_eps,
-          "use_sliding_window": False,
-          "tie_word_embeddings": t.tie_word_embeddings,
-          "rope_parameters": {"rope_type": "default",
-                              "rope_theta": t.rope_theta,
-                              "mrope_section": list(t.mrope_section)},
-      },
-      "vision_config": {
-          "model_type": "qwen2_5_vl_vision",
-          "depth": v.depth,
-          "hidden_size": v.hidden_size,
-          "intermediate_size": v.intermediate_size,
-          "num_heads": v.num_heads,
-          "out_hidden_size": v.out_hidden_size,
-          "in_channels": v.in_channels,
-          "patch_size": v.patch_size,
-          "temporal_patch_size": v.temporal_patch_size,
-          "spatial_merge_size": v.spatial_merge_size,
-          "window_size": v.window_size,
-          "fullatt_block_indexes": list(v.fullatt_block_indexes),
-          "hidden_act": "silu",
-          "rope_parameters": {"rope_type": "axial", "rope_theta": v.rope_theta},
-      },
-  }
+  return families.of(config).config_to_hf(config, torch_dtype)
 
 
 # ---------------------------------------------------------- tensor table ---
 
-@dataclasses.dataclass(frozen=True)
-class TensorEntry:
-  """One evejax leaf and the checkpoint tensor(s) it is made of."""
-  path: tuple[str, ...]   # keys into the params dict
-  name: str               # hub-style tensor name; '{i}' = layer index
-  hf_shape: tuple[int, ...]
-  kind: str               # 'linear': hf [out, in...] -> [in..., out...]; 'same'
-  layers: int = 0         # >0: stacked leaf built from this many tensors
-
-  def names(self) -> list[str]:
-    if not self.layers:
-      return [self.name]
-    return [self.name.format(i=i) for i in range(self.layers)]
-
-
 def tensor_table(config: ModelConfig) -> list[TensorEntry]:
   """Every evejax leaf and the checkpoint tensors it is made of (hub names)."""
-  t, v = config.text, config.vision
-  d, hd, f = t.hidden_size, t.head_dim, t.intermediate_size
-  dv, iv = v.hidden_size, v.intermediate_size
-  L, LV = t.num_layers, v.depth
-  e = []
-  text = ("text",)
-  e.append(TensorEntry(text + ("embed", "embedding"), "model.embed_tokens.weight",
-                  (t.vocab_size, d), "same"))
-  pre = "model.layers.{i}."
-  lay = text + ("layers",)
-  for ours, theirs in (("input_norm", "input_layernorm"),
-                       ("post_attn_norm", "post_attention_layernorm")):
-    e.append(TensorEntry(lay + (ours, "scale"), pre + theirs + ".weight", (d,),
-                    "same", L))
-  for proj, heads in (("q", t.num_heads), ("k", t.num_kv_heads),
-                      ("v", t.num_kv_heads)):
-    name = pre + f"self_attn.{proj}_proj."
-    e.append(TensorEntry(lay + (proj, "kernel"), name + "weight", (heads * hd, d),
-                    "linear", L))
-    e.append(TensorEntry(lay + (proj, "bias"), name + "bias", (heads * hd,), "same",
-                    L))
-  e.append(TensorEntry(lay + ("o", "kernel"), pre + "self_attn.o_proj.weight",
-                  (d, t.num_heads * hd), "linear", L))
-  for proj, shape in (("gate", (f, d)), ("up", (f, d)), ("down", (d, f))):
-    e.append(TensorEntry(lay + ("mlp", proj, "kernel"),
-                    pre + f"mlp.{proj}_proj.weight", shape, "linear", L))
-  e.append(TensorEntry(text + ("norm", "scale"), "model.norm.weight", (d,), "same"))
-  if not t.tie_word_embeddings:
-    e.append(TensorEntry(text + ("lm_head", "kernel"), "lm_head.weight",
-                    (t.vocab_size, d), "linear"))
-
-  vis = ("vision",)
-  e.append(TensorEntry(vis + ("patch_embed", "kernel"), "visual.patch_embed.proj.weight",
-                  (dv, v.in_channels, v.temporal_patch_size, v.patch_size,
-                   v.patch_size), "linear"))
-  pre = "visual.blocks.{i}."
-  blk = vis + ("blocks",)
-  for n in ("norm1", "norm2"):
-    e.append(TensorEntry(blk + (n, "scale"), pre + n + ".weight", (dv,), "same", LV))
-  e.append(TensorEntry(blk + ("qkv", "kernel"), pre + "attn.qkv.weight",
-                  (3 * dv, dv), "linear", LV))
-  e.append(TensorEntry(blk + ("qkv", "bias"), pre + "attn.qkv.bias", (3 * dv,),
-                  "same", LV))
-  e.append(TensorEntry(blk + ("proj", "kernel"), pre + "attn.proj.weight", (dv, dv),
-                  "linear", LV))
-  e.append(TensorEntry(blk + ("proj", "bias"), pre + "attn.proj.bias", (dv,), "same",
-                  LV))
-  for proj, shape, out in (("gate", (iv, dv), iv), ("up", (iv, dv), iv),
-                           ("down", (dv, iv), dv)):
-    e.append(TensorEntry(blk + ("mlp", proj, "kernel"),
-                    pre + f"mlp.{proj}_proj.weight", shape, "linear", LV))
-    e.append(TensorEntry(blk + ("mlp", proj, "bias"), pre + f"mlp.{proj}_proj.bias",
-                    (out,), "same", LV))
-  w = dv * v.merge_unit
-  mer = vis + ("merger",)
-  e.append(TensorEntry(mer + ("ln_q", "scale"), "visual.merger.ln_q.weight", (dv,),
-                  "same"))
-  for ours, theirs, shape in (("fc1", "mlp.0", (w, w)),
-                              ("fc2", "mlp.2", (v.out_hidden_size, w))):
-    e.append(TensorEntry(mer + (ours, "kernel"), f"visual.merger.{theirs}.weight",
-                    shape, "linear"))
-    e.append(TensorEntry(mer + (ours, "bias"), f"visual.merger.{theirs}.bias",
-                    shape[:1], "same"))
-  return e
+  return families.of(config).tensor_table(config)
 
 
 def _to_ours(x: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -261,22 +91,14 @@ def _to_theirs(x: np.ndarray, kind: str, hf_shape: tuple[int, ...]
   return np.ascontiguousarray(x.reshape(hf_shape))
 
 
-def _alt_names(name: str) -> list[str]:
-  """Hub name first, then the transformers>=5 module name."""
-  if name.startswith("model."):
-    return [name, "model.language_model." + name[len("model."):]]
-  if name.startswith("visual."):
-    return [name, "model." + name]
-  return [name]
-
-
 # ---------------------------------------------------------------- reading ---
 
 class _Reader:
   """Finds tensors across the checkpoint's safetensors files."""
 
-  def __init__(self, hf_dir: str):
+  def __init__(self, hf_dir: str, alt_names):
     self.hf_dir = hf_dir
+    self.alt_names = alt_names
     index = os.path.join(hf_dir, INDEX_FILE)
     if os.path.exists(index):
       self.where = dict(_read_json(index)["weight_map"])
@@ -302,7 +124,7 @@ class _Reader:
     return self._open[fname]
 
   def resolve(self, name: str) -> str | None:
-    for n in _alt_names(name):
+    for n in self.alt_names(name):
       if n in self.where:
         return n
     return None
@@ -322,10 +144,11 @@ def _check(reader: _Reader, entries: list[TensorEntry], hf_dir: str
     for name in entry.names():
       key = reader.resolve(name)
       if key is None:
+        others = reader.alt_names(name)[1:]
+        also = f" (also looked for {others})" if others else ""
         raise ValueError(
-            f"Checkpoint {hf_dir} has no tensor {name!r} (also looked for "
-            f"{_alt_names(name)[1:]}); expected shape {entry.hf_shape}. Does "
-            f"config.json match the weights?")
+            f"Checkpoint {hf_dir} has no tensor {name!r}{also}; expected shape "
+            f"{entry.hf_shape}. Does config.json match the weights?")
       got = reader.shape(key)
       if got != entry.hf_shape:
         raise ValueError(
@@ -364,7 +187,7 @@ def load_params(hf_dir: str, config: ModelConfig, shardings=None,
   from evejax.models import vlm  # Local: vlm is the higher-level module.
   shapes = jax.eval_shape(lambda: vlm.init_params(config, jax.random.key(0)))
   entries = tensor_table(config)
-  reader = _Reader(hf_dir)
+  reader = _Reader(hf_dir, families.of(config).alt_names)
   keys = _check(reader, entries, hf_dir)
   np_dtype = np.dtype(dtype)
   params: dict = {}

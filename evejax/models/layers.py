@@ -1,6 +1,7 @@
-"""Building blocks shared by the vision tower and the text decoder.
+"""Building blocks shared by the vision towers and text decoders of every family.
 
-RMSNorm, SwiGLU, rotary helpers and masked multi-head attention with GQA.
+RMSNorm, LayerNorm, SwiGLU, rotary helpers (1D and the 2D patch rotary) and
+masked multi-head attention with GQA.
 Parameters are declared with logical axis names (`nn.with_logical_partitioning`)
 so `evejax.models.vlm.param_axes` can read them without materialising weights;
 at apply time plain arrays are accepted. Numerics follow the reference: RMSNorm
@@ -47,6 +48,26 @@ class RMSNorm(nn.Module):
     var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     y = (x32 * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
     return y * scale.astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm (scale and bias) with fp32 statistics, applied in the compute dtype."""
+  eps: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = (x.shape[-1],)
+    scale = param(self, "scale", nn.initializers.ones, width, (None,),
+                  self.param_dtype)
+    bias = param(self, "bias", nn.initializers.zeros, width, (None,),
+                 self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = ((x32 - mean) * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
+    return y * scale.astype(self.dtype) + bias.astype(self.dtype)
 
 
 class Linear(nn.Module):
@@ -122,6 +143,20 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 def inv_frequencies(dim: int, theta: float) -> jax.Array:
   """1 / theta^(2i/dim) for i < dim/2, fp32."""
   return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+
+
+def patch_rotary_cos_sin(coords: jax.Array, head_dim: int, theta: float
+                         ) -> tuple[jax.Array, jax.Array]:
+  """2D rotary tables [B, P, head_dim] from (row, col) coords [B, P, 2], fp32.
+
+  The vision towers' rotary: head_dim/4 frequencies, angles row * inv then
+  col * inv (head_dim/2), doubled to cover the whole head (rotate-half layout).
+  """
+  inv = inv_frequencies(head_dim // 2, theta)
+  c = coords.astype(jnp.float32)
+  ang = jnp.concatenate([c[..., 0:1] * inv, c[..., 1:2] * inv], axis=-1)
+  ang = jnp.concatenate([ang, ang], axis=-1)
+  return jnp.cos(ang), jnp.sin(ang)
 
 
 # Queries per block when a long sequence attends (prefill, training, the

@@ -1,16 +1,27 @@
-"""Model shapes: `ModelConfig` and the named presets (tiny … 72b).
+"""Model shapes: `ModelConfig` and the named presets of every family.
 
 A ModelConfig is a frozen dataclass, hashable, so it can be a static argument of
-`jax.jit`. Real shapes follow the released Qwen2.5-VL config.json files; a
-checkpoint's own config.json always wins (see `evejax.models.hf.config_from_hf`).
+`jax.jit`. Its `family` names the architecture ("qwen2_5_vl", "qwen3_vl");
+`evejax.models.families` maps that name to the family's modules, processing
+and checkpoint names. Each family has its own vision and text config classes
+(fields are what its modules read, nothing else); the fields shared by both
+(sizes, patch geometry, `head_dim`, `patch_dim`, `merge_unit`) carry the same
+names, so code above the model reads them without knowing the family.
+
+Real shapes follow the released config.json files; a checkpoint's own
+config.json always wins (see `evejax.models.hf.config_from_hf`).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import ClassVar
 
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
+  """Qwen2.5-VL's vision tower (window attention, RMSNorm, SwiGLU)."""
+  FAMILY: ClassVar[str] = "qwen2_5_vl"
   depth: int = 32
   hidden_size: int = 1280
   intermediate_size: int = 3420
@@ -46,6 +57,8 @@ class VisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
+  """Qwen2.5-VL's Qwen2 decoder (q/k/v bias, sectioned M-RoPE)."""
+  FAMILY: ClassVar[str] = "qwen2_5_vl"
   vocab_size: int = 152064
   hidden_size: int = 3584
   intermediate_size: int = 18944
@@ -63,9 +76,109 @@ class TextConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class Qwen3VisionConfig:
+  """Qwen3-VL's vision tower (learned position table, LayerNorm, DeepStack)."""
+  FAMILY: ClassVar[str] = "qwen3_vl"
+  # No window attention: every image is one attention segment.
+  window_merged: ClassVar[None] = None
+  depth: int = 27
+  hidden_size: int = 1152
+  intermediate_size: int = 4304
+  num_heads: int = 16
+  out_hidden_size: int = 4096  # = text hidden size
+  in_channels: int = 3
+  patch_size: int = 16
+  temporal_patch_size: int = 2
+  spatial_merge_size: int = 2
+  # Rows of the learned absolute position table, a square grid (48 x 48).
+  num_position_embeddings: int = 2304
+  # Vision blocks whose outputs feed the DeepStack mergers; feature k is added
+  # to the decoder's stream after decoder layer k.
+  deepstack_visual_indexes: tuple[int, ...] = (8, 16, 24)
+  layer_norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+
+  def __post_init__(self):
+    side = math.isqrt(self.num_position_embeddings)
+    if side * side != self.num_position_embeddings:
+      raise ValueError(
+          f"Qwen3VisionConfig.num_position_embeddings="
+          f"{self.num_position_embeddings} is not a square; the position "
+          "table is a square grid (2304 = 48 x 48 in the released models).")
+    bad = [i for i in self.deepstack_visual_indexes
+           if not 0 <= i < self.depth]
+    if bad or len(set(self.deepstack_visual_indexes)) != len(
+        self.deepstack_visual_indexes):
+      raise ValueError(
+          f"Qwen3VisionConfig.deepstack_visual_indexes="
+          f"{self.deepstack_visual_indexes} must be distinct vision block "
+          f"indexes in [0, depth={self.depth}).")
+    if self.head_dim % 4:
+      raise ValueError(
+          f"Qwen3VisionConfig: head_dim {self.head_dim} (= hidden_size / "
+          "num_heads) must be a multiple of 4 for the 2D rotary embedding.")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def patch_dim(self) -> int:
+    """Values in one flattened patch row: 3 * 2 * 16 * 16 = 1536."""
+    return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
+
+  @property
+  def merge_unit(self) -> int:
+    return self.spatial_merge_size ** 2
+
+  @property
+  def position_side(self) -> int:
+    """Side of the square position table (48 for 2304 rows)."""
+    return math.isqrt(self.num_position_embeddings)
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3TextConfig:
+  """Qwen3-VL's Qwen3 decoder (q/k RMSNorm, explicit head_dim, interleaved M-RoPE)."""
+  FAMILY: ClassVar[str] = "qwen3_vl"
+  vocab_size: int = 151936
+  hidden_size: int = 4096
+  intermediate_size: int = 12288
+  num_layers: int = 36
+  num_heads: int = 32
+  num_kv_heads: int = 8
+  # Set explicitly: heads * head_dim may differ from hidden_size (4B: 4096 vs 2560).
+  head_dim: int = 128
+  rope_theta: float = 5_000_000.0
+  rms_norm_eps: float = 1e-6
+  # (T, H, W): frequency channel j takes H if j % 3 == 1 and j < 3 * sections[1],
+  # W if j % 3 == 2 and j < 3 * sections[2], else T.
+  mrope_section: tuple[int, ...] = (24, 20, 20)
+  tie_word_embeddings: bool = False
+
+  def __post_init__(self):
+    if len(self.mrope_section) != 3:
+      raise ValueError(f"Qwen3TextConfig.mrope_section={self.mrope_section} "
+                       "needs three sizes (temporal, height, width).")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"Qwen3TextConfig: num_heads={self.num_heads} is not a "
+                       f"multiple of num_kv_heads={self.num_kv_heads}.")
+
+
+# Family name -> its (vision config class, text config class).
+CONFIG_CLASSES = {
+    "qwen2_5_vl": (VisionConfig, TextConfig),
+    "qwen3_vl": (Qwen3VisionConfig, Qwen3TextConfig),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  vision: VisionConfig = VisionConfig()
-  text: TextConfig = TextConfig()
+  # The architecture; `evejax.models.families` maps it to modules, processing
+  # and checkpoint names. The vision/text configs must be that family's.
+  family: str = "qwen2_5_vl"
+  vision: VisionConfig | Qwen3VisionConfig = VisionConfig()
+  text: TextConfig | Qwen3TextConfig = TextConfig()
   image_token_id: int = 151655
   video_token_id: int = 151656
   vision_start_token_id: int = 151652
@@ -75,6 +188,27 @@ class ModelConfig:
   dtype: str = "float32"
   # Recompute each decoder/vision block in the backward pass (saves activations).
   remat: bool = False
+
+  def __post_init__(self):
+    if self.family not in CONFIG_CLASSES:
+      raise ValueError(f"Unknown model family {self.family!r}; evejax "
+                       f"implements {sorted(CONFIG_CLASSES)}.")
+    want = CONFIG_CLASSES[self.family]
+    for part, cls in (("vision", want[0]), ("text", want[1])):
+      got = getattr(self, part)
+      if not isinstance(got, cls):
+        raise ValueError(
+            f"ModelConfig(family={self.family!r}) needs {part}= a "
+            f"{cls.__name__}, got a {type(got).__name__} (family "
+            f"{getattr(got, 'FAMILY', '?')!r}); build configs with "
+            "presets.get_preset or hf.config_from_hf.")
+    if self.family == "qwen3_vl":
+      n = len(self.vision.deepstack_visual_indexes)
+      if n > self.text.num_layers:
+        raise ValueError(
+            f"{n} DeepStack features (vision.deepstack_visual_indexes) but "
+            f"only {self.text.num_layers} decoder layers to add them after; "
+            "drop indexes or add layers.")
 
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)
@@ -111,6 +245,54 @@ def tiny(vocab_size: int = 2048) -> ModelConfig:
   )
 
 
+def qwen3_vl_tiny(vocab_size: int = 2048) -> ModelConfig:
+  """The Qwen3-VL counterpart of `tiny`, on the built-in tokenizer.
+
+  Exercises what the family adds: a 4x4 position table resampled to every
+  image's grid, DeepStack after both decoder layers (from vision blocks 0 and
+  1), GQA, and head_dim 48 != hidden / heads = 32.
+  """
+  special = {t: i for i, t in enumerate(BUILTIN_SPECIAL_TOKENS)}
+  return ModelConfig(
+      family="qwen3_vl",
+      vision=Qwen3VisionConfig(depth=2, hidden_size=64, intermediate_size=128,
+                               num_heads=4, out_hidden_size=128,
+                               num_position_embeddings=16,
+                               deepstack_visual_indexes=(0, 1)),
+      text=Qwen3TextConfig(vocab_size=vocab_size, hidden_size=128,
+                           intermediate_size=256, num_layers=2, num_heads=4,
+                           num_kv_heads=2, head_dim=48, mrope_section=(8, 8, 8),
+                           tie_word_embeddings=True),
+      image_token_id=special["<|image_pad|>"],
+      video_token_id=special["<|video_pad|>"],
+      vision_start_token_id=special["<|vision_start|>"],
+      vision_end_token_id=special["<|vision_end|>"],
+  )
+
+
+def _qwen3_vl(text_hidden: int, layers: int, heads: int, intermediate: int,
+              tie: bool, large_vision: bool) -> ModelConfig:
+  """A released Qwen3-VL shape (8 KV heads and head_dim 128 in all of them).
+
+  The 2B/4B towers are 24 blocks of 1024 (DeepStack from blocks 5, 11, 17);
+  8B/32B use 27 blocks of 1152 (from 8, 16, 24).
+  """
+  if large_vision:
+    vision = Qwen3VisionConfig(depth=27, hidden_size=1152, intermediate_size=4304,
+                               num_heads=16, out_hidden_size=text_hidden,
+                               deepstack_visual_indexes=(8, 16, 24))
+  else:
+    vision = Qwen3VisionConfig(depth=24, hidden_size=1024, intermediate_size=4096,
+                               num_heads=16, out_hidden_size=text_hidden,
+                               deepstack_visual_indexes=(5, 11, 17))
+  return ModelConfig(
+      family="qwen3_vl", vision=vision,
+      text=Qwen3TextConfig(vocab_size=151936, hidden_size=text_hidden,
+                           intermediate_size=intermediate, num_layers=layers,
+                           num_heads=heads, num_kv_heads=8, head_dim=128,
+                           tie_word_embeddings=tie))
+
+
 def _vision(out_hidden: int, **kw) -> VisionConfig:
   return VisionConfig(depth=32, hidden_size=1280, intermediate_size=3420,
                       num_heads=16, out_hidden_size=out_hidden,
@@ -139,6 +321,12 @@ PRESETS = {
         text=TextConfig(vocab_size=152064, hidden_size=8192,
                         intermediate_size=29568, num_layers=80, num_heads=64,
                         num_kv_heads=8, tie_word_embeddings=False)),
+    "qwen3_vl_tiny": qwen3_vl_tiny,
+    # Published hub config.json shapes (2B from third-party copies only).
+    "qwen3_vl_2b": lambda: _qwen3_vl(2048, 28, 16, 6144, True, False),
+    "qwen3_vl_4b": lambda: _qwen3_vl(2560, 36, 32, 9728, True, False),
+    "qwen3_vl_8b": lambda: _qwen3_vl(4096, 36, 32, 12288, False, True),
+    "qwen3_vl_32b": lambda: _qwen3_vl(5120, 64, 64, 25600, False, True),
 }
 
 

@@ -1,9 +1,13 @@
-"""The Qwen2.5-VL model, applied functionally.
+"""The model of every family, applied functionally: the one interface above it.
 
     params = init_params(config, rng)                  # plain nested dict
     logits = forward(params, config, inputs)           # float32 [B, T, V]
     last, cache = prefill(params, config, prompts, cache_size=S)
     logits, cache = decode_step(params, config, tokens, cache)
+
+`config.family` picks the architecture (`evejax.models.families`: Qwen2.5-VL
+or Qwen3-VL); every function here takes either and callers never branch on
+it. The params tree is {"vision": ..., "text": ...} for every family.
 
 For sampling, convert the params once with `fast = inference_params(params,
 config)` (text weights in the compute dtype, one array per layer) and pass
@@ -24,103 +28,25 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from evejax.models import text as text_lib
+from evejax.models import decoder
+from evejax.models import families
+from evejax.models.decoder import KVCache
 from evejax.models.inputs import ModelInputs
 from evejax.models.presets import ModelConfig
-from evejax.models.text import KVCache, TextModel
-from evejax.models.vision import VisionTower
+from evejax.models.vlm_base import causal_mask
 
 __all__ = [
-    "KVCache", "VLM", "init_params", "param_axes", "forward", "hidden_states",
-    "unembed", "init_cache", "cache_axes", "prefill", "decode_step",
-    "causal_mask", "inference_params", "inference_param_axes",
+    "KVCache", "module", "init_params", "param_axes", "forward",
+    "hidden_states", "unembed", "init_cache", "cache_axes", "prefill",
+    "decode_step", "causal_mask", "inference_params", "inference_param_axes",
 ]
 
 
-def causal_mask(mask: jax.Array) -> jax.Array:
-  """bool [B, T, T]: query i sees real key j <= i (any padding side)."""
-  t = mask.shape[1]
-  causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-  return causal[None] & (mask != 0)[:, None, :]
-
-
-class VLM(nn.Module):
-  """Vision tower + Qwen2 decoder; methods are the entry points below."""
-  config: ModelConfig
-  param_dtype: jnp.dtype = jnp.float32
-  scan_layers: bool = True  # params layout; see evejax.models.text
-
-  def setup(self):
-    c = self.config
-    if c.vision.out_hidden_size != c.text.hidden_size:
-      raise ValueError(
-          f"vision.out_hidden_size ({c.vision.out_hidden_size}) must equal "
-          f"text.hidden_size ({c.text.hidden_size}); fix the ModelConfig.")
-    dtype = jnp.dtype(c.dtype)
-    self.vision = VisionTower(c.vision, dtype, self.param_dtype, c.remat)
-    self.text = TextModel(c.text, dtype, self.param_dtype, c.remat,
-                          self.scan_layers)
-
-  def embed(self, inputs: ModelInputs) -> jax.Array:
-    """Token embeddings with image features in place of image tokens."""
-    x = self.text.embed_tokens(inputs.tokens)
-    if inputs.num_patches == 0:
-      return x
-    feats = self.vision(inputs.patches, inputs.patch_coords,
-                        inputs.patch_image, inputs.patch_window)
-    is_image = (inputs.tokens == self.config.image_token_id) & (inputs.mask != 0)
-    k = jnp.cumsum(is_image.astype(jnp.int32), axis=1) - 1
-    k = jnp.clip(k, 0, feats.shape[1] - 1)
-    picked = jnp.take_along_axis(feats, k[..., None], axis=1)
-    return jnp.where(is_image[..., None], picked.astype(x.dtype), x)
-
-  def hidden(self, inputs: ModelInputs) -> jax.Array:
-    h, _ = self.text.decode(self.embed(inputs), inputs.positions,
-                            causal_mask(inputs.mask))
-    return h
-
-  def unembed(self, h: jax.Array) -> jax.Array:
-    return self.text.unembed(h)
-
-  def forward(self, inputs: ModelInputs) -> jax.Array:
-    return self.unembed(self.hidden(inputs))
-
-  def prefill(self, inputs: ModelInputs, cache_size: int
-              ) -> tuple[jax.Array, KVCache]:
-    b, t = inputs.tokens.shape
-    if t > cache_size:
-      raise ValueError(f"prefill: prompt length {t} exceeds cache_size "
-                       f"{cache_size}; raise cache_size.")
-    h, kv = self.text.decode(self.embed(inputs), inputs.positions,
-                             causal_mask(inputs.mask))
-    last_logits = self.unembed(h[:, -1])
-    cache_dtype = jnp.dtype(self.config.dtype)
-    # [B, T, K, hd] -> the cache's [B, K, S, hd], empty slots after the prompt.
-    pad = lambda x: jnp.pad(jnp.swapaxes(x, 1, 2).astype(cache_dtype),
-                            ((0, 0), (0, 0), (0, cache_size - t), (0, 0)))
-    real = inputs.mask != 0
-    position = jnp.max(jnp.where(real[None], inputs.positions, -1),
-                       axis=(0, 2)) + 1
-    cache = KVCache(
-        k=tuple(pad(k) for k, _ in kv), v=tuple(pad(v) for _, v in kv),
-        mask=jnp.pad(real.astype(jnp.int32), ((0, 0), (0, cache_size - t))),
-        index=jnp.asarray(t, jnp.int32),
-        position=position.astype(jnp.int32))
-    return last_logits, cache
-
-  def decode_step(self, tokens: jax.Array, cache: KVCache
-                  ) -> tuple[jax.Array, KVCache]:
-    b = tokens.shape[0]
-    x = self.text.embed_tokens(tokens[:, None])
-    positions = jnp.broadcast_to(cache.position[None, :, None], (3, b, 1))
-    i = cache.index
-    mask = jax.lax.dynamic_update_slice(
-        cache.mask, jnp.ones((b, 1), cache.mask.dtype), (0, i))
-    h, kv = self.text.decode(x, positions, (mask != 0)[:, None, :],
-                             cache=list(zip(cache.k, cache.v)), index=i)
-    return self.unembed(h[:, 0]), cache.replace(
-        k=tuple(k for k, _ in kv), v=tuple(v for _, v in kv), mask=mask,
-        index=i + 1, position=cache.position + 1)
+def module(config: ModelConfig, *, param_dtype=jnp.float32,
+           scan_layers: bool = True) -> nn.Module:
+  """The flax module of the config's family (a `vlm_base.VLMBase`)."""
+  return families.of(config).module(config, param_dtype=param_dtype,
+                                    scan_layers=scan_layers)
 
 
 def _dummy_inputs(config: ModelConfig) -> ModelInputs:
@@ -137,8 +63,8 @@ def _dummy_inputs(config: ModelConfig) -> ModelInputs:
 
 
 def _boxed_params(config: ModelConfig, rng, dtype):
-  return VLM(config, param_dtype=dtype).init(
-      rng, _dummy_inputs(config), method=VLM.forward)["params"]
+  return module(config, param_dtype=dtype).init(
+      rng, _dummy_inputs(config), method="forward")["params"]
 
 
 # Below this many random values, init_params draws them in one op: XLA:CPU
@@ -149,8 +75,8 @@ _FLAT_INIT_MAX = 1 << 24
 def init_params(config: ModelConfig, rng, dtype=jnp.float32) -> dict:
   """Random params (plain nested dict); jit-able with config/dtype static.
 
-  Kernels and embeddings ~ N(0, 0.02^2), RMSNorm scales 1, biases 0 (the same
-  initializers the modules declare).
+  Kernels, embeddings and tables ~ N(0, 0.02^2), norm scales 1, biases 0 (the
+  same initializers the modules declare).
   """
   shapes = jax.eval_shape(
       lambda: nn.meta.unbox(_boxed_params(config, jax.random.key(0), dtype)))
@@ -210,7 +136,7 @@ def inference_params(params, config: ModelConfig) -> dict:
   dtype = jnp.dtype(config.dtype)
   text = params["text"]
   if "layers" in text:  # else already unrolled
-    text = text_lib.unstack_layers(
+    text = decoder.unstack_layers(
         text, config.text.num_layers,
         lambda stacked, i: _take_layer(stacked, i, dtype))
   # Outside jit, astype to an array's own dtype returns that same array.
@@ -222,33 +148,33 @@ def inference_param_axes(config: ModelConfig) -> dict:
   axes = param_axes(config)
   drop_layers = lambda stacked, i: jax.tree.map(
       lambda names: names[1:], stacked, is_leaf=lambda x: isinstance(x, tuple))
-  text = text_lib.unstack_layers(axes["text"], config.text.num_layers,
+  text = decoder.unstack_layers(axes["text"], config.text.num_layers,
                                  drop_layers)
   return {**axes, "text": text}
 
 
-def _model(params, config: ModelConfig) -> VLM:
+def _model(params, config: ModelConfig) -> nn.Module:
   """The module for this params layout (scanned or unrolled layers)."""
-  return VLM(config, scan_layers="layers" in params["text"])
+  return module(config, scan_layers="layers" in params["text"])
 
 
 def forward(params, config: ModelConfig, inputs: ModelInputs) -> jax.Array:
   """float32 logits [B, T, V]."""
   return _model(params, config).apply({"params": params}, inputs,
-                                     method=VLM.forward)
+                                     method="forward")
 
 
 def hidden_states(params, config: ModelConfig, inputs: ModelInputs
                   ) -> jax.Array:
   """Final-normed hidden states [B, T, D], before the lm head."""
   return _model(params, config).apply({"params": params}, inputs,
-                                     method=VLM.hidden)
+                                     method="hidden")
 
 
 def unembed(params, config: ModelConfig, hidden: jax.Array) -> jax.Array:
   """float32 logits [..., V] from hidden [..., D] (e.g. per chunk of T)."""
   return _model(params, config).apply({"params": params}, hidden,
-                                     method=VLM.unembed)
+                                     method="unembed")
 
 
 def init_cache(config: ModelConfig, batch: int, size: int, dtype=None
@@ -279,7 +205,7 @@ def prefill(params, config: ModelConfig, inputs: ModelInputs, cache_size: int
   logits [B, V] at position T-1 and the filled cache.
   """
   return _model(params, config).apply({"params": params}, inputs, cache_size,
-                           method=VLM.prefill)
+                           method="prefill")
 
 
 def decode_step(params, config: ModelConfig, tokens: jax.Array,
@@ -292,4 +218,4 @@ def decode_step(params, config: ModelConfig, tokens: jax.Array,
   the cache, to stack it) before using them.
   """
   return _model(params, config).apply({"params": params}, tokens, cache,
-                           method=VLM.decode_step)
+                           method="decode_step")

@@ -1,4 +1,11 @@
-"""Qwen2.5-VL vision tower: patch embed, 2D rotary, window/full attention, merger.
+"""Qwen2.5-VL's vision tower: patch embed, 2D rotary, window/full attention, merger.
+
+14-pixel patches (rows of 3 x 2 x 14 x 14 = 1176 values) through a Conv3d
+without bias; 32 blocks of RMSNorm + attention + RMSNorm + SwiGLU (with
+biases), full attention within an image in blocks 7, 15, 23, 31 and
+window attention (112-pixel windows = 4x4 merged units) elsewhere; the merger
+RMS-normalises each patch, groups 2x2 blocks and projects them to the text
+width (Linear, exact GELU, Linear).
 
 Inputs follow `evejax.models.inputs.ModelInputs`: each example's patch rows in
 2x2 merge-block order with (row, col), image and window ids per row. The
@@ -14,20 +21,6 @@ import jax.numpy as jnp
 
 from evejax.models import layers
 from evejax.models.presets import VisionConfig
-
-
-def rotary_cos_sin(coords: jax.Array, cfg: VisionConfig
-                   ) -> tuple[jax.Array, jax.Array]:
-  """2D rotary tables [B, P, head_dim] from (row, col) coords [B, P, 2], fp32.
-
-  Half of the rotary frequencies encode the row, half the column; the
-  concatenation is doubled to cover the whole head (rotate-half layout).
-  """
-  inv = layers.inv_frequencies(cfg.head_dim // 2, cfg.rope_theta)
-  c = coords.astype(jnp.float32)
-  ang = jnp.concatenate([c[..., 0:1] * inv, c[..., 1:2] * inv], axis=-1)
-  ang = jnp.concatenate([ang, ang], axis=-1)
-  return jnp.cos(ang), jnp.sin(ang)
 
 
 def attention_masks(patch_image: jax.Array, patch_window: jax.Array
@@ -106,7 +99,8 @@ class VisionTower(nn.Module):
           f"multiple of {c.merge_unit} (whole merge groups): pad the bucket.")
     x = layers.Linear((c.patch_dim,), (c.hidden_size,), ("patch",),
                       ("vision_embed",), **kw, name="patch_embed")(patches)
-    cos, sin = rotary_cos_sin(patch_coords, c)
+    cos, sin = layers.patch_rotary_cos_sin(patch_coords, c.head_dim,
+                                           c.rope_theta)
     window_mask, image_mask = attention_masks(patch_image, patch_window)
     is_full = jnp.array([i in c.fullatt_block_indexes for i in range(c.depth)])
 
