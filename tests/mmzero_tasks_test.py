@@ -112,6 +112,8 @@ class WarmStartTest(absltest.TestCase):
       self.assertEqual(tasks.extract_code(target, "svg"), item.svg)
     for item, (_, target) in zip(items, pairs["plot"]):
       self.assertEqual(tasks.extract_code(target, "plot"), item.plot_program.strip())
+    self.assertEqual(tasks.item_job(items[0], "svg"), SvgJob(items[0].svg))
+    self.assertEqual(tasks.item_job(items[0], "plot"), PlotJob(items[0].plot_program))
     with SandboxPool(SandboxConfig(workers=2)) as pool:
       results = {b: pool.map([tasks.render_job(t, b) for _, t in pairs[b]])
                  for b in tasks.BACKENDS}

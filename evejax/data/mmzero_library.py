@@ -404,7 +404,8 @@ def _pie_chart(rng, n, w, h):
   order = np.argsort(shares)
   big, small2 = int(order[-1]), [int(i) for i in order[:2]]
   listing = ", ".join(f"{c} {p}%" for c, p in zip(colors, shares))
-  a, b = (int(i) for i in rng.choice(n, 2, replace=False))
+  a, b = sorted((int(i) for i in rng.choice(n, 2, replace=False)),
+                key=lambda i: -shares[i])  # a is the larger of the two
   easy = _pick(rng, [
       QA("What colour is the largest slice?", colors[big],
          f"The slices are {listing}. The largest is {colors[big]}."),
@@ -417,11 +418,9 @@ def _pie_chart(rng, n, w, h):
          f"The slices are {listing}. The two smallest are {two[0]}% and {two[1]}%; "
          f"{two[0]} + {two[1]} = {sum(two)}."),
       QA(f"How many percentage points larger is the {colors[a]} slice than the "
-         f"{colors[b]} slice?" if shares[a] > shares[b] else
-         f"How many percentage points larger is the {colors[b]} slice than the "
-         f"{colors[a]} slice?", str(abs(shares[a] - shares[b])),
+         f"{colors[b]} slice?", str(shares[a] - shares[b]),
          f"The {colors[a]} slice is {shares[a]}% and the {colors[b]} slice {shares[b]}%; "
-         f"the difference is {abs(shares[a] - shares[b])}."),
+         f"{shares[a]} - {shares[b]} = {shares[a] - shares[b]}."),
   ])
   caption = (f"A pie chart of {n} slices starting at the top and going clockwise: "
              f"{listing}; each slice shows its percentage in white.")

@@ -191,6 +191,12 @@ def render_job(reply: str, backend: str = "svg") -> SvgJob | PlotJob:
   return SvgJob(code) if backend == "svg" else PlotJob(code)
 
 
+def item_job(item: Any, backend: str = "svg") -> SvgJob | PlotJob:
+  """The sandbox job that draws a library item's picture with the chosen backend."""
+  _check_backend(backend)
+  return SvgJob(item.svg) if backend == "svg" else PlotJob(item.plot_program)
+
+
 def coder_target(code: str, backend: str = "svg") -> str:
   """A Coder reply: the code in the backend's fence."""
   _check_backend(backend)
