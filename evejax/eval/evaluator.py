@@ -28,6 +28,7 @@ detail (failures), judged (re-graded by the judge hook), group
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -59,6 +60,11 @@ def _open_image(ref):
   if isinstance(ref, PIL.Image.Image):
     return ref
   return images_lib.load_image(ref)
+
+
+def _message(error: Exception) -> str:
+  """The error's text without object addresses, so results files are reproducible."""
+  return re.sub(r" at 0x[0-9a-fA-F]+", "", str(error))
 
 
 def failure_row(item_id: str, reason: str, detail: str = "", *, prompt: str = "",
@@ -120,13 +126,13 @@ class Evaluator:
     try:
       images = [_open_image(ref) for ref in item.images]
     except images_lib.ImageError as e:
-      return Prepared(item, text, failure=Skipped(item.id, "undecodable_image", str(e)))
+      return Prepared(item, text, failure=Skipped(item.id, "undecodable_image", _message(e)))
     try:
       example = prompts.user_prompt(self.model_config, self.tokenizer, text, images,
                                     min_pixels=self.settings.min_pixels,
                                     max_pixels=self.settings.max_pixels)
     except images_lib.ImageError as e:
-      return Prepared(item, text, failure=Skipped(item.id, "bad_image", str(e)))
+      return Prepared(item, text, failure=Skipped(item.id, "bad_image", _message(e)))
     too_long = (example.num_tokens > max(self.sampler.length_buckets)
                 or example.num_patches > max(self.sampler.patch_buckets or (0,)))
     if too_long:

@@ -3,7 +3,7 @@
 A recipe config names the subset and the interval (EVE monitored 200 MMStar
 items every 5 steps):
 
-    c.validation = validation.config_block(benchmark="mmstar", items=200, every=5,
+    c.validation = validation.config_block(benchmark="mmstar", num_items=200, every=5,
                                            data_dir="/data/LMUData", max_new_tokens=1024)
 
 and the recipe's runner builds one `Validation` with its own sampler and
@@ -32,7 +32,7 @@ from evejax.eval import readers
 from evejax.eval import runner
 
 
-def config_block(*, benchmark: str = "", items: int = 200, every: int = 5,
+def config_block(*, benchmark: str = "", num_items: int = 200, every: int = 5,
                  profile: str = "eve", data_dir: str = "", path: str = "",
                  max_new_tokens: int = 0) -> ml_collections.ConfigDict:
   """The `validation` block of a recipe config; benchmark "" turns validation off."""
@@ -40,7 +40,7 @@ def config_block(*, benchmark: str = "", items: int = 200, every: int = 5,
       benchmark=benchmark,        # a name of evejax.eval.benchmarks.BENCHMARKS; "" = off
       profile=profile,            # evejax.eval.profiles.PROFILES
       data_dir=data_dir, path=path, split="", image_dir="",
-      items=items,                # subset size (a seeded sample, in file order); 0 = all
+      num_items=num_items,        # subset size (a seeded sample, in file order); 0 = all
       every=every,                # train steps between validations
       max_new_tokens=max_new_tokens, min_pixels=0, max_pixels=0,  # 0 = the profile's
       seed=0,
@@ -68,7 +68,7 @@ class Validation:
     path = readers.locate(block.data_dir, bench.stems, block.path)
     data = readers.read(path, split=block.split or bench.split, answer_index=bench.answer_index,
                         category_keys=bench.category_keys, image_dir=block.image_dir)
-    self.items = subset(runner.unique_ids(data.items), int(block.items), int(block.seed))
+    self.items = subset(runner.unique_ids(data.items), int(block.num_items), int(block.seed))
     self.evaluator = evaluator_lib.Evaluator(
         bench, block.profile, model_config=model_config, tokenizer=tokenizer, sampler=sampler,
         max_new_tokens=block.max_new_tokens, min_pixels=block.min_pixels,
