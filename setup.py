@@ -34,6 +34,8 @@ setuptools.setup(
             "pytest>=8",
             "torch==2.13.0",
             "transformers>=5.0,<6",
+            # tests/lora_peft_test.py: LoRA adapters interchange with peft's.
+            "peft>=0.21,<1",
             # tests/colab_test.py executes the notebooks in colabs/.
             "nbclient>=0.10",
             "nbformat>=5.10",
