@@ -58,7 +58,7 @@ def write_tiny_hf_checkpoint(out_dir: str) -> str:
   """
   from evejax.tools import hf_parity  # pylint: disable=g-import-not-at-top
   from evejax.processing import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  # Untied embeddings: with tied ones every greedy reply of this size is "\\n" x N.
+  # Untied embeddings: with tied ones every greedy reply at this size is a run of newlines.
   hf_parity.make_tiny_hf_checkpoint(out_dir, seed=7, vocab=2048, tie=False)
   tok = tokenizer_lib.builtin_tokenizer()
   with open(os.path.join(out_dir, "config.json")) as f:

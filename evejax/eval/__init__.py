@@ -14,7 +14,6 @@ The package's face; the pieces live in small modules, lowest first:
   restore.py     one role's params from an evejax run directory
   cli.py         `python -m evejax.eval` (loads the model; the only module that
                  imports evejax.recipes)
-  lmms.py        an lmms-eval model class (optional extra `lmms`)
 """
 from evejax.eval.benchmarks import BENCHMARKS
 from evejax.eval.benchmarks import get_benchmark

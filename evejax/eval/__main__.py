@@ -37,19 +37,51 @@ def main(argv):
   if _XLA_CACHE.value:
     jax.config.update("jax_compilation_cache_dir", _XLA_CACHE.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  from evejax.eval import cli  # pylint: disable=g-import-not-at-top
+  from evejax.eval import cli  # pylint: disable=g-import-not-at-top,redefined-outer-name
   os.makedirs(_WORKDIR.value, exist_ok=True)
   cli.run(config, _WORKDIR.value)
 
 
-def _run():
-  from evejax import main as evejax_main  # pylint: disable=g-import-not-at-top
-  from evejax.eval import readers, restore, runner  # pylint: disable=g-import-not-at-top
-  user_errors = (readers.DataError, restore.RestoreError, runner.EvalError)
+class _ConfigError(ValueError):
+  pass
+
+
+def _check_args(argv: list[str]) -> None:
+  """One clear message for an unknown preset or override key (before absl parses)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None and "--config" in argv[:-1]:
+    spec = argv[argv.index("--config") + 1]
+  if spec is None:
+    return
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise _ConfigError(f"config file {path!r} does not exist.")
+  module_spec = importlib.util.spec_from_file_location("_evejax_eval_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
   try:
-    evejax_main.check_args(sys.argv[1:])
+    config = module.get_config(arg or None)
+  except ValueError as e:
+    raise _ConfigError(str(e)) from None
+  for key in (a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")):
+    node, walked = config, "config"
+    for part in key.split("."):
+      if not hasattr(node, "keys") or part not in node:
+        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a group)"
+        raise _ConfigError(f"unknown key {walked}.{part} in --config.{key}; valid keys of "
+                           f"{walked}: {valid}")
+      node, walked = node[part], f"{walked}.{part}"
+
+
+def _run():
+  from evejax.eval import cli, readers, restore, runner  # pylint: disable=g-import-not-at-top
+  user_errors = (readers.DataError, restore.RestoreError, runner.EvalError,
+                 cli._loading.SetupError)  # pylint: disable=protected-access
+  try:
+    _check_args(sys.argv[1:])
     app.run(main)
-  except evejax_main.ConfigError as e:
+  except _ConfigError as e:
     print(f"evejax.eval: config error: {e}", file=sys.stderr)
     sys.exit(2)
   except user_errors as e:

@@ -126,8 +126,11 @@ def run(config, workdir: str) -> list[dict[str, Any]]:
   if not names:
     raise runner.EvalError("config.eval.benchmarks is empty; name at least one of "
                            f"{sorted(benchmarks_lib.BENCHMARKS)}.")
-  benches = [benchmarks_lib.get_benchmark(n) for n in names]
-  profile = profiles_lib.get_profile(e.profile)
+  try:
+    benches = [benchmarks_lib.get_benchmark(n) for n in names]
+    profile = profiles_lib.get_profile(e.profile)
+  except ValueError as err:
+    raise runner.EvalError(f"config.eval: {err}") from None
   if e.path and len(benches) > 1:
     raise runner.EvalError("config.eval.path names one file but eval.benchmarks has "
                            f"{len(benches)}; evaluate one benchmark, or use eval.data_dir.")

@@ -34,8 +34,8 @@ def benchmark_markdown(summary: Mapping[str, Any]) -> str:
   lines += [f"| {name} | {v['n']} | {_fmt(v['score'])} |"
             for name, v in summary.get("per_category", {}).items()]
   rate = summary.get("items_per_s")
-  lines += ["", f"items/s: {_fmt(rate)} ({summary.get('sampled_this_run', 0)} sampled in this run)",
-            ""]
+  lines += ["", f"items/s: {_fmt(rate)} ({_fmt(summary.get('items_per_s_compiled'))} without "
+            f"compiles; {summary.get('sampled_this_run', 0)} sampled in this run)", ""]
   return "\n".join(lines)
 
 
