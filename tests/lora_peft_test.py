@@ -168,7 +168,7 @@ class PeftInterchangeTest(absltest.TestCase):
     where = {}
     for target in lora.select_targets(cfg, self.config):
       for i, name in enumerate(target.entry.names()):
-        where[lora.module_name(name[:-len(".weight")])] = (target, i)
+        where[lora.module_name(name, self.config)] = (target, i)
     replaced = 0
     for name, module in model.named_modules():
       if not isinstance(module, peft.tuners.lora.LoraLayer):

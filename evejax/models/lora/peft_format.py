@@ -14,8 +14,9 @@ and lora_B a 1x1x1 conv [out, rank, 1, 1, 1]. The factors flatten like the
 kernels do in `hf` (A [in..., rank] -> [rank, in]; B [rank, out...] ->
 [out, rank]). `target_modules` is written as a regex that fullmatches exactly
 the adapted modules, so PEFT adapts what evejax adapted and nothing else.
-Importing also accepts the hub-style module names (transformers < 5 saves).
-No torch or peft import here.
+Module names come from the family registry (`families.of(config).alt_names`),
+so every family's adapters name their modules as transformers does; importing
+accepts each of a tensor's names. No torch or peft import here.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from evejax.models import families
 from evejax.models import hf
 from evejax.models.lora import adapter as adapter_lib
 from evejax.models.lora.config import (LoraConfig, Target, linear_kernels,
@@ -41,24 +43,21 @@ _PREFIX = "base_model.model."
 _KEY = re.compile(r"base_model\.model\.(.+)\.lora_([AB])\.weight")
 
 
-def module_name(hub_module: str) -> str:
-  """transformers>=5's in-memory module name for a hub-style one.
+def module_name(hub_weight: str, model_config) -> str:
+  """The in-memory (transformers>=5) module of a hub weight name.
 
-  The hub's `model.layers...` is `model.language_model.layers...` and
-  `visual...` is `model.visual...`; names already in that form (Qwen3-VL's
-  hub names) and `lm_head` stay as they are.
+  The family registry lists a tensor's names, the hub's first and the
+  transformers>=5 module's last (Qwen2.5-VL: `model.layers...` is
+  `model.language_model.layers...`, `visual...` is `model.visual...`;
+  Qwen3-VL's hub names are the module names).
   """
-  if hub_module.startswith(("model.language_model.", "model.visual.")):
-    return hub_module
-  if hub_module.startswith("model."):
-    return "model.language_model." + hub_module[len("model."):]
-  if hub_module.startswith("visual."):
-    return "model." + hub_module
-  return hub_module
+  return families.of(model_config).alt_names(hub_weight)[-1][:-len(".weight")]
 
 
-def _hub_modules(t: Target) -> list[str]:
-  return [n[:-len(".weight")] for n in t.entry.names()]
+def _modules_of(t: Target, model_config) -> list[list[str]]:
+  """Per layer, every module name PEFT may have saved the factors under."""
+  alt = families.of(model_config).alt_names
+  return [[n[:-len(".weight")] for n in reversed(alt(w))] for w in t.entry.names()]
 
 
 def _layers(t: Target) -> list[int | None]:
@@ -88,11 +87,11 @@ def _targets_by_module(model_config) -> dict[tuple[str, ...], Target]:
   return {t.module: t for t in linear_kernels(model_config)}
 
 
-def _module_regex(targets: list[Target]) -> str:
+def _module_regex(targets: list[Target], model_config) -> str:
   """A regex that fullmatches the in-memory names of exactly these modules."""
   alts = []
   for t in targets:
-    name = module_name(t.entry.name[:-len(".weight")])
+    name = module_name(t.entry.name, model_config)
     alts.append(r"\d+".join(re.escape(part) for part in name.split("{i}")))
   return "(?:" + "|".join(alts) + ")"
 
@@ -119,10 +118,10 @@ def export_peft(adapter: dict, cfg: LoraConfig, model_config, out_dir: str,
       raise ValueError(f"Adapter factor {'/'.join(path)}/lora_a has rank "
                        f"{a.shape[-1]} but cfg.rank is {cfg.rank}.")
     targets.append(t)
-    for i, hub in zip(_layers(t), _hub_modules(t)):
+    for i, weight in zip(_layers(t), t.entry.names()):
       ai, bi = (a, b) if i is None else (a[i], b[i])
       ai, bi = _to_peft(ai, bi, t, cfg.rank)
-      name = _PREFIX + module_name(hub)
+      name = _PREFIX + module_name(weight, model_config)
       tensors[name + ".lora_A.weight"] = ai
       tensors[name + ".lora_B.weight"] = bi
   if not tensors:
@@ -140,7 +139,7 @@ def export_peft(adapter: dict, cfg: LoraConfig, model_config, out_dir: str,
       "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
       "lora_dropout": cfg.dropout,
       "use_rslora": cfg.use_rslora,
-      "target_modules": _module_regex(targets),
+      "target_modules": _module_regex(targets, model_config),
       "bias": "none",
       "fan_in_fan_out": False,
       "init_lora_weights": True,
@@ -214,19 +213,20 @@ def import_peft(peft_dir: str, model_config, *, dtype=jnp.float32,
   kernels = linear_kernels(model_config)
   lookup = {}
   for t in kernels:
-    for i, hub in zip(_layers(t), _hub_modules(t)):
-      for name in (module_name(hub), hub):
+    for i, names in zip(_layers(t), _modules_of(t, model_config)):
+      for name in names:
         lookup[name] = (t, i)
   found: dict[str, tuple[Target, dict]] = {}
   with safetensors.safe_open(path, "np") as f:
     for key in f.keys():
       m = _KEY.fullmatch(key)
       if m is None or m.group(1) not in lookup:
-        example = _PREFIX + module_name(_hub_modules(kernels[0])[0])
+        example = (_PREFIX + module_name(kernels[0].entry.names()[0],
+                                         model_config) + ".lora_A.weight")
         raise ValueError(
             f"PEFT tensor {key!r} in {path} is no lora_A/lora_B of a Linear "
-            f"kernel of this model (names look like {example + '.lora_A.weight'!r}); "
-            "was the adapter made for another model?")
+            f"kernel of this model (names look like {example!r}); was the "
+            "adapter made for another model?")
       t, i = lookup[m.group(1)]
       found.setdefault(t.path, (t, {}))[1][(i, m.group(2))] = key
     adapter: dict = {}
@@ -236,16 +236,16 @@ def import_peft(peft_dir: str, model_config, *, dtype=jnp.float32,
       keys = found[t.path][1]
       a_shape, b_shape = _peft_shapes(t, rank)
       a_layers, b_layers = [], []
-      for i, hub in zip(_layers(t), _hub_modules(t)):
+      for i, weight in zip(_layers(t), t.entry.names()):
         pair = []
         for factor, want in (("A", a_shape), ("B", b_shape)):
           key = keys.get((i, factor))
           if key is None:
+            name = (_PREFIX + module_name(weight, model_config)
+                    + f".lora_{factor}.weight")
             raise ValueError(
-                f"{path} has no tensor "
-                f"{_PREFIX + module_name(hub) + f'.lora_{factor}.weight'!r}: "
-                f"an adapted kernel ({t.path}) needs lora_A and lora_B in "
-                "every layer.")
+                f"{path} has no tensor {name!r}: an adapted kernel ({t.path}) "
+                "needs lora_A and lora_B in every layer.")
           got = tuple(f.get_slice(key).get_shape())
           if got != want:
             rank_dim = 0 if factor == "A" else 1
@@ -283,7 +283,8 @@ def _check_expected(got: LoraConfig, expect: LoraConfig, found: dict,
   first_tensor = lambda p: sorted(found[p][1].values())[0]
   for t in kernels:  # tensor-table order
     if t.path in want and t.path not in found:
-      name = _PREFIX + module_name(_hub_modules(t)[0]) + ".lora_A.weight"
+      name = (_PREFIX + module_name(t.entry.names()[0], model_config)
+              + ".lora_A.weight")
       raise ValueError(
           f"{peft_dir} has no tensor {name!r}: the config's LoRA targets "
           f"select {t.path}, which this adapter does not adapt.")
