@@ -1,4 +1,4 @@
-"""Test helpers: tiny random HF Qwen2.5-VL checkpoints and reference runs.
+"""Test helpers: tiny random HF checkpoints (any family) and reference runs.
 
 The implementations live in `evejax.tools.hf_parity` (the parity CLI needs
 them on a fresh machine too); this module gives tests one import point and a
@@ -14,17 +14,23 @@ import numpy as np
 
 from evejax.models import hf
 from evejax.tools.hf_parity import (  # noqa: F401  (re-exported)
-    build_examples, default_segments, hf_logits, hf_positions, image_processor,
-    load_hf_model, make_tiny_hf_checkpoint, real_logits, to_model_inputs)
+    QWEN3_VL_GAINS, TINY_CHECKPOINTS, build_examples, default_segments,
+    hf_logits, hf_positions, image_processor, load_hf_model,
+    make_tiny_hf_checkpoint, make_tiny_qwen3_vl_checkpoint, real_logits,
+    to_model_inputs)
 
 
 class TinyCheckpoint:
-  """A tiny checkpoint written to a temp dir, with its HF model and config."""
+  """A tiny checkpoint written to a temp dir, with its HF model and config.
 
-  def __init__(self, *, seed: int = 0, **kwargs):
+  `family` picks the maker (`hf_parity.TINY_CHECKPOINTS`); other keyword
+  arguments go to it.
+  """
+
+  def __init__(self, *, seed: int = 0, family: str = "qwen2_5_vl", **kwargs):
     self._tmp = tempfile.TemporaryDirectory()
     self.dir = os.path.join(self._tmp.name, "ckpt")
-    make_tiny_hf_checkpoint(self.dir, seed=seed, **kwargs)
+    TINY_CHECKPOINTS[family](self.dir, seed=seed, **kwargs)
     self.config = hf.config_from_hf(self.dir)
     self.model = load_hf_model(self.dir)
 

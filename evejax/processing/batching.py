@@ -11,7 +11,8 @@ grid) pairs from `images.preprocess_image`, and optionally a loss mask.
     mask     [B, T]     1 real token, 0 padding
     positions[3, B, T]  M-RoPE ids of each unpadded sequence (0 on padding),
                         so left padding does not shift positions
-    patches  [B, P, 1176], patch_coords [B, P, 2], patch_image [B, P],
+    patches  [B, P, patch_dim] (1176 Qwen2.5-VL, 1536 Qwen3-VL),
+    patch_coords [B, P, 2], patch_image [B, P],
     patch_window [B, P] from `patch_layout`; padding rows: zeros, image -1,
                         window -1, coords 0
   batch.loss_mask     [B, T] int32, the example's loss mask placed like its
@@ -81,7 +82,7 @@ class PromptTooLongError(ValueError):
 class Example:
   """One unpadded sequence with its images (in placeholder order)."""
   tokens: np.ndarray  # int [T]
-  images: Sequence[tuple[np.ndarray, Grid]] = ()  # ([t*h*w, 1176], (t, h, w))
+  images: Sequence[tuple[np.ndarray, Grid]] = ()  # ([t*h*w, patch_dim], (t, h, w))
   loss_mask: np.ndarray | None = None  # int/bool [T]; 1 = token in the loss
 
   @property

@@ -1,9 +1,11 @@
-"""Qwen2.5-VL's chat template, in Python, with image placeholders expanded.
+"""The Qwen-VL chat template, in Python, with image placeholders expanded.
 
-A conversation renders as (the checkpoint's jinja template, written out):
+A conversation renders as (the checkpoints' jinja templates, written out):
 
-    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
-        (only when the first message is not a system message)
+    <|im_start|>system\\n{default_system}<|im_end|>\\n
+        (only when the first message is not a system message and the family
+        has a default: Qwen2.5-VL's "You are a helpful assistant.", Qwen3-VL
+        none; `families.Family.default_system`)
     <|im_start|>{role}\\n{content}<|im_end|>\\n   (each message)
     <|im_start|>assistant\\n                      (the generation prompt)
 

@@ -1,17 +1,32 @@
-"""Images -> normalised patch rows, as Qwen2.5-VL's image processor makes them.
+"""Images -> normalised patch rows, as the Qwen-VL image processors make them.
 
 The result equals transformers' `Qwen2VLImageProcessorPil` (the PIL/numpy
 backend; the default torchvision one resizes with torch's bicubic and can
-differ by a few grey levels): smart_resize to multiples of 28, PIL bicubic
-resize on uint8, rescale by 1/255, CLIP mean/std, a still image repeated to
-2 frames, and rows of 3*2*14*14 = 1176 values in 2x2 merge-block order.
+differ by a few grey levels): smart_resize to multiples of patch x merge
+size, PIL bicubic resize on uint8, rescale by 1/255, normalise by mean/std, a
+still image repeated to 2 frames, and rows in 2x2 merge-block order. The
+settings are the family's (`ImageSettings`, `image_settings`):
+
+| | Qwen2.5-VL | Qwen3-VL |
+|---|---|---|
+| patch, resize factor | 14, 28 | 16, 32 |
+| row width | 3*2*14*14 = 1176 | 3*2*16*16 = 1536 |
+| mean, std | CLIP | 0.5, 0.5 (x / 127.5 - 1) |
+| min, max pixels | 56^2, 28^2 * 1280 | 256^2, 4096^2 |
+
+A checkpoint's preprocessor_config.json, when it has one, overrides the
+family's values (transformers' own class defaults are Qwen2-VL's, so a
+processor built without it would be wrong for Qwen3-VL).
 
 `load_image` opens untrusted files safely: it checks the pixel count from the
 header before decoding, so a decompression bomb costs nothing.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
+import json
 import math
 import os
 
@@ -19,9 +34,11 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from evejax.models import families
+
 # transformers' defaults (OPENAI_CLIP_MEAN/STD, Qwen2VLImageProcessor.size).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_MEAN = families.CLIP_MEAN
+CLIP_STD = families.CLIP_STD
 MIN_PIXELS = 56 * 56
 MAX_PIXELS = 28 * 28 * 1280
 # Refuse to decode images larger than this by default (~ 8k x 8k).
@@ -47,7 +64,7 @@ def smart_resize(height: int, width: int, factor: int = 28,
     raise ImageError(
         f"Image {height}x{width} has aspect ratio "
         f"{max(height, width) / min(height, width):.1f} > 200, which "
-        "Qwen2.5-VL cannot take; crop or pad it first.")
+        "the Qwen-VL image processors cannot take; crop or pad it first.")
   h = round(height / factor) * factor
   w = round(width / factor) * factor
   if h * w > max_pixels:
@@ -123,6 +140,86 @@ def preprocess_image(
   patches = np.ascontiguousarray(x).reshape(
       gh * gw, c * temporal_patch_size * p * p)
   return patches, (1, gh, gw)
+
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSettings:
+  """What an image processor does to an image: the arguments of `preprocess_image`."""
+  patch_size: int
+  temporal_patch_size: int
+  merge_size: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  min_pixels: int
+  max_pixels: int
+
+  def preprocess(self, img: PIL.Image.Image | np.ndarray
+                 ) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Patch rows and grid of one image (see `preprocess_image`)."""
+    return preprocess_image(img, **dataclasses.asdict(self))
+
+  def replace(self, **kw) -> "ImageSettings":
+    return dataclasses.replace(self, **kw)
+
+
+@functools.lru_cache(maxsize=16)
+def _read_preprocessor_config(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ImageError(f"Cannot read {path} ({e}); re-download the checkpoint's "
+                     "preprocessor_config.json or remove it.") from e
+
+
+def image_settings(model_config, checkpoint_dir: str | None = None, *,
+                   min_pixels: int | None = None,
+                   max_pixels: int | None = None) -> ImageSettings:
+  """The image processor of a model: its family's settings, then those of the
+  checkpoint's preprocessor_config.json (if `checkpoint_dir` has one), then
+  the given min/max pixels.
+
+  The file's patch and merge sizes must be the model's (they fix the rows the
+  vision tower reads); its `size` {shortest_edge, longest_edge} or
+  min_pixels/max_pixels (which win, as in transformers) set the bounds.
+  """
+  v = model_config.vision
+  family = families.of(model_config)
+  settings = ImageSettings(
+      patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
+      merge_size=v.spatial_merge_size, mean=tuple(family.image_mean),
+      std=tuple(family.image_std), min_pixels=family.min_pixels,
+      max_pixels=family.max_pixels)
+  path = checkpoint_dir and os.path.join(checkpoint_dir, PREPROCESSOR_FILE)
+  if path and os.path.isfile(path):
+    cfg = _read_preprocessor_config(os.path.abspath(path))
+    for key, ours in (("patch_size", v.patch_size),
+                      ("temporal_patch_size", v.temporal_patch_size),
+                      ("merge_size", v.spatial_merge_size)):
+      if key in cfg and cfg[key] != ours:
+        raise ImageError(
+            f"{path} has {key}={cfg[key]} but the model's vision tower takes "
+            f"{ours}; the file belongs to another model. Use the checkpoint's "
+            "own preprocessor_config.json.")
+    size = cfg.get("size") or {}
+    lo = cfg.get("min_pixels") or size.get("shortest_edge")
+    hi = cfg.get("max_pixels") or size.get("longest_edge")
+    settings = settings.replace(
+        mean=tuple(cfg.get("image_mean", settings.mean)),
+        std=tuple(cfg.get("image_std", settings.std)),
+        min_pixels=int(lo or settings.min_pixels),
+        max_pixels=int(hi or settings.max_pixels))
+  if min_pixels is not None:
+    settings = settings.replace(min_pixels=int(min_pixels))
+  if max_pixels is not None:
+    settings = settings.replace(max_pixels=int(max_pixels))
+  if not 0 < settings.min_pixels <= settings.max_pixels:
+    raise ImageError(f"Image bounds min_pixels={settings.min_pixels}, "
+                     f"max_pixels={settings.max_pixels}: need 0 < min <= max.")
+  return settings
 
 
 def num_image_tokens(grid: tuple[int, int, int], merge_size: int = 2) -> int:

@@ -4,6 +4,8 @@ For the patch rows of an example's images, in the 2x2 merge-block order that
 transformers' Qwen2VLImageProcessor emits, gives each row's (row, col) in its
 image grid, its image index and its attention-window id. The model masks
 attention with these instead of permuting rows (see evejax.models.inputs).
+A family without window attention (Qwen3-VL: `window_merged` is None) has one
+window per image.
 """
 from __future__ import annotations
 
@@ -11,17 +13,18 @@ from typing import Sequence
 
 import numpy as np
 
-from evejax.models.presets import VisionConfig
+from evejax.models.presets import Qwen3VisionConfig, VisionConfig
 
 
 def patch_layout(grid_thw: Sequence[tuple[int, int, int]],
-                 vision: VisionConfig) -> dict[str, np.ndarray]:
+                 vision: VisionConfig | Qwen3VisionConfig
+                 ) -> dict[str, np.ndarray]:
   """Layout of the concatenated patch rows of several still images.
 
   Args:
     grid_thw: per image (t, h, w) in patches, as the image processor reports;
       t must be 1 (still images), h and w multiples of the merge size.
-    vision: the tower's config (merge size, window size).
+    vision: the tower's config (merge size, window size if it has windows).
 
   Returns:
     'coords' int32 [N, 2] (row, col) of each patch in its image grid;
@@ -51,6 +54,10 @@ def patch_layout(grid_thw: Sequence[tuple[int, int, int]],
     br, bc = br.ravel(), bc.ravel()
     coords.append(np.stack([br * m + sr.ravel(), bc * m + sc.ravel()], -1))
     image.append(np.full(br.size, i))
+    if wm is None:  # no window attention: the image is the window
+      window.append(np.full(br.size, window_offset))
+      window_offset += 1
+      continue
     windows_w = -(-mw // wm)
     window.append(window_offset + (br // wm) * windows_w + bc // wm)
     window_offset += -(-mh // wm) * windows_w

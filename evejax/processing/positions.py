@@ -1,6 +1,9 @@
 """M-RoPE position ids (temporal, height, width) and the rope delta.
 
-Same values as transformers' Qwen2.5-VL `get_rope_index` for text and images:
+Same values as transformers' `get_rope_index` of Qwen2.5-VL and of Qwen3-VL for
+text and still images (the two differ only for video, which evejax does not
+take; Qwen3-VL counts only <|image_pad|> as an image token, so
+<|vision_start|>/<|vision_end|> are text, as here):
   * a text token takes t = h = w = the running position p, then p += 1;
   * an image's tokens (its merged grid gh/m x gw/m, raster order) take
     t = p + frame, h = p + row, w = p + col; afterwards p += max(gh, gw)/m,

@@ -2,7 +2,10 @@
 
 Recipes and the evaluator build every prompt through `user_prompt`, so the
 image processor, chat template and placeholder expansion of the model's family
-are chosen in one place and no caller branches on the family.
+are chosen in one place and no caller branches on the family: Qwen2.5-VL's
+template inserts "You are a helpful assistant." as the system message,
+Qwen3-VL's inserts none; the image settings are the family's
+(`images.image_settings`), or those given.
 """
 from __future__ import annotations
 
@@ -10,14 +13,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from evejax.models import families
 from evejax.processing import batching
 from evejax.processing import chat
 from evejax.processing import images as images_lib
 
 
 def user_prompt(model_config, tokenizer, text: str, images: Sequence[Any] = (), *,
-                min_pixels: int, max_pixels: int,
-                image_first: bool = True) -> batching.Example:
+                min_pixels: int | None = None, max_pixels: int | None = None,
+                image_first: bool = True,
+                settings: images_lib.ImageSettings | None = None
+                ) -> batching.Example:
   """A one-turn user prompt (images, then text) ending in the assistant turn.
 
   Args:
@@ -25,19 +31,28 @@ def user_prompt(model_config, tokenizer, text: str, images: Sequence[Any] = (), 
     tokenizer: an `evejax.processing.tokenizer.Tokenizer`.
     text: the user's text.
     images: PIL images or uint8 arrays, in prompt order.
-    min_pixels, max_pixels: the image processor's resize bounds.
+    min_pixels, max_pixels: the image processor's resize bounds (None: those
+      of `settings`).
     image_first: images before the text (the usual order) or after it.
+    settings: the image processor (default: the family's,
+      `images.image_settings(model_config)`; pass
+      `image_settings(model_config, checkpoint_dir)` to use a checkpoint's
+      preprocessor_config.json).
   """
-  v = model_config.vision
-  patches = [images_lib.preprocess_image(
-      im, min_pixels=min_pixels, max_pixels=max_pixels, patch_size=v.patch_size,
-      temporal_patch_size=v.temporal_patch_size, merge_size=v.spatial_merge_size)
-             for im in images]
+  if settings is None:
+    settings = images_lib.image_settings(model_config)
+  if min_pixels is not None or max_pixels is not None:
+    settings = settings.replace(
+        min_pixels=settings.min_pixels if min_pixels is None else int(min_pixels),
+        max_pixels=settings.max_pixels if max_pixels is None else int(max_pixels))
+  patches = [settings.preprocess(im) for im in images]
   parts = [{"type": "image"} for _ in images]
   parts = (parts + [{"type": "text", "text": text}] if image_first
            else [{"type": "text", "text": text}] + parts)
-  tokens = chat.encode_chat(tokenizer, [{"role": "user", "content": parts}],
-                            [g for _, g in patches], merge_size=v.spatial_merge_size)
+  tokens = chat.encode_chat(
+      tokenizer, [{"role": "user", "content": parts}], [g for _, g in patches],
+      merge_size=model_config.vision.spatial_merge_size,
+      default_system=families.of(model_config).default_system)
   return batching.Example(tokens=np.asarray(tokens, np.int32), images=patches)
 
 

@@ -1,12 +1,15 @@
-r"""Compares evejax and transformers logits on one Qwen2.5-VL checkpoint.
+r"""Compares evejax and transformers logits on one checkpoint of any family.
 
     python -m evejax.tools.hf_parity --hf_dir /tmp/tiny_qwen --make_tiny
+    python -m evejax.tools.hf_parity --hf_dir /tmp/tiny_qwen3 --make_tiny --family qwen3_vl
     python -m evejax.tools.hf_parity --hf_dir ~/ckpt/Qwen2.5-VL-3B-Instruct
+    python -m evejax.tools.hf_parity --hf_dir ~/ckpt/Qwen3-VL-8B-Instruct
 
-Builds a batch (text, several non-square images of different sizes, a
-text-only example), runs transformers (torch CPU, fp32) and evejax on the same
-weights, prints ONE line of JSON {"max_abs_diff": .., "pass": .., ...} and exits
-non-zero when max |logits_evejax - logits_hf| over real tokens > --threshold.
+The family comes from the checkpoint's config.json. Builds a batch (text,
+several non-square images of different sizes, a text-only example), runs
+transformers (torch CPU, fp32) and evejax on the same weights, prints ONE line
+of JSON {"max_abs_diff": .., "pass": .., ...} and exits non-zero when
+max |logits_evejax - logits_hf| over real tokens > --threshold.
 
 Unlike library code this tool imports torch and transformers; its helpers
 (tiny checkpoints, HF forward, batch building) are shared with the tests.
@@ -20,14 +23,42 @@ from typing import Sequence
 
 import numpy as np
 
+from evejax.models import families
 from evejax.models import hf as hf_lib
 from evejax.models.inputs import ModelInputs
 from evejax.models.presets import ModelConfig
 from evejax.processing.patch_layout import patch_layout
 
 # A segment of a prompt: an int is that many random text tokens, a (h, w)
-# tuple an image of that many pixels (multiples of 28 keep smart_resize exact).
+# tuple an image of that many pixels (multiples of the resize factor, 28 or
+# 32, keep smart_resize exact).
 Segment = int | tuple[int, int]
+
+
+def _randomize(model, seed: int, gains: dict[str, float] | None = None) -> None:
+  """Every weight (norm scales and biases included) random with O(1)
+  activations, so attention patterns and rotary phases matter to the logits.
+
+  `gains` multiplies the weights whose name contains a key (after the
+  unit-variance draw), e.g. to push GELU inputs to where exact and tanh GELU
+  differ.
+  """
+  import torch
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      noise = torch.randn(p.shape, generator=gen)
+      if "norm" in name or "ln_q" in name:
+        p.copy_(1.0 + 0.2 * noise)
+      elif name.endswith("bias"):
+        p.copy_(0.2 * noise)
+      elif "embed_tokens" in name or "pos_embed" in name:
+        p.copy_(noise)
+      else:  # [out, in...]: unit-variance outputs
+        p.copy_(noise * (p[0].numel() ** -0.5))
+      for key, gain in (gains or {}).items():
+        if key in name:
+          p.mul_(gain)
 
 
 def make_tiny_hf_checkpoint(
@@ -65,36 +96,95 @@ def make_tiny_hf_checkpoint(
       tie_word_embeddings=tie, **special)
   torch.manual_seed(seed)
   model = transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=gen)
-      if "norm" in name or "ln_q" in name:
-        p.copy_(1.0 + 0.2 * noise)
-      elif name.endswith("bias"):
-        p.copy_(0.2 * noise)
-      elif "embed_tokens" in name:
-        p.copy_(noise)
-      else:  # [out, in...]: unit-variance outputs
-        p.copy_(noise * (p[0].numel() ** -0.5))
+  _randomize(model, seed)
   kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
   model.save_pretrained(out_dir, **kw)
   return out_dir
 
 
-def load_hf_model(hf_dir: str):
+# Weight gains of the tiny Qwen3-VL checkpoints: every fc1 (vision MLP, main
+# and DeepStack mergers) gets inputs of std ~2, where tanh and exact GELU
+# differ most (up to 3e-4; ~1e-7 near 0, where default-init activations sit),
+# and an untied lm head logits of std ~4 like the tied one's. Swapping either
+# GELU then moves the logits by 8e-4 to 2e-3, 8x+ the parity tolerance.
+QWEN3_VL_GAINS = {"linear_fc1.weight": 2.0, "lm_head": 4.0}
+
+
+def make_tiny_qwen3_vl_checkpoint(
+    out_dir: str, *, seed: int = 0, tie: bool = False, vocab: int = 128,
+    hidden: int = 40, num_layers: int = 3, heads: int = 3, kv_heads: int = 1,
+    head_dim: int = 16, intermediate: int = 64,
+    mrope_section: Sequence[int] = (4, 2, 2), vision_depth: int = 4,
+    vision_hidden: int = 32, vision_heads: int = 2,
+    vision_intermediate: int = 48, num_position_embeddings: int = 16,
+    deepstack: Sequence[int] = (0, 2), rope_theta: float = 5e6,
+    gains: dict[str, float] | None = None,
+    max_shard_size: str | None = None) -> str:
+  """Writes a random tiny Qwen3VLForConditionalGeneration (fp32) to out_dir.
+
+  The defaults are the reference's tiny config: 3 query heads on 1 KV head,
+  head_dim 16 != 40 / 3, two DeepStack mergers, a 4x4 position table (so a
+  grid of more than 4 patches a side resamples it up, one of fewer down).
+  Special token ids are the top of the small vocab; weights as `_randomize`
+  draws them with `gains` (default QWEN3_VL_GAINS). Returns out_dir.
+  """
+  import torch
   import transformers
-  return transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-      hf_dir, dtype="float32").eval()
+  special = {"image_token_id": vocab - 4, "video_token_id": vocab - 3,
+             "vision_start_token_id": vocab - 2,
+             "vision_end_token_id": vocab - 1}
+  cfg = transformers.Qwen3VLConfig(
+      text_config=dict(
+          vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+          num_hidden_layers=num_layers, num_attention_heads=heads,
+          num_key_value_heads=kv_heads, head_dim=head_dim, rms_norm_eps=1e-6,
+          max_position_embeddings=4096, hidden_act="silu",
+          attention_bias=False, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+          rope_parameters=dict(rope_type="default", rope_theta=rope_theta,
+                               mrope_section=list(mrope_section),
+                               mrope_interleaved=True)),
+      vision_config=dict(
+          depth=vision_depth, hidden_size=vision_hidden,
+          intermediate_size=vision_intermediate, num_heads=vision_heads,
+          patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
+          in_channels=3, out_hidden_size=hidden,
+          num_position_embeddings=num_position_embeddings,
+          deepstack_visual_indexes=list(deepstack),
+          hidden_act="gelu_pytorch_tanh"),
+      tie_word_embeddings=tie, **special)
+  torch.manual_seed(seed)
+  model = transformers.Qwen3VLForConditionalGeneration(cfg).eval()
+  _randomize(model, seed, QWEN3_VL_GAINS if gains is None else gains)
+  kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+  model.save_pretrained(out_dir, **kw)
+  return out_dir
+
+
+TINY_CHECKPOINTS = {"qwen2_5_vl": make_tiny_hf_checkpoint,
+                    "qwen3_vl": make_tiny_qwen3_vl_checkpoint}
+
+
+def load_hf_model(hf_dir: str):
+  """The transformers model of the checkpoint's family, fp32, eval mode."""
+  import transformers
+  with open(os.path.join(hf_dir, hf_lib.CONFIG_FILE)) as f:
+    family = families.from_hf_config(json.load(f), hf_dir)
+  cls = getattr(transformers, family.hf_architecture)
+  return cls.from_pretrained(hf_dir, dtype="float32").eval()
 
 
 def image_processor(config: ModelConfig):
-  """Qwen2VLImageProcessor (PIL backend) with bounds for small test images."""
+  """Qwen2VLImageProcessor (PIL backend) with the family's normalisation and
+  bounds for small test images."""
   from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as ip
   v = config.vision
+  family = families.of(config)
+  factor = v.patch_size * v.spatial_merge_size
   return ip.Qwen2VLImageProcessorPil(
-      min_pixels=28 * 28, max_pixels=28 * 28 * 1024, patch_size=v.patch_size,
-      temporal_patch_size=v.temporal_patch_size, merge_size=v.spatial_merge_size)
+      min_pixels=factor * factor, max_pixels=factor * factor * 1024,
+      patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
+      merge_size=v.spatial_merge_size, image_mean=list(family.image_mean),
+      image_std=list(family.image_std))
 
 
 def build_examples(config: ModelConfig, segments: Sequence[Sequence[Segment]],
@@ -107,6 +197,7 @@ def build_examples(config: ModelConfig, segments: Sequence[Sequence[Segment]],
   from PIL import Image
   rng = np.random.default_rng(seed)
   proc = image_processor(config)
+  factor = config.vision.patch_size * config.vision.spatial_merge_size
   text_hi = min(config.text.vocab_size, config.image_token_id,
                 config.vision_start_token_id, config.vision_end_token_id,
                 config.video_token_id)
@@ -121,7 +212,7 @@ def build_examples(config: ModelConfig, segments: Sequence[Sequence[Segment]],
         h, w = seg
         images.append(Image.fromarray(
             rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
-        n = (h // 28) * (w // 28)  # merged tokens at patch 14, merge 2
+        n = (h // factor) * (w // factor)  # merged tokens
         ids += [config.vision_start_token_id] + [config.image_token_id] * n
         ids += [config.vision_end_token_id]
         types += [0] + [1] * n + [0]
@@ -133,7 +224,7 @@ def build_examples(config: ModelConfig, segments: Sequence[Sequence[Segment]],
       ex["image_grid_thw"] = pv["image_grid_thw"].astype(np.int64)
       got = int(np.sum(np.prod(ex["image_grid_thw"], -1))) // 4
       assert got == int(np.sum(ex["mm_token_type_ids"])), (
-          "image sizes must be multiples of 28 for exact token counts")
+          f"image sizes must be multiples of {factor} for exact token counts")
     out.append(ex)
   return out
 
@@ -209,7 +300,12 @@ def real_logits(logits: np.ndarray, inputs: ModelInputs) -> list[np.ndarray]:
 
 
 def default_segments(config: ModelConfig) -> list[list[Segment]]:
-  """Two images of different non-square sizes, partial edge windows, text."""
+  """Two images of different non-square sizes in one prompt, text; with
+  window attention, partial edge windows."""
+  if config.vision.window_merged is None:
+    # 6x10 and 4x6 patch grids, a 12x2 one: tables resampled both ways.
+    a, b = (96, 160), (64, 96)
+    return [[5, a, 4, b, 3], [3, (192, 32), 6], [9]]
   side = config.vision.window_size  # one window, in pixels
   a = (side + 28, 2 * side + 28)     # more than one window each way
   b = (56, side + 28)
@@ -247,10 +343,14 @@ def main(argv):
   from absl import flags
   f = flags.FLAGS
   if f.make_tiny:
-    make_tiny_hf_checkpoint(f.hf_dir, seed=f.seed)
+    if f.family not in TINY_CHECKPOINTS:
+      raise SystemExit(f"--family {f.family!r}: choose one of "
+                       f"{sorted(TINY_CHECKPOINTS)}.")
+    TINY_CHECKPOINTS[f.family](f.hf_dir, seed=f.seed)
   elif not os.path.exists(os.path.join(f.hf_dir, "config.json")):
-    raise SystemExit(f"{f.hf_dir} has no config.json; pass a Qwen2.5-VL "
-                     "checkpoint dir or --make_tiny to write a random one.")
+    raise SystemExit(f"{f.hf_dir} has no config.json; pass a checkpoint dir "
+                     f"({families.implemented()}) or --make_tiny to write a "
+                     "random one.")
   result = run(f.hf_dir, seed=f.seed, threshold=f.threshold)
   print(json.dumps(result), flush=True)
   sys.exit(0 if result["pass"] else 1)
@@ -258,8 +358,10 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import app, flags
-  flags.DEFINE_string("hf_dir", None, "Qwen2.5-VL checkpoint directory.",
+  flags.DEFINE_string("hf_dir", None, "Checkpoint directory (any family).",
                       required=True)
+  flags.DEFINE_string("family", "qwen2_5_vl",
+                      "With --make_tiny: the family of the random checkpoint.")
   flags.DEFINE_integer("seed", 0, "Seed for prompts, images (and --make_tiny).")
   flags.DEFINE_float("threshold", 1e-4, "Max allowed |logit difference|.")
   flags.DEFINE_bool("make_tiny", False,

@@ -37,6 +37,17 @@ from evejax.models import layers
 from evejax.models.presets import Qwen3VisionConfig
 
 
+# The block MLP's activation (hidden_act "gelu_pytorch_tanh") and the
+# mergers' (torch nn.GELU(): exact erf). At default init their inputs sit near
+# 0, where the two agree to 1e-7; parity tests scale weights so they do not.
+def block_gelu(x: jax.Array) -> jax.Array:
+  return jax.nn.gelu(x, approximate=True)
+
+
+def merger_gelu(x: jax.Array) -> jax.Array:
+  return jax.nn.gelu(x, approximate=False)
+
+
 def image_grid_sizes(patch_coords: jax.Array, patch_image: jax.Array
                      ) -> jax.Array:
   """int32 [B, P, 2]: (h, w) of each row's image grid (padding rows: anything)."""
@@ -86,7 +97,7 @@ class VisionMLP(nn.Module):
     kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
     x = layers.Linear((c.hidden_size,), (c.intermediate_size,),
                       ("vision_embed",), ("vision_mlp",), **kw, name="fc1")(x)
-    x = jax.nn.gelu(x, approximate=True)
+    x = block_gelu(x)
     return layers.Linear((c.intermediate_size,), (c.hidden_size,),
                          ("vision_mlp",), ("vision_embed",), **kw,
                          name="fc2")(x)
@@ -149,7 +160,7 @@ class PatchMerger(nn.Module):
       x = norm(x)
     x = layers.Linear((width,), (width,), ("vision_embed",), ("vision_mlp",),
                       use_bias=True, **kw, name="fc1")(x)
-    x = jax.nn.gelu(x, approximate=False)
+    x = merger_gelu(x)
     return layers.Linear((width,), (c.out_hidden_size,), ("vision_mlp",),
                          ("embed",), use_bias=True, **kw, name="fc2")(x)
 
