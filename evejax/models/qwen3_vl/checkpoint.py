@@ -12,7 +12,8 @@ missed):
     `rope_theta`, both inside text_config; theta defaults to 5e5 and
     `mrope_section` to (24, 20, 20) when absent; the sections are always
     interleaved (`mrope_interleaved` is never read);
-  * `head_dim` defaults to 128, `num_key_value_heads` to the head count;
+  * `head_dim` defaults to 128; `num_key_value_heads` to 32 when absent (the
+    class default) and to the head count when null;
   * the vision rope theta comes from vision_config's rope_parameters (1e4).
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ def config_from_hf(cfg: dict, where: str) -> ModelConfig:
       intermediate_size=tc["intermediate_size"],
       num_layers=tc["num_hidden_layers"],
       num_heads=heads,
-      num_kv_heads=tc.get("num_key_value_heads") or heads,
+      num_kv_heads=tc.get("num_key_value_heads", 32) or heads,
       head_dim=tc.get("head_dim") or 128,
       rope_theta=float(rope.get("rope_theta", tc.get("rope_theta", 500_000.0))),
       rms_norm_eps=float(tc.get("rms_norm_eps", 1e-6)),
