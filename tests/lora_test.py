@@ -228,7 +228,7 @@ class AdapterMathTest(absltest.TestCase):
     self.assertGreater(float(jnp.abs(other - got).max()), 0.1)
 
   def test_dropout_in_the_model_differs_per_layer_and_key(self):
-    cfg = dataclasses.replace(ALL, dropout=0.3)
+    cfg = lora.LoraConfig(4, 8.0, dropout=0.3, targets=(lora.TEXT_PROJECTIONS,))
     adapter = _random_b(lora.init_adapter(cfg, CONFIG, jax.random.key(0)), 3)
     a = _adapted(self.params, adapter, cfg, CONFIG, self.inputs, jax.random.key(1))
     again = _adapted(self.params, adapter, cfg, CONFIG, self.inputs,

@@ -80,7 +80,8 @@ def _get(tree, path, default=None):
   return tree
 
 
-def _set(tree: dict, path, value) -> None:
+def put(tree: dict, path, value) -> None:
+  """tree[path[0]]...[path[-1]] = value, making the dicts on the way."""
   for k in path[:-1]:
     tree = tree.setdefault(k, {})
   tree[path[-1]] = value
@@ -116,6 +117,11 @@ def _placements(params: dict, adapter: dict):
     for d in range(len(path)):
       parent = _get(params, path[:d])
       if isinstance(parent, dict) and f"{path[d]}_0" in parent:
+        if f"{path[d]}_{a.shape[0]}" in parent:
+          raise ValueError(
+              f"The adapter has {a.shape[0]} layers at {'/'.join(path)} but "
+              f"params have more ({'/'.join(path[:d + 1])}_{a.shape[0]}); "
+              "adapter and params come from different model configs.")
         for i in range(a.shape[0]):
           where = path[:d] + (f"{path[d]}_{i}",) + path[d + 1:]
           kernel = _get(params, where + ("kernel",))
@@ -162,7 +168,7 @@ def init_adapter(cfg: LoraConfig, model_config, rng, dtype=jnp.float32) -> dict:
                            t.lead + t.in_shape + (cfg.rank,), dtype,
                            -bound, bound)
     b = jnp.zeros(t.lead + (cfg.rank,) + t.out_shape, dtype)
-    _set(adapter, t.module, {A: a, B: b})
+    put(adapter, t.module, {A: a, B: b})
   return adapter
 
 
@@ -181,7 +187,7 @@ def adapter_axes(adapter: dict, param_axes: dict) -> dict:
     a, b = node[A], node[B]
     lead = _lead(a, b, len(axes))
     n_in = a.ndim - 1 - lead
-    _set(out, path, {A: tuple(axes[:lead + n_in]) + ("lora_rank",),
+    put(out, path, {A: tuple(axes[:lead + n_in]) + ("lora_rank",),
                      B: tuple(axes[:lead]) + ("lora_rank",)
                         + tuple(axes[lead + n_in:])})
   return out

@@ -261,7 +261,7 @@ def import_peft(peft_dir: str, model_config, *, dtype=jnp.float32,
         a_layers.append(a)
         b_layers.append(b)
       stack = (lambda xs: np.stack(xs)) if t.entry.layers else (lambda xs: xs[0])
-      adapter_lib._set(adapter, t.module, {
+      adapter_lib.put(adapter, t.module, {
           adapter_lib.A: jnp.asarray(stack(a_layers), dtype),
           adapter_lib.B: jnp.asarray(stack(b_layers), dtype)})
   cfg = LoraConfig(
