@@ -4,6 +4,7 @@ Times the real `Learner.grpo_step` (micro-batches, optimizer, metrics to host)
 on a random model of a preset's shape with synthetic batches:
 
   python -m evejax.tools.bench_train --preset qwen2_5_vl_3b --seq 2048 --batch 8
+  python -m evejax.tools.bench_train --preset qwen3_vl_8b --seq 2048 --batch 8 --images 1
   python -m evejax.tools.bench_train --preset tiny --seq 256 --batch 8   # CPU smoke run
 
 MFU = model FLOPs per step / step time / (devices x peak FLOP/s). Model FLOPs
@@ -38,7 +39,8 @@ _BATCH = flags.DEFINE_integer("batch", 0, "Rows per step (default: 1 per data-pa
                               "device per micro-batch).")
 _MICRO = flags.DEFINE_integer("micro_batches", 1, "Micro-batches per step.")
 _IMAGES = flags.DEFINE_integer("images", 0, "Images per row.")
-_SIDE = flags.DEFINE_integer("image_side", 448, "Image side in pixels (multiple of 28).")
+_SIDE = flags.DEFINE_integer("image_side", 448, "Image side in pixels (multiple of "
+                             "patch x merge size: 28 Qwen2.5-VL, 32 Qwen3-VL).")
 _PARAM_DTYPE = flags.DEFINE_string("param_dtype", "bfloat16", "float32 | bfloat16.")
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Activation dtype.")
 _REMAT = flags.DEFINE_bool("remat", True, "Recompute blocks in the backward pass.")
@@ -66,28 +68,38 @@ def _parse_mesh(spec: str) -> dict[str, int]:
 
 def forward_flops(config: presets.ModelConfig, rows: int, seq: int, images: int,
                   side: int) -> float:
-  """Matmul FLOPs of one forward pass over the batch (2 per multiply-add)."""
+  """Matmul FLOPs of one forward pass over the batch (2 per multiply-add).
+
+  The dense matmuls are counted from the model's own kernels (any family):
+  every text-layer kernel and the LM head once per token, every vision-block
+  kernel and the patch embedding once per patch, the mergers' once per merged
+  token. Attention adds its score and value products (causal: half the square).
+  """
   t, v = config.text, config.vision
+  shapes = jax.eval_shape(lambda: vlm.init_params(config, jax.random.PRNGKey(0)))
+  kernels = lambda tree: sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(tree)
+                             if getattr(path[-1], "key", None) == "kernel")
   q = t.num_heads * t.head_dim
-  kv = t.num_kv_heads * t.head_dim
-  layer = t.hidden_size * (2 * q + 2 * kv) + 3 * t.hidden_size * t.intermediate_size
   tokens = rows * seq
-  text = 2 * tokens * (t.num_layers * layer + t.hidden_size * t.vocab_size)
-  # Causal attention: scores and values over half the square, per layer.
+  text = 2 * tokens * (kernels(shapes["text"]["layers"]) + t.hidden_size * t.vocab_size)
   text += 2 * 2 * rows * (seq * seq / 2) * q * t.num_layers
   if not images:
     return text
   g = side // v.patch_size
   p = g * g                                    # patches per image
   n = rows * images * p                        # patches in the batch
-  block = 4 * v.hidden_size ** 2 + 3 * v.hidden_size * v.intermediate_size
-  vision = 2 * n * (v.patch_dim * v.hidden_size + v.depth * block)
-  merged = n // v.merge_unit
-  h4 = v.hidden_size * v.merge_unit
-  vision += 2 * merged * (h4 * h4 + h4 * v.out_hidden_size)
-  window = min(p, (v.window_size // v.patch_size) ** 2)
-  full = len(v.fullatt_block_indexes)
-  vision += 2 * 2 * n * v.hidden_size * (full * p + (v.depth - full) * window)
+  vision_params = shapes["vision"]
+  per_patch = kernels(vision_params["blocks"]) + kernels(vision_params["patch_embed"])
+  per_merged = kernels(vision_params) - per_patch
+  vision = 2 * n * per_patch + 2 * (n // v.merge_unit) * per_merged
+  # Keys each patch attends to: its window, or its whole image in full blocks.
+  if v.window_merged is None:
+    keys = v.depth * p
+  else:
+    full = len(v.fullatt_block_indexes)
+    window = min(p, (v.window_merged * v.spatial_merge_size) ** 2)
+    keys = full * p + (v.depth - full) * window
+  vision += 2 * 2 * n * v.hidden_size * keys
   return text + vision
 
 
@@ -98,10 +110,7 @@ def main(argv):
   if _LAYERS.value:
     config = config.replace(text=dataclasses.replace(config.text, num_layers=_LAYERS.value))
   if _VISION_DEPTH.value:
-    depth = _VISION_DEPTH.value
-    full = tuple(i for i in config.vision.fullatt_block_indexes if i < depth) or (depth - 1,)
-    config = config.replace(vision=dataclasses.replace(
-        config.vision, depth=depth, fullatt_block_indexes=full))
+    config = config.replace(vision=config.vision.with_depth(_VISION_DEPTH.value))
   mesh = parallel.make_mesh(_parse_mesh(_MESH.value))
   devices = mesh.devices.size
   data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
