@@ -54,6 +54,14 @@ class VisionConfig:
     """Window side in merged units (4 for the released models)."""
     return self.window_size // self.spatial_merge_size // self.patch_size
 
+  def with_depth(self, depth: int) -> "VisionConfig":
+    """The tower cut to its first `depth` blocks (e.g. for benchmarks); the
+    full-attention blocks past the cut are dropped (the last block is full
+    if none is left)."""
+    full = tuple(i for i in self.fullatt_block_indexes if i < depth)
+    return dataclasses.replace(self, depth=depth,
+                               fullatt_block_indexes=full or (depth - 1,))
+
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
@@ -135,6 +143,12 @@ class Qwen3VisionConfig:
   def position_side(self) -> int:
     """Side of the square position table (48 for 2304 rows)."""
     return math.isqrt(self.num_position_embeddings)
+
+  def with_depth(self, depth: int) -> "Qwen3VisionConfig":
+    """The tower cut to its first `depth` blocks (e.g. for benchmarks); the
+    DeepStack taps past the cut are dropped."""
+    taps = tuple(i for i in self.deepstack_visual_indexes if i < depth)
+    return dataclasses.replace(self, depth=depth, deepstack_visual_indexes=taps)
 
 
 @dataclasses.dataclass(frozen=True)
