@@ -8,6 +8,8 @@ images and a text-only row:
   * the merged full checkpoint, loaded by transformers alone;
   * dropout: PEFT's training-mode forward with each lora_dropout replaced by
     the mask evejax drew for that module and layer.
+Qwen3-VL (module names = hub names, DeepStack mergers, a patch embedding
+with bias) checks both directions once.
 """
 import os
 
@@ -188,6 +190,46 @@ class PeftInterchangeTest(absltest.TestCase):
         _adapted(self.params, adapter, cfg, self.config,
                  jax.tree.map(jnp.asarray, inputs)), inputs)[0]
     self.assertGreater(testing_hf.max_diff(no_dropout, theirs), 0.1)
+
+
+class Qwen3VLInterchangeTest(absltest.TestCase):
+
+  def test_both_directions(self):
+    tiny = testing_hf.TinyCheckpoint(seed=0, family="qwen3_vl")
+    self.addCleanup(tiny.cleanup)
+    config = tiny.config
+    params = hf.load_params(tiny.dir, config)
+    examples, positions, base = tiny.examples([[3, (64, 96), 2], [5]], seed=1)
+    np_inputs = testing_hf.to_model_inputs(config, examples, positions)
+    inputs = jax.tree.map(jnp.asarray, np_inputs)
+
+    def check(adapter, cfg, model):
+      ours = testing_hf.real_logits(
+          _adapted(params, adapter, cfg, config, inputs), np_inputs)
+      for e, o, b in zip(examples, ours, base):
+        theirs = testing_hf.hf_logits(model, e)
+        self.assertLessEqual(testing_hf.max_diff(o, theirs), ATOL)
+        self.assertGreater(testing_hf.max_diff(theirs, b), 0.5)
+
+    cfg = lora.LoraConfig(4, 8.0, targets=(r"kernel$",))
+    self.assertIn("vision/deepstack_merger/fc1/kernel",
+                  [t.path for t in lora.select_targets(cfg, config)])
+    adapter = _random_b(lora.init_adapter(cfg, config, jax.random.key(0)), 3,
+                        std=0.1)
+    out = os.path.join(tiny.dir, "..", "exported")
+    lora.export_peft(adapter, cfg, config, out)
+    check(adapter, cfg, peft.PeftModel.from_pretrained(
+        testing_hf.load_hf_model(tiny.dir), out).eval())
+
+    torch.manual_seed(0)
+    model = peft.get_peft_model(testing_hf.load_hf_model(tiny.dir), peft.LoraConfig(
+        r=4, lora_alpha=16, init_lora_weights=False,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                        "up_proj", "down_proj", "linear_fc1", "linear_fc2"])).eval()
+    saved = os.path.join(tiny.dir, "..", "from_peft")
+    model.save_pretrained(saved)
+    adapter, cfg = lora.import_peft(saved, config)
+    check(adapter, cfg, model)
 
 
 if __name__ == "__main__":
