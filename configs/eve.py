@@ -1,6 +1,6 @@
 r"""EVE: Challenger-Solver self-evolution through executable image transformations.
 
-Run (tiny model from scratch, built-in images, CPU, about 9 minutes on 2 cores):
+Run (tiny model from scratch, built-in images, CPU, about 8 minutes on 2 cores):
   python -m evejax.main --config configs/eve.py:tiny --workdir workdirs/eve_tiny
 
 A released checkpoint on a GPU node or TPU slice (published hyperparameters):
@@ -55,7 +55,7 @@ def _base() -> ml_collections.ConfigDict:
       solver_group=8,
       difficulty_samples=6,        # frozen-Solver answers per question
       question_types=(0, 1),       # type 2 is implemented, off by default
-      type2_partial_credit=True,
+      type2_partial_credit=True,   # type 2 graded per matched position (else all or nothing)
       num_args=4,
       transforms="",               # extra transformation library "pkg.mod:attr"
       heldout_eval_questions=256,  # Solver accuracy on held-out families
@@ -65,8 +65,8 @@ def _base() -> ml_collections.ConfigDict:
   c.queue = ml_collections.ConfigDict(dict(
       capacity=50,                 # top-K by difficulty, seeds never evicted
       min_difficulty=0.5,          # strictly greater: pass rate in (0.25, 0.75)
-      max_function_chars=2000,
-      max_comments=2,
+      max_function_chars=2000,     # also a validity check and a rule in the prompt
+      max_comments=2,              # comment markers; more also zero the format reward
       bleu_threshold=0.25,         # near-duplicate if sentence-BLEU exceeds this
       examples_per_prompt=(1, 2),  # each half the time
   ))
@@ -83,7 +83,7 @@ def _base() -> ml_collections.ConfigDict:
   c.checks = ml_collections.ConfigDict(dict(
       min_pixels=32 * 32, max_pixels=2_000_000, min_opaque_fraction=0.10,
       max_near_black_fraction=0.10, rotation_near_black_fraction=0.75,
-      near_black_luma=5.0, distinct_size_ratio=0.95, max_function_chars=2000,
+      near_black_luma=5.0, distinct_size_ratio=0.95,
       reject_randomness=True, reject_file_saving=True))
 
   c.sampling = ml_collections.ConfigDict(dict(
@@ -105,24 +105,25 @@ def _base() -> ml_collections.ConfigDict:
       challenger_families=(),      # () = every family the Challenger may see
   ))
   c.log = ml_collections.ConfigDict(dict(
-      every=1, tensorboard=True, gallery_tasks=24, progress=True))
+      tensorboard=True,
+      gallery_tasks=24,            # cards per iteration's HTML gallery
+      progress=True))              # progress bars (and periodic progress log lines)
   return c
 
 
 def tiny() -> ml_collections.ConfigDict:
-  """Tiny VLM from scratch on CPU: SFT warm start, then a few EVE iterations.
+  """The whole EVE loop on a 2-core CPU with a tiny VLM trained from scratch.
 
-  Departures from the published setup, all for a 2-core CPU: the Challenger is
-  warm-started on two short families far from the seeds (roll, spotlight) with
-  a one-line think block and samples at temperature 0.7; compact instructions
-  with one queue example; short Solver replies, small batches, higher learning
-  rates and no KL term.
-
-  What it shows (about 8 minutes; BENCHMARKS.md, "EVE tiny preset"): 17-81%
-  of the Challenger's programs per step run and pass every check, a few enter
-  the queue (4 -> 6), the Solver phases train on the logged questions, and
-  held-out accuracy goes from 0% to about chance (27%), learnt in the warm
-  start (the answer format); the EVE iterations do not raise it at this size.
+  For: seeing every part of the method run end to end on a laptop (sandbox,
+  questions, difficulty, queue admission, both GRPO phases, resume, gallery);
+  BENCHMARKS.md ("EVE tiny preset") has what it reaches. No pretrained model
+  reaches such a machine, so it departs from the paper where a random 2-layer
+  model needs it: an SFT warm start of both roles on the built-in library (the
+  Challenger on two short families far from the seeds, roll and spotlight, so
+  that its programs can enter the queue), compact instructions with one queue
+  example, Challenger sampling at T=0.7 (at T=1 most of its programs do not
+  parse), short Solver replies, small batches, larger learning rates and no
+  KL term.
   """
   c = _base()
   c.model = cu.model("tiny")
@@ -147,22 +148,17 @@ def tiny() -> ml_collections.ConfigDict:
   c.solver_data.keep = 64
   c.sampling.challenger.max_new_tokens = 384
   c.sampling.solver.max_new_tokens = 16
-  # GRPO at 3e-4 undid both warm starts within 3 steps (valid programs 81% -> 8%,
-  # held-out boxed answers 100% -> 31%).
+  # Larger GRPO steps undo the warm starts (BENCHMARKS.md).
   c.train = cu.grpo(lr=3e-5, kl_coef=0.0)
   c.sandbox = cu.sandbox(workers=2, timeout_s=5.0)
   c.checkpoint = cu.checkpoint(every=10, keep=2)
-  # The Challenger memorises two short families that are far from the seeds
-  # (so its programs can enter the queue): 120 steps of 8 programs at a
-  # constant 4e-3 bring the loss to ~0.2 nats/token, mostly the entropy of the
-  # sampled arguments. With 16 families, or 60 steps, it writes no valid program.
+  # The Challenger memorises two short families far from the seeds; with all
+  # families, or fewer steps, it writes no valid program at this size.
   c.warmstart.update(dict(enabled=True, challenger_steps=120, solver_steps=40,
                           batch_size=8, lr=4e-3, short_think=True,
                           challenger_families=("roll", "spotlight"),
                           schedule="constant", warmup_steps=0,
                           solver_batch_size=16, solver_lr=4e-3, solver_schedule="cosine"))
-  # At T=1 a model this small puts enough mass on malformed tokens that two
-  # thirds of its programs fail to parse; at 0.7 about 80% run.
   c.sampling.challenger.temperature = 0.7
   c.log.gallery_tasks = 12
   return c

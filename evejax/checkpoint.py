@@ -208,8 +208,20 @@ class Checkpointer:
     state = data_to_keys(restored["state"], impls)
     return state, dict(restored["extra"] or {})
 
+  def read_extra(self, step: int) -> dict[str, Any]:
+    """The `extra` JSON of one step, without reading its arrays."""
+    self._check_committed(step)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        extra=ocp.args.JsonRestore()))
+    return dict(restored["extra"] or {})
+
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
     """(step, state, extra) of the newest readable checkpoint, or None if none.
+
+    `abstract_state` is the restore target, or a function of a step's `extra`
+    returning it (when the state's structure depends on host state, e.g. which
+    frozen copies a run held); an exception that function raises (e.g. for a
+    checkpoint of an incompatible format) propagates.
 
     A step that fails to restore (damaged files, missing commit marker) is
     logged as a warning and the previous step is tried. Once an older step
@@ -228,7 +240,15 @@ class Checkpointer:
     errors: list[str] = []
     for step in reversed(steps):
       try:
-        state, extra = self.restore(step, abstract_state)
+        target = abstract_state
+        if callable(abstract_state):
+          extra = self.read_extra(step)
+          # Outside the fallback: a target function that refuses a step (e.g. an
+          # incompatible format) speaks for the whole directory.
+          target = _call_target(abstract_state, extra)
+        state, extra = self.restore(step, target)
+      except _TargetRefused as e:
+        raise e.error from None
       except Exception as e:  # noqa: BLE001 -- any failure means "unreadable".
         msg = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
         logging.warning("Checkpoint step %d in %s could not be restored (%s); "
@@ -271,6 +291,21 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+class _TargetRefused(Exception):
+  """Carries an exception raised by a restore-target function."""
+
+  def __init__(self, error: Exception):
+    super().__init__(str(error))
+    self.error = error
+
+
+def _call_target(fn, extra):
+  try:
+    return fn(extra)
+  except Exception as e:  # noqa: BLE001 -- re-raised by restore_latest.
+    raise _TargetRefused(e) from e
 
 
 def _impl_name(x: Any) -> str:

@@ -6,9 +6,80 @@ sandbox, checkpointing) so that a value has one home.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+import ast
+import importlib.util
+import os
+from typing import Callable, Mapping, Sequence
 
 import ml_collections
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ConfigError(ValueError):
+  """A mistake in a config a user can fix; printed as one clear message."""
+
+
+def load_config(spec: str, overrides: Sequence[str] | Mapping[str, object] = ()
+                ) -> ml_collections.ConfigDict:
+  """The config of `path.py[:preset]` with `a.b=value` overrides applied.
+
+  The one loader behind `python -m evejax.main`, the tools and the tests: a
+  relative path that does not exist from the working directory is looked up in
+  the repository (so `configs/eve.py:tiny` works from anywhere); an unknown
+  preset or key fails with the valid names. Override values are Python
+  literals (`3`, `1e-4`, `'("^vision/",)'`); anything else is a string.
+  """
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path) and not os.path.isabs(path):
+    path = os.path.join(REPO_ROOT, path)
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {spec.partition(':')[0]!r} does not exist.")
+  module_spec = importlib.util.spec_from_file_location(
+      "_evejax_config_" + os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except ValueError as e:  # e.g. an unknown preset, which lists the valid ones
+    raise ConfigError(str(e)) from None
+  items = overrides.items() if hasattr(overrides, "items") else (
+      o.split("=", 1) for o in overrides)
+  for key, value in items:
+    set_value(config, key, _literal(value) if isinstance(value, str) else value)
+  return config
+
+
+def check_key(config: ml_collections.ConfigDict, key: str) -> None:
+  """Fails with the valid names when `key` ('a.b.c') is not in `config`."""
+  node, walked = config, "config"
+  for part in key.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a group)"
+      raise ConfigError(f"unknown key {walked}.{part} in --config.{key}; "
+                        f"valid keys of {walked}: {valid}")
+    node, walked = node[part], f"{walked}.{part}"
+
+
+def set_value(config: ml_collections.ConfigDict, key: str, value) -> None:
+  check_key(config, key)
+  *path, last = key.split(".")
+  node = config
+  for part in path:
+    node = node[part]
+  if isinstance(node[last], str) and not isinstance(value, str):
+    value = str(value)  # `--config.init.hf_dir=123` means the string
+  try:
+    node[last] = value
+  except TypeError as e:  # a value of another type than the default's
+    raise ConfigError(f"--config.{key}={value!r}: {e}") from None
+
+
+def _literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
 
 
 def select_preset(arg: str | None, presets: Mapping[str, Callable[[], ml_collections.ConfigDict]],

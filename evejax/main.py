@@ -1,7 +1,9 @@
 r"""Runs one evejax job: `python -m evejax.main --config configs/eve.py:tiny --workdir DIR`.
 
-The config file's `get_config(arg)` returns an ml_collections.ConfigDict; any
-value can be overridden on the command line (`--config.eve.iterations=2`).
+`--config path.py[:preset]`: the config file's `get_config(preset)` returns an
+ml_collections.ConfigDict (`evejax.config_utils.load_config`); any value can be
+overridden on the command line (`--config.eve.iterations=2`); an unknown preset
+or key fails at once with the valid names.
 `config.recipe` names the recipe module (`eve` -> `evejax.recipes.eve`, or a
 full import path `pkg.module`), whose `run(config, workdir)` does the work. A
 workdir that already holds checkpoints is resumed.
@@ -9,7 +11,6 @@ workdir that already holds checkpoints is resumed.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging as logging_lib
 import os
 import sys
@@ -17,11 +18,9 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, optionally with a preset: configs/eve.py:tiny.",
-    lock_config=True)
+from evejax import config_utils
+
 _XLA_CACHE = flags.DEFINE_string(
     "compilation_cache", os.path.join(os.path.expanduser("~"), ".cache", "evejax", "xla"),
     "Directory of JAX's persistent compilation cache (re-runs and resumes skip "
@@ -34,10 +33,6 @@ _WORKDIR = flags.DEFINE_string(
     "Where checkpoints, metrics and galleries go. Default: workdirs/<recipe>_<preset>.")
 
 
-class ConfigError(ValueError):
-  """A mistake in the config a user can fix; printed as one clear message."""
-
-
 def resolve_recipe(name: str):
   """Imports the recipe module named by `config.recipe`."""
   module_name = name if "." in name else f"evejax.recipes.{name}"
@@ -45,20 +40,18 @@ def resolve_recipe(name: str):
     module = importlib.import_module(module_name)
   except ModuleNotFoundError as e:
     if e.name and module_name.startswith(e.name):
-      raise ConfigError(
+      raise config_utils.ConfigError(
           f"config.recipe={name!r}: no module {module_name!r}. Built-in recipes: "
           f"{sorted(builtin_recipes())}; or give a full import path.") from None
     raise
   if not hasattr(module, "run"):
-    raise ConfigError(f"Recipe module {module_name!r} has no run(config, workdir).")
+    raise config_utils.ConfigError(f"Recipe module {module_name!r} has no run(config, workdir).")
   return module
 
 
 def builtin_recipes() -> list[str]:
-  recipes_dir = os.path.join(os.path.dirname(__file__), "recipes")
-  return sorted(
-      f[:-3] for f in os.listdir(recipes_dir)
-      if f.endswith(".py") and not f.startswith("_") and "_" not in f)
+  from evejax import recipes  # pylint: disable=g-import-not-at-top
+  return list(recipes.BUILTIN)
 
 
 def default_workdir(config) -> str:
@@ -74,12 +67,9 @@ class _QuietLibraries(logging_lib.Filter):
         f"/{lib}/" in record.pathname for lib in ("orbax", "etils"))
 
 
-def main(argv):
+def main(argv, config):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError("--config is required, e.g. --config configs/eve.py:tiny")
   for handler in logging_lib.getLogger().handlers + logging.get_absl_logger().handlers:
     handler.addFilter(_QuietLibraries())
   if _DISTRIBUTED.value:
@@ -96,52 +86,40 @@ def main(argv):
   recipe.run(config, workdir)
 
 
-def _load_config_file(spec: str):
-  """Loads `path.py[:arg]` the way config_flags does, to check it up front."""
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise ConfigError(f"config file {path!r} does not exist.")
-  module_spec = importlib.util.spec_from_file_location("_evejax_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  try:
-    return module.get_config(arg) if arg else module.get_config()
-  except ValueError as e:  # e.g. an unknown preset, which lists the valid ones
-    raise ConfigError(str(e)) from None
-
-
-def check_args(argv: list[str]) -> None:
-  """Fails with one clear message on an unknown preset or override key.
-
-  ml_collections reports these as multi-screen tracebacks; a user wants the
-  name that was wrong and the names that would have been right.
-  """
-  spec, overrides = None, []
-  for i, a in enumerate(argv):
+def split_overrides(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
+  """(config spec, 'a.b=value' overrides, the other arguments) of a command line."""
+  spec, overrides, rest = None, [], []
+  i = 0
+  while i < len(argv):
+    a = argv[i]
     if a.startswith("--config="):
       spec = a.split("=", 1)[1]
     elif a == "--config" and i + 1 < len(argv):
-      spec = argv[i + 1]
+      spec, i = argv[i + 1], i + 1
     elif a.startswith("--config."):
-      overrides.append(a[len("--config."):].split("=", 1)[0])
-  if spec is None:
-    return
-  config = _load_config_file(spec)
-  for key in overrides:
-    node, walked = config, "config"
-    for part in key.split("."):
-      if not hasattr(node, "keys") or part not in node:
-        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a group)"
-        raise ConfigError(f"unknown key {walked}.{part} in --config.{key}; "
-                          f"valid keys of {walked}: {valid}")
-      node, walked = node[part], f"{walked}.{part}"
+      key, sep, value = a[len("--config."):].partition("=")
+      if not sep and i + 1 < len(argv):
+        value, i = argv[i + 1], i + 1
+      overrides.append(f"{key}={value}")
+    else:
+      rest.append(a)
+    i += 1
+  return spec, overrides, rest
 
 
 def _run():
+  spec, overrides, rest = split_overrides(sys.argv)
   try:
-    check_args(sys.argv[1:])
-    app.run(main)
-  except ConfigError as e:
+    if spec is None:
+      raise config_utils.ConfigError("--config is required, e.g. --config configs/eve.py:tiny")
+    config = config_utils.load_config(spec, overrides)
+  except config_utils.ConfigError as e:
+    print(f"evejax: config error: {e}", file=sys.stderr)
+    sys.exit(2)
+  config.lock()
+  try:
+    app.run(lambda argv: main(argv, config), argv=rest)
+  except config_utils.ConfigError as e:
     print(f"evejax: config error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -58,12 +58,23 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
   return records
 
 
-def _truncate_jsonl(path: str, last_step: int) -> int:
-  """Drops records with step > last_step (atomically); returns how many."""
+def _truncate_jsonl(path: str, last_step: int, position: int | None = None) -> int:
+  """Drops records written after a checkpoint (atomically); returns how many.
+
+  A record carrying a 'position' (schedule units done when it was written) is
+  dropped when that position is at or past `position`; other records when
+  their step is past `last_step`.
+  """
   if not os.path.exists(path):
     return 0
   records = read_jsonl(path)
-  keep = [r for r in records if r.get("step", -1) <= last_step]
+
+  def after(r):
+    if position is not None and "position" in r:
+      return r["position"] >= position
+    return r.get("step", -1) > last_step
+
+  keep = [r for r in records if not after(r)]
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     for r in keep:
@@ -109,14 +120,15 @@ class MetricsWriter:
   """Scalars to `<workdir>/metrics.jsonl` and TensorBoard; images and text too.
 
   Each `scalars` call appends one JSON object {"step", "time", name: value...}
-  and flushes it, so a killed run loses nothing it logged. Pass
-  `resume_step` (the restored checkpoint step) when resuming: records after it
-  are dropped from the JSONL files and TensorBoard purges its events after it,
-  so no step appears twice.
+  and flushes it, so a killed run loses nothing it logged. When resuming, pass
+  `resume_step` (the metrics step restored) and, for writers that log a
+  `position` with each record (schedule units done, as the recipe runner does),
+  `resume_position`: records written after the checkpoint are dropped from the
+  JSONL files and TensorBoard purges its events after `resume_step`.
   """
 
   def __init__(self, workdir: str, *, tensorboard: bool = True, jsonl: bool = True,
-               resume_step: int | None = None):
+               resume_step: int | None = None, resume_position: int | None = None):
     self.workdir = workdir
     self._active = _process_index() == 0
     self._jsonl = self._text = self._tb = None
@@ -127,7 +139,7 @@ class MetricsWriter:
       paths = [os.path.join(workdir, METRICS_FILE), os.path.join(workdir, TEXT_FILE)]
       if resume_step is not None:
         for p in paths:
-          dropped = _truncate_jsonl(p, resume_step)
+          dropped = _truncate_jsonl(p, resume_step, resume_position)
           if dropped:
             logging.info("Dropped %d records after step %d from %s", dropped, resume_step, p)
       # Line-buffered: every record reaches the OS as soon as it is written.
@@ -144,12 +156,17 @@ class MetricsWriter:
   def _name(name: str, prefix: str | None) -> str:
     return f"{prefix}/{name}" if prefix else name
 
-  def scalars(self, step: int, metrics: Mapping[str, Any], prefix: str | None = None) -> None:
+  def scalars(self, step: int, metrics: Mapping[str, Any], prefix: str | None = None,
+              position: int | None = None) -> None:
+    """One record at `step`; `position` marks where in a run it was written."""
     if not self._active:
       return
     values = {self._name(k, prefix): _to_number(k, v) for k, v in metrics.items()}
     if self._jsonl is not None:
-      self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
+      head = {"step": int(step), "time": time.time()}
+      if position is not None:
+        head["position"] = int(position)
+      self._jsonl.write(json.dumps({**head, **values}) + "\n")
     if self._tb is not None:
       for k, v in values.items():
         self._tb.add_scalar(k, v, int(step))

@@ -9,30 +9,27 @@ difficulty, rewards and GRPO update the Challenger, the queue admits programs,
 logged questions feed a Solver phase trained by GRPO, and the gallery shows
 the tasks.
 """
-import importlib.util
 import os
 import tempfile
 
 import numpy as np
 from absl.testing import absltest
 
+from evejax import config_utils
 from evejax import observe
-from evejax.recipes import common
+from evejax.data import transforms
 from evejax.recipes import eve
 from evejax.recipes import eve_tasks
-from evejax.rl import rollouts
+from evejax.recipes import role as role_lib
+from evejax.recipes import runner
 
-_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "eve.py")
 # Non-seed, non-held-out families whose function text is not a near-duplicate
 # of any seed (sentence-BLEU <= 0.25), so each one's first program may enter.
 _FAMILIES = ("flip", "mask_cell", "spotlight", "zoom", "slice_shift", "jigsaw_3x3")
 
 
 def pipeline_config():
-  spec = importlib.util.spec_from_file_location("eve_config", _CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("tiny")
+  c = config_utils.load_config("configs/eve.py:tiny")
   c.mesh.devices = 1
   c.warmstart.challenger_steps = 0     # the scripted Challenger needs none
   c.warmstart.solver_steps = 40        # sampled replies boxed, pass rate near chance
@@ -48,38 +45,24 @@ def pipeline_config():
   return c
 
 
-class ScriptedChallengerEve(eve.Eve):
-  """Challenger replies are library programs with fresh arguments."""
+def library_challenger(role: role_lib.Role) -> role_lib.ScriptedRole:
+  """A Challenger whose replies are library programs with fresh arguments."""
+  library = transforms.library()
+  size = (pipeline_config().data.size,) * 2   # built-in scenes are square
 
-  def _generate(self, role, prompts, block, group, seed, greedy=False):
-    if role != "challenger":
-      return super()._generate(role, prompts, block, group, seed, greedy)
-    rng = np.random.default_rng(seed)
-    size = self.source.item(0)[1].size   # built-in scenes all have one size
-    texts = []
-    for _ in range(len(prompts) * group):
-      fam = self.library[_FAMILIES[rng.integers(len(_FAMILIES))]]
-      texts.append(eve_tasks.challenger_sft_target(
-          fam, fam.sample(rng, *size), think_text=fam.description))
-    toks = [common.completion_ids(self.rt, t) for t in texts]
-    # Behaviour log-probs under the current policy, as the sampler reports them.
-    rows = [p for p in prompts for _ in range(group)]
-    learner = self.learners[role]
-    batch = rollouts.train_batch(
-        rows, toks, model_config=self.rt.model_config, pad_id=self.tok.pad_id,
-        length_buckets=self.length_buckets, patch_buckets=self.patch_buckets,
-        row_multiple=self.row_multiple)
-    logp = np.asarray(learner.score(learner.params, batch))
-    lps = [logp[i, len(p.tokens) - 1:len(p.tokens) - 1 + len(t)]
-           for i, (p, t) in enumerate(zip(rows, toks))]
-    return toks, lps, texts
+  def reply(prompt_index, member, rng):
+    fam = library[_FAMILIES[rng.integers(len(_FAMILIES))]]
+    return eve_tasks.challenger_sft_target(fam, fam.sample(rng, *size),
+                                           think_text=fam.description)
+  return role_lib.ScriptedRole(role, reply)
 
 
 class PipelineTest(absltest.TestCase):
 
   def test_valid_programs_are_admitted_and_train_the_solver(self):
     workdir = tempfile.mkdtemp()
-    summary = ScriptedChallengerEve(pipeline_config(), workdir).run()
+    summary = eve.run(pipeline_config(), workdir,
+                      role_wrappers={"challenger": library_challenger})
     recs = observe.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     challenger = [r for r in recs if "challenger/valid_rate" in r]
     self.assertLen(challenger, 2)
@@ -101,14 +84,14 @@ class PipelineTest(absltest.TestCase):
     self.assertLen(solver, 2)
     self.assertNotIn("solver/no_data_steps", summary["counts"])
     # The Solver phase rebuilds logged questions exactly as they were scored.
-    again = ScriptedChallengerEve(pipeline_config(), workdir)   # restores the run's end
+    again = runner.Runner(eve.Eve, pipeline_config(), workdir)   # restores the run's end
     try:
-      recs = again.solver_data[:6]
-      rebuilt = again._finish_rebuild(again._start_rebuild(recs))
+      recs = again.recipe.solver_data[:6]
+      rebuilt = again.recipe._logged_questions(again.recipe._rerun_programs(recs))
     finally:
-      again.pool.close()
+      again.recipe.close()
       again.ckpt.close()
-      again.writer.close()
+      again.run.writer.close()
     self.assertNotEmpty(recs)
     for rec, q in zip(recs, rebuilt):
       self.assertEqual((q.qtype, q.answer, q.meta["order"]), (rec["qtype"], rec["answer"], rec["order"]))

@@ -1,5 +1,4 @@
 """EVE recipe: the schedule, a shortened end-to-end tiny run, and resume mid-phase."""
-import importlib.util
 import json
 import os
 import shutil
@@ -8,17 +7,14 @@ import tempfile
 import numpy as np
 from absl.testing import absltest
 
+from evejax import config_utils
 from evejax import observe
 from evejax.recipes import eve
-
-_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "eve.py")
+from evejax.recipes import runner
 
 
 def tiny_config():
-  spec = importlib.util.spec_from_file_location("eve_config", _CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("tiny")
+  return config_utils.load_config("configs/eve.py:tiny")
 
 
 def short_config():
@@ -53,8 +49,7 @@ def _first_challenger_step(c):
   """(stage index, checkpoint position) of the end of the first Challenger step."""
   stages = eve.schedule(c)
   first = next(i for i, st in enumerate(stages) if st.kind == "challenger")
-  # Every step and every stage end advance the position by one.
-  return first, sum(st.steps + 1 for st in stages[:first]) + 1
+  return first, runner.Schedule(stages).units_done((first, 1))
 
 
 def _records(workdir):
@@ -71,6 +66,10 @@ class ScheduleTest(absltest.TestCase):
         "eval/iter0", "warmstart/challenger/iter0", "warmstart/solver/iter0", "eval/iter0",
         "challenger/challenger/iter1", "solver/solver/iter1", "eval/iter1",
         "challenger/challenger/iter2", "solver/solver/iter2", "eval/iter2"])
+    # Evaluations take no train step; every step and stage end is a checkpoint unit.
+    sched = runner.Schedule(eve.schedule(c))
+    self.assertEqual(sched.train_steps_done((4, 0)), 120 + 40)
+    self.assertEqual(sched.units_done((4, 0)), 1 + 1 + 121 + 41 + 2)
     c.warmstart.enabled = False
     self.assertEqual(eve.schedule(c)[1].name, "challenger/challenger/iter1")
 
@@ -80,7 +79,7 @@ class EndToEndTest(absltest.TestCase):
   def test_short_tiny_run_and_resume_mid_phase(self):
     root = tempfile.mkdtemp()
     full = os.path.join(root, "full")
-    summary = eve.Eve(short_config(), full).run()
+    summary = eve.run(short_config(), full)
 
     # The loop ran end to end: the warm-started Challenger wrote programs that
     # passed the sandbox's checks, at least one entered the queue, the Solver
@@ -116,9 +115,9 @@ class EndToEndTest(absltest.TestCase):
       if name.isdigit() and int(name) <= position:
         shutil.copytree(os.path.join(full, "checkpoints", name),
                         os.path.join(part, "checkpoints", name))
-    resumed = eve.Eve(short_config(), part)
-    self.assertEqual(resumed.cursor, (first, 1))
-    resumed.run()
+    resumed = runner.Runner(eve.Eve, short_config(), part)
+    self.assertEqual(resumed.run.cursor, (first, 1))
+    resumed.run_all()
     after = _records(part)
     self.assertNotEmpty(after)
 

@@ -13,7 +13,11 @@ from PIL import Image
 from evejax.data import sources
 from evejax.data import transforms
 from evejax.recipes import eve_tasks
+from evejax.recipes import runner
+from evejax.rewards import eve as eve_rewards
 from evejax.recipes.eve_tasks import LETTERS
+
+LIMITS = {"max_function_chars": 2000, "max_comments": 2}
 
 
 def load_program(program: str):
@@ -83,7 +87,8 @@ class QuestionsTest(absltest.TestCase):
       for j, letter in enumerate(q.answer):
         args = ast.literal_eval(q.options[LETTERS.index(letter)])
         self.assertTrue(same(apply(self.edit, self.image, args), q.images[1 + j]))
-      self.assertEqual(eve_tasks.grade(q, q.answer), 1.0)
+      self.assertEqual(eve_rewards.solver_accuracy(f"\\boxed{{{q.answer}}}", q.answer,
+                                                   kind="letter_sequence"), 1.0)
 
   def test_every_question_shows_the_code_size_and_boxed(self):
     for q in self.build():
@@ -115,13 +120,13 @@ class QuestionsTest(absltest.TestCase):
                                                types=(1,), ks=[0], seed=3)[0].meta)
     self.assertTrue(any(m["order"] != base[0].meta["order"] for m in changed))
 
-  def test_derive_seed_is_stable(self):
+  def test_seed_is_stable(self):
     # sha256-based: the same value in every process (unlike hash() of a str).
-    self.assertEqual(eve_tasks.derive_seed("a", 1), eve_tasks.derive_seed("a", 1))
-    self.assertNotEqual(eve_tasks.derive_seed("a", 1), eve_tasks.derive_seed("a", 2))
+    self.assertEqual(runner.seed("a", 1), runner.seed("a", 1))
+    self.assertNotEqual(runner.seed("a", 1), runner.seed("a", 2))
     import hashlib
-    want = int.from_bytes(hashlib.sha256(b"a\x1f1").digest()[:8], "little")
-    self.assertEqual(eve_tasks.derive_seed("a", 1), want)
+    want = int.from_bytes(hashlib.sha256(b'["a", 1]').digest()[:4], "little") & 0x7FFFFFFF
+    self.assertEqual(runner.seed("a", 1), want)
 
   def test_errors(self):
     with self.assertRaisesRegex(ValueError, "4 args dicts and 4 outputs"):
@@ -133,6 +138,19 @@ class QuestionsTest(absltest.TestCase):
 
 
 class GradingTest(absltest.TestCase):
+  """The one grader of a Solver reply (reward, pass rates, evaluation)."""
+
+  def test_the_three_uses_agree_on_ambiguous_replies(self):
+    # Each reply once read differently by the reward and by the pass rates.
+    for reply, gold, kind, want in ((r"\boxed{Answer C}", "C", "letter", 1.0),
+                                    (r"\fbox{B}", "B", "letter", 1.0),
+                                    (r"\boxed{AAAA}", "BDAC", "letter_sequence", 0.0)):
+      with self.subTest(reply):
+        acc = eve_rewards.solver_accuracy(reply, gold, kind=kind)
+        self.assertEqual(acc, want)
+        self.assertEqual(eve_rewards.solver_reward(reply, gold, kind=kind).parts["accuracy"], acc)
+    self.assertEqual(eve_rewards.solver_accuracy(r"\boxed{BDCA}", "BDAC", kind="letter_sequence",
+                                                 partial_credit=False), 0.0)
 
   def test_type2_partial_credit_by_hand(self):
     gold = "BDAC"
@@ -147,20 +165,19 @@ class GradingTest(absltest.TestCase):
         "BDACA": 0.0,  # too long
         "": 0.0,
         "bdac": 0.0,   # letters must be capitals, as asked
+        "AAAA": 0.0,   # one letter for every image is no matching
     }
     for pred, want in cases.items():
       with self.subTest(pred):
-        self.assertEqual(eve_tasks.grade_type2(pred, gold), want)
+        self.assertEqual(eve_rewards.solver_accuracy(f"\\boxed{{{pred}}}", gold,
+                                                     kind="letter_sequence"), want)
 
   def test_choice_and_boxed(self):
-    self.assertEqual(eve_tasks.grade_choice("C", "C"), 1.0)
-    self.assertEqual(eve_tasks.grade_choice("C. image_3", "C"), 1.0)
-    self.assertEqual(eve_tasks.grade_choice("B", "C"), 0.0)
-    self.assertEqual(eve_tasks.grade_choice("none", "C"), 0.0)
-    self.assertEqual(eve_tasks.boxed_content(r"so \boxed{x} then \boxed{\frac{1}{2}}"),
-                     r"\frac{1}{2}")
-    self.assertIsNone(eve_tasks.boxed_content("no box"))
-    self.assertIsNone(eve_tasks.boxed_content(r"\boxed{open"))
+    for reply, want in ((r"\boxed{C}", 1.0), (r"so \boxed{C. image_3}", 1.0),
+                        (r"\boxed{B}", 0.0), (r"\boxed{none}", 0.0), ("C", 0.0),
+                        (r"\boxed{B} then \boxed{C}", 1.0), (r"\boxed{C} then \boxed{B", 1.0)):
+      with self.subTest(reply):
+        self.assertEqual(eve_rewards.solver_accuracy(reply, "C"), want)
 
 
 class WarmStartTest(absltest.TestCase):
@@ -183,8 +200,8 @@ class WarmStartTest(absltest.TestCase):
     lib = transforms.library()
     rng = np.random.default_rng(0)
     examples = [lib[n].program(lib[n].sample(rng, 140, 112)) for n in ("crop_box", "flip")]
-    one = eve_tasks.challenger_instructions(examples[:1], (140, 112))
-    two = eve_tasks.challenger_instructions(examples, (140, 112))
+    one = eve_tasks.challenger_instructions(examples[:1], (140, 112), **LIMITS)
+    two = eve_tasks.challenger_instructions(examples, (140, 112), **LIMITS)
     self.assertIn(examples[0].strip(), one)
     self.assertNotIn(examples[1].strip(), one)
     self.assertIn(examples[1].strip(), two)
@@ -194,11 +211,12 @@ class WarmStartTest(absltest.TestCase):
       self.assertIn("<think>", text)
     self.assertIn("## Example 2", two)
     self.assertNotIn("## Example 2", one)
+    self.assertIn("under 2000 characters with at most 2 comments", one)
 
   def test_sft_pairs(self):
     family = transforms.library()["flip"]
     prompt, target = eve_tasks.challenger_sft_pair(
-        family, np.random.default_rng(1), (112, 112), ["example program"])
+        family, np.random.default_rng(1), (112, 112), ["example program"], limits=LIMITS)
     self.assertIn("example program", prompt)
     self.assertIn(family.description, target)
     image = sources.render_scene(np.random.default_rng(2), (112, 112))
@@ -211,7 +229,8 @@ class WarmStartTest(absltest.TestCase):
       self.assertEqual(prompt, q.text)
       self.assertTrue(target.endswith(f"\\boxed{{{q.answer}}}"))
       self.assertFalse(target.startswith("\\boxed"))  # reasoning first (full format credit)
-      self.assertEqual(eve_tasks.grade(q, eve_tasks.boxed_content(target)), 1.0)
+      kind = "letter_sequence" if q.qtype == 2 else "letter"
+      self.assertEqual(eve_rewards.solver_accuracy(target, q.answer, kind=kind), 1.0)
 
 
 class SandboxQuestionsTest(absltest.TestCase):

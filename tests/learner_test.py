@@ -146,7 +146,7 @@ class GrpoStepTest(absltest.TestCase):
                                                  "optimizer.grad_clip": 0.0})
       learner = learner_lib.Learner(CONFIG, cfg, self.params, mesh=mesh,
                                     compiler_options=FAST_COMPILE)
-      metrics = learner.grpo_step(self.batch)
+      metrics = learner.step("grpo", self.batch)
       self.results[name] = (metrics, jax.device_get(learner.params), learner)
     return self.results[name]
 
@@ -194,21 +194,22 @@ class GrpoStepTest(absltest.TestCase):
     _, _, learner = self.run_step("mesh", micro_batches=2, mesh=parallel.make_mesh(
         {"data": 2, "fsdp": 2, "tensor": 2}))
     with self.assertRaisesRegex(ValueError, r"multiple of micro_batches \(2\) x devices"):
-      learner.grpo_step(_batch(rows=6).replace(advantages=np.zeros(6, np.float32)))
+      learner.step("grpo", _batch(rows=6).replace(advantages=np.zeros(6, np.float32)))
 
 
 class FreezeAndSkipTest(absltest.TestCase):
 
   def test_frozen_vision_nan_skips_and_stop(self):
     params = _init_params()
-    cfg = _cfg(freeze=("^vision/",), max_nonfinite_in_a_row=2, param_dtype="bfloat16")
+    cfg = _cfg(freeze=("^vision/",), max_nonfinite_in_a_row=2)
     cfg.loss.kl_coef = 0.0
-    learner = learner_lib.Learner(CONFIG, cfg, params, compiler_options=FAST_COMPILE)
-    self.assertIsNone(learner._ref)  # kl_coef 0: no reference params, no ref pass
+    learner = learner_lib.Learner(CONFIG, cfg, params, param_dtype="bfloat16",
+                                  compiler_options=FAST_COMPILE)
+    self.assertIsNone(learner.reference_params)  # kl_coef 0: no reference, no ref pass
     batch = _batch().replace(advantages=np.linspace(-1, 1, B).astype(np.float32))
     before = jax.device_get(learner.params)
     dtypes = jax.tree.map(lambda x: x.dtype, learner.state)
-    metrics = learner.grpo_step(batch)
+    metrics = learner.step("grpo", batch)
     self.assertNotIn("kl", metrics)
     # bf16 params keep bf16 Adam moments: the state's dtypes never drift
     # (which would recompile the step and break checkpoint restores).
@@ -224,15 +225,15 @@ class FreezeAndSkipTest(absltest.TestCase):
     self.assertLen(jax.tree.leaves(mu["text"]), len(jax.tree.leaves(params["text"])))
 
     bad = batch.replace(advantages=np.full(B, np.nan, np.float32))
-    metrics = learner.grpo_step(bad)
+    metrics = learner.step("grpo", bad)
     self.assertEqual(metrics["skipped"], 1.0)
     self.assertEqual(metrics["nonfinite_in_a_row"], 1.0)
     _assert_trees_close(self, jax.device_get(learner.params), after, atol=0)
-    learner.grpo_step(batch)  # a good step resets the run of failures
-    learner.grpo_step(bad)
+    learner.step("grpo", batch)  # a good step resets the run of failures
+    learner.step("grpo", bad)
     with self.assertRaisesRegex(FloatingPointError, "max_nonfinite_in_a_row=2"):
-      learner.grpo_step(bad)
-    self.assertEqual(learner.step, 5)
+      learner.step("grpo", bad)
+    self.assertEqual(learner.step_count, 5)
     self.assertEqual(int(learner.state.nonfinite_total), 3)
 
   def test_abstract_learner_compiles_without_allocating(self):
@@ -250,7 +251,7 @@ class FreezeAndSkipTest(absltest.TestCase):
     self.assertGreaterEqual(stats.argument_size_in_bytes, state_bytes)
     self.assertLess(state_bytes, 3 * 4 * sum(x.size for x in jax.tree.leaves(shapes)) / 2)
     with self.assertRaisesRegex(ValueError, "abstract params"):
-      learner.sft_step(_batch())
+      learner.step("sft", _batch())
 
   def test_freeze_pattern_typo(self):
     with self.assertRaisesRegex(ValueError, "matches no parameter.*vision"):
@@ -258,7 +259,14 @@ class FreezeAndSkipTest(absltest.TestCase):
 
   def test_unknown_config_key(self):
     with self.assertRaisesRegex(ValueError, "config.train.loss.kl_cof"):
-      learner_lib._merge_config({"loss": {"kl_cof": 0.1}})
+      learner_lib.merge_config({"loss": {"kl_cof": 0.1}})
+    # An algorithm's own block exists only where that algorithm is chosen.
+    with self.assertRaisesRegex(ValueError, "config.train.reinforce"):
+      learner_lib.merge_config({"reinforce": {"kl_beta": 0.1}})
+    self.assertEqual(learner_lib.merge_config({"algorithm": "reinforce"}).reinforce.kl_beta,
+                     1e-3)
+    with self.assertRaisesRegex(ValueError, "not a registered algorithm"):
+      learner_lib.merge_config({"algorithm": "ppo2"})
 
   def test_warmup_then_cosine_schedule(self):
     cfg = _cfg()
@@ -279,23 +287,27 @@ class SftAndReinforceTest(absltest.TestCase):
                                   compiler_options=FAST_COMPILE)
     logp = np.asarray(_forward_logp(params, batch.inputs, batch.targets))
     m = batch.loss_mask
-    first = learner.sft_step(batch)
+    first = learner.step("sft", batch)
     np.testing.assert_allclose(first["loss"], -(logp * m).sum() / m.sum(), rtol=1e-5)
     for _ in range(4):
-      last = learner.sft_step(batch)
+      last = learner.step("sft", batch)
     self.assertLess(last["loss"], first["loss"] - 0.5)
     # A learner that scores its policy at a sampling temperature still fits
     # the data at T=1 (a recipe's roles sample at T != 1).
-    hot = learner_lib.Learner(CONFIG, _cfg(**{"loss.kl_coef": 0.0, "loss.temperature": 0.5}),
-                              params, compiler_options=FAST_COMPILE)
-    np.testing.assert_allclose(hot.sft_step(batch)["loss"], first["loss"], rtol=1e-5)
+    hot = learner_lib.Learner(CONFIG, _cfg(**{"loss.kl_coef": 0.0}), params,
+                              compiler_options=FAST_COMPILE)
+    np.testing.assert_allclose(hot.step("sft", batch, temperature=0.5)["loss"],
+                               first["loss"], rtol=1e-5)
+    with self.assertRaisesRegex(ValueError, "no 'reinforce' step"):
+      hot.step("reinforce", batch)
 
   def test_reinforce_loss_baseline_and_beta(self):
     params, ref = _init_params(0), _init_params(1)
-    cfg = _cfg(**{"loss.kl_coef": 0.0, "reinforce.kl_beta": 0.5, "ref_on_host": True})
+    cfg = _cfg(**{"algorithm": "reinforce", "loss.kl_coef": 0.0, "ref_on_host": True})
+    cfg.reinforce = {"kl_beta": 0.5}
     learner = learner_lib.Learner(CONFIG, cfg, params, ref_params=ref,
                                   compiler_options=FAST_COMPILE)
-    self.assertIsInstance(learner._ref["text"]["norm"]["scale"], np.ndarray)  # host RAM
+    self.assertIsInstance(learner.reference_params["text"]["norm"]["scale"], np.ndarray)
     batch = _batch()
     rewards = np.linspace(0, 1, B).astype(np.float32)
 
@@ -312,22 +324,34 @@ class SftAndReinforceTest(absltest.TestCase):
     nll = -(logp * m).sum(-1) / m.sum(-1)
     adv = rewards - rewards.mean()  # first batch of a role: baseline = its mean
     kl = (kl_tok * m).sum() / m.sum()
-    metrics = learner.reinforce_step(batch.replace(rewards=rewards), "solver")
+    fields, _ = learner.batch_fields(rewards, group=B)
+    metrics = learner.step("reinforce", batch.replace(**fields))
     np.testing.assert_allclose(metrics["pg_loss"], (adv * nll).mean(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(metrics["kl"], kl, rtol=1e-4)
     np.testing.assert_allclose(metrics["loss"], (adv * nll).mean() + 0.5 * kl, rtol=1e-4)
 
-    s = learner.state
-    role = cfg.reinforce.roles.index("solver")
-    np.testing.assert_allclose(s.baselines.value[role], rewards.mean(), rtol=1e-6)
-    self.assertFalse(bool(s.baselines.initialized[1 - role]))
+    s = learner.state.algorithm_state
+    np.testing.assert_allclose(s.baseline.value, rewards.mean(), rtol=1e-6)
     np.testing.assert_allclose(s.kl_beta, 0.5 * np.exp(0.1 * (kl - 0.02) / 0.02), rtol=1e-4)
-    metrics = learner.reinforce_step(batch.replace(rewards=rewards + 1.0), "solver")
+    fields, _ = learner.batch_fields(rewards + 1.0, group=B)
+    metrics = learner.step("reinforce", batch.replace(**fields))
     np.testing.assert_allclose(metrics["baseline"], rewards.mean(), rtol=1e-5)
-    np.testing.assert_allclose(learner.state.baselines.value[role],
+    np.testing.assert_allclose(learner.state.algorithm_state.baseline.value,
                                0.9 * rewards.mean() + 0.1 * (rewards.mean() + 1.0), rtol=1e-5)
-    with self.assertRaisesRegex(ValueError, "unknown REINFORCE role 'coder'"):
-      learner.reinforce_step(batch.replace(rewards=rewards), "coder")
+    with self.assertRaisesRegex(ValueError, "no 'grpo' step"):
+      learner.step("grpo", batch.replace(**fields))
+
+  def test_advantage_estimator_from_config(self):
+    rewards = np.array([1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 0.0, 0.0], np.float32)
+    grpo = learner_lib.Learner(CONFIG, _cfg(), _init_params(), compiler_options=FAST_COMPILE)
+    dr = learner_lib.Learner(CONFIG, _cfg(**{"loss.advantage": "dr_grpo"}), _init_params(),
+                             compiler_options=FAST_COMPILE)
+    g = grpo.batch_fields(rewards, 4)[0]["advantages"]
+    d, stats = dr.batch_fields(rewards, 4)
+    np.testing.assert_allclose(d["advantages"], [0.75, -0.25, -0.25, -0.25, 1, 1, -1, -1])
+    np.testing.assert_allclose(g[:4], np.array([0.75, -0.25, -0.25, -0.25]) / (0.5 + 1e-6),
+                               rtol=1e-5)
+    self.assertIn("adv/zero_variance_groups", stats)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ class TinyVlmLearnsTest(absltest.TestCase):
       out = sampler.generate_from_inputs(learner.params, prompts, explore, seed=step)
       rewards = (out.tokens[:, 0] == LETTERS[labels][out.prompt_index]).astype(np.float32)
       advs, _ = advantages.group_advantages(rewards, GROUP)
-      metrics = learner.grpo_step(_train_batch(examples, out, np.asarray(advs)))
+      metrics = learner.step("grpo", _train_batch(examples, out, np.asarray(advs)))
       # One graph for sampling and training: the sampler's log-probs are the
       # learner's, so the first (and only) update per batch is on-policy.
       self.assertLess(abs(metrics["sampler_approx_kl"]), 1e-4)

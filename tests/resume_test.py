@@ -77,19 +77,19 @@ if __name__ == "__main__" and "--workdir" in sys.argv:
       step, state, extra = restored
       learner.load_state(state)
       resume_util.emit_resumed(step)
-    while learner.step < args.steps:
+    while learner.step_count < args.steps:
       batch = make_batch(extra["data_position"], learner.step_rng())
-      m = learner.grpo_step(batch)
+      m = learner.step("grpo", batch)
       extra["data_position"] += ROWS
-      extra["queue"].append(f"program-{learner.step}")
-      resume_util.emit_metrics(learner.step, {
+      extra["queue"].append(f"program-{learner.step_count}")
+      resume_util.emit_metrics(learner.step_count, {
           k: m[k] for k in ("loss", "kl", "grad_norm", "entropy", "lr")} | {
               "param_sum": float(sum(np.asarray(x, np.float64).sum()
                                      for x in jax.tree.leaves(learner.params))),
               "data_position": extra["data_position"], "queue": len(extra["queue"])})
-      if ckpt.maybe_save(learner.step, learner.state, extra) and args.wait_saves:
+      if ckpt.maybe_save(learner.step_count, learner.state, extra) and args.wait_saves:
         ckpt.wait()
-    ckpt.maybe_save(learner.step, learner.state, extra, force=True)
+    ckpt.maybe_save(learner.step_count, learner.state, extra, force=True)
     ckpt.close()
 
   main()

@@ -11,16 +11,14 @@ questions whose answers are correct by construction (EVE question types):
   type 2: images = original + the 4 outputs; match each to the shuffled args;
           answer = 4 letters, graded with partial credit (off by default).
 
-Shuffles and the choice of k come from a hash of (seed, program, type, k), never
-from Python's salted `hash()`, so the same program always yields the same
+Shuffles and the choice of k come from `runner.seed(seed, program, type, k)`, a
+stable hash (never Python's salted `hash()`), so the same program always yields the same
 questions. Coordinates in programs are absolute pixels (Qwen2.5-VL), so every
 prompt states the source image's size.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,8 +26,7 @@ import numpy as np
 from PIL import Image
 
 from evejax.data.transforms import Family
-from evejax.data.transforms import MAX_COMMENT_MARKERS
-from evejax.data.transforms import MAX_FUNCTION_CHARS
+from evejax.recipes import runner
 
 LETTERS = "ABCD"
 QUESTION_TYPES = (0, 1, 2)
@@ -55,12 +52,6 @@ class Question:
   options: list[str]
   answer: str
   meta: dict = dataclasses.field(default_factory=dict)
-
-
-def derive_seed(*parts: Any) -> int:
-  """A 64-bit seed from a hash of `parts` (stable across processes and runs)."""
-  digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-  return int.from_bytes(digest[:8], "little")
 
 
 def format_args(args: Mapping[str, Any]) -> str:
@@ -160,7 +151,7 @@ def build_questions(source_image: Image.Image, edit_source: str,
       order = _order(seed, program_key, qtype, None)
       questions.append(_type2(source_image, edit_source, args_list, outputs, order))
       continue
-    chosen = ks if ks is not None else [derive_seed(seed, program_key, qtype, "k") % _NUM]
+    chosen = ks if ks is not None else [runner.seed(seed, program_key, qtype, "k") % _NUM]
     for k in chosen:
       if not 0 <= k < _NUM:
         raise ValueError(f"k={k} is not an index into args_list (0..{_NUM - 1}).")
@@ -171,48 +162,8 @@ def build_questions(source_image: Image.Image, edit_source: str,
 
 
 def _order(seed: int, program_key: str, qtype: int, k: int | None) -> list[int]:
-  rng = np.random.default_rng(derive_seed(seed, program_key, qtype, k))
+  rng = np.random.default_rng(runner.seed(seed, program_key, qtype, k))
   return [int(i) for i in rng.permutation(_NUM)]
-
-
-# ---------------------------------------------------------------------------
-# Grading (the model's \boxed{} content against the gold answer).
-
-
-def boxed_content(text: str) -> str | None:
-  """Content of the last \\boxed{...} in `text` (nested braces allowed), else None."""
-  start = text.rfind("\\boxed{")
-  if start < 0:
-    return None
-  depth, i = 0, start + len("\\boxed")
-  for j in range(i, len(text)):
-    depth += {"{": 1, "}": -1}.get(text[j], 0)
-    if depth == 0:
-      return text[i + 1:j]
-  return None
-
-
-def grade_choice(pred: str, gold: str) -> float:
-  """1.0 if the first capital letter A-D in `pred` is `gold`, else 0.0."""
-  m = re.search(r"[A-D]", pred or "")
-  return float(m is not None and m.group(0) == gold)
-
-
-def grade_type2(pred: str, gold: str) -> float:
-  """Partial credit for a type-2 matching answer: (positions matched) / 4.
-
-  `pred` counts only if it holds exactly 4 capital letters A-D (separators such
-  as spaces or commas are ignored); anything else scores 0.
-  """
-  letters = re.findall(r"[A-D]", pred or "")
-  if len(letters) != len(gold):
-    return 0.0
-  return sum(p == g for p, g in zip(letters, gold)) / len(gold)
-
-
-def grade(question: Question, pred: str) -> float:
-  """Grades the \\boxed{} content `pred` against `question`."""
-  return (grade_type2 if question.qtype == 2 else grade_choice)(pred, question.answer)
 
 
 # ---------------------------------------------------------------------------
@@ -240,7 +191,8 @@ def solver_sft_pair(question: Question, reasoning: str | None = None) -> tuple[s
 
 
 def challenger_instructions(examples: Sequence[str], image_size: Sequence[int],
-                            style: str = "full") -> str:
+                            style: str = "full", *, max_function_chars: int,
+                            max_comments: int) -> str:
   """The Challenger's prompt text: task, rules, 1-2 queue example programs, format.
 
   Args:
@@ -249,6 +201,8 @@ def challenger_instructions(examples: Sequence[str], image_size: Sequence[int],
     image_size: (width, height) of the source image in pixels.
     style: "full" (the method's rules, for real models) or "compact" (the same
       contract in a few lines, for tiny CPU models where every token costs).
+    max_function_chars, max_comments: the queue's limits on the function text
+      (config.queue), stated in the rules.
   """
   w, h = int(image_size[0]), int(image_size[1])
   if style == "compact":
@@ -272,8 +226,8 @@ def challenger_instructions(examples: Sequence[str], image_size: Sequence[int],
       "3. Use only PIL, numpy and math. No randomness, no reading or saving files.\n"
       f"4. Coordinates are absolute pixels of this {w}x{h} image; keep boxes and points "
       "inside it.\n"
-      f"5. Keep edit_image under {MAX_FUNCTION_CHARS} characters with at most "
-      f"{MAX_COMMENT_MARKERS} comments.\n"
+      f"5. Keep edit_image under {max_function_chars} characters with at most "
+      f"{max_comments} comments.\n"
       "6. The examples show the format only: design your own edit and parameters around "
       "the content of this image; do not copy them.\n",
   ]
@@ -304,10 +258,14 @@ def challenger_sft_target(family: Family, args_list: Sequence[Mapping[str, Any]]
 
 
 def challenger_sft_pair(family: Family, rng: np.random.Generator,
-                        image_size: Sequence[int], examples: Sequence[str],
-                        think_text: str | None = None, style: str = "full") -> tuple[str, str]:
-  """(prompt text, target) for Challenger SFT with freshly sampled arguments."""
+                        image_size: Sequence[int], examples: Sequence[str], *,
+                        limits: Mapping[str, int], think_text: str | None = None,
+                        style: str = "full") -> tuple[str, str]:
+  """(prompt text, target) for Challenger SFT with freshly sampled arguments.
+
+  `limits`: the `challenger_instructions` keyword limits.
+  """
   args_list = family.sample(rng, int(image_size[0]), int(image_size[1]))
   think = think_text or challenger_think_text(family, args_list, image_size)
-  return (challenger_instructions(examples, image_size, style),
+  return (challenger_instructions(examples, image_size, style, **limits),
           challenger_sft_target(family, args_list, think))

@@ -23,9 +23,10 @@ Challenger (reference/METHODS.md):  R_C = 0.2 f + 0.4 v + 0.4 d - 0.3 c_hat
   (singletons, counted in the batch size) and get 0.
 
 Solver: R_S = 0.2 fmt + 0.8 acc; fmt = 1 with a ``\\boxed{}`` answer, 0.5 when
-the reply starts with it (no reasoning), 0 without; acc = the first option
-letter inside the box equals the gold letter (``kind`` selects number, text,
-math or letter-sequence grading for other golds).
+the reply starts with it (no reasoning), 0 without; acc (`solver_accuracy`, the
+one grader of a Solver reply) = the first stand-alone option letter inside the
+box equals the gold letter (``kind`` selects number, text, math or
+letter-sequence grading for other golds).
 """
 
 import re
@@ -194,30 +195,42 @@ def solver_format_score(reply: str, *, no_reasoning_score: float = 0.5
   return 1.0
 
 
-def solver_reward(reply: str, gold: str, *, kind: str = "letter",
-                  letter_mode: str = "standalone", w_format: float = 0.2,
-                  w_accuracy: float = 0.8,
-                  no_reasoning_score: float = 0.5) -> Reward:
-  """R_S = w_format fmt + w_accuracy acc.
+def solver_accuracy(reply: str, gold: str, *, kind: str = "letter",
+                    letter_mode: str = "standalone", partial_credit: bool = True) -> float:
+  """acc of a Solver reply: the one grader behind the Solver's reward, the frozen
+  Solver's pass rates (difficulty) and the held-out evaluation.
+
+  The answer is the last complete ``\\boxed{}`` (or ``\\fbox{}``); none scores 0.
 
   Args:
     reply: the Solver's reply.
     gold: the answer known by construction ('B', or 'BDAC' for type 2).
-    kind: 'letter' (default), 'letter_sequence' (partial credit, type 2), or
-      any ``answers.grade`` kind.
+    kind: 'letter' (default: the first stand-alone option letter, so
+      ``\\boxed{Answer C}`` reads as C), 'letter_sequence' (type 2: matched
+      positions / 4), or any ``answers.grade`` kind.
     letter_mode: see ``answers.extract_letter``.
-    w_format, w_accuracy, no_reasoning_score: weights and the format score of
-      a reply that starts with its box.
+    partial_credit: for 'letter_sequence', credit per matched position (else
+      only an exact match scores).
   """
-  fmt = solver_format_score(reply, no_reasoning_score=no_reasoning_score)
   boxed = answers.extract_boxed(reply)
   if boxed is None:
-    acc, reason = 0.0, "no_boxed_answer"
-  else:
-    if kind == "letter_sequence":
-      acc = answers.grade_letter_sequence(boxed, gold)
-    else:
-      acc = float(answers.grade(boxed, gold, kind, letter_mode=letter_mode))
-    reason = "ok" if acc == 1.0 else "wrong_answer"
+    return 0.0
+  if kind == "letter_sequence":
+    acc = answers.grade_letter_sequence(boxed, gold)
+    return acc if partial_credit else float(acc == 1.0)
+  return float(answers.grade(boxed, gold, kind, letter_mode=letter_mode))
+
+
+def solver_reward(reply: str, gold: str, *, kind: str = "letter",
+                  letter_mode: str = "standalone", partial_credit: bool = True,
+                  w_format: float = 0.2, w_accuracy: float = 0.8,
+                  no_reasoning_score: float = 0.5) -> Reward:
+  """R_S = w_format fmt + w_accuracy acc (acc: `solver_accuracy`)."""
+  fmt = solver_format_score(reply, no_reasoning_score=no_reasoning_score)
+  boxed = answers.extract_boxed(reply)
+  acc = solver_accuracy(reply, gold, kind=kind, letter_mode=letter_mode,
+                        partial_credit=partial_credit)
+  reason = ("no_boxed_answer" if boxed is None else
+            "ok" if acc == 1.0 else "wrong_answer")
   return Reward(value=w_format * fmt + w_accuracy * acc, reason=reason,
                 parts={"format": fmt, "accuracy": acc, "answer": boxed})

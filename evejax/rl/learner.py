@@ -1,9 +1,15 @@
-"""The learner: GRPO, REINFORCE and SFT train steps, jit-compiled on a mesh.
+"""The learner: one policy's train state and the compiled steps of its algorithms.
 
     learner = Learner(model_config, config.train, params, mesh=mesh)
-    metrics = learner.grpo_step(TrainBatch(inputs, targets, loss_mask,
-                                           old_logp=..., advantages=...))
+    fields, host_metrics = learner.batch_fields(rewards, group)   # e.g. advantages
+    metrics = learner.step("grpo", TrainBatch(inputs, targets, loss_mask,
+                                              old_logp=..., **fields), temperature=T)
+    metrics = learner.step("sft", TrainBatch(inputs, targets, loss_mask))
     sampler.generate(learner.params, ...)
+
+The learner hosts algorithms (`evejax.rl.algorithms`: SFT, GRPO, REINFORCE,
+or one named by import path) and owns what they share; `config.train.algorithm`
+picks the RL one, whose extra state (if any) lives in the train state.
 
 One step = micro-batches accumulated exactly, one optax update, skipped if the
 loss or any gradient is non-finite. Exactness: every loss is a numerator over
@@ -15,8 +21,9 @@ batch, not a mean of means. Micro-batch j takes rows j, j+k, j+2k, ..., which
 keeps every micro-batch spread over the same devices as the batch.
 
 Log-probs come from one scoring path (`token_logprobs`) shared by the policy
-pass, the old/ref passes and tests: log-softmax in fp32 of logits / T (the
-sampler's "policy" log-prob convention), optionally over sequence chunks so
+pass, the old/ref passes and tests: log-softmax in fp32 of logits / T, T the
+temperature the role samples at (the sampler's "policy" log-prob convention,
+so the importance ratio starts at 1), optionally over sequence chunks so
 [batch, length, vocab] logits never exist at once.
 """
 from __future__ import annotations
@@ -37,7 +44,7 @@ from evejax import parallel
 from evejax.models import vlm
 from evejax.models.inputs import ModelInputs
 from evejax.models.presets import ModelConfig
-from evejax.rl import advantages as adv_lib
+from evejax.rl import algorithms as algorithms_lib
 from evejax.rl import losses
 from evejax.rl import optim
 
@@ -75,13 +82,17 @@ class TrainState:
   rng: jax.Array                  # uint32 [2]; advanced every step
   nonfinite_in_a_row: jax.Array   # int32
   nonfinite_total: jax.Array      # int32
-  baselines: adv_lib.EmaBaseline  # REINFORCE EMA baseline, one entry per role
-  kl_beta: jax.Array              # f32; REINFORCE adaptive KL coefficient
+  algorithm_state: PyTree = None  # the RL algorithm's extra state (None: it has none)
 
 
 def default_train_config() -> ml_collections.ConfigDict:
-  """Published EVE GRPO defaults (reference/METHODS.md) plus the learner's knobs."""
+  """Published EVE GRPO defaults (reference/METHODS.md) plus the learner's knobs.
+
+  An algorithm that reads its own block (REINFORCE: `reinforce`) adds it with
+  its defaults when `algorithm` names it (`merge_config`).
+  """
   return ml_collections.ConfigDict(dict(
+      algorithm="grpo",           # evejax.rl.algorithms name, or "pkg.module:Class"
       optimizer=dict(
           name="adamw", lr=1e-6, schedule="constant", warmup_steps=0,
           total_steps=0,          # cosine / linear schedules decay over this many steps
@@ -94,13 +105,8 @@ def default_train_config() -> ml_collections.ConfigDict:
           agg="token-mean",
           norm_constant=0.0,      # seq-mean-token-sum-norm divisor; 0 = length T
           kl_coef=1e-3, kl_estimator="low_var_kl", entropy_coef=0.0,
-          temperature=1.0,        # log-probs of logits / T, as the sampler reports them (not SFT)
-          advantage="grpo", adv_eps=1e-6),   # read by recipes (group advantages)
-      reinforce=dict(             # EvoLMM: KL-regularised REINFORCE
-          roles=("proposer", "solver"),
-          agg="seq-mean-token-mean",   # mean over samples of the completion NLL mean
-          baseline_momentum=0.9,
-          kl_beta=1e-3, kl_target=0.02, kl_rate=0.1, kl_beta_min=1e-8, kl_beta_max=100.0),
+          advantage="grpo",       # group estimator: grpo | dr_grpo (evejax.rl.advantages)
+          adv_eps=1e-6),
       micro_batches=1,
       grad_accum_dtype="float32",  # gradient sum over micro-batches (> 1 only)
       # Regexes (re.search) on '/'-joined parameter paths, e.g. "^vision/";
@@ -109,13 +115,17 @@ def default_train_config() -> ml_collections.ConfigDict:
       ref_on_host=False,          # keep reference params in host RAM between uses
       logprob_chunk=0,            # >0: unembed + log-softmax this many positions at a time
       max_nonfinite_in_a_row=5,
-      param_dtype="float32",      # float32 | bfloat16
   ))
 
 
-def _merge_config(cfg) -> ml_collections.ConfigDict:
+def merge_config(cfg) -> ml_collections.ConfigDict:
   """Defaults overlaid with `cfg`; unknown keys are typos and fail loudly."""
   out = default_train_config()
+  name = (cfg or {}).get("algorithm", out.algorithm)
+  algorithm = algorithms_lib.get(name)
+  block = algorithm.default_config()
+  if block is not None and algorithm.config_block not in out:
+    out[algorithm.config_block] = block
 
   def walk(dst, src, prefix):
     for k, v in src.items():
@@ -233,11 +243,6 @@ def _denominator(mask: jax.Array, agg: str, norm_constant) -> jax.Array:
   return jnp.where(den > 0, den, 1.0)
 
 
-def _add_sums(a: dict, b: dict) -> dict:
-  """Adds metric sums ('_max' keys take the max) and plain loss parts."""
-  return {k: jnp.maximum(a[k], b[k]) if k.endswith("_max") else a[k] + b[k] for k in a}
-
-
 def _finalize(sums: dict) -> dict:
   """'x_sum' -> token mean 'x'; '_max' kept; everything else is already a batch value."""
   per_token = {k: v for k, v in sums.items() if k.endswith(("_sum", "_max")) or
@@ -254,30 +259,34 @@ class Learner:
     model_config: the model's shapes.
     cfg: learner config (see `default_train_config`; e.g. `config.train`);
       missing keys take the defaults, unknown keys fail.
-    params: initial policy params (cast to `cfg.param_dtype`, copied onto the
+    params: initial policy params (cast to `param_dtype`, copied onto the
       mesh; the caller may drop its own copy).
+    param_dtype: float32 | bfloat16 (the model config's `param_dtype`).
     mesh: an `evejax.parallel.make_mesh` mesh; None = the default device.
       Params, optimizer state and batches get explicit shardings on it.
     rules: logical-axis rules (None = `evejax.parallel.LOGICAL_RULES`).
     ref_params: frozen reference policy for KL terms; None = a copy of the
-      initial `params` when `cfg.loss.kl_coef` > 0 (REINFORCE also needs one).
+      initial `params` when the algorithm needs a reference.
+    keep_reference: False keeps no reference at all (e.g. for a warm start's
+      SFT learner, whose steps never read one).
     seed: seeds the state's rng.
     compiler_options: XLA options for every program the learner compiles
       (e.g. {"xla_backend_optimization_level": 0} for fast CPU tests).
   """
 
   def __init__(self, model_config: ModelConfig, cfg, params: PyTree, *,
+               param_dtype: str = "float32",
                mesh: jax.sharding.Mesh | None = None, rules=None,
-               ref_params: PyTree | None = None, seed: int = 0,
-               compiler_options: dict[str, Any] | None = None):
+               ref_params: PyTree | None = None, keep_reference: bool = True,
+               seed: int = 0, compiler_options: dict[str, Any] | None = None):
     self.model_config = model_config
     self._jit = functools.partial(jax.jit, compiler_options=compiler_options)
-    self.cfg = c = _merge_config(cfg)
+    self.cfg = c = merge_config(cfg)
     if c.micro_batches < 1:
       raise ValueError(f"config.train.micro_batches={c.micro_batches} must be >= 1.")
-    if c.loss.temperature <= 0:
-      raise ValueError(f"config.train.loss.temperature={c.loss.temperature} must be > 0.")
-    self._dtype = jnp.dtype(c.param_dtype)
+    self.algorithm = algorithms_lib.get(c.algorithm)(c)
+    self._algorithms = {"sft": algorithms_lib.SFT(c), self.algorithm.name: self.algorithm}
+    self._dtype = jnp.dtype(param_dtype)
     self._rules = parallel.make_rules(rules)
     self._mesh = mesh if mesh is not None else parallel.make_mesh(
         {"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
@@ -286,7 +295,6 @@ class Learner:
         vlm.param_axes(model_config), self._mesh, self._rules, shapes_tree=params)
     self._mask = optim.trainable_mask(params, c.freeze)
     self._tx = optim.make_optimizer(c)
-    self._roles = tuple(c.reinforce.roles)
 
     # Abstract params (ShapeDtypeStructs) give an abstract learner: its steps
     # can be lowered and compiled ahead of time (memory plans) but not run.
@@ -301,24 +309,21 @@ class Learner:
       self._state = self._jit(self._init_state, out_shardings=self._state_shardings)(
           params, jax.random.PRNGKey(seed))
     self._ref = None
-    if ref_params is not None or c.loss.kl_coef > 0:
+    if keep_reference and (ref_params is not None or self.algorithm.reference is not None):
       self.set_ref_params(ref_params if ref_params is not None else params)
     self._steps: dict[Any, Callable] = {}
-    self._score_fn = self._jit(self._score)
+    self._score_fn = self._jit(self._score, static_argnums=2)
 
   # -- state -----------------------------------------------------------------
 
   def _init_state(self, params, rng) -> TrainState:
     trainable, _ = optim.split(params, self._mask)
-    n = len(self._roles)
     return TrainState(
         params=params, opt_state=self._tx.init(trainable),
         step=jnp.zeros((), jnp.int32), rng=rng,
         nonfinite_in_a_row=jnp.zeros((), jnp.int32),
         nonfinite_total=jnp.zeros((), jnp.int32),
-        baselines=adv_lib.EmaBaseline(value=jnp.zeros((n,), jnp.float32),
-                                      initialized=jnp.zeros((n,), bool)),
-        kl_beta=jnp.asarray(self.cfg.reinforce.kl_beta, jnp.float32))
+        algorithm_state=self.algorithm.init_state())
 
   def _make_state_shardings(self, params) -> TrainState:
     abstract = jax.eval_shape(self._init_state, params, jax.random.PRNGKey(0))
@@ -350,25 +355,34 @@ class Learner:
     return self._param_shardings
 
   @property
-  def step(self) -> int:
+  def step_count(self) -> int:
+    """Train steps taken (skipped ones included)."""
     return int(self._state.step)
+
+  @property
+  def reference_params(self) -> PyTree | None:
+    """The frozen reference policy (None when no algorithm of this learner uses one)."""
+    return self._ref
 
   def abstract_state(self) -> TrainState:
     """ShapeDtypeStructs with shardings: the template a checkpoint restores into."""
     return parallel.abstract_tree(self._state, self._state_shardings)
+
+  def abstract_params(self) -> PyTree:
+    return parallel.abstract_tree(self._state.params, self._param_shardings)
 
   def load_state(self, state: TrainState) -> None:
     """Replaces the whole train state (e.g. one restored from a checkpoint)."""
     if jax.tree.structure(state) != jax.tree.structure(self._state):
       raise ValueError(
           "load_state: the state's tree differs from this learner's (another "
-          "model, freeze patterns, optimizer or REINFORCE roles?); restore into "
+          "model, freeze patterns, optimizer or algorithm?); restore into "
           "learner.abstract_state().")
     self._state = jax.device_put(state, self._state_shardings)
 
   def step_rng(self, tag: int = 0) -> jax.Array:
     """A key for this step's host-side randomness (e.g. sampling); same after resume."""
-    return jax.random.fold_in(jax.random.fold_in(self._state.rng, self.step), tag)
+    return jax.random.fold_in(jax.random.fold_in(self._state.rng, self.step_count), tag)
 
   def set_ref_params(self, ref_params: PyTree) -> None:
     """Sets the frozen reference policy (kept in host RAM if cfg.ref_on_host)."""
@@ -402,10 +416,7 @@ class Learner:
   @property
   def row_multiple(self) -> int:
     """Batch sizes must be multiples of this: micro-batches x batch shards."""
-    spec = parallel.batch_sharding(self._mesh, 1, 0, self._rules).spec
-    axes = spec[0] if spec else ()
-    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    return self.cfg.micro_batches * math.prod(self._mesh.shape[a] for a in axes)
+    return self.cfg.micro_batches * parallel.batch_shards(self._mesh, self._rules)
 
   def _put_batch(self, batch: TrainBatch) -> TrainBatch:
     k = self.cfg.micro_batches
@@ -422,130 +433,123 @@ class Learner:
 
   # -- scoring ---------------------------------------------------------------
 
-  def _logprobs(self, params, mb: TrainBatch, with_entropy=False, temperature=None):
-    temperature = self.cfg.loss.temperature if temperature is None else temperature
+  def _logprobs(self, params, mb: TrainBatch, temperature: float, with_entropy=False):
     return token_logprobs(params, self.model_config, mb.inputs, mb.targets,
                           self.cfg.logprob_chunk, temperature=temperature,
                           with_entropy=with_entropy)
 
-  def _score(self, params, batch: TrainBatch) -> jax.Array:
+  def _score(self, params, batch: TrainBatch, temperature: float) -> jax.Array:
     mbs = _split_micro(batch, self.cfg.micro_batches)
     return _unsplit_micro(jax.lax.map(
-        lambda mb: self._logprobs(params, self._constrain(mb)), mbs))
+        lambda mb: self._logprobs(params, self._constrain(mb), temperature), mbs))
 
-  def score(self, params: PyTree, batch: TrainBatch) -> jax.Array:
-    """log pi(targets) [B, T] f32 under `params`, through the training graph.
-
-    Runs micro-batch by micro-batch like the train step; use it for old and
-    reference log-probs.
+  def score(self, params: PyTree, batch: TrainBatch, *, temperature: float = 1.0
+            ) -> jax.Array:
+    """log softmax(logits / T)[targets] [B, T] f32 under `params`, through the
+    training graph, micro-batch by micro-batch; for old and reference log-probs.
     """
-    view = TrainBatch(inputs=batch.inputs, targets=batch.targets,
-                      loss_mask=batch.loss_mask)
-    return self._score_fn(params, self._put_batch(view))
+    return self._score_fn(params, self._put_batch(_scoring_view(batch)),
+                          _check_temperature(temperature))
 
-  def fill_ref_logp(self, batch: TrainBatch) -> TrainBatch:
+  def fill_ref_logp(self, batch: TrainBatch, *, temperature: float = 1.0) -> TrainBatch:
     """`batch` with ref_logp from the reference policy (one extra forward pass)."""
-    return batch.replace(ref_logp=self.score(self._ref_on_device(), batch))
+    return batch.replace(ref_logp=self.score(self._ref_on_device(), batch,
+                                             temperature=temperature))
 
   # -- steps -----------------------------------------------------------------
 
-  def grpo_step(self, batch: TrainBatch) -> dict[str, float]:
-    """One clipped policy-gradient (GRPO) update; returns host-float metrics.
+  def batch_fields(self, rewards, group: int) -> tuple[dict, dict]:
+    """The RL algorithm's TrainBatch fields for rewards (group-major), and host metrics."""
+    return self.algorithm.batch_fields(np.asarray(rewards, np.float32), group)
 
-    old_logp None means fully on-policy (ratio 1). With kl_coef > 0 and no
-    ref_logp, the reference pass runs first; kl_coef 0 skips it entirely.
-    """
-    if batch.advantages is None:
-      raise ValueError("grpo_step needs batch.advantages (one per row).")
-    if self.cfg.loss.kl_coef > 0:
-      if batch.ref_logp is None:
-        batch = self.fill_ref_logp(batch)
-    else:
-      batch = batch.replace(ref_logp=None)
-    return self._run("grpo", batch.replace(rewards=None), None, None)
-
-  def sft_step(self, batch: TrainBatch) -> dict[str, float]:
-    """Cross-entropy on the loss_mask tokens (completion only)."""
-    batch = TrainBatch(inputs=batch.inputs, targets=batch.targets, loss_mask=batch.loss_mask)
-    return self._run("sft", batch, None, None)
-
-  def reinforce_step(self, batch: TrainBatch, role: str) -> dict[str, float]:
-    """EvoLMM update: (r - b_role) * NLL_mean + beta * full-vocabulary KL(pi || ref).
-
-    b_role is the role's EMA baseline from before this batch (on the role's
-    first batch, the batch's mean reward; see `evejax.rl.advantages`). After a
-    finite step the baseline moves towards the batch mean and beta adapts
-    towards `cfg.reinforce.kl_target`.
-    """
-    if role not in self._roles:
+  def _algorithm(self, name: str) -> algorithms_lib.Algorithm:
+    if name not in self._algorithms:
       raise ValueError(
-          f"unknown REINFORCE role {role!r}; declared roles are {self._roles} "
-          "(config.train.reinforce.roles).")
-    if batch.rewards is None:
-      raise ValueError("reinforce_step needs batch.rewards (one per row).")
-    batch = TrainBatch(inputs=batch.inputs, targets=batch.targets,
-                       loss_mask=batch.loss_mask, rewards=batch.rewards,
-                       advantages=np.zeros(np.shape(batch.rewards), np.float32))
-    return self._run("reinforce", batch, self._ref_on_device(),
-                     np.int32(self._roles.index(role)))
+          f"this learner runs {sorted(self._algorithms)} (config.train.algorithm="
+          f"{self.cfg.algorithm!r}); it has no {name!r} step.")
+    return self._algorithms[name]
 
-  def _program(self, kind: str, batch: TrainBatch, with_ref: bool):
-    """The jit-compiled step of `kind` for batches shaped like `batch` (cached)."""
-    key = (kind, jax.tree.structure(batch), with_ref)
+  def _step_batch(self, alg, batch: TrainBatch, temperature: float) -> TrainBatch:
+    """The fields `alg` reads, and the reference log-probs it needs."""
+    if alg.name == "sft":
+      return _scoring_view(batch)
+    missing = [f for f in alg.row_fields if getattr(batch, f) is None]
+    if missing:
+      raise ValueError(f"a {alg.name} step needs batch.{', batch.'.join(missing)} (one per "
+                       "row); build them with learner.batch_fields(rewards, group).")
+    if alg.reference == "logprobs":
+      return (batch if batch.ref_logp is not None
+              else self.fill_ref_logp(batch, temperature=temperature))
+    return batch.replace(ref_logp=None)
+
+  def step(self, name: str, batch: TrainBatch, *, temperature: float = 1.0
+           ) -> dict[str, float]:
+    """One update of algorithm `name` ("sft" or the RL one); returns host-float metrics.
+
+    `temperature` is the one the rollouts were sampled at: log pi (and the
+    reference's) are scored at it, so an on-policy ratio starts at 1; SFT fits
+    its data at T=1 whatever it is. old_logp None means fully on-policy. The
+    reference pass runs first when the algorithm scores the reference and the
+    batch has no ref_logp.
+    """
+    alg = self._algorithm(name)
+    temperature = _check_temperature(temperature)
+    if self.abstract:
+      raise ValueError("this Learner was built from abstract params (ShapeDtypeStructs): "
+                       "it can lower_step() but not run steps; pass real params.")
+    batch = self._put_batch(self._step_batch(alg, batch, temperature))
+    ref = self._ref_on_device() if alg.reference == "params" else None
+    program = self._program(alg, batch, ref is not None, temperature)
+    self._state, metrics = program(self._state, batch, ref)
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    self._check_nonfinite(metrics)
+    return metrics
+
+  def _program(self, alg, batch: TrainBatch, with_ref: bool, temperature: float):
+    """The jit-compiled step of `alg` for batches shaped like `batch` (cached)."""
+    key = (alg.name, jax.tree.structure(batch), with_ref, temperature)
     if key not in self._steps:
-      loss_fn = {"grpo": self._grpo_loss, "sft": self._sft_loss,
-                 "reinforce": self._reinforce_loss}[kind]
       self._steps[key] = self._jit(
-          functools.partial(self._train_step, kind, loss_fn),
+          functools.partial(self._train_step, alg, temperature),
           in_shardings=(self._state_shardings, self._batch_shardings(batch),
-                        self._param_shardings if with_ref else None, None),
+                        self._param_shardings if with_ref else None),
           out_shardings=(self._state_shardings, self._replicated),
           donate_argnums=(0,))
     return self._steps[key]
 
-  def lower_step(self, kind: str, batch: TrainBatch) -> jax.stages.Lowered:
-    """Lowers one `kind` step ('grpo' | 'sft' | 'reinforce') without running it.
+  def lower_step(self, name: str, batch: TrainBatch, *, temperature: float = 1.0
+                 ) -> jax.stages.Lowered:
+    """Lowers one step of algorithm `name` without running it.
 
     `batch` may hold arrays or ShapeDtypeStructs; with an abstract learner this
-    is how a memory plan compiles the real step ahead of time. For GRPO with
-    kl_coef > 0 the batch gets a ref_logp slot (the reference pass is a
-    separate program: `lower_score`).
+    is how a memory plan compiles the real step ahead of time. The fields the
+    algorithm reads are added as abstract slots (for GRPO with a KL term,
+    ref_logp: the reference pass is a separate program, `lower_score`).
     """
-    if kind not in ("grpo", "sft", "reinforce"):
-      raise ValueError(f"lower_step: unknown step kind {kind!r}; use grpo, sft or reinforce.")
+    alg = self._algorithm(name)
     spec = lambda x, dtype: jax.ShapeDtypeStruct(x.shape, dtype)
-    if kind == "grpo" and self.cfg.loss.kl_coef > 0 and batch.ref_logp is None:
-      batch = batch.replace(ref_logp=spec(batch.targets, jnp.float32))
-    if kind == "reinforce":
-      batch = TrainBatch(inputs=batch.inputs, targets=batch.targets,
-                         loss_mask=batch.loss_mask,
-                         rewards=spec(batch.targets[:, 0], jnp.float32),
-                         advantages=spec(batch.targets[:, 0], jnp.float32))
+    if alg.name == "sft":
+      batch = _scoring_view(batch)
+    else:
+      rows = jax.ShapeDtypeStruct(batch.targets.shape[:1], jnp.float32)
+      fields = {name: rows for name in alg.row_fields}
+      fields["ref_logp"] = (spec(batch.targets, jnp.float32)
+                            if alg.reference == "logprobs" else None)
+      batch = batch.replace(**fields)
     batch = parallel.abstract_tree(
         jax.tree.map(lambda x: spec(x, x.dtype), batch), self._batch_shardings(batch))
-    ref = self._ref_on_device() if kind == "reinforce" else None
-    role = np.int32(0) if kind == "reinforce" else None
-    return self._program(kind, batch, ref is not None).lower(self._state, batch, ref, role)
+    ref = self._ref_on_device() if alg.reference == "params" else None
+    return self._program(alg, batch, ref is not None, _check_temperature(temperature)).lower(
+        self._state, batch, ref)
 
   def lower_score(self, batch: TrainBatch) -> jax.stages.Lowered:
     """Lowers the scoring pass (reference / old log-probs) without running it."""
-    view = TrainBatch(inputs=batch.inputs, targets=batch.targets, loss_mask=batch.loss_mask)
+    view = _scoring_view(batch)
     view = parallel.abstract_tree(
         jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), view),
         self._batch_shardings(view))
     params = self._ref_on_device() if self._ref is not None else self._state.params
-    return self._score_fn.lower(params, view)
-
-  def _run(self, kind, batch, ref_params, role) -> dict[str, float]:
-    if self.abstract:
-      raise ValueError("this Learner was built from abstract params (ShapeDtypeStructs): "
-                       "it can lower_step() but not run steps; pass real params.")
-    batch = self._put_batch(batch)
-    program = self._program(kind, batch, ref_params is not None)
-    self._state, metrics = program(self._state, batch, ref_params, role)
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    self._check_nonfinite(metrics)
-    return metrics
+    return self._score_fn.lower(params, view, 1.0)
 
   def _check_nonfinite(self, metrics: dict[str, float]) -> None:
     if not metrics["skipped"]:
@@ -563,37 +567,46 @@ class Learner:
           "learning rate, look for NaN/inf in rewards or advantages, or train "
           "with float32 params.")
 
-  def _train_step(self, kind, loss_fn, state: TrainState, batch: TrainBatch, ref_params,
-                  role):
+  def _loss_context(self, alg, temperature, batch: TrainBatch, ref_params, alg_state):
+    agg, norm = alg.aggregation()
+    logprobs = lambda p, mb, temperature=temperature, with_entropy=False: self._logprobs(
+        p, mb, temperature, with_entropy)
+    return algorithms_lib.LossContext(
+        logprobs=logprobs,
+        hidden=lambda p, inputs: vlm.hidden_states(p, self.model_config, inputs),
+        unembed=lambda p, h: vlm.unembed(p, self.model_config, h),
+        chunked=lambda fn, *xs: chunked_over_length(fn, self.cfg.logprob_chunk, *xs),
+        temperature=temperature,
+        den=_denominator(batch.loss_mask, agg, norm),
+        tokens=_denominator(batch.loss_mask, "token-mean", None),
+        ref_params=ref_params, state=alg_state)
+
+  def _train_step(self, alg, temperature, state: TrainState, batch: TrainBatch, ref_params):
     c = self.cfg
+    stateful = alg is self.algorithm
+    alg_state = state.algorithm_state if stateful else None
+    batch, new_alg_state, alg_metrics = alg.prepare(alg_state, batch)
+    ctx = self._loss_context(alg, temperature, batch, ref_params, alg_state)
     trainable, frozen = optim.split(state.params, self._mask)
-    ctx = dict(ref_params=ref_params, state=state)
-    if kind == "reinforce":
-      baseline = jax.tree.map(lambda x: x[role], state.baselines)
-      adv, new_baseline = adv_lib.ema_advantages(
-          batch.rewards, baseline, c.reinforce.baseline_momentum)
-      batch = batch.replace(advantages=adv)
-      ctx["den"] = _denominator(batch.loss_mask, c.reinforce.agg, None)
-    else:
-      ctx["den"] = _denominator(batch.loss_mask, c.loss.agg, c.loss.norm_constant or None)
-    ctx["tokens"] = _denominator(batch.loss_mask, "token-mean", None)
+
+    def loss_fn(trainable, mb):
+      return alg.loss(ctx, optim.merge(self._mask, trainable, frozen), self._constrain(mb))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
     mbs = _split_micro(batch, c.micro_batches)
     first = jax.tree.map(lambda x: x[0], mbs)
     if c.micro_batches == 1:
       # No accumulator: gradients stay in the params' dtype, no extra copy.
-      (_, sums), grads = grad_fn(trainable, frozen, self._constrain(first), ctx)
+      (_, sums), grads = grad_fn(trainable, first)
     else:
       acc_dtype = jnp.dtype(c.grad_accum_dtype)
 
       def body(carry, mb):
-        (_, sums), g = grad_fn(trainable, frozen, self._constrain(mb), ctx)
+        (_, sums), g = grad_fn(trainable, mb)
         acc_g = jax.tree.map(lambda a, b: a + b.astype(a.dtype), carry[0], g)
-        return (acc_g, _add_sums(carry[1], sums)), None
+        return (acc_g, losses.merge_sums(carry[1], sums)), None
 
-      sums_shape = jax.eval_shape(lambda: loss_fn(trainable, frozen, first, ctx)[1])
+      sums_shape = jax.eval_shape(lambda: loss_fn(trainable, first)[1])
       trainable_sh, _ = optim.split(self._param_shardings, self._mask)
       g0 = jax.lax.with_sharding_constraint(
           jax.tree.map(lambda x: jnp.zeros(x.shape, acc_dtype), trainable), trainable_sh)
@@ -610,6 +623,7 @@ class Learner:
     keep = lambda new, old: jax.tree.map(
         lambda a, b: jnp.where(ok, a, b).astype(b.dtype), new, old)
     applied = state.step - state.nonfinite_total  # optimizer updates so far
+    metrics = _finalize(sums)
     new_state = state.replace(
         params=optim.merge(self._mask, keep(new_trainable, trainable), frozen),
         opt_state=keep(opt_state, state.opt_state),
@@ -617,17 +631,10 @@ class Learner:
         rng=jax.random.split(state.rng)[0],
         nonfinite_in_a_row=jnp.where(ok, 0, state.nonfinite_in_a_row + 1),
         nonfinite_total=state.nonfinite_total + (~ok).astype(jnp.int32))
-    metrics = _finalize(sums)
-    if kind == "reinforce":
-      r = c.reinforce
-      beta = losses.adaptive_kl_update(state.kl_beta, metrics["kl"], r.kl_target,
-                                       r.kl_rate, r.kl_beta_min, r.kl_beta_max)
-      baselines = jax.tree.map(lambda all_, one: all_.at[role].set(one),
-                               state.baselines, new_baseline)
-      new_state = new_state.replace(baselines=keep(baselines, state.baselines),
-                                    kl_beta=jnp.where(ok, beta, state.kl_beta))
-      metrics.update(baseline=batch.rewards.mean() - adv.mean(), kl_beta=state.kl_beta,
-                     reward_mean=batch.rewards.mean())
+    if stateful and state.algorithm_state is not None:
+      new_state = new_state.replace(algorithm_state=keep(
+          alg.finish(new_alg_state, metrics), state.algorithm_state))
+    metrics.update(alg_metrics)
     metrics.update(
         grad_norm=grad_norm, lr=optim.schedule(c)(applied),
         skipped=(~ok).astype(jnp.float32), step=new_state.step.astype(jnp.float32),
@@ -635,68 +642,13 @@ class Learner:
         nonfinite_total=new_state.nonfinite_total.astype(jnp.float32))
     return new_state, metrics
 
-  # -- per micro-batch losses ------------------------------------------------
-  # Each returns (loss share, sums): shares and sums added over micro-batches
-  # give the whole batch's loss and metrics ('x_sum' / token_count -> 'x').
 
-  def _params(self, trainable, frozen):
-    return optim.merge(self._mask, trainable, frozen)
+def _check_temperature(t) -> float:
+  if not float(t) > 0:
+    raise ValueError(f"temperature={t} must be > 0 (the role's sampling temperature).")
+  return float(t)
 
-  def _grpo_loss(self, trainable, frozen, mb: TrainBatch, ctx):
-    l = self.cfg.loss
-    logp, ent = self._logprobs(self._params(trainable, frozen), mb, with_entropy=True)
-    m = mb.loss_mask.astype(jnp.float32)
-    old = jax.lax.stop_gradient(logp) if mb.old_logp is None else mb.old_logp
-    norm = l.norm_constant or None
-    num, _, sums = losses.policy_loss_terms(
-        logp, old, mb.advantages, m, loss_type=l.policy, clip_low=l.clip_low,
-        clip_high=l.clip_high, dual_clip=l.dual_clip or None, agg=l.agg,
-        norm_constant=norm)
-    pg = num / ctx["den"]
-    loss = pg
-    sums = dict(sums, entropy_sum=(ent * m).sum())
-    if mb.ref_logp is not None:
-      kl_tok = losses.kl_penalty(logp, mb.ref_logp, l.kl_estimator)
-      kl = losses.aggregate_terms(kl_tok, m, l.agg, norm)[0] / ctx["den"]
-      loss = loss + l.kl_coef * kl
-      sums["kl"] = kl
-    if l.entropy_coef:
-      loss = loss - l.entropy_coef * losses.aggregate_terms(ent, m, l.agg, norm)[0] / ctx["den"]
-    if mb.sampler_logp is not None:
-      sums["sampler_approx_kl_sum"] = ((mb.sampler_logp - logp) * m).sum()
-    return loss, dict(sums, loss=loss, pg_loss=pg)
 
-  def _sft_loss(self, trainable, frozen, mb: TrainBatch, ctx):
-    l = self.cfg.loss
-    # Cross-entropy against the data at T=1: `loss.temperature` is the
-    # sampling temperature of the policy's log-probs (GRPO), not the data's.
-    logp, ent = self._logprobs(self._params(trainable, frozen), mb, with_entropy=True,
-                               temperature=1.0)
-    m = mb.loss_mask.astype(jnp.float32)
-    num, _, sums = losses.sft_loss_terms(logp, m, agg=l.agg,
-                                         norm_constant=l.norm_constant or None)
-    loss = num / ctx["den"]
-    return loss, dict(sums, loss=loss, entropy_sum=(ent * m).sum(),
-                      token_prob_sum=(jnp.exp(logp) * m).sum())
-
-  def _reinforce_loss(self, trainable, frozen, mb: TrainBatch, ctx):
-    c, state = self.cfg, ctx["state"]
-    params, ref = self._params(trainable, frozen), ctx["ref_params"]
-    temp = c.loss.temperature
-    h = vlm.hidden_states(params, self.model_config, mb.inputs)
-    h_ref = jax.lax.stop_gradient(vlm.hidden_states(ref, self.model_config, mb.inputs))
-
-    def fn(hc, hrc, tc):
-      logits = vlm.unembed(params, self.model_config, hc).astype(jnp.float32) / temp
-      ref_logits = vlm.unembed(ref, self.model_config, hrc).astype(jnp.float32) / temp
-      logp, ent = _logp_entropy(logits, tc, 1.0)
-      return logp, ent, losses.token_kl_from_logits(logits, ref_logits)
-
-    logp, ent, kl_tok = chunked_over_length(fn, c.logprob_chunk, h, h_ref, mb.targets)
-    m = mb.loss_mask.astype(jnp.float32)
-    num, _, sums = losses.reinforce_loss_terms(logp, m, mb.advantages, 0.0,
-                                               agg=c.reinforce.agg)
-    pg = num / ctx["den"]
-    kl = (kl_tok * m).sum() / ctx["tokens"]
-    loss = pg + state.kl_beta * kl
-    return loss, dict(sums, loss=loss, pg_loss=pg, kl=kl, entropy_sum=(ent * m).sum())
+def _scoring_view(batch: TrainBatch) -> TrainBatch:
+  """Only what scoring and SFT read: inputs, targets, loss mask."""
+  return TrainBatch(inputs=batch.inputs, targets=batch.targets, loss_mask=batch.loss_mask)

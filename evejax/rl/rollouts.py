@@ -18,6 +18,7 @@ import numpy as np
 from evejax.models.presets import ModelConfig
 from evejax.processing import batching
 from evejax.rl.learner import TrainBatch
+from evejax.rl.learner import targets_from_tokens
 
 
 def _bucket_rows(n: int, multiple: int) -> int:
@@ -70,11 +71,7 @@ def train_batch(prompts: Sequence[batching.Example],
       length_buckets=length_buckets, patch_buckets=patch_buckets,
       batch_buckets=(rows,), padding="right")
   tokens = np.asarray(b.inputs.tokens)
-  completion = np.asarray(b.loss_mask)
-  targets = np.zeros_like(tokens)
-  targets[:, :-1] = tokens[:, 1:]
-  loss_mask = np.zeros(tokens.shape, np.float32)
-  loss_mask[:, :-1] = completion[:, 1:]
+  targets, loss_mask = targets_from_tokens(tokens, b.loss_mask)
   loss_mask[:len(silenced)][np.asarray(silenced, bool)] = 0.0
 
   def per_row(values):

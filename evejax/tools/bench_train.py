@@ -1,6 +1,6 @@
 r"""Train-step speed: step time, tokens/s and model FLOPs utilisation (MFU).
 
-Times the real `Learner.grpo_step` (micro-batches, optimizer, metrics to host)
+Times the real `Learner.step("grpo", ...)` (micro-batches, optimizer, metrics to host)
 on a random model of a preset's shape with synthetic batches:
 
   python -m evejax.tools.bench_train --preset qwen2_5_vl_3b --seq 2048 --batch 8
@@ -118,7 +118,7 @@ def main(argv):
 
   cfg = learner_lib.default_train_config()
   cfg.update_from_flattened_dict({
-      "param_dtype": _PARAM_DTYPE.value, "micro_batches": _MICRO.value,
+      "micro_batches": _MICRO.value,
       "logprob_chunk": _CHUNK.value, "loss.kl_coef": _KL.value, "optimizer.lr": 1e-6})
   axes = vlm.param_axes(config)
   shapes = jax.eval_shape(lambda: vlm.init_params(config, jax.random.PRNGKey(0)))
@@ -126,7 +126,8 @@ def main(argv):
   params = jax.jit(vlm.init_params, static_argnums=(0, 2), out_shardings=shardings)(
       config, jax.random.PRNGKey(0), jnp.dtype(_PARAM_DTYPE.value))
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  learner = learner_lib.Learner(config, cfg, params, mesh=mesh)
+  learner = learner_lib.Learner(config, cfg, params, mesh=mesh,
+                                param_dtype=_PARAM_DTYPE.value)
   del params
   batches = [synthetic.random_batch(config, rows, _SEQ.value, images=_IMAGES.value,
                                     image_side=_SIDE.value, seed=i) for i in range(2)]
@@ -140,14 +141,14 @@ def main(argv):
         f"micro-batch(es), kl_coef={_KL.value}", flush=True)
 
   start = time.perf_counter()
-  learner.grpo_step(batches[0])
+  learner.step("grpo", batches[0])
   print(f"first step (compile + run): {time.perf_counter() - start:.1f} s", flush=True)
   for i in range(_WARMUP.value - 1):
-    learner.grpo_step(batches[(i + 1) % 2])
+    learner.step("grpo", batches[(i + 1) % 2])
   times = []
   for i in range(_STEPS.value):
     start = time.perf_counter()
-    learner.grpo_step(batches[i % 2])   # returns host floats: the step has finished
+    learner.step("grpo", batches[i % 2])   # returns host floats: the step has finished
     times.append(time.perf_counter() - start)
 
   step = statistics.median(times)

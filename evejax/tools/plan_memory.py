@@ -146,10 +146,11 @@ def main(argv):
   model_config = presets.get_preset(
       preset, dtype=_DTYPE.value or _get(config, "model.dtype", "bfloat16"),
       remat=_REMAT.value if _REMAT.value is not None else _get(config, "model.remat", True))
-  train = learner_lib.default_train_config()
-  if config is not None and "train" in config:
-    train = learner_lib._merge_config(config.train)  # pylint: disable=protected-access
-  train.param_dtype = _PARAM_DTYPE.value or _get(config, "model.param_dtype", "bfloat16")
+  train = (config.train.to_dict() if config is not None and "train" in config else {})
+  if _KIND.value != "sft":
+    train["algorithm"] = _KIND.value
+  train = learner_lib.merge_config(train)
+  param_dtype = _PARAM_DTYPE.value or _get(config, "model.param_dtype", "bfloat16")
   if _MICRO.value:
     train.micro_batches = _MICRO.value
   if _KL.value is not None:
@@ -165,11 +166,12 @@ def main(argv):
   seq = _SEQ.value or max(_get(config, "processing.length_buckets", (4096,)))
 
   params = jax.eval_shape(lambda: vlm.init_params(model_config, jax.random.PRNGKey(0)))
-  learner = learner_lib.Learner(model_config, train, params, mesh=mesh, rules=rules)
+  learner = learner_lib.Learner(model_config, train, params, mesh=mesh, rules=rules,
+                                param_dtype=param_dtype)
   batch = synthetic.abstract_batch(model_config, rows, seq, images=_IMAGES.value,
                                    image_side=_SIDE.value)
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  print(f"{preset}: {n_params / 1e9:.2f}B params ({train.param_dtype}), activations "
+  print(f"{preset}: {n_params / 1e9:.2f}B params ({param_dtype}), activations "
         f"{model_config.dtype}, remat={model_config.remat}; mesh "
         f"{dict(mesh.shape)} = {devices} devices")
   print(f"{_KIND.value} step: {rows} rows x {seq} tokens, {_IMAGES.value} image(s) of "

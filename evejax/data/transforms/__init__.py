@@ -10,13 +10,10 @@ from evejax.data.transforms import color
 from evejax.data.transforms import drawing
 from evejax.data.transforms import geometry
 from evejax.data.transforms.family import check_args_list
-from evejax.data.transforms.family import comment_markers
 from evejax.data.transforms.family import Family
 from evejax.data.transforms.family import format_args_list
 from evejax.data.transforms.family import imports_for
 from evejax.data.transforms.family import load_library
-from evejax.data.transforms.family import MAX_COMMENT_MARKERS
-from evejax.data.transforms.family import MAX_FUNCTION_CHARS
 
 # The method's four seeds, never evicted from the queue.
 SEED_FAMILIES = ("highlight_box", "crop_box", "rotate", "jigsaw_2x2")
@@ -40,6 +37,5 @@ def training_families() -> dict[str, Family]:
 
 __all__ = [
     "Family", "library", "training_families", "load_library", "SEED_FAMILIES",
-    "HELDOUT_FAMILIES", "check_args_list", "comment_markers", "format_args_list",
-    "imports_for", "MAX_COMMENT_MARKERS", "MAX_FUNCTION_CHARS",
+    "HELDOUT_FAMILIES", "check_args_list", "format_args_list", "imports_for",
 ]

@@ -17,10 +17,6 @@ from typing import Any
 
 import numpy as np
 
-# The EVE queue admits functions under this many characters (imports included,
-# as in the reference, which measures everything above `args_list`).
-MAX_FUNCTION_CHARS = 2000
-MAX_COMMENT_MARKERS = 2
 NUM_ARGS = 4
 
 _PIL_MODULES = (
@@ -32,11 +28,6 @@ _OTHER_MODULES = {"np": "import numpy as np", "math": "import math"}
 _FORBIDDEN_NAMES = ("random", "open", "eval", "exec", "__import__", "os", "sys")
 
 ArgsSampler = Callable[[np.random.Generator, int, int], list[dict]]
-
-
-def comment_markers(text: str) -> int:
-  """Counts comment markers the way the EVE reference does ('#', and docstring quotes)."""
-  return text.count("#") + text.count('"""') + text.count("'''")
 
 
 def imports_for(source: str) -> str:
@@ -116,11 +107,6 @@ class Family:
     if ".save(" in self.source or any(isinstance(n, (ast.Import, ast.ImportFrom))
                                       for n in ast.walk(tree)):
       raise ValueError(f"{where}: source may not import modules or save files.")
-    if len(self.function_text) >= MAX_FUNCTION_CHARS:
-      raise ValueError(f"{where}: function text is {len(self.function_text)} chars; "
-                       f"the EVE queue needs < {MAX_FUNCTION_CHARS}.")
-    if comment_markers(self.function_text) > MAX_COMMENT_MARKERS:
-      raise ValueError(f"{where}: more than {MAX_COMMENT_MARKERS} comment markers.")
 
   @property
   def imports(self) -> str:

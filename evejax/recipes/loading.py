@@ -1,14 +1,15 @@
-"""What every recipe sets up the same way: model, tokenizer, mesh, prompts, sampling.
+"""The model a run starts from: its config, tokenizer, mesh and initial params.
 
-Recipes are the only place that knows a method; this module holds the parts
-that are not method-specific so each recipe file can read like its algorithm
-box.
+`load_model(config)` reads `config.model`, `config.init` and `config.mesh`:
+a local HF checkpoint directory (`init.hf_dir`, read tensor by tensor onto the
+mesh) or a named preset initialised from `config.seed`. Recipes, the evaluator
+and the tools all start here.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +20,7 @@ from evejax import parallel
 from evejax.models import hf
 from evejax.models import presets
 from evejax.models import vlm
-from evejax.processing import batching
-from evejax.processing import prompts
 from evejax.processing import tokenizer as tokenizer_lib
-from evejax.sampling import SamplingParams
 
 
 class SetupError(ValueError):
@@ -30,8 +28,8 @@ class SetupError(ValueError):
 
 
 @dataclasses.dataclass
-class Runtime:
-  """The pieces a recipe builds once per run."""
+class LoadedModel:
+  """The model a run starts from (params are dropped once the roles hold copies)."""
   model_config: presets.ModelConfig
   tokenizer: tokenizer_lib.Tokenizer
   mesh: jax.sharding.Mesh
@@ -62,7 +60,7 @@ def tokenizer_from(config) -> tokenizer_lib.Tokenizer:
   return tokenizer_lib.load_tokenizer(path)
 
 
-def build_runtime(config) -> Runtime:
+def load_model(config) -> LoadedModel:
   """Model config, tokenizer, mesh and initial params (random or from init.hf_dir)."""
   model_config = model_config_from(config)
   tokenizer = tokenizer_from(config)
@@ -85,35 +83,4 @@ def build_runtime(config) -> Runtime:
     logging.info("Random init of model preset %r", config.model.preset)
     params = jax.jit(lambda k: vlm.init_params(model_config, k, dtype),
                      out_shardings=shardings)(jax.random.PRNGKey(config.seed))
-  return Runtime(model_config, tokenizer, mesh, rules, params)
-
-
-def prompt_example(rt: Runtime, text: str, images: Sequence[Any], *, min_pixels: int,
-                   max_pixels: int, image_first: bool = True) -> batching.Example:
-  """A one-turn user prompt (images, then text) as a batching.Example."""
-  return prompts.user_prompt(rt.model_config, rt.tokenizer, text, images,
-                             min_pixels=min_pixels, max_pixels=max_pixels,
-                             image_first=image_first)
-
-
-def completion_ids(rt: Runtime, text: str) -> np.ndarray:
-  """A target reply as the model should emit it: text, then <|im_end|>."""
-  return prompts.completion_ids(rt.tokenizer, text)
-
-
-def sampling_params(rt: Runtime, block, *, group_size: int, greedy: bool = False
-                    ) -> SamplingParams:
-  """SamplingParams from a config block {temperature, top_p, top_k, max_new_tokens}."""
-  return SamplingParams(
-      max_new_tokens=int(block.max_new_tokens), temperature=float(block.temperature),
-      top_k=int(block.top_k), top_p=float(block.top_p), greedy=greedy,
-      group_size=group_size, eos_ids=tuple(rt.tokenizer.stop_ids),
-      pad_id=rt.tokenizer.pad_id)
-
-
-def fits(example: batching.Example, length_buckets: Sequence[int],
-         patch_buckets: Sequence[int], reserve: int = 0) -> bool:
-  """Whether a prompt (plus `reserve` new tokens) fits the largest buckets."""
-  n_patches = sum(p.shape[0] for p, _ in example.images)
-  return (len(example.tokens) + reserve <= max(length_buckets)
-          and n_patches <= max(patch_buckets))
+  return LoadedModel(model_config, tokenizer, mesh, rules, params)

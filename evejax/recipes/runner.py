@@ -1,0 +1,406 @@
+"""The recipe runner: everything a method needs that is not the method.
+
+A recipe (EVE, MM-Zero, EvoLMM, or one of a user's) is a `Recipe` subclass
+that declares its roles in its constructor, its schedule in `stages()`, and
+one function per stage kind, `<kind>_step(stage, step)`. The runner owns:
+
+  schedule and cursor  the run is a list of `Stage`s; the cursor (stage index,
+                       step in stage) is the one position counter: the metrics'
+                       step (train steps taken) and the checkpoint's step
+                       (schedule units done: steps plus stage ends) derive from it
+  exact resume         checkpoints every `checkpoint.every` units and at every
+                       stage end hold each policy's train state (and its KL
+                       reference when a warm start made it), frozen copies, the
+                       cursor, the counts and the recipe's own host state
+                       (`Recipe.state()` / `load_state()`, plain JSON)
+  seeds                `run.seed(*parts)`: one stable hash of the run's seed and
+                       any parts, so every step is a pure function of its place
+                       in the schedule
+  observability        metrics (JSONL, TensorBoard) at the current train step,
+                       counted reasons (`run.counts`), per-stage timing
+                       breakdowns, progress bars with ETA, per-iteration HTML
+                       galleries that survive a resume mid-stage, summary.json,
+                       the run's config.json
+
+    run(eve.Eve, config, workdir)       # python -m evejax.main does this
+
+Only process 0 writes metrics, galleries and summaries; checkpoints are
+written and restored by all processes together.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Callable, Mapping
+
+import jax
+from absl import logging
+
+from evejax import checkpoint as checkpoint_lib
+from evejax import observe
+from evejax.processing import prompts as prompts_lib
+from evejax.recipes import loading
+from evejax.recipes import role as role_lib
+from evejax.sampling import Sampler
+
+# Changes whenever the checkpoint layout does; older checkpoints are refused
+# with one message instead of a tree mismatch.
+CHECKPOINT_FORMAT = "recipe-core-1"
+
+
+def seed(*parts: Any) -> int:
+  """A stable 31-bit seed from any JSON-able parts (not Python's salted hash)."""
+  h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+  return int.from_bytes(h.digest()[:4], "little") & 0x7FFFFFFF
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """`steps` steps of one kind; `role` names the role it trains ("" = none).
+
+  Evaluation stages (`trains=False`) take no train step: the metrics' step
+  does not advance through them.
+  """
+  kind: str
+  role: str = ""
+  iteration: int = 0
+  steps: int = 1
+  trains: bool = True
+
+  @property
+  def name(self) -> str:
+    parts = [self.kind] + ([self.role] if self.role else []) + [f"iter{self.iteration}"]
+    return "/".join(parts)
+
+
+class Schedule:
+  """A run's stages and what a cursor (stage index, step in stage) means."""
+
+  def __init__(self, stages: list[Stage]):
+    if not stages:
+      raise ValueError("a recipe's schedule has no stages.")
+    self.stages = list(stages)
+
+  def __len__(self) -> int:
+    return len(self.stages)
+
+  def units_done(self, cursor: tuple[int, int]) -> int:
+    """Schedule units before `cursor` (a step is one, a stage end one more)."""
+    index, step = cursor
+    return sum(st.steps + 1 for st in self.stages[:index]) + step
+
+  def train_steps_done(self, cursor: tuple[int, int]) -> int:
+    """Train steps before `cursor`: the metrics' step."""
+    index, step = cursor
+    done = sum(st.steps for st in self.stages[:index] if st.trains)
+    if index < len(self.stages) and self.stages[index].trains:
+      done += step
+    return done
+
+
+class Run:
+  """What a recipe's steps use: roles, one sampler, seeds, metrics, counts, galleries.
+
+  Built by `Runner`; a recipe reaches it as `self.run`.
+  """
+
+  def __init__(self, config, workdir: str, model: loading.LoadedModel):
+    self.config = config
+    self.workdir = workdir
+    self.model_config = model.model_config
+    self.tokenizer = model.tokenizer
+    self._initial_params = model.params
+    p = config.processing
+    blocks = [b for b in config.sampling.values()]
+    self.sampler = Sampler(
+        model.model_config, mesh=model.mesh, rules=model.rules,
+        length_buckets=tuple(p.length_buckets), patch_buckets=tuple(p.patch_buckets),
+        batch_buckets=tuple(p.batch_buckets),
+        max_cache=max(p.length_buckets) + max(int(b.max_new_tokens) for b in blocks),
+        prompt_pad_id=model.tokenizer.pad_id)
+    self.counts: collections.Counter = collections.Counter()
+    self.timer = observe.Timer()
+    self.services = role_lib.Services(
+        model_config=model.model_config, tokenizer=model.tokenizer, sampler=self.sampler,
+        mesh=model.mesh, rules=model.rules, seed=config.seed, counts=self.counts,
+        timer=self.timer)
+    self.roles: dict[str, role_lib.Role] = {}
+    self.policies: dict[str, role_lib.Policy] = {}
+    self.frozen: dict[str, role_lib.FrozenRole] = {}
+    self.cursor = (0, 0)
+    self.schedule: Schedule | None = None
+    self.writer: observe.MetricsWriter | None = None
+    self._galleries: dict[int, observe.Gallery] = {}
+
+  # -- roles -----------------------------------------------------------------
+
+  def add_role(self, name: str, *, share_policy_with: str | None = None,
+               trained_reference: bool = False) -> role_lib.Role:
+    """A role sampling with `config.sampling.<name>` and learning by `config.train`.
+
+    Args:
+      name: the role's name (and its sampling block's).
+      share_policy_with: an earlier role whose weights this one shares.
+      trained_reference: the role's KL reference will be weights the run
+        trains (a warm start); it is then saved in every checkpoint.
+    """
+    if name not in self.config.sampling:
+      raise ValueError(f"role {name!r} has no sampling block config.sampling.{name}; "
+                       f"there are {sorted(self.config.sampling)}.")
+    if share_policy_with is not None:
+      policy = self.roles[share_policy_with].policy
+    else:
+      if self._initial_params is None:
+        raise ValueError("add roles in the recipe's constructor, before the run starts.")
+      policy = role_lib.Policy(name, self.services, self.config.train, self._initial_params,
+                               param_dtype=self.config.model.param_dtype,
+                               checkpoint_reference=trained_reference)
+      self.policies[name] = policy
+    self.roles[name] = role_lib.Role(name, policy, self.config.sampling[name])
+    return self.roles[name]
+
+  def freeze(self, name: str) -> role_lib.FrozenRole:
+    """`roles[name]` with its weights as they are now, kept until the next freeze.
+
+    A copy when its policy is shared with another role (which may train it),
+    else a view; copies are saved in checkpoints, so a resumed run samples the
+    same frozen weights.
+    """
+    role = self.roles[name]
+    shared = sum(r.policy is role.policy for r in self.roles.values()) > 1
+    self.frozen[name] = role.frozen(copy_params=shared)
+    return self.frozen[name]
+
+  def _drop_initial_params(self) -> None:
+    self._initial_params = None  # every policy holds its own copy
+
+  # -- seeds, prompts, metrics, galleries -------------------------------------
+
+  def seed(self, *parts: Any) -> int:
+    return seed(self.config.seed, *parts)
+
+  @property
+  def train_step(self) -> int:
+    """Train steps taken so far in the run: the step metrics are logged at."""
+    return self.schedule.train_steps_done(self.cursor)
+
+  def prompt(self, text: str, images=()):
+    """A one-turn user prompt with the run's image pixel bounds (config.data)."""
+    d = self.config.data
+    return prompts_lib.user_prompt(self.model_config, self.tokenizer, text, images,
+                                   min_pixels=d.min_pixels, max_pixels=d.max_pixels)
+
+  def completion(self, text: str):
+    return prompts_lib.completion_ids(self.tokenizer, text)
+
+  def log(self, metrics: Mapping[str, Any], prefix: str | None = None) -> None:
+    """Scalars at the current train step (JSONL + TensorBoard)."""
+    self.writer.scalars(self.train_step, metrics, prefix=prefix,
+                        position=self.schedule.units_done(self.cursor))
+
+  def log_counts(self) -> None:
+    self.log({k: float(v) for k, v in self.counts.items()}, prefix="counts")
+
+  def gallery(self, iteration: int, title: str) -> observe.Gallery:
+    """The iteration's gallery; its cards live on disk, so a resumed stage keeps them."""
+    if iteration not in self._galleries:
+      self._galleries[iteration] = observe.Gallery(
+          title=title, max_cards=self.config.log.gallery_tasks,
+          cards_dir=os.path.join(self.workdir, "gallery", f"iter{iteration}.cards"))
+    return self._galleries[iteration]
+
+  def write_gallery(self, iteration: int) -> str | None:
+    if iteration not in self._galleries:
+      return None
+    path = self._galleries[iteration].write(
+        os.path.join(self.workdir, "gallery", f"iter{iteration}.html"))
+    logging.info("Gallery of iteration %d: %s", iteration, path)
+    return path
+
+
+class Recipe:
+  """A method: its roles (built in the constructor), stages and per-step functions."""
+
+  def __init__(self, run: Run):
+    self.run = run
+    self.config = run.config
+
+  def stages(self) -> list[Stage]:
+    raise NotImplementedError
+
+  def step(self, stage: Stage, step: int) -> None:
+    """Runs step `step` of `stage` by calling `self.<stage.kind>_step`."""
+    fn = getattr(self, f"{stage.kind}_step", None)
+    if fn is None:
+      raise NotImplementedError(f"{type(self).__name__} has no {stage.kind}_step for "
+                                f"stage {stage.name}.")
+    fn(stage, step)
+
+  def end_stage(self, stage: Stage) -> None:
+    """After a stage's last step (galleries, optimizer switches, ...)."""
+
+  def state(self) -> dict[str, Any]:
+    """The recipe's host state for checkpoints (plain JSON)."""
+    return {}
+
+  def load_state(self, state: Mapping[str, Any]) -> None:
+    """Restores what `state()` returned."""
+
+  def summary(self) -> dict[str, Any]:
+    """The run's results; written to summary.json at the end."""
+    return {}
+
+  def close(self) -> None:
+    """Releases what the recipe holds (e.g. its sandbox pool)."""
+
+
+class Runner:
+  """Builds a recipe's run, resumes it from its workdir, runs it to the end.
+
+  Args:
+    recipe_cls: a `Recipe` subclass.
+    config: the run's ConfigDict.
+    workdir: checkpoints, metrics, galleries and summaries go here.
+    role_wrappers: {role name: fn(role) -> role} applied after the recipe has
+      built its roles (tests drive a recipe with `role.ScriptedRole`s).
+  """
+
+  def __init__(self, recipe_cls: type[Recipe], config, workdir: str, *,
+               role_wrappers: Mapping[str, Callable] | None = None):
+    observe.setup_logging(workdir)
+    self.config = c = config
+    self.workdir = workdir
+    self.run = Run(c, workdir, loading.load_model(c))
+    self.recipe = recipe_cls(self.run)
+    self.run._drop_initial_params()
+    for name, wrap in (role_wrappers or {}).items():
+      self.run.roles[name] = wrap(self.run.roles[name])
+    self.run.schedule = self.schedule = Schedule(self.recipe.stages())
+    self.ckpt = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), save_every=c.checkpoint.every,
+        keep=c.checkpoint.keep, async_save=c.checkpoint.async_save)
+    restored = self._restore()
+    self.run.writer = observe.MetricsWriter(
+        workdir, tensorboard=c.log.tensorboard,
+        resume_position=self.schedule.units_done(self.run.cursor) if restored else None,
+        resume_step=self.run.train_step if restored else None)
+    _write_config(c, workdir)
+
+  # -- checkpoints -----------------------------------------------------------
+
+  def _state(self) -> dict[str, Any]:
+    run = self.run
+    state = {f"policy/{n}": p.state() for n, p in run.policies.items()}
+    state.update({f"frozen/{n}": f.params for n, f in run.frozen.items() if f.copied})
+    return state
+
+  def _host_state(self) -> dict[str, Any]:
+    run = self.run
+    return {"format": CHECKPOINT_FORMAT, "cursor": list(run.cursor),
+            "counts": dict(run.counts),
+            "optimizers": {n: p.optimizer_kind for n, p in run.policies.items()},
+            "frozen": [n for n, f in run.frozen.items() if f.copied],
+            "recipe": self.recipe.state()}
+
+  def _abstract_state(self, host: Mapping[str, Any]) -> dict[str, Any]:
+    run = self.run
+    if host.get("format") != CHECKPOINT_FORMAT:
+      raise loading.SetupError(
+          f"the checkpoints in {self.ckpt.directory} were written by another evejax "
+          f"checkpoint format ({host.get('format', 'before the recipe core')!r}, this one "
+          f"is {CHECKPOINT_FORMAT!r}); resume them with that version, or start a new "
+          "--workdir.")
+    # The optimizer a policy ran when saved sets whether it has a reference.
+    for name, kind in host["optimizers"].items():
+      run.policies[name].use_optimizer(kind, self.recipe.sft_optimizer(name)
+                                       if kind == "sft" else None)
+    state = {f"policy/{n}": p.abstract_state() for n, p in run.policies.items()}
+    for name in host["frozen"]:
+      state[f"frozen/{name}"] = run.roles[name].policy.learner.abstract_params()
+    return state
+
+  def _restore(self) -> bool:
+    run = self.run
+    restored = self.ckpt.restore_latest(self._abstract_state)
+    if restored is None:
+      return False
+    step, state, host = restored
+    for name, policy in run.policies.items():
+      policy.load_state(state[f"policy/{name}"])
+    for name in host["frozen"]:
+      run.frozen[name] = role_lib.FrozenRole(run.roles[name], True,
+                                             params=state[f"frozen/{name}"])
+    run.cursor = tuple(host["cursor"])
+    run.counts.update(host["counts"])
+    self.recipe.load_state(host["recipe"])
+    index = run.cursor[0]
+    where = self.schedule.stages[index].name if index < len(self.schedule) else "the end"
+    logging.info("Resumed from checkpoint step %d at %s step %d", step, where, run.cursor[1])
+    return True
+
+  def _save(self, force: bool = False) -> None:
+    self.ckpt.maybe_save(self.schedule.units_done(self.run.cursor), self._state(),
+                         self._host_state(), force=force)
+
+  # -- the loop --------------------------------------------------------------
+
+  def run_all(self) -> dict[str, Any]:
+    """Runs (or resumes) the schedule to its end; returns the summary."""
+    run, show = self.run, bool(self.config.log.progress)
+    try:
+      while run.cursor[0] < len(self.schedule):
+        index, start = run.cursor
+        stage = self.schedule.stages[index]
+        run.timer.reset()
+        steps = range(start, stage.steps)
+        if show:
+          steps = observe.progress(stage.steps, desc=stage.name, initial=start)
+        for step in steps:
+          self.recipe.step(stage, step)
+          run.cursor = (index, step + 1)
+          self._save()
+        self._end_stage(stage)
+        run.cursor = (index + 1, 0)
+        self._save(force=True)
+      return self._summary()
+    finally:
+      self.ckpt.close()
+      self.recipe.close()
+      run.writer.close()
+
+  def _end_stage(self, stage: Stage) -> None:
+    run = self.run
+    if stage.trains:
+      logging.info("%s timing: %s", stage.name, run.timer.line())
+      run.log({f"time/{k}": v for k, v in run.timer.summary().items()}, prefix=stage.kind)
+    self.recipe.end_stage(stage)
+
+  def _summary(self) -> dict[str, Any]:
+    res = dict(self.recipe.summary())
+    res["counts"] = dict(self.run.counts)
+    if jax.process_index() == 0:
+      path = os.path.join(self.workdir, "summary.json")
+      with open(path, "w") as f:
+        json.dump(res, f, indent=2)
+      logging.info("Summary (%s): %s", path, json.dumps(res))
+      print(json.dumps(res, indent=2))
+    return res
+
+
+def _write_config(config, workdir: str) -> None:
+  """The run's config as JSON (what `python -m evejax.eval --config.init.workdir` reads)."""
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+
+def run(recipe_cls: type[Recipe], config, workdir: str, **kwargs) -> dict[str, Any]:
+  """Runs (or resumes) `recipe_cls` in `workdir`; a user's mistake ends in one message."""
+  try:
+    return Runner(recipe_cls, config, workdir, **kwargs).run_all()
+  except loading.SetupError as e:
+    raise SystemExit(f"evejax: {e}") from None

@@ -1,0 +1,215 @@
+"""The recipe core on a toy two-role recipe: resume mid-stage, frozen copies,
+shared weights, counted drops, the estimator chosen by config.
+
+The toy method: a "writer" and a "reader" role answer one-line prompts about a
+tiny image; a reply's reward is how many of its tokens are the letter token
+that the prompt names, so GRPO has a signal. Stage 1 trains the writer, stage
+2 the reader, which in one config shares the writer's weights and is frozen
+at the start of stage 1.
+"""
+import os
+import shutil
+import tempfile
+from unittest import mock
+
+import jax
+import ml_collections
+import numpy as np
+from absl.testing import absltest
+
+from evejax import config_utils as cu
+from evejax import observe
+from evejax.data import sources
+from evejax.recipes import loading
+from evejax.recipes import role as role_lib
+from evejax.recipes import runner
+from evejax.recipes.runner import Stage
+
+LETTERS = ("A", "B", "C")
+
+
+def toy_config(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.recipe = "toy"
+  c.seed = 3
+  c.model = cu.model("tiny")
+  c.init = cu.init()
+  c.mesh = cu.mesh()
+  c.mesh.devices = 1
+  c.data = ml_collections.ConfigDict(dict(min_pixels=28 * 28, max_pixels=28 * 28))
+  c.processing = ml_collections.ConfigDict(dict(
+      length_buckets=(64,), patch_buckets=(4,), batch_buckets=(4,)))
+  block = dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=4)
+  c.sampling = ml_collections.ConfigDict(dict(writer=block, reader=dict(block, temperature=0.7)))
+  c.train = cu.grpo(lr=1e-3, kl_coef=0.01)
+  c.checkpoint = cu.checkpoint(every=1, keep=100)
+  c.checkpoint.async_save = False
+  c.log = ml_collections.ConfigDict(dict(tensorboard=False, gallery_tasks=4, progress=False))
+  c.toy = ml_collections.ConfigDict(dict(share=False, steps=3, prompts=3, group=2))
+  for k, v in overrides.items():
+    cu.set_value(c, k, v)
+  return c
+
+
+class Toy(runner.Recipe):
+  """Two roles, one stage each; the reader may share the writer's weights."""
+
+  def __init__(self, run):
+    super().__init__(run)
+    c = self.config.toy
+    self.writer = run.add_role("writer")
+    self.reader = run.add_role("reader", share_policy_with="writer" if c.share else None)
+    self.image = sources.render_scene(np.random.default_rng(0), (28, 28))
+    self.prompts_seen = 0     # host state the recipe registers
+
+  def stages(self):
+    c = self.config.toy
+    return [Stage("learn", "writer", 1, c.steps), Stage("learn", "reader", 1, c.steps)]
+
+  def state(self):
+    return {"prompts_seen": self.prompts_seen}
+
+  def load_state(self, state):
+    self.prompts_seen = state["prompts_seen"]
+
+  def learn_step(self, stage, step):
+    c, run = self.config.toy, self.run
+    if stage.role == "writer" and step == 0:
+      run.freeze("reader")
+    rng = np.random.default_rng(run.seed(stage.name, step))
+    letters = [LETTERS[i] for i in rng.integers(len(LETTERS), size=c.prompts)]
+    prompts = [run.prompt(f"Say {x} {x} {x}.", [self.image]) for x in letters]
+    prompts.append(run.prompt("too long " * 40, [self.image]))   # dropped, counted
+    role = self.run.roles[stage.role]
+    samples = role.generate(prompts, c.group, run.seed(stage.name, step, "sample"))
+    want = [run.tokenizer.encode(x)[0] for x in letters]
+    rewards = [float(np.mean(t == want[samples.prompt_of(r)]))
+               for r, t in enumerate(samples.tokens)]
+    metrics = role.update(samples, rewards)
+    self.prompts_seen += len(prompts)
+    metrics.update(reward_mean=float(np.mean(rewards)), prompts_seen=self.prompts_seen)
+    if stage.role == "writer":
+      frozen = run.frozen["reader"].params["vision"]["patch_embed"]["kernel"]
+      metrics["frozen_reader_sum"] = float(np.asarray(frozen, np.float64).sum())
+    run.log(metrics, prefix=stage.role)
+
+  def summary(self):
+    return {"prompts_seen": self.prompts_seen}
+
+
+def _records(workdir):
+  return observe.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+
+
+def _by_step(records, key):
+  return {r["step"]: r[key] for r in records if key in r}
+
+
+class RunnerTest(absltest.TestCase):
+
+  def test_resume_mid_stage_with_shared_weights_and_a_frozen_copy(self):
+    root = tempfile.mkdtemp()
+    full = os.path.join(root, "full")
+    config = toy_config(**{"toy.share": True})
+    r = runner.Runner(Toy, config, full)
+    self.assertIs(r.run.roles["writer"].policy, r.run.roles["reader"].policy)
+    self.assertLen(r.run.policies, 1)
+    summary = r.run_all()
+    recs = _records(full)
+    # Shared weights: the frozen copy does not move while the writer trains it.
+    frozen = _by_step(recs, "writer/frozen_reader_sum")
+    self.assertLen(set(frozen.values()), 1)
+    self.assertEqual(summary["prompts_seen"], 2 * 3 * 4)
+    self.assertEqual(summary["counts"]["writer/dropped_prompt_too_long"], 3)
+    self.assertEqual(summary["counts"]["reader/dropped_prompt_too_long"], 3)
+    self.assertTrue(os.path.exists(os.path.join(full, "config.json")))
+
+    # A run killed after the whole schedule had been logged but whose
+    # checkpoints after the writer's second step are lost.
+    part = os.path.join(root, "part")
+    os.makedirs(os.path.join(part, "checkpoints"))
+    shutil.copy(os.path.join(full, "metrics.jsonl"), part)
+    for name in os.listdir(os.path.join(full, "checkpoints")):
+      if name.isdigit() and int(name) <= 2:
+        shutil.copytree(os.path.join(full, "checkpoints", name),
+                        os.path.join(part, "checkpoints", name))
+    resumed = runner.Runner(Toy, config, part)
+    self.assertEqual(resumed.run.cursor, (0, 2))
+    self.assertTrue(resumed.run.frozen["reader"].copied)   # restored, not re-frozen
+    self.assertEqual(resumed.recipe.prompts_seen, 2 * 4)
+    resumed.run_all()
+    after = _records(part)
+    for key in ("writer/train/loss", "writer/reward_mean", "writer/frozen_reader_sum",
+                "reader/train/loss", "reader/train/kl", "reader/prompts_seen"):
+      a, b = _by_step(recs, key), _by_step(after, key)
+      self.assertEqual(sorted(a), sorted(b), key)
+      np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)],
+                                 rtol=1e-6, err_msg=key)
+    # Each record once: the resumed run dropped what the killed one wrote after
+    # its checkpoint, and wrote it again.
+    for prefix in ("writer/train/loss", "reader/train/loss"):
+      steps = [r["step"] for r in after if prefix in r]
+      self.assertEqual(steps, sorted(set(steps)), prefix)
+      self.assertLen(steps, 3)
+
+  def test_separate_roles_the_estimator_and_temperatures(self):
+    config = toy_config(**{"toy.steps": 1, "train.loss.advantage": "dr_grpo"})
+    r = runner.Runner(Toy, config, tempfile.mkdtemp())
+    writer, reader = r.run.roles["writer"], r.run.roles["reader"]
+    self.assertIsNot(writer.policy, reader.policy)
+    # A view, not a copy, when no other role trains the frozen role's weights.
+    frozen = r.run.freeze("reader")
+    self.assertFalse(frozen.copied)
+    self.assertIs(frozen.params, reader.params)
+    r.run_all()
+    recs = _records(r.workdir)
+    # Dr.GRPO: advantages are r - mean, so their std is the rewards' within groups.
+    adv = [x for x in recs if "writer/adv/group_std_mean" in x]
+    self.assertNotEmpty(adv)
+    # The reader samples at T=0.7 and is scored at it: the ratio starts at 1.
+    kl = _by_step(recs, "reader/train/sampler_approx_kl")
+    self.assertLess(abs(list(kl.values())[0]), 1e-4)
+    with self.assertRaisesRegex(RuntimeError, "trained since it was frozen"):
+      frozen.params  # the reader trained in stage 2
+
+  def test_scripted_role_reports_the_policys_log_probs(self):
+    config = toy_config(**{"toy.steps": 1})
+    r = runner.Runner(Toy, config, tempfile.mkdtemp())
+    writer = r.run.roles["writer"]
+    scripted = role_lib.ScriptedRole(writer, lambda i, g, rng: "A A")
+    prompt = r.run.prompt("Say A A A.", [np.zeros((28, 28, 3), np.uint8)])
+    samples = scripted.generate([prompt], 2, seed=0)
+    self.assertEqual(samples.texts, ["A A", "A A"])
+    np.testing.assert_allclose(samples.logprobs[0], writer.score([prompt], samples.tokens[:1])[0],
+                               rtol=1e-6)
+    self.assertTrue(np.all(samples.logprobs[0] < 0))
+    r.recipe.close()
+    r.ckpt.close()
+    r.run.writer.close()
+
+  def test_another_checkpoint_format_is_one_clear_error(self):
+    workdir = tempfile.mkdtemp()
+    config = toy_config(**{"toy.steps": 1})
+    runner.Runner(Toy, config, workdir).run_all()
+    with mock.patch.object(runner, "CHECKPOINT_FORMAT", "recipe-core-999"):
+      with self.assertRaisesRegex(loading.SetupError, "another evejax checkpoint format"):
+        runner.Runner(Toy, config, workdir)
+
+
+class ScheduleTest(absltest.TestCase):
+
+  def test_counters_derive_from_the_cursor(self):
+    s = runner.Schedule([Stage("eval", trains=False), Stage("a", "x", 1, 3),
+                         Stage("eval", trains=False), Stage("b", "y", 1, 2)])
+    self.assertEqual([s.train_steps_done((i, k)) for i, k in
+                      ((0, 0), (1, 0), (1, 2), (2, 0), (3, 0), (3, 1), (4, 0))],
+                     [0, 0, 2, 3, 3, 4, 5])
+    self.assertEqual([s.units_done((i, k)) for i, k in ((0, 1), (1, 0), (1, 3), (2, 0))],
+                     [1, 2, 5, 6])
+    self.assertEqual(Stage("learn", "writer", 2, 5).name, "learn/writer/iter2")
+    self.assertEqual(runner.seed(1, "a"), runner.seed(1, "a"))
+    self.assertNotEqual(runner.seed(1, "a"), runner.seed(2, "a"))
+
+
+if __name__ == "__main__":
+  absltest.main()
