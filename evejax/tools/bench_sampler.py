@@ -7,8 +7,9 @@
   python -m evejax.tools.bench_sampler --roofline [--preset qwen2_5_vl_3b]
       [--batch 64] [--bandwidth_gbs 3350] [--compare_scan]
 
-Default (CPU) mode: builds a random Qwen2.5-VL checkpoint of about 50M
-parameters with transformers in this process (shape flags below), loads it
+Default (CPU) mode: builds a random checkpoint of about 50M parameters with
+transformers in this process (shape flags below; `--base_preset` picks the
+family: `tiny` is Qwen2.5-VL, `qwen3_vl_tiny` Qwen3-VL), loads it
 into evejax with `hf.load_params`, and runs the same greedy job both ways:
 the same batch of text prompts of --prompt_len tokens, --new_tokens new tokens
 each (EOS disabled, so every row runs to the end), the same dtype. Prints
@@ -50,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from evejax import sampling
+from evejax.models import families
 from evejax.models import hf
 from evejax.models import presets
 from evejax.models import vlm
@@ -65,23 +67,26 @@ BANDWIDTH = (
 
 
 def bench_config(args) -> presets.ModelConfig:
-  """A ~50M-parameter text model with the tiny vision tower (unused here)."""
-  base = presets.tiny()
-  text = dataclasses.replace(
-      base.text, vocab_size=args.vocab, hidden_size=args.hidden,
-      intermediate_size=args.intermediate, num_layers=args.layers,
-      num_heads=args.heads, num_kv_heads=args.kv_heads,
-      mrope_section=_mrope_section(args.hidden // args.heads),
-      tie_word_embeddings=False)
+  """A ~50M-parameter text model with the base preset's tiny vision tower
+  (unused here), of the base preset's family."""
+  base = presets.get_preset(args.base_preset)
+  head_dim = args.hidden // args.heads
+  shape = dict(vocab_size=args.vocab, hidden_size=args.hidden,
+               intermediate_size=args.intermediate, num_layers=args.layers,
+               num_heads=args.heads, num_kv_heads=args.kv_heads,
+               mrope_section=_mrope_section(base.text, head_dim),
+               tie_word_embeddings=False)
+  if "head_dim" in {f.name for f in dataclasses.fields(base.text)}:
+    shape["head_dim"] = head_dim  # a field where the family sets it explicitly
+  text = dataclasses.replace(base.text, **shape)
   vision = dataclasses.replace(base.vision, out_hidden_size=args.hidden)
   return base.replace(text=text, vision=vision, dtype=args.dtype)
 
 
-def _mrope_section(head_dim: int) -> tuple[int, int, int]:
-  # Qwen's 16/24/24 split of head_dim/2 = 64, scaled to other head sizes.
-  half = head_dim // 2
-  t = half // 4
-  h = (half - t) // 2
+def _mrope_section(base_text, head_dim: int) -> tuple[int, int, int]:
+  """The base preset's split of head_dim/2 scaled to another head size."""
+  half, base = head_dim // 2, base_text.mrope_section
+  t, h = half * base[0] // sum(base), half * base[1] // sum(base)
   return (t, h, half - t - h)
 
 
@@ -102,10 +107,12 @@ def run_cpu(args) -> None:
   config = bench_config(args)
   torch.manual_seed(0)
   torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-  hf_config = transformers.Qwen2_5_VLConfig(**hf.config_to_hf(config, args.dtype))
+  hf_dict = hf.config_to_hf(config, args.dtype)
+  hf_config = transformers.AutoConfig.for_model(hf_dict.pop("model_type"),
+                                                **hf_dict)
   for c in (hf_config, hf_config.text_config, hf_config.vision_config):
     c.initializer_range = 0.1  # varied greedy paths, not a repeated token
-  model = transformers.Qwen2_5_VLForConditionalGeneration(hf_config)
+  model = getattr(transformers, families.of(config).hf_architecture)(hf_config)
   model = model.to(torch_dtype).eval()
   with tempfile.TemporaryDirectory() as tmp:
     model.save_pretrained(tmp)
@@ -373,6 +380,9 @@ def main(argv=None) -> None:
   p.add_argument("--layers", type=int, default=8)
   p.add_argument("--heads", type=int, default=8)
   p.add_argument("--kv_heads", type=int, default=2)
+  p.add_argument("--base_preset", default="tiny",
+                 help="CPU mode: the family and vision tower of the model "
+                      "(tiny: Qwen2.5-VL, qwen3_vl_tiny: Qwen3-VL)")
   p.add_argument("--first_stage_tokens", type=int, default=256,
                  help="Sampler's first decode stage (0: one full cache)")
   p.add_argument("--torch_threads", type=int, default=0,
