@@ -11,7 +11,9 @@ transformers' Qwen2VLImageProcessor emits them, so the merger groups 4
 consecutive rows. Attention in the vision tower is masked, not permuted:
 window blocks attend within (same image, same window); full blocks within the
 same image; padding rows (image id -1) attend to nothing and are ignored.
-The k-th <|image_pad|> token of an example receives merged feature k.
+The k-th <|image_pad|> token of an example receives merged feature k. The
+same fields serve every family: Qwen3-VL has no windows (one window per
+image, not read) and recovers each image's grid from the coords of its rows.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ class ModelInputs:
   mask: jax.Array        # int32 [B, T]; 1 real token, 0 padding (left or right)
   positions: jax.Array   # int32 [3, B, T]; M-RoPE (temporal, height, width)
   # Vision (P may be 0 for text-only batches; shapes stay static per bucket).
-  patches: jax.Array       # float [B, P, 1176]; normalised pixels
+  patches: jax.Array       # float [B, P, patch_dim]; normalised pixels
   patch_coords: jax.Array  # int32 [B, P, 2]; (row, col) of the patch in its image grid
   patch_image: jax.Array   # int32 [B, P]; image index within the example, -1 padding
   patch_window: jax.Array  # int32 [B, P]; window id, unique within the example, -1 padding

@@ -10,8 +10,11 @@ plain bytes), so untrusted text can never forge turn boundaries or image
 placeholders; `chat.encode_chat` inserts the real special ids itself. Pass
 `allow_special=True` to parse them, as HF's tokenizer does.
 
-Qwen's tokenizer has fewer ids (151665) than the model's embedding table
-(151936/152064); `vocab_size` is the tokenizer's.
+Qwen2.5-VL and Qwen3-VL share the chat and image tokens (the same strings at
+the same ids, 151643..151656); Qwen3's tokenizer adds <tool_response> and
+<think>/</think> (151665..151668), which the built-in one carries as <think>
+and </think>. A Qwen tokenizer has fewer ids (151665 / 151669) than the
+model's embedding table (151936 / 152064); `vocab_size` is the tokenizer's.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ BUILTIN_FILE = "tiny_tokenizer.json"
 
 
 class Tokenizer:
-  """Text <-> ids, plus the special ids of the Qwen2.5-VL chat format."""
+  """Text <-> ids, plus the special ids of the Qwen-VL chat format."""
 
   def __init__(self, backend: tokenizers.Tokenizer, name: str = "<memory>"):
     self.name = name
@@ -40,8 +43,8 @@ class Tokenizer:
     if missing:
       raise ValueError(
           f"Tokenizer {name} lacks the special tokens {missing}; evejax needs "
-          f"{list(REQUIRED_TOKENS)}. Use a Qwen2.5-VL tokenizer.json or "
-          "builtin_tokenizer().")
+          f"{list(REQUIRED_TOKENS)}. Use a Qwen2.5-VL or Qwen3-VL "
+          "tokenizer.json, or builtin_tokenizer().")
     # A second copy that treats special-token strings as plain text: the flag
     # is a property of the Rust object, so flipping it per call would race.
     self._plain = tokenizers.Tokenizer.from_str(backend.to_str())
@@ -131,7 +134,8 @@ def builtin_tokenizer() -> Tokenizer:
   """The tiny tokenizer shipped with evejax (2048 ids; see build_tiny_tokenizer).
 
   Its special tokens sit at ids 0..6 in the order of
-  `presets.BUILTIN_SPECIAL_TOKENS`, which is what `presets.tiny()` assumes.
+  `presets.BUILTIN_SPECIAL_TOKENS`, which is what `presets.tiny()` and
+  `presets.qwen3_vl_tiny()` assume.
   """
   res = importlib.resources.files("evejax") / "assets" / BUILTIN_FILE
   backend = tokenizers.Tokenizer.from_str(res.read_text(encoding="utf-8"))
