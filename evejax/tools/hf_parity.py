@@ -329,7 +329,8 @@ def run(hf_dir: str, seed: int = 0, threshold: float = 1e-4) -> dict:
     diffs.append(float(np.max(np.abs(o - ref))))
     peak = max(peak, float(np.max(np.abs(ref))))
   worst = max(diffs)
-  return {"max_abs_diff": worst, "pass": bool(worst <= threshold),
+  return {"family": config.family, "max_abs_diff": worst,
+          "pass": bool(worst <= threshold),
           "threshold": threshold, "per_example": diffs,
           "max_abs_logit": peak,
           "num_images": int(sum(len(ex.get("image_grid_thw", ()))
