@@ -87,6 +87,8 @@ class Qwen3VLParityTest(absltest.TestCase):
     self.assertEqual(c.vision.position_side, 6)
     self.assertTrue(c.text.tie_word_embeddings)
     self.assertFalse(self.a.config.text.tie_word_embeddings)
+    with self.assertRaisesRegex(ValueError, "family 'qwen3_vl'.*must agree"):
+      c.replace(family="qwen2_5_vl")
 
   def test_forward_matches_hf_untied(self):
     # Extra padding patch rows (P beyond the real rows) must change nothing.

@@ -179,13 +179,6 @@ class Qwen3TextConfig:
                        f"multiple of num_kv_heads={self.num_kv_heads}.")
 
 
-# Family name -> its (vision config class, text config class).
-CONFIG_CLASSES = {
-    "qwen2_5_vl": (VisionConfig, TextConfig),
-    "qwen3_vl": (Qwen3VisionConfig, Qwen3TextConfig),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   # The architecture; `evejax.models.families` maps it to modules, processing
@@ -204,17 +197,15 @@ class ModelConfig:
   remat: bool = False
 
   def __post_init__(self):
-    if self.family not in CONFIG_CLASSES:
-      raise ValueError(f"Unknown model family {self.family!r}; evejax "
-                       f"implements {sorted(CONFIG_CLASSES)}.")
-    want = CONFIG_CLASSES[self.family]
-    for part, cls in (("vision", want[0]), ("text", want[1])):
+    # Each config class names its family (FAMILY); `evejax.models.families`
+    # is the registry of the families themselves.
+    for part in ("vision", "text"):
       got = getattr(self, part)
-      if not isinstance(got, cls):
+      if getattr(got, "FAMILY", None) != self.family:
         raise ValueError(
-            f"ModelConfig(family={self.family!r}) needs {part}= a "
-            f"{cls.__name__}, got a {type(got).__name__} (family "
-            f"{getattr(got, 'FAMILY', '?')!r}); build configs with "
+            f"ModelConfig(family={self.family!r}) has a {part} config of "
+            f"family {getattr(got, 'FAMILY', None)!r} ({type(got).__name__}); "
+            "the family and both configs must agree. Build configs with "
             "presets.get_preset or hf.config_from_hf.")
     if self.family == "qwen3_vl":
       n = len(self.vision.deepstack_visual_indexes)
