@@ -25,7 +25,9 @@ grid h x w is recovered on device as 1 + the largest (row, col) of its image:
 images are whole merge blocks, so every row and column of the grid occurs.
 The blocks run as one `nn.scan`; the scan carries, beside x, one slot per
 DeepStack block that takes x when the scan passes that block, so the stacked
-blocks need no split and the scan keeps one compiled body.
+blocks need no split and the scan keeps one compiled body. The backward pass
+saves nothing for the slots (they enter only through a select): an 8-block
+tower's gradient needs the same temporaries with three taps as with none.
 """
 from __future__ import annotations
 
