@@ -54,11 +54,13 @@ def toy_config(**overrides) -> ml_collections.ConfigDict:
 class Toy(runner.Recipe):
   """Two roles, one stage each; the reader may share the writer's weights."""
 
+  @classmethod
+  def role_specs(cls, config):
+    return [runner.RoleSpec("writer"),
+            runner.RoleSpec("reader", share_policy_with="writer" if config.toy.share else None)]
+
   def __init__(self, run):
     super().__init__(run)
-    c = self.config.toy
-    self.writer = run.add_role("writer")
-    self.reader = run.add_role("reader", share_policy_with="writer" if c.share else None)
     self.image = sources.render_scene(np.random.default_rng(0), (28, 28))
     self.prompts_seen = 0     # host state the recipe registers
 

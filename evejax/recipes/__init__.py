@@ -8,4 +8,4 @@
 `config.recipe` names a built-in recipe or a module path `pkg.module` with
 `run(config, workdir)`.
 """
-BUILTIN = ("eve",)
+BUILTIN = ("eve", "mmzero")

@@ -76,6 +76,13 @@ def schedule(config) -> list[Stage]:
 class Eve(runner.Recipe):
   """The EVE recipe; see the module docstring."""
 
+  @classmethod
+  def role_specs(cls, config) -> list[runner.RoleSpec]:
+    warm = bool(config.warmstart.enabled)
+    return [runner.RoleSpec("challenger", trained_reference=warm),
+            runner.RoleSpec("solver", trained_reference=warm,
+                            share_policy_with="challenger" if config.eve.share_params else None)]
+
   def __init__(self, run: runner.Run):
     super().__init__(run)
     c = self.config
@@ -99,11 +106,6 @@ class Eve(runner.Recipe):
     self.pool = sandbox_lib.SandboxPool(sandbox_lib.SandboxConfig.from_config(
         {**c.sandbox.to_dict(), "checks": checks}))
     self.extra_rewards = [reward_registry.resolve(n) for n in c.reward.extra]
-
-    warm = bool(c.warmstart.enabled)
-    self.challenger = run.add_role("challenger", trained_reference=warm)
-    run.add_role("solver", trained_reference=warm,
-                 share_policy_with="challenger" if c.eve.share_params else None)
 
     self.logged: list[dict] = []        # Challenger-phase questions for the Solver
     self.solver_data: list[dict] = []   # selected at the start of a Solver phase
@@ -545,6 +547,9 @@ def _concat(parts) -> role_lib.Samples:
     lps += s.logprobs
     texts += s.texts
   return role_lib.Samples(kept, group, prompts, toks, lps, texts)
+
+
+RECIPE = Eve
 
 
 def run(config, workdir: str, **kwargs) -> dict[str, Any]:

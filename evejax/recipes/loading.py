@@ -60,6 +60,13 @@ def tokenizer_from(config) -> tokenizer_lib.Tokenizer:
   return tokenizer_lib.load_tokenizer(path)
 
 
+def make_mesh(config) -> jax.sharding.Mesh:
+  """The mesh of `config.mesh` (its `devices`: the first N devices, -1 all)."""
+  mesh_axes = {k: config.mesh[k] for k in parallel.MESH_AXES}
+  n = int(config.mesh.get("devices", -1))
+  return parallel.make_mesh(mesh_axes, devices=jax.devices()[:n] if n > 0 else None)
+
+
 def load_model(config) -> LoadedModel:
   """Model config, tokenizer, mesh and initial params (random or from init.hf_dir)."""
   model_config = model_config_from(config)
@@ -68,9 +75,7 @@ def load_model(config) -> LoadedModel:
     raise SetupError(
         f"tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary is "
         f"{model_config.text.vocab_size}; use the checkpoint's own tokenizer.")
-  mesh_axes = {k: config.mesh[k] for k in parallel.MESH_AXES}
-  n = int(config.mesh.get("devices", -1))
-  mesh = parallel.make_mesh(mesh_axes, devices=jax.devices()[:n] if n > 0 else None)
+  mesh = make_mesh(config)
   rules = parallel.rules_from_config(config.mesh)
   dtype = jnp.dtype(config.model.param_dtype)
   abstract = jax.eval_shape(lambda: vlm.init_params(model_config, jax.random.PRNGKey(0), dtype))

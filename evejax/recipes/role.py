@@ -123,7 +123,12 @@ class Policy:
 
   @property
   def params(self):
-    return self.learner.params
+    """What a Sampler samples this policy with (`Learner.sampling_params`)."""
+    return self.learner.sampling_params
+
+  def _weights(self, learner):
+    """What a new learner of this policy starts from: the params, or the backbone."""
+    return learner.backbone if learner.lora is not None else learner.params
 
   def use_optimizer(self, kind: str, sft_optimizer: dict | None = None) -> None:
     """Switches to the 'rl' optimizer of config.train or an 'sft' one (its
@@ -137,7 +142,8 @@ class Policy:
       cfg.optimizer.update(sft_optimizer or {})
     old = self.learner
     # A warm start needs no reference policy; the RL one keeps its own.
-    self.learner = self._learner(cfg, old.params, ref_params=old.reference_params,
+    ref = old.reference_params if old.owns_reference else None
+    self.learner = self._learner(cfg, self._weights(old), ref_params=ref,
                                  reference=kind == "rl")
     self.learner.load_state(old.state)
     self.optimizer_kind = kind
@@ -145,21 +151,23 @@ class Policy:
   def start_rl(self) -> None:
     """RL from the current weights: a fresh RL optimizer, these weights as reference."""
     old = self.learner
-    self.learner = self._learner(self.train_config, old.params, ref_params=None,
+    self.learner = self._learner(self.train_config, self._weights(old), ref_params=None,
                                  reference=True)
+    if old.lora is not None:   # the adapter is the policy: keep it, not the optimizer
+      self.learner.load_state(self.learner.state.replace(params=old.params))
     self.optimizer_kind = "rl"
 
   # -- checkpoint ------------------------------------------------------------
 
   def state(self) -> dict:
     out = {"train": self.learner.state}
-    if self.checkpoint_reference and self.learner.reference_params is not None:
+    if self.checkpoint_reference and self.learner.owns_reference:
       out["reference"] = self.learner.reference_params
     return out
 
   def abstract_state(self) -> dict:
     out = {"train": self.learner.abstract_state()}
-    if self.checkpoint_reference and self.learner.reference_params is not None:
+    if self.checkpoint_reference and self.learner.owns_reference:
       out["reference"] = self.learner.abstract_params()
     return out
 
@@ -279,9 +287,8 @@ class Role:
   def score(self, row_prompts: Sequence[batching.Example],
             completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
     """The policy's log-probs of each completion token, at this role's temperature."""
-    learner = self.policy.learner
     batch = self._batch(list(row_prompts), list(completions))
-    logp = np.asarray(learner.score(self.params, batch, temperature=self.temperature))
+    logp = np.asarray(self.policy.learner.score_policy(batch, temperature=self.temperature))
     return [logp[i, len(p.tokens) - 1:len(p.tokens) - 1 + len(t)]
             for i, (p, t) in enumerate(zip(row_prompts, completions))]
 
@@ -303,14 +310,16 @@ class FrozenRole(Role):
   def __init__(self, role: Role, copy_params: bool, params=None):
     super().__init__(role.name, role.policy, role.sampling)
     self.copied = copy_params
-    self._step = role.policy.learner.step_count
-    self._params = (params if params is not None
-                    else _device_copy(role.params) if copy_params else None)
+    learner = role.policy.learner
+    self._step = learner.step_count
+    # What the learner trains (with LoRA only the adapter: the backbone is frozen).
+    self.trained_params = (params if params is not None
+                           else _device_copy(learner.params) if copy_params else None)
 
   @property
   def params(self):
-    if self._params is not None:
-      return self._params
+    if self.trained_params is not None:
+      return self.policy.learner.sampling_params_for(self.trained_params)
     if self.policy.learner.step_count != self._step:
       raise RuntimeError(
           f"frozen {self.name}: its policy trained since it was frozen (step "

@@ -58,6 +58,19 @@ def seed(*parts: Any) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class RoleSpec:
+  """A role a recipe plays: sampling with `config.sampling.<name>`, learning by
+  `config.train`, with its own weights or those of `share_policy_with`.
+
+  `trained_reference`: the role's KL reference will be weights the run trains
+  (a warm start); it is then saved in every checkpoint.
+  """
+  name: str
+  share_policy_with: str | None = None
+  trained_reference: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage:
   """`steps` steps of one kind; `role` names the role it trains ("" = none).
 
@@ -120,7 +133,7 @@ class Run:
         length_buckets=tuple(p.length_buckets), patch_buckets=tuple(p.patch_buckets),
         batch_buckets=tuple(p.batch_buckets),
         max_cache=max(p.length_buckets) + max(int(b.max_new_tokens) for b in blocks),
-        prompt_pad_id=model.tokenizer.pad_id)
+        prompt_pad_id=model.tokenizer.pad_id, model=_sampling_model(config))
     self.counts: collections.Counter = collections.Counter()
     self.timer = observe.Timer()
     self.services = role_lib.Services(
@@ -137,42 +150,45 @@ class Run:
 
   # -- roles -----------------------------------------------------------------
 
-  def add_role(self, name: str, *, share_policy_with: str | None = None,
-               trained_reference: bool = False) -> role_lib.Role:
-    """A role sampling with `config.sampling.<name>` and learning by `config.train`.
+  def add_roles(self, specs: list[RoleSpec]) -> None:
+    """Builds the recipe's roles (in order: a shared policy is an earlier role's)."""
+    for spec in specs:
+      self._add_role(spec)
 
-    Args:
-      name: the role's name (and its sampling block's).
-      share_policy_with: an earlier role whose weights this one shares.
-      trained_reference: the role's KL reference will be weights the run
-        trains (a warm start); it is then saved in every checkpoint.
-    """
+  def _add_role(self, spec: RoleSpec) -> role_lib.Role:
+    name = spec.name
     if name not in self.config.sampling:
       raise ValueError(f"role {name!r} has no sampling block config.sampling.{name}; "
                        f"there are {sorted(self.config.sampling)}.")
-    if share_policy_with is not None:
-      policy = self.roles[share_policy_with].policy
+    if spec.share_policy_with is not None:
+      policy = self.roles[spec.share_policy_with].policy
     else:
       if self._initial_params is None:
-        raise ValueError("add roles in the recipe's constructor, before the run starts.")
+        raise ValueError("roles are built in the recipe's constructor, before the run starts.")
       policy = role_lib.Policy(name, self.services, self.config.train, self._initial_params,
                                param_dtype=self.config.model.param_dtype,
-                               checkpoint_reference=trained_reference)
+                               checkpoint_reference=spec.trained_reference)
       self.policies[name] = policy
     self.roles[name] = role_lib.Role(name, policy, self.config.sampling[name])
     return self.roles[name]
 
-  def freeze(self, name: str) -> role_lib.FrozenRole:
+  def freeze(self, name: str, copy: bool = False) -> role_lib.FrozenRole:
     """`roles[name]` with its weights as they are now, kept until the next freeze.
 
-    A copy when its policy is shared with another role (which may train it),
-    else a view; copies are saved in checkpoints, so a resumed run samples the
-    same frozen weights.
+    A copy when asked, or when its policy is shared with another role (which
+    may train it); else a view, which refuses to sample once its policy has
+    trained. Copies are saved in checkpoints, so a resumed run samples the same
+    frozen weights.
     """
     role = self.roles[name]
     shared = sum(r.policy is role.policy for r in self.roles.values()) > 1
-    self.frozen[name] = role.frozen(copy_params=shared)
+    self.frozen[name] = role.frozen(copy_params=copy or shared)
     return self.frozen[name]
+
+  @property
+  def is_writer(self) -> bool:
+    """Whether this process writes files (metrics, galleries, charts): process 0."""
+    return jax.process_index() == 0
 
   def _drop_initial_params(self) -> None:
     self._initial_params = None  # every policy holds its own copy
@@ -222,11 +238,17 @@ class Run:
 
 
 class Recipe:
-  """A method: its roles (built in the constructor), stages and per-step functions."""
+  """A method: its roles, stages and per-step functions (`<kind>_step`)."""
 
   def __init__(self, run: Run):
     self.run = run
     self.config = run.config
+    run.add_roles(self.role_specs(run.config))
+
+  @classmethod
+  def role_specs(cls, config) -> list[RoleSpec]:
+    """The roles the recipe plays under `config` (also what memory plans build)."""
+    raise NotImplementedError
 
   def stages(self) -> list[Stage]:
     raise NotImplementedError
@@ -241,6 +263,10 @@ class Recipe:
 
   def end_stage(self, stage: Stage) -> None:
     """After a stage's last step (galleries, optimizer switches, ...)."""
+
+  def sft_optimizer(self, policy: str) -> dict:
+    """`config.train.optimizer` overrides of a policy's warm start (SFT) optimizer."""
+    return {}
 
   def state(self) -> dict[str, Any]:
     """The recipe's host state for checkpoints (plain JSON)."""
@@ -294,7 +320,7 @@ class Runner:
   def _state(self) -> dict[str, Any]:
     run = self.run
     state = {f"policy/{n}": p.state() for n, p in run.policies.items()}
-    state.update({f"frozen/{n}": f.params for n, f in run.frozen.items() if f.copied})
+    state.update({f"frozen/{n}": f.trained_params for n, f in run.frozen.items() if f.copied})
     return state
 
   def _host_state(self) -> dict[str, Any]:
@@ -388,6 +414,36 @@ class Runner:
       logging.info("Summary (%s): %s", path, json.dumps(res))
       print(json.dumps(res, indent=2))
     return res
+
+
+def abstract_policies(recipe_cls: type[Recipe], config, mesh=None) -> dict[str, Any]:
+  """{policy name: abstract Learner} of the roles `recipe_cls` plays under `config`.
+
+  Nothing is allocated or compiled (parameters are ShapeDtypeStructs): what a
+  memory plan lowers, and what a test builds to check that a config makes its
+  roles. `mesh` defaults to the config's.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from evejax import parallel  # pylint: disable=g-import-not-at-top
+  from evejax.models import vlm  # pylint: disable=g-import-not-at-top
+  from evejax.rl import learner as learner_lib  # pylint: disable=g-import-not-at-top
+  model_config = loading.model_config_from(config)
+  if mesh is None:
+    mesh = loading.make_mesh(config)
+  dtype = jnp.dtype(config.model.param_dtype)
+  shapes = jax.eval_shape(lambda: vlm.init_params(model_config, jax.random.PRNGKey(0), dtype))
+  return {spec.name: learner_lib.Learner(
+              model_config, config.train, shapes, param_dtype=config.model.param_dtype,
+              mesh=mesh, rules=parallel.rules_from_config(config.mesh))
+          for spec in recipe_cls.role_specs(config) if spec.share_policy_with is None}
+
+
+def _sampling_model(config):
+  """The model the sampler runs: the VLM, or with `train.lora` the VLM with an adapter."""
+  from evejax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
+  from evejax.rl import learner as learner_lib  # pylint: disable=g-import-not-at-top
+  cfg = lora_lib.from_config(learner_lib.merge_config(config.train).lora)
+  return None if cfg is None else lora_lib.AdaptedModel(cfg)
 
 
 def _write_config(config, workdir: str) -> None:

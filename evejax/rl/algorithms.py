@@ -50,19 +50,22 @@ PyTree = Any
 class LossContext:
   """What the learner gives an algorithm's loss for one micro-batch.
 
-  logprobs(params, mb, temperature=None, with_entropy=False): the one scoring
-  path (`learner.token_logprobs`), at the role's sampling temperature unless
-  another is given. hidden/unembed/chunked let a loss that needs logits (a
-  full-vocabulary KL) stay chunked over the sequence like the scoring path.
+  logprobs(params, mb, temperature=T, with_entropy=False): the one scoring
+  path (`learner.token_logprobs`; with LoRA the adapter over the backbone), at
+  the rollouts' temperature unless another is given. hidden/unembed (the
+  policy) and ref_hidden/ref_unembed (the reference, no gradient) with chunked
+  let a loss that needs logits (a full-vocabulary KL) stay chunked over the
+  sequence like the scoring path.
   """
   logprobs: Callable
   hidden: Callable
   unembed: Callable
+  ref_hidden: Callable
+  ref_unembed: Callable
   chunked: Callable
   temperature: float
   den: jax.Array          # the whole batch's denominator of this algorithm's aggregation
   tokens: jax.Array       # completion tokens in the whole batch (>= 1)
-  ref_params: PyTree | None
   state: PyTree | None    # this algorithm's extra state before the step
 
 
@@ -272,12 +275,12 @@ class Reinforce(Algorithm):
 
   def loss(self, ctx, params, mb):
     h = ctx.hidden(params, mb.inputs)
-    h_ref = jax.lax.stop_gradient(ctx.hidden(ctx.ref_params, mb.inputs))
+    h_ref = ctx.ref_hidden(mb.inputs)
     t = ctx.temperature
 
     def per_chunk(hc, hrc, tc):
       logits = ctx.unembed(params, hc).astype(jnp.float32) / t
-      ref_logits = ctx.unembed(ctx.ref_params, hrc).astype(jnp.float32) / t
+      ref_logits = ctx.ref_unembed(hrc).astype(jnp.float32) / t
       logp_all = jax.nn.log_softmax(logits, axis=-1)
       logp = jnp.take_along_axis(logp_all, tc[..., None], axis=-1)[..., 0]
       return (logp, losses.token_entropy(logits),

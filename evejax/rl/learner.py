@@ -28,6 +28,7 @@ so the importance ratio starts at 1), optionally over sequence chunks so
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable
@@ -41,6 +42,7 @@ import numpy as np
 import optax
 
 from evejax import parallel
+from evejax.models import lora as lora_lib
 from evejax.models import vlm
 from evejax.models.inputs import ModelInputs
 from evejax.models.presets import ModelConfig
@@ -107,6 +109,11 @@ def default_train_config() -> ml_collections.ConfigDict:
           kl_coef=1e-3, kl_estimator="low_var_kl", entropy_coef=0.0,
           advantage="grpo",       # group estimator: grpo | dr_grpo (evejax.rl.advantages)
           adv_eps=1e-6),
+      # LoRA (evejax.models.lora): rank 0 trains every (unfrozen) weight; > 0
+      # trains adapters on the `targets` kernels over a frozen backbone, which
+      # is then also the KL reference (the adapters truly off).
+      lora=dict(rank=0, alpha=32.0, dropout=0.0, targets=(lora_lib.TEXT_PROJECTIONS,),
+                use_rslora=False),
       micro_batches=1,
       grad_accum_dtype="float32",  # gradient sum over micro-batches (> 1 only)
       # Regexes (re.search) on '/'-joined parameter paths, e.g. "^vision/";
@@ -188,10 +195,35 @@ def token_logprobs(params: PyTree, config: ModelConfig, inputs: ModelInputs,
     temperature: the sampling temperature the log-probs refer to.
     with_entropy: also return the per-position entropy.
   """
-  h = vlm.hidden_states(params, config, inputs)
-  fn = lambda hc, tc: _logp_entropy(vlm.unembed(params, config, hc), tc, temperature)
-  logp, ent = chunked_over_length(fn, chunk_size, h, targets)
-  return (logp, ent) if with_entropy else logp
+  return _Model(config).logprobs(params, inputs, targets, chunk_size, temperature,
+                                 with_entropy)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Model:
+  """The model a learner differentiates: full params, or a LoRA adapter over a
+  backbone (given per call: an argument of the compiled step, never a constant)."""
+  config: ModelConfig
+  lora: lora_lib.LoraConfig | None = None
+
+  def hidden(self, params, inputs, backbone=None, rng=None):
+    if self.lora is None:
+      return vlm.hidden_states(params, self.config, inputs)
+    return lora_lib.apply(vlm.hidden_states, backbone, params, self.lora, self.config, inputs,
+                          dropout_rng=rng)
+
+  def unembed(self, params, h, backbone=None, rng=None):
+    if self.lora is None:
+      return vlm.unembed(params, self.config, h)
+    return lora_lib.apply(vlm.unembed, backbone, params, self.lora, self.config, h,
+                          dropout_rng=None if rng is None else jax.random.fold_in(rng, 1))
+
+  def logprobs(self, params, inputs, targets, chunk_size, temperature, with_entropy=False,
+               backbone=None, rng=None):
+    h = self.hidden(params, inputs, backbone, rng)
+    fn = lambda hc, tc: _logp_entropy(self.unembed(params, hc, backbone, rng), tc, temperature)
+    logp, ent = chunked_over_length(fn, chunk_size, h, targets)
+    return (logp, ent) if with_entropy else logp
 
 
 def targets_from_tokens(tokens: np.ndarray, completion_mask: np.ndarray
@@ -260,13 +292,16 @@ class Learner:
     cfg: learner config (see `default_train_config`; e.g. `config.train`);
       missing keys take the defaults, unknown keys fail.
     params: initial policy params (cast to `param_dtype`, copied onto the
-      mesh; the caller may drop its own copy).
+      mesh; the caller may drop its own copy). With `cfg.lora` they are the
+      frozen backbone, placed once and held by reference (learners given the
+      same placed params share them), and the learner trains a fresh adapter.
     param_dtype: float32 | bfloat16 (the model config's `param_dtype`).
     mesh: an `evejax.parallel.make_mesh` mesh; None = the default device.
       Params, optimizer state and batches get explicit shardings on it.
     rules: logical-axis rules (None = `evejax.parallel.LOGICAL_RULES`).
     ref_params: frozen reference policy for KL terms; None = a copy of the
-      initial `params` when the algorithm needs a reference.
+      initial `params` when the algorithm needs a reference (with LoRA: the
+      backbone itself, the adapters off).
     keep_reference: False keeps no reference at all (e.g. for a warm start's
       SFT learner, whose steps never read one).
     seed: seeds the state's rng.
@@ -291,14 +326,31 @@ class Learner:
     self._mesh = mesh if mesh is not None else parallel.make_mesh(
         {"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
     self._replicated = parallel.replicated(self._mesh)
-    self._param_shardings = parallel.shardings_for(
-        vlm.param_axes(model_config), self._mesh, self._rules, shapes_tree=params)
-    self._mask = optim.trainable_mask(params, c.freeze)
-    self._tx = optim.make_optimizer(c)
-
     # Abstract params (ShapeDtypeStructs) give an abstract learner: its steps
     # can be lowered and compiled ahead of time (memory plans) but not run.
     self.abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
+    self.lora = lora_lib.from_config(c.lora)
+    self._model = _Model(model_config, self.lora)
+    axes = vlm.param_axes(model_config)
+    self._backbone = self._backbone_shardings = None
+    if self.lora is not None:
+      if c.freeze:
+        raise ValueError(f"config.train.freeze={tuple(c.freeze)} with config.train.lora: the "
+                         "backbone is frozen and only adapters train; choose their kernels "
+                         "with config.train.lora.targets instead.")
+      self._backbone_shardings = parallel.shardings_for(axes, self._mesh, self._rules,
+                                                        shapes_tree=params)
+      self._backbone = self._place(params, self._backbone_shardings)
+      shapes = jax.eval_shape(lambda: lora_lib.init_adapter(
+          self.lora, model_config, jax.random.key(0), self._dtype))
+      axes = lora_lib.adapter_axes(shapes, axes)
+      params = shapes if self.abstract else jax.jit(
+          lambda k: lora_lib.init_adapter(self.lora, model_config, k, self._dtype))(
+              jax.random.key(seed + 1))
+    self._param_shardings = parallel.shardings_for(axes, self._mesh, self._rules,
+                                                   shapes_tree=params)
+    self._mask = optim.trainable_mask(params, c.freeze)
+    self._tx = optim.make_optimizer(c)
     params = self._put_params(params)
     self._state_shardings = self._make_state_shardings(params)
     if self.abstract:
@@ -310,9 +362,13 @@ class Learner:
           params, jax.random.PRNGKey(seed))
     self._ref = None
     if keep_reference and (ref_params is not None or self.algorithm.reference is not None):
-      self.set_ref_params(ref_params if ref_params is not None else params)
+      if self.lora is not None:
+        self._ref = self._backbone
+      else:
+        self.set_ref_params(ref_params if ref_params is not None else params)
     self._steps: dict[Any, Callable] = {}
     self._score_fn = self._jit(self._score, static_argnums=2)
+    self._score_policy_fn = self._jit(self._score_policy, static_argnums=2)
 
   # -- state -----------------------------------------------------------------
 
@@ -343,8 +399,33 @@ class Learner:
 
   @property
   def params(self) -> PyTree:
-    """The current policy params (sharded on the mesh), e.g. for the sampler."""
+    """The params this learner trains, sharded on the mesh (with LoRA: the adapter)."""
     return self._state.params
+
+  @property
+  def sampling_params(self) -> PyTree:
+    """What a Sampler samples the current policy with (`sampling_params_for`)."""
+    return self.sampling_params_for(self._state.params)
+
+  def sampling_params_for(self, params: PyTree) -> PyTree:
+    """`params` (trained ones, e.g. a frozen copy) as a Sampler takes them: with
+    LoRA {"backbone", "adapter"} for `lora.AdaptedModel`, else the params."""
+    if self.lora is None:
+      return params
+    return {"backbone": self._backbone, "adapter": params}
+
+  @property
+  def backbone(self) -> PyTree | None:
+    """The frozen backbone under the adapter (None without LoRA)."""
+    return self._backbone
+
+  def set_backbone(self, params: PyTree) -> None:
+    """Puts the adapter on other backbone weights (e.g. ones a warm start trained)."""
+    if self.lora is None:
+      raise ValueError("set_backbone: this learner has no LoRA adapter (config.train.lora).")
+    self._backbone = self._place(params, self._backbone_shardings)
+    if self._ref is not None:
+      self._ref = self._backbone
 
   @property
   def mesh(self) -> jax.sharding.Mesh:
@@ -363,6 +444,11 @@ class Learner:
   def reference_params(self) -> PyTree | None:
     """The frozen reference policy (None when no algorithm of this learner uses one)."""
     return self._ref
+
+  @property
+  def owns_reference(self) -> bool:
+    """Whether the reference is this learner's own copy (with LoRA it is the backbone)."""
+    return self._ref is not None and self.lora is None
 
   def abstract_state(self) -> TrainState:
     """ShapeDtypeStructs with shardings: the template a checkpoint restores into."""
@@ -386,6 +472,9 @@ class Learner:
 
   def set_ref_params(self, ref_params: PyTree) -> None:
     """Sets the frozen reference policy (kept in host RAM if cfg.ref_on_host)."""
+    if self.lora is not None:
+      raise ValueError("with config.train.lora the reference is the backbone; use "
+                       "set_backbone().")
     ref = self._put_params(ref_params)
     self._ref = jax.device_get(ref) if self.cfg.ref_on_host and not self.abstract else ref
 
@@ -399,12 +488,16 @@ class Learner:
     return self._ref
 
   def _put_params(self, params: PyTree) -> PyTree:
+    return self._place(params, self._param_shardings)
+
+  def _place(self, params: PyTree, shardings: PyTree) -> PyTree:
+    """`params` cast to the param dtype on `shardings` (already placed arrays are kept)."""
     if self.abstract:
       return jax.tree.map(
           lambda x, s: jax.ShapeDtypeStruct(
               x.shape, self._dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype,
-              sharding=s), params, self._param_shardings)
-    return jax.device_put(_cast_floats(params, self._dtype), self._param_shardings)
+              sharding=s), params, shardings)
+    return jax.device_put(_cast_floats(params, self._dtype), shardings)
 
   # -- batches ---------------------------------------------------------------
 
@@ -433,15 +526,24 @@ class Learner:
 
   # -- scoring ---------------------------------------------------------------
 
-  def _logprobs(self, params, mb: TrainBatch, temperature: float, with_entropy=False):
-    return token_logprobs(params, self.model_config, mb.inputs, mb.targets,
-                          self.cfg.logprob_chunk, temperature=temperature,
-                          with_entropy=with_entropy)
+  def _score_with(self, model: _Model, params, batch: TrainBatch, temperature: float,
+                  backbone=None) -> jax.Array:
+    def score(mb):
+      mb = self._constrain(mb)
+      return model.logprobs(params, mb.inputs, mb.targets, self.cfg.logprob_chunk,
+                            temperature, backbone=backbone)
+    return _unsplit_micro(jax.lax.map(score, _split_micro(batch, self.cfg.micro_batches)))
 
   def _score(self, params, batch: TrainBatch, temperature: float) -> jax.Array:
-    mbs = _split_micro(batch, self.cfg.micro_batches)
-    return _unsplit_micro(jax.lax.map(
-        lambda mb: self._logprobs(params, self._constrain(mb), temperature), mbs))
+    return self._score_with(_Model(self.model_config), params, batch, temperature)
+
+  def _score_policy(self, params, batch: TrainBatch, temperature: float, backbone) -> jax.Array:
+    return self._score_with(self._model, params, batch, temperature, backbone)
+
+  def score_policy(self, batch: TrainBatch, *, temperature: float = 1.0) -> jax.Array:
+    """The current policy's log-probs [B, T] (adapter included, no dropout)."""
+    return self._score_policy_fn(self._state.params, self._put_batch(_scoring_view(batch)),
+                                 _check_temperature(temperature), self._backbone)
 
   def score(self, params: PyTree, batch: TrainBatch, *, temperature: float = 1.0
             ) -> jax.Array:
@@ -500,7 +602,7 @@ class Learner:
     batch = self._put_batch(self._step_batch(alg, batch, temperature))
     ref = self._ref_on_device() if alg.reference == "params" else None
     program = self._program(alg, batch, ref is not None, temperature)
-    self._state, metrics = program(self._state, batch, ref)
+    self._state, metrics = program(self._state, batch, ref, self._backbone)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     self._check_nonfinite(metrics)
     return metrics
@@ -509,10 +611,11 @@ class Learner:
     """The jit-compiled step of `alg` for batches shaped like `batch` (cached)."""
     key = (alg.name, jax.tree.structure(batch), with_ref, temperature)
     if key not in self._steps:
+      ref_sh = self._backbone_shardings if self.lora is not None else self._param_shardings
       self._steps[key] = self._jit(
           functools.partial(self._train_step, alg, temperature),
           in_shardings=(self._state_shardings, self._batch_shardings(batch),
-                        self._param_shardings if with_ref else None),
+                        ref_sh if with_ref else None, self._backbone_shardings),
           out_shardings=(self._state_shardings, self._replicated),
           donate_argnums=(0,))
     return self._steps[key]
@@ -540,7 +643,7 @@ class Learner:
         jax.tree.map(lambda x: spec(x, x.dtype), batch), self._batch_shardings(batch))
     ref = self._ref_on_device() if alg.reference == "params" else None
     return self._program(alg, batch, ref is not None, _check_temperature(temperature)).lower(
-        self._state, batch, ref)
+        self._state, batch, ref, self._backbone)
 
   def lower_score(self, batch: TrainBatch) -> jax.stages.Lowered:
     """Lowers the scoring pass (reference / old log-probs) without running it."""
@@ -548,8 +651,9 @@ class Learner:
     view = parallel.abstract_tree(
         jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), view),
         self._batch_shardings(view))
-    params = self._ref_on_device() if self._ref is not None else self._state.params
-    return self._score_fn.lower(params, view, 1.0)
+    if self._ref is not None:
+      return self._score_fn.lower(self._ref_on_device(), view, 1.0)
+    return self._score_policy_fn.lower(self._state.params, view, 1.0, self._backbone)
 
   def _check_nonfinite(self, metrics: dict[str, float]) -> None:
     if not metrics["skipped"]:
@@ -567,29 +671,41 @@ class Learner:
           "learning rate, look for NaN/inf in rewards or advantages, or train "
           "with float32 params.")
 
-  def _loss_context(self, alg, temperature, batch: TrainBatch, ref_params, alg_state):
+  def _loss_context(self, alg, temperature, batch: TrainBatch, ref_params, backbone,
+                    alg_state, rng):
     agg, norm = alg.aggregation()
-    logprobs = lambda p, mb, temperature=temperature, with_entropy=False: self._logprobs(
-        p, mb, temperature, with_entropy)
+    model, plain = self._model, _Model(self.model_config)
+    chunk = self.cfg.logprob_chunk
+
+    def logprobs(p, mb, temperature=temperature, with_entropy=False):
+      return model.logprobs(p, mb.inputs, mb.targets, chunk, temperature, with_entropy,
+                            backbone=backbone, rng=rng)
+
     return algorithms_lib.LossContext(
         logprobs=logprobs,
-        hidden=lambda p, inputs: vlm.hidden_states(p, self.model_config, inputs),
-        unembed=lambda p, h: vlm.unembed(p, self.model_config, h),
-        chunked=lambda fn, *xs: chunked_over_length(fn, self.cfg.logprob_chunk, *xs),
+        hidden=lambda p, inputs: model.hidden(p, inputs, backbone, rng),
+        unembed=lambda p, h: model.unembed(p, h, backbone, rng),
+        ref_hidden=lambda inputs: jax.lax.stop_gradient(plain.hidden(ref_params, inputs)),
+        ref_unembed=lambda h: jax.lax.stop_gradient(plain.unembed(ref_params, h)),
+        chunked=lambda fn, *xs: chunked_over_length(fn, chunk, *xs),
         temperature=temperature,
         den=_denominator(batch.loss_mask, agg, norm),
         tokens=_denominator(batch.loss_mask, "token-mean", None),
-        ref_params=ref_params, state=alg_state)
+        state=alg_state)
 
-  def _train_step(self, alg, temperature, state: TrainState, batch: TrainBatch, ref_params):
+  def _train_step(self, alg, temperature, state: TrainState, batch: TrainBatch, ref_params,
+                  backbone):
     c = self.cfg
     stateful = alg is self.algorithm
     alg_state = state.algorithm_state if stateful else None
     batch, new_alg_state, alg_metrics = alg.prepare(alg_state, batch)
-    ctx = self._loss_context(alg, temperature, batch, ref_params, alg_state)
     trainable, frozen = optim.split(state.params, self._mask)
+    # LoRA dropout: a key per step and micro-batch (the state's rng moves every step).
+    step_key = jax.random.fold_in(state.rng, 0x10A)
 
-    def loss_fn(trainable, mb):
+    def loss_fn(trainable, mb, index):
+      ctx = self._loss_context(alg, temperature, batch, ref_params, backbone, alg_state,
+                               jax.random.fold_in(step_key, index))
       return alg.loss(ctx, optim.merge(self._mask, trainable, frozen), self._constrain(mb))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -597,22 +713,23 @@ class Learner:
     first = jax.tree.map(lambda x: x[0], mbs)
     if c.micro_batches == 1:
       # No accumulator: gradients stay in the params' dtype, no extra copy.
-      (_, sums), grads = grad_fn(trainable, first)
+      (_, sums), grads = grad_fn(trainable, first, 0)
     else:
       acc_dtype = jnp.dtype(c.grad_accum_dtype)
 
-      def body(carry, mb):
-        (_, sums), g = grad_fn(trainable, mb)
+      def body(carry, xs):
+        mb, index = xs
+        (_, sums), g = grad_fn(trainable, mb, index)
         acc_g = jax.tree.map(lambda a, b: a + b.astype(a.dtype), carry[0], g)
         return (acc_g, losses.merge_sums(carry[1], sums)), None
 
-      sums_shape = jax.eval_shape(lambda: loss_fn(trainable, first)[1])
+      sums_shape = jax.eval_shape(lambda: loss_fn(trainable, first, 0)[1])
       trainable_sh, _ = optim.split(self._param_shardings, self._mask)
       g0 = jax.lax.with_sharding_constraint(
           jax.tree.map(lambda x: jnp.zeros(x.shape, acc_dtype), trainable), trainable_sh)
       s0 = {k: jnp.full(s.shape, -jnp.inf if k.endswith("_max") else 0, s.dtype)
             for k, s in sums_shape.items()}
-      (grads, sums), _ = jax.lax.scan(body, (g0, s0), mbs)
+      (grads, sums), _ = jax.lax.scan(body, (g0, s0), (mbs, jnp.arange(c.micro_batches)))
 
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)

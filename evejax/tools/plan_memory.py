@@ -24,14 +24,14 @@ temporaries are an upper bound.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 from absl import app
 from absl import flags
 import jax
 import ml_collections
+
+from evejax import config_utils
 
 _CONFIG = flags.DEFINE_string("config", "qwen2_5_vl_7b",
                               "Model preset name, or a config file path.py[:arg].")
@@ -87,16 +87,13 @@ def _parse_mesh(spec: str) -> dict[str, int]:
 
 
 def _load(spec: str) -> tuple[str, ml_collections.ConfigDict | None]:
-  """(preset name, config or None) from --config."""
-  path, _, arg = spec.partition(":")
-  if not path.endswith(".py"):
+  """(preset name, config or None) from --config: a model preset or path.py[:preset]."""
+  if not spec.partition(":")[0].endswith(".py"):
     return spec, None
-  if not os.path.exists(path):
-    raise app.UsageError(f"--config {path!r} does not exist.")
-  module_spec = importlib.util.spec_from_file_location("_plan_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
+  try:
+    config = config_utils.load_config(spec)
+  except config_utils.ConfigError as e:
+    raise app.UsageError(f"--config {spec}: {e}") from None
   return config.model.preset, config
 
 

@@ -1,0 +1,138 @@
+r"""MM-Zero: Proposer, Coder and Solver evolve from zero images through rendered SVG.
+
+Run (tiny model from scratch, no images at all, CPU, about 10 minutes on 2 cores):
+  python -m evejax.main --config configs/mmzero.py:tiny --workdir workdirs/mmzero_tiny
+
+The published setup on a GPU node or TPU slice (Qwen3-VL-8B-Instruct):
+  python -m evejax.main --config configs/mmzero.py:qwen3_vl_8b \
+      --config.init.hf_dir=/path/to/Qwen3-VL-8B-Instruct --workdir /scratch/mmzero_8b
+
+Any value can be overridden: --config.mmzero.iterations=6 --config.mmzero.backend=plot.
+Defaults follow reference/METHODS.md (MM-Zero section); every number is here.
+"""
+import ml_collections
+
+from evejax import config_utils as cu
+
+
+def _base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.recipe = "mmzero"
+  c.seed = 0
+  c.model = cu.model("qwen3_vl_8b", dtype="bfloat16", param_dtype="float32", remat=True)
+  c.init = cu.init()
+  c.mesh = cu.mesh()
+  # Renders are resized into these pixel bounds before the Solver sees them.
+  c.data = ml_collections.ConfigDict(dict(min_pixels=64 * 64, max_pixels=1024 * 1024))
+  c.processing = ml_collections.ConfigDict(dict(
+      length_buckets=(1024, 2048, 4096),
+      patch_buckets=(1024, 4096),
+      batch_buckets=(8, 16),   # prompts per generate chunk; plan before raising it
+  ))
+  c.mmzero = ml_collections.ConfigDict(dict(
+      iterations=6,
+      proposer_steps=20, coder_steps=20, solver_steps=20,
+      share_params=False,          # True: one set of weights plays all three roles
+      backend="svg",               # svg (the published pipeline) | plot (plotting Python)
+      style="full",                # prompt wording: "full" or "compact" (tiny models)
+      topics=(),                   # () = the 8 built-in topics
+      kinds=("bar_chart", "pie_chart", "line_chart", "table", "timeline", "right_triangle",
+             "circles", "text_cards", "shape_count", "dot_sequence"),  # warm start, held out
+      pipeline_chunks=4,           # the sandbox renders chunk k while chunk k+1 samples
+      # Proposer phase: G proposals per topic prompt, N codes per proposal by the
+      # frozen Coder, n answers per question by the frozen Solver.
+      proposer_prompts=18, proposer_group=4, coder_samples=4, solver_samples=5,
+      # Coder phase: a pool of Proposer_i's proposals filtered by render success.
+      coder_pool=720, coder_band=(0.25, 0.75), coder_prompts=32, coder_group=4,
+      coder_scored_by_coder=False,  # the published code's "Solver" is the Coder's checkpoint
+      # Solver phase: one render per proposal, answered 10 times by Solver_{i-1}.
+      solver_pool=5000, solver_select_samples=10, solver_easy_min=0.5,
+      solver_hard_band=(0.25, 0.75), solver_prompts=64, solver_group=8,
+      heldout_items=64, heldout_coder_samples=4,   # evaluation on held-out library items
+  ))
+  c.reward = ml_collections.ConfigDict(dict(
+      proposer=dict(unparseable=-1.0, solvability_cap=0.5, easy_threshold=0.15,
+                    easy_penalty=0.3, diversity_weights=(0.45, 0.20, 0.35),
+                    diversity_budget=0.5, diversity_threshold=0.25,
+                    content_type_weight=0.15, content_type_threshold=0.5),
+      coder=dict(no_render=0.1, empty=0.05, non_svg=0.5, floor=-0.5),
+      solver=dict(accuracy=0.9, format=0.1),
+  ))
+  c.sampling = ml_collections.ConfigDict(dict(
+      proposer=dict(temperature=1.0, top_p=0.99, top_k=0, max_new_tokens=1024),
+      coder=dict(temperature=0.7, top_p=0.95, top_k=0, max_new_tokens=4096),
+      solver=dict(temperature=1.0, top_p=0.99, top_k=0, max_new_tokens=2048),
+  ))
+  c.train = cu.grpo(lr=1e-6, kl_coef=0.01, clip_high=0.3)
+  # Sandbox: SVG renders take a 30 s budget in the published pool.
+  c.sandbox = cu.sandbox(workers=16, timeout_s=30.0)
+  c.checks = ml_collections.ConfigDict(dict(max_side=16384, max_aspect=100.0))
+  c.checkpoint = cu.checkpoint(every=5, keep=3)
+  c.warmstart = ml_collections.ConfigDict(dict(
+      enabled=False, proposer_steps=0, coder_steps=0, solver_steps=0,
+      batch_size=16,               # SFT rows per step
+      lr=1e-3, proposer_lr=0.0, coder_lr=0.0, solver_lr=0.0,   # 0: lr
+      schedule="cosine", warmup_steps=5,
+  ))
+  c.log = ml_collections.ConfigDict(dict(tensorboard=True, gallery_tasks=24, progress=True))
+  return c
+
+
+def tiny() -> ml_collections.ConfigDict:
+  """All three phases on a 2-core CPU with a tiny VLM trained from scratch.
+
+  For: seeing the whole method run (proposals, rendered SVG, consistency,
+  the Coder and Solver filters, three GRPO phases, the co-evolution chart).
+  No pretrained model reaches such a machine, so the three roles are warm
+  started by SFT on the built-in library of procedural proposals with matching
+  SVG, the Coder's warm start kept short so that its GRPO phase has room to
+  raise its render success; compact prompts, small batches and pools, short
+  replies, larger learning rates and no KL term.
+  """
+  c = _base()
+  c.model = cu.model("tiny")
+  c.data.update(min_pixels=28 * 28, max_pixels=112 * 112)
+  c.processing.update(length_buckets=(256, 512), patch_buckets=(64,), batch_buckets=(8, 16))
+  c.mmzero.update(dict(
+      iterations=2, proposer_steps=2, coder_steps=4, solver_steps=2, style="compact",
+      kinds=("bar_chart", "pie_chart", "timeline", "right_triangle", "circles", "text_cards",
+             "shape_count"),
+      pipeline_chunks=2,
+      proposer_prompts=4, proposer_group=4, coder_samples=2, solver_samples=3,
+      coder_pool=16, coder_prompts=4, coder_group=4,
+      solver_pool=16, solver_select_samples=4, solver_prompts=4, solver_group=4,
+      heldout_items=14, heldout_coder_samples=2))
+  c.sampling.proposer.max_new_tokens = 160
+  c.sampling.coder.max_new_tokens = 320
+  c.sampling.solver.max_new_tokens = 64
+  c.train = cu.grpo(lr=1e-4, kl_coef=0.0, clip_high=0.3)
+  c.sandbox = cu.sandbox(workers=2, timeout_s=10.0)
+  c.checkpoint = cu.checkpoint(every=10, keep=2)
+  c.warmstart.update(dict(enabled=True, proposer_steps=40, coder_steps=40, solver_steps=40,
+                          batch_size=8, lr=3e-3, schedule="constant", warmup_steps=0))
+  c.log.gallery_tasks = 12
+  return c
+
+
+def qwen3_vl_8b() -> ml_collections.ConfigDict:
+  return _base()
+
+
+def qwen3_vl_4b() -> ml_collections.ConfigDict:
+  c = _base()
+  c.model = cu.model("qwen3_vl_4b", dtype="bfloat16", param_dtype="float32", remat=True)
+  return c
+
+
+def qwen2_5_vl_7b() -> ml_collections.ConfigDict:
+  c = _base()
+  c.model = cu.model("qwen2_5_vl_7b", dtype="bfloat16", param_dtype="float32", remat=True)
+  return c
+
+
+PRESETS = {"tiny": tiny, "qwen3_vl_8b": qwen3_vl_8b, "qwen3_vl_4b": qwen3_vl_4b,
+           "qwen2_5_vl_7b": qwen2_5_vl_7b}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return cu.select_preset(arg, PRESETS, default="tiny")

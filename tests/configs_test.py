@@ -1,0 +1,80 @@
+"""Every preset of every configs/*.py loads and builds its recipe's roles, and
+every `--config.` override the README shows applies; nothing is compiled."""
+import os
+import re
+
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from evejax import config_utils
+from evejax import main as evejax_main
+from evejax.recipes import runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
+_OVERRIDE = re.compile(r"""--config\.([\w.]+)=('[^']*'|"[^"]*"|[^\s`]+)""")
+
+
+def _presets(filename: str) -> list[str]:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", filename))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return sorted(module.PRESETS)
+
+
+def _recipe_class(config):
+  """The Recipe subclass of a training config (None for other configs, e.g. eval)."""
+  if "recipe" not in config:
+    return None
+  return getattr(evejax_main.resolve_recipe(config.recipe), "RECIPE", None)
+
+
+def readme_overrides() -> list[tuple[str, str]]:
+  text = open(os.path.join(ROOT, "README.md")).read()
+  return [(k, v.strip("'\"")) for k, v in _OVERRIDE.findall(text)]
+
+
+class ConfigsTest(parameterized.TestCase):
+
+  @parameterized.parameters(*[(f, p) for f in CONFIG_FILES for p in _presets(f)])
+  def test_preset_builds_its_roles(self, filename, preset):
+    config = config_utils.load_config(f"configs/{filename}:{preset}")
+    self.assertEqual(config.preset_name, preset)
+    recipe = _recipe_class(config)
+    if recipe is None:
+      return
+    policies = runner.abstract_policies(recipe, config)
+    self.assertNotEmpty(policies)
+    for learner in policies.values():
+      self.assertTrue(learner.abstract)
+
+  def test_readme_overrides_apply(self):
+    overrides = readme_overrides()
+    self.assertNotEmpty(overrides)
+    for key, value in overrides:
+      with self.subTest(key):
+        config = config_utils.load_config("configs/eve.py:tiny", [f"{key}={value}"])
+        # Model paths and a user's recipe module are examples; the rest must build.
+        if not key.startswith("init.") and key != "recipe":
+          runner.abstract_policies(_recipe_class(config), config)
+
+  def test_bad_keys_and_presets_name_the_valid_ones(self):
+    with self.assertRaisesRegex(config_utils.ConfigError, r"config\.eve\.iteration\b.*iterations"):
+      config_utils.load_config("configs/eve.py:tiny", ["eve.iteration=3"])
+    with self.assertRaisesRegex(config_utils.ConfigError, "valid presets: .*tiny"):
+      config_utils.load_config("configs/eve.py:huge")
+    with self.assertRaisesRegex(ValueError, "matches no parameter"):
+      config = config_utils.load_config("configs/eve.py:tiny", ['train.freeze=("^visual/",)'])
+      runner.abstract_policies(_recipe_class(config), config)
+    spec, overrides, rest = evejax_main.split_overrides(
+        ["prog", "--config", "configs/eve.py:tiny", "--config.eve.iterations", "2",
+         "--config.seed=3", "--workdir=w"])
+    self.assertEqual((spec, overrides, rest),
+                     ("configs/eve.py:tiny", ["eve.iterations=2", "seed=3"], ["prog", "--workdir=w"]))
+    config = config_utils.load_config(spec, overrides)
+    self.assertEqual((config.eve.iterations, config.seed), (2, 3))
+
+
+if __name__ == "__main__":
+  absltest.main()
