@@ -27,6 +27,10 @@ setuptools.setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "psutil>=5.9",
+        # MM-Zero's co-evolution chart; the plotting-Python sandbox contract.
+        "matplotlib>=3.8",
+        # The evaluator reads benchmarks saved by HF datasets (arrow, parquet).
+        "pyarrow>=15",
     ],
     extras_require={
         # Test-only: transformers' torch path is the numerical reference.
@@ -36,6 +40,8 @@ setuptools.setup(
             "transformers>=5.0,<6",
             # tests/lora_peft_test.py: LoRA adapters interchange with peft's.
             "peft>=0.21,<1",
+            # tests/eval_readers_test.py writes benchmarks with HF datasets.
+            "datasets>=3",
             # tests/colab_test.py executes the notebooks in colabs/.
             "nbclient>=0.10",
             "nbformat>=5.10",
@@ -43,7 +49,5 @@ setuptools.setup(
         ],
         # Source images from any TFDS dataset by name (array_record, no TensorFlow).
         "tfds": ["tensorflow-datasets>=4.9", "array-record>=0.5"],
-        # Plotting-Python sandbox contract and matplotlib's bundled sample photos.
-        "plot": ["matplotlib>=3.8"],
     },
 )

@@ -13,6 +13,7 @@ Defaults follow reference/METHODS.md (EVE section); every number is here.
 import ml_collections
 
 from evejax import config_utils as cu
+from evejax.eval import validation
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -61,6 +62,10 @@ def _base() -> ml_collections.ConfigDict:
       heldout_eval_questions=256,  # Solver accuracy on held-out families
       pipeline_chunks=4,           # sandbox runs chunk i while chunk i+1 samples
       instructions="full",         # Challenger prompt: "full" rules or "compact"
+      # The published code's conventions per family: Qwen2.5-VL absolute pixels
+      # and <think>; Qwen3-VL relative 0-1000 coordinates and <thinking>.
+      coordinates="absolute",      # absolute | relative
+      think_tag="think",           # think | thinking
   ))
   c.queue = ml_collections.ConfigDict(dict(
       capacity=50,                 # top-K by difficulty, seeds never evicted
@@ -104,6 +109,9 @@ def _base() -> ml_collections.ConfigDict:
       short_think=False,           # think block = the family's one-line description
       challenger_families=(),      # () = every family the Challenger may see
   ))
+  # In-loop validation, off by default (the paper: 200 MMStar items every 5 steps):
+  # --config.validation.benchmark=mmstar --config.validation.data_dir=/data/LMUData
+  c.validation = validation.config_block(num_items=200, every=5, profile="eve")
   c.log = ml_collections.ConfigDict(dict(
       tensorboard=True,
       gallery_tasks=24,            # cards per iteration's HTML gallery
@@ -174,7 +182,18 @@ def qwen2_5_vl_7b() -> ml_collections.ConfigDict:
   return _base()
 
 
-PRESETS = {"tiny": tiny, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b}
+def qwen3_vl_8b() -> ml_collections.ConfigDict:
+  """The published setup: Qwen3-VL-8B-Instruct with its prompt conventions."""
+  c = _base()
+  c.model = cu.model("qwen3_vl_8b", dtype="bfloat16", param_dtype="float32", remat=True)
+  c.eve.update(coordinates="relative", think_tag="thinking")
+  # Qwen3-VL's image processor works in 32-pixel units.
+  c.data.update(size=448, min_pixels=64 * 64, max_pixels=448 * 448)
+  return c
+
+
+PRESETS = {"tiny": tiny, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b,
+           "qwen3_vl_8b": qwen3_vl_8b}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

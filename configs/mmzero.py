@@ -13,6 +13,7 @@ Defaults follow reference/METHODS.md (MM-Zero section); every number is here.
 import ml_collections
 
 from evejax import config_utils as cu
+from evejax.eval import validation
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -74,6 +75,8 @@ def _base() -> ml_collections.ConfigDict:
       lr=1e-3, proposer_lr=0.0, coder_lr=0.0, solver_lr=0.0,   # 0: lr
       schedule="cosine", warmup_steps=5,
   ))
+  # In-loop validation of the Solver, off by default (--config.validation.benchmark=...).
+  c.validation = validation.config_block(profile="mmzero")
   c.log = ml_collections.ConfigDict(dict(tensorboard=True, gallery_tasks=24, progress=True))
   return c
 

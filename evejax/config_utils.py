@@ -50,6 +50,27 @@ def load_config(spec: str, overrides: Sequence[str] | Mapping[str, object] = ()
   return config
 
 
+def split_overrides(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
+  """(config spec, 'a.b=value' overrides, the other arguments) of a command line."""
+  spec, overrides, rest = None, [], []
+  i = 0
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith("--config="):
+      spec = a.split("=", 1)[1]
+    elif a == "--config" and i + 1 < len(argv):
+      spec, i = argv[i + 1], i + 1
+    elif a.startswith("--config."):
+      key, sep, value = a[len("--config."):].partition("=")
+      if not sep and i + 1 < len(argv):
+        value, i = argv[i + 1], i + 1
+      overrides.append(f"{key}={value}")
+    else:
+      rest.append(a)
+    i += 1
+  return spec, overrides, rest
+
+
 def check_key(config: ml_collections.ConfigDict, key: str) -> None:
   """Fails with the valid names when `key` ('a.b.c') is not in `config`."""
   node, walked = config, "config"

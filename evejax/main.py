@@ -10,7 +10,6 @@ workdir that already holds checkpoints is resumed.
 """
 from __future__ import annotations
 
-import importlib
 import logging as logging_lib
 import os
 import sys
@@ -31,27 +30,6 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None,
     "Where checkpoints, metrics and galleries go. Default: workdirs/<recipe>_<preset>.")
-
-
-def resolve_recipe(name: str):
-  """Imports the recipe module named by `config.recipe`."""
-  module_name = name if "." in name else f"evejax.recipes.{name}"
-  try:
-    module = importlib.import_module(module_name)
-  except ModuleNotFoundError as e:
-    if e.name and module_name.startswith(e.name):
-      raise config_utils.ConfigError(
-          f"config.recipe={name!r}: no module {module_name!r}. Built-in recipes: "
-          f"{sorted(builtin_recipes())}; or give a full import path.") from None
-    raise
-  if not hasattr(module, "run"):
-    raise config_utils.ConfigError(f"Recipe module {module_name!r} has no run(config, workdir).")
-  return module
-
-
-def builtin_recipes() -> list[str]:
-  from evejax import recipes  # pylint: disable=g-import-not-at-top
-  return list(recipes.BUILTIN)
 
 
 def default_workdir(config) -> str:
@@ -82,33 +60,13 @@ def main(argv, config):
   workdir = _WORKDIR.value or default_workdir(config)
   os.makedirs(workdir, exist_ok=True)
   logging.info("Config:\n%s", config)
-  recipe = resolve_recipe(config.recipe)
+  from evejax import recipes  # pylint: disable=g-import-not-at-top
+  recipe = recipes.resolve(config.recipe)
   recipe.run(config, workdir)
 
 
-def split_overrides(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
-  """(config spec, 'a.b=value' overrides, the other arguments) of a command line."""
-  spec, overrides, rest = None, [], []
-  i = 0
-  while i < len(argv):
-    a = argv[i]
-    if a.startswith("--config="):
-      spec = a.split("=", 1)[1]
-    elif a == "--config" and i + 1 < len(argv):
-      spec, i = argv[i + 1], i + 1
-    elif a.startswith("--config."):
-      key, sep, value = a[len("--config."):].partition("=")
-      if not sep and i + 1 < len(argv):
-        value, i = argv[i + 1], i + 1
-      overrides.append(f"{key}={value}")
-    else:
-      rest.append(a)
-    i += 1
-  return spec, overrides, rest
-
-
 def _run():
-  spec, overrides, rest = split_overrides(sys.argv)
+  spec, overrides, rest = config_utils.split_overrides(sys.argv)
   try:
     if spec is None:
       raise config_utils.ConfigError("--config is required, e.g. --config configs/eve.py:tiny")

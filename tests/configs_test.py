@@ -7,7 +7,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from evejax import config_utils
-from evejax import main as evejax_main
+from evejax import recipes
 from evejax.recipes import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ def _recipe_class(config):
   """The Recipe subclass of a training config (None for other configs, e.g. eval)."""
   if "recipe" not in config:
     return None
-  return getattr(evejax_main.resolve_recipe(config.recipe), "RECIPE", None)
+  return getattr(recipes.resolve(config.recipe), "RECIPE", None)
 
 
 def readme_overrides() -> list[tuple[str, str]]:
@@ -67,7 +67,7 @@ class ConfigsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "matches no parameter"):
       config = config_utils.load_config("configs/eve.py:tiny", ['train.freeze=("^visual/",)'])
       runner.abstract_policies(_recipe_class(config), config)
-    spec, overrides, rest = evejax_main.split_overrides(
+    spec, overrides, rest = config_utils.split_overrides(
         ["prog", "--config", "configs/eve.py:tiny", "--config.eve.iterations", "2",
          "--config.seed=3", "--workdir=w"])
     self.assertEqual((spec, overrides, rest),

@@ -28,6 +28,7 @@ from evejax import observe
 from evejax.eval import cli
 from evejax.eval import runner
 from evejax.eval import validation
+from evejax.models import lora
 from evejax.models import vlm
 from evejax.rl import learner as learner_lib
 
@@ -190,29 +191,50 @@ class EvalRunnerTest(absltest.TestCase):
     with self.assertRaisesRegex(Exception, r"HallusionBench\.tsv"):
       cli.run(config, os.path.join(self.tmp, "missing"))
 
-  def test_params_of_one_role_from_a_run_directory(self):
-    run_dir = os.path.join(self.tmp, "run")
-    loaded, _ = cli.load(self.config)
-    solver_params = jax.tree.map(lambda x: x + 1.0, loaded.params)
-    cfg = learner_lib.default_train_config()
-    cfg.loss.kl_coef = 0.0
-    state = {"challenger": learner_lib.Learner(loaded.model_config, cfg, loaded.params).state,
-             "solver": learner_lib.Learner(loaded.model_config, cfg, solver_params).state}
+  def _run_dir(self, name, state, train):
+    """A run directory laid out as the recipe runner writes one (EVE, shared weights)."""
+    run_dir = os.path.join(self.tmp, name)
     with checkpoint_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), save_every=1,
                                      keep=2) as ckpt:
       ckpt.maybe_save(4, state, {}, force=True)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-      json.dump({"model": {"preset": "tiny", "dtype": "float32", "param_dtype": "float32"},
+      json.dump({"recipe": "eve", "seed": 0, "eve": {"share_params": True},
+                 "warmstart": {"enabled": False}, "train": train,
+                 "model": {"preset": "tiny", "dtype": "float32", "param_dtype": "float32"},
                  "init": {"hf_dir": self.hf_dir, "tokenizer_dir": ""}}, f)
     config = copy.deepcopy(self.config)
     config.init.workdir = run_dir
-    restored, info = cli.load(config)
-    self.assertEqual((info["role"], info["step"]), ("solver", 4))
-    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(solver_params)):
+    return config
+
+  def test_params_of_one_role_from_a_run_directory(self):
+    loaded, _ = cli.load(self.config)
+    trained = jax.tree.map(lambda x: x + 1.0, loaded.params)
+    cfg = learner_lib.default_train_config()
+    cfg.loss.kl_coef = 0.0
+    state = {"policy/challenger": {"train": learner_lib.Learner(
+        loaded.model_config, cfg, trained).state}}
+    config = self._run_dir("run", state, {"loss": {"kl_coef": 0.0}})
+    restored, info = cli.load(config)   # the solver shares the challenger's weights
+    self.assertEqual((info["role"], info["policy"], info["step"]), ("solver", "challenger", 4))
+    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(trained)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     config.init.role = "proposer"
     with self.assertRaisesRegex(Exception, r"no role 'proposer'.*challenger"):
       cli.load(config)
+
+  def test_lora_adapters_are_merged_onto_the_backbone(self):
+    loaded, _ = cli.load(self.config)
+    train = {"loss": {"kl_coef": 0.0}, "lora": {"rank": 4, "alpha": 8.0}}
+    learner = learner_lib.Learner(loaded.model_config, train, loaded.params)
+    adapter = jax.tree.map(lambda x: x + 0.05, learner.params)   # B != 0: the weights move
+    state = {"policy/challenger": {"train": learner.state.replace(params=adapter)}}
+    restored, info = cli.load(self._run_dir("lora_run", state, train))
+    self.assertTrue(info["lora"])
+    want = lora.merge(loaded.params, adapter, learner.lora)
+    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(want)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    moved = lambda tree: tree["text"]["layers"]["q"]["kernel"]
+    self.assertFalse(np.allclose(moved(restored.params), moved(loaded.params)))
 
   def test_in_loop_validation_writes_scores(self):
     loaded, _ = cli.load(self.config)

@@ -213,6 +213,20 @@ class WarmStartTest(absltest.TestCase):
     self.assertNotIn("## Example 2", one)
     self.assertIn("under 2000 characters with at most 2 comments", one)
 
+  def test_qwen3_vl_conventions(self):
+    # Relative coordinates: no pixel size to keep boxes in; the <thinking> tag.
+    text = eve_tasks.challenger_instructions(["x"], (140, 112), **LIMITS,
+                                             coordinates="relative", think_tag="thinking")
+    self.assertNotIn("140x112", text)
+    self.assertIn("0 to 1000", text)
+    self.assertIn("<thinking>...</thinking>", text)
+    self.assertNotIn("<think>", text)
+    family = transforms.library("relative")["crop_box_relative"]
+    _, target = eve_tasks.challenger_sft_pair(
+        family, np.random.default_rng(1), (112, 112), [], style="compact",
+        limits={**LIMITS, "coordinates": "relative", "think_tag": "thinking"})
+    self.assertEqual(eve_rewards.format_score(target, think_tag="thinking"), (1.0, "ok"))
+
   def test_sft_pairs(self):
     family = transforms.library()["flip"]
     prompt, target = eve_tasks.challenger_sft_pair(

@@ -115,7 +115,13 @@ class EveTest(absltest.TestCase):
     self.assertEqual(eve.parse_challenger_output(
         "<think>```python\nx=1\n```</think> done")[2], "no_code_block")
     self.assertEqual(eve.parse_challenger_output(
-        "<thinking>t</thinking>```python\n```")[2], "empty_code_block")
+        "<thinking>t</thinking>```python\n```", think_tag="thinking")[2], "empty_code_block")
+    # Only the tag the family's prompt asks for counts.
+    thinking = "<thinking>t</thinking>```python\nx=1\n```"
+    self.assertEqual(eve.format_score(thinking, think_tag="thinking"), (1.0, "ok"))
+    self.assertEqual(eve.format_score(thinking), (0.0, "think_blocks=0"))
+    self.assertEqual(eve.format_score(_reply(CROP), think_tag="thinking"),
+                     (0.0, "think_blocks=0"))
 
   def test_split_program_and_comment_markers(self):
     func, args = eve.split_program(CROP)

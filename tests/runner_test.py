@@ -81,7 +81,7 @@ class Toy(runner.Recipe):
     rng = np.random.default_rng(run.seed(stage.name, step))
     letters = [LETTERS[i] for i in rng.integers(len(LETTERS), size=c.prompts)]
     prompts = [run.prompt(f"Say {x} {x} {x}.", [self.image]) for x in letters]
-    prompts.append(run.prompt("too long " * 40, [self.image]))   # dropped, counted
+    prompts.append(run.prompt("too long " * 200, [self.image]))   # dropped, counted
     role = self.run.roles[stage.role]
     samples = role.generate(prompts, c.group, run.seed(stage.name, step, "sample"))
     want = [run.tokenizer.encode(x)[0] for x in letters]
@@ -196,6 +196,25 @@ class RunnerTest(absltest.TestCase):
     with mock.patch.object(runner, "CHECKPOINT_FORMAT", "recipe-core-999"):
       with self.assertRaisesRegex(loading.SetupError, "another evejax checkpoint format"):
         runner.Runner(Toy, config, workdir)
+
+
+class ValidationTest(absltest.TestCase):
+
+  def test_in_loop_validation_scores_the_role_on_its_interval(self):
+    import eval_runner_test  # pylint: disable=g-import-not-at-top
+    from evejax.eval import validation  # pylint: disable=g-import-not-at-top
+    data = tempfile.mkdtemp()
+    eval_runner_test.write_mmstar(os.path.join(data, "MMStar.tsv"))
+    config = toy_config(**{"toy.steps": 2, "processing.length_buckets": (64, 256)})
+    config.validation = validation.config_block(
+        benchmark="mmstar", num_items=4, every=3, data_dir=data, max_new_tokens=4,
+        role="reader")
+    config.validation.update(min_pixels=28 * 28, max_pixels=28 * 28)
+    r = runner.Runner(Toy, config, tempfile.mkdtemp())
+    r.run_all()
+    scores = _by_step(_records(r.workdir), "val/mmstar/score")
+    self.assertEqual(sorted(scores), [3])   # 4 train steps: due after the third
+    self.assertBetween(scores[3], 0.0, 100.0)
 
 
 class ScheduleTest(absltest.TestCase):

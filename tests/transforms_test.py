@@ -77,6 +77,24 @@ class LibraryTest(absltest.TestCase):
       self.assertEqual(name, family.name)
       self.assertTrue(family.description)
 
+  def test_relative_seeds_are_the_absolute_edits_in_0_1000_coordinates(self):
+    rel = transforms.library("relative")
+    self.assertEqual(list(rel)[:4], list(transforms.RELATIVE_SEED_FAMILIES))
+    self.assertNotIn("crop_box", rel)
+    absolute = transforms.library()
+    image = scene((140, 112), 1)
+    for name in ("crop_box", "highlight_box"):
+      args = rel[name + "_relative"].sample(np.random.default_rng(4), 140, 112)
+      for a in args:
+        self.assertTrue(all(0 <= v <= 1000 for v in a["bbox_2d"]), a)
+      pixels = [{"bbox_2d": [round(v * s / 1000) for v, s in zip(a["bbox_2d"], (140, 112) * 2)]}
+                for a in args]
+      _, got = run_program(rel[name + "_relative"].program(args), image)
+      _, want = run_program(absolute[name].program(pixels), image)
+      self.assertEmpty(eve_problems(rel[name + "_relative"], got))
+      for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
   def test_programs_follow_the_eve_contract(self):
     rng = np.random.default_rng(0)
     for family in transforms.library().values():

@@ -36,15 +36,12 @@ from evejax.eval import readers
 from evejax.eval import report
 from evejax.eval import restore
 from evejax.eval import runner
+from evejax.models import lora
 from evejax.models import vlm
+from evejax.rl import learner as learner_lib
 from evejax.sampling import Sampler
 
-try:  # The recipes' model loading (recipes/loading.py; recipes/common.py before it).
-  from evejax.recipes import loading as _loading
-  _load_model = _loading.load_model
-except ImportError:  # pragma: no cover
-  from evejax.recipes import common as _loading
-  _load_model = _loading.build_runtime
+from evejax.recipes import loading
 
 
 def resolve_judge(path: str):
@@ -73,6 +70,8 @@ def _with_run_model(config, run_dir: str):
                     run_dir)
     return config
   with config.unlocked():
+    if "seed" in saved:   # a run's random init is a function of its seed
+      config.seed = saved["seed"]
     for key in ("preset", "dtype", "param_dtype"):
       if key in saved.get("model", {}):
         config.model[key] = saved["model"][key]
@@ -85,28 +84,42 @@ def _with_run_model(config, run_dir: str):
 def load(config) -> tuple[Any, dict[str, Any]]:
   """(the loaded model: model_config, tokenizer, mesh, rules, params; a description)."""
   if not config.init.workdir:
-    loaded = _load_model(config)
+    loaded = loading.load_model(config)
     return loaded, {"hf_dir": config.init.hf_dir, "preset": config.model.preset,
                     "random_init": not config.init.hf_dir}
   run_dir = config.init.workdir
   config = _with_run_model(config, run_dir)
-  model_config = _loading.model_config_from(config)
-  tokenizer = _loading.tokenizer_from(config)
-  mesh_axes = {k: config.mesh[k] for k in parallel.MESH_AXES}
-  n = int(config.mesh.get("devices", -1))
-  mesh = parallel.make_mesh(mesh_axes, devices=jax.devices()[:n] if n > 0 else None)
+  model_config = loading.model_config_from(config)
+  tokenizer = loading.tokenizer_from(config)
+  mesh = loading.make_mesh(config)
   rules = parallel.rules_from_config(config.mesh)
   dtype = jnp.dtype(config.model.param_dtype)
-  abstract = jax.eval_shape(lambda: vlm.init_params(model_config, jax.random.PRNGKey(0), dtype))
-  shardings = parallel.shardings_for(vlm.param_axes(model_config), mesh, rules,
-                                     shapes_tree=abstract)
-  params, step = restore.restore_params(
-      run_dir, config.init.role, restore.abstract_with_shardings(abstract, shardings),
-      step=int(config.init.step))
-  logging.info("Restored %s params of step %d from %s", config.init.role, step, run_dir)
-  loaded = _loading.LoadedModel(model_config, tokenizer, mesh, rules, params) if hasattr(
-      _loading, "LoadedModel") else _loading.Runtime(model_config, tokenizer, mesh, rules, params)
+  axes = vlm.param_axes(model_config)
+  full = jax.eval_shape(lambda: vlm.init_params(model_config, jax.random.PRNGKey(0), dtype))
+  on_mesh = lambda shapes, axes: restore.abstract_with_shardings(
+      shapes, parallel.shardings_for(axes, mesh, rules, shapes_tree=shapes))
+  state_dir, step = restore.latest_state_dir(run_dir, int(config.init.step))
+  run_cfg = restore.run_config(run_dir) or {}
+  policies = restore.saved_policies(state_dir)
+  policy = restore.policy_of(config.init.role, run_cfg, policies)
+  lora_cfg = lora.from_config(learner_lib.merge_config(run_cfg.get("train", {})).lora)
+  if lora_cfg is None:
+    params = restore.restore_trained_params(state_dir, policy, on_mesh(full, axes))
+  else:
+    shapes = jax.eval_shape(lambda: lora.init_adapter(lora_cfg, model_config,
+                                                      jax.random.key(0), dtype))
+    adapter = restore.restore_trained_params(state_dir, policy,
+                                             on_mesh(shapes, lora.adapter_axes(shapes, axes)))
+    if "base" in policies:
+      backbone = restore.restore_trained_params(state_dir, "base", on_mesh(full, axes))
+    else:
+      backbone = loading.load_model(config).params
+    params = lora.merge(backbone, adapter, lora_cfg)
+  logging.info("Restored %s params (policy %s) of step %d from %s", config.init.role, policy,
+               step, run_dir)
+  loaded = loading.LoadedModel(model_config, tokenizer, mesh, rules, params)
   return loaded, {"workdir": os.path.abspath(run_dir), "role": config.init.role, "step": step,
+                  "policy": policy, "lora": lora_cfg is not None,
                   "preset": config.model.preset, "hf_dir": config.init.hf_dir}
 
 

@@ -130,7 +130,8 @@ class Evaluator:
     try:
       example = prompts.user_prompt(self.model_config, self.tokenizer, text, images,
                                     min_pixels=self.settings.min_pixels,
-                                    max_pixels=self.settings.max_pixels)
+                                    max_pixels=self.settings.max_pixels,
+                                    system=self.profile.system)
     except images_lib.ImageError as e:
       return Prepared(item, text, failure=Skipped(item.id, "bad_image", _message(e)))
     too_long = (example.num_tokens > max(self.sampler.length_buckets)

@@ -92,10 +92,6 @@ class Profile:
     out = []
     if s.presence_penalty:
       out.append(f"presence_penalty {s.presence_penalty} not applied: the sampler has none")
-    if self.system and family != "qwen2_5_vl":
-      # Qwen2.5-VL's template adds this system prompt itself; other families' do not.
-      out.append(f"system prompt {self.system!r} not applied: "
-                 "processing.prompts.user_prompt takes none")
     return out
 
   def describe(self, family: str, sampling: Sampling) -> dict[str, Any]:

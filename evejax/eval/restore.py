@@ -1,10 +1,14 @@
 """The params of one role from an evejax run directory (`--config.init.workdir=RUN_DIR`).
 
-A run writes `RUN_DIR/config.json` (its config) and orbax steps
-`RUN_DIR/checkpoints/<step>/state` holding {role: TrainState, ...}. Only
-`state[role].params` is read, straight onto the mesh's shardings, with
-orbax's partial restore: the optimizer state (twice the params for Adam) is
-never materialised.
+A run (evejax.recipes.runner) writes `RUN_DIR/config.json` (its config) and
+orbax steps `RUN_DIR/checkpoints/<step>/state` holding
+{"policy/<name>": {"train": TrainState, ...}, ...}; roles that share weights
+share a policy (the recipe's `role_specs` say which). Only the policy's
+`train.params` is read, straight onto the mesh's shardings, with orbax's
+partial restore: the optimizer state (twice the params for Adam) is never
+materialised. With LoRA those params are the adapter, merged onto the
+backbone: the run's warm-started `base` policy when it has one, else the
+model the run started from.
 """
 from __future__ import annotations
 
@@ -44,23 +48,32 @@ def _ocp():
   return ocp
 
 
-def saved_roles(state_dir: str) -> list[str]:
-  """Top-level keys of a saved state (the run's roles, e.g. challenger, solver)."""
+def saved_policies(state_dir: str) -> list[str]:
+  """Names of the policies a saved state holds (its 'policy/<name>' entries)."""
   meta = _ocp().PyTreeCheckpointer().metadata(state_dir)
   tree = getattr(getattr(meta, "item_metadata", meta), "tree", None) or meta
-  return sorted(tree.keys()) if hasattr(tree, "keys") else []
+  keys = tree.keys() if hasattr(tree, "keys") else []
+  return sorted(k[len("policy/"):] for k in keys if k.startswith("policy/"))
 
 
-def restore_params(run_dir: str, role: str, abstract_params: Any,
-                   step: int = 0) -> tuple[Any, int]:
-  """(params of `role`, step) from the latest committed step (or `step`).
+def policy_of(role: str, run_cfg: dict[str, Any], policies: list[str]) -> str:
+  """The policy that holds `role`'s weights: its own, or the one it shares
+  (the run's recipe says which, from its config)."""
+  if role in policies:
+    return role
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from evejax import recipes  # pylint: disable=g-import-not-at-top
+  recipe = getattr(recipes.resolve(run_cfg.get("recipe", "")), "RECIPE", None)
+  specs = recipe.role_specs(ml_collections.ConfigDict(run_cfg)) if recipe else []
+  shared = {s.name: s.share_policy_with for s in specs}
+  if shared.get(role) in policies:
+    return shared[role]
+  raise RestoreError(f"the run has no role {role!r}; its roles are "
+                     f"{sorted(shared) or policies}. Set config.init.role to one of them.")
 
-  Args:
-    run_dir: the evejax run directory.
-    role: the role whose params to read ("solver").
-    abstract_params: ShapeDtypeStructs with shardings (the layout to restore onto).
-    step: a specific step; 0 = the latest committed one.
-  """
+
+def latest_state_dir(run_dir: str, step: int = 0) -> tuple[str, int]:
+  """(RUN_DIR/checkpoints/<step>/state, step) of the latest committed step (or `step`)."""
   steps = committed_steps(run_dir)
   if not steps:
     raise RestoreError(f"{run_dir!r} has no committed checkpoint under checkpoints/<step>/; "
@@ -68,17 +81,24 @@ def restore_params(run_dir: str, role: str, abstract_params: Any,
   if step and step not in steps:
     raise RestoreError(f"{run_dir!r} has no committed step {step}; it has {steps}.")
   step = step or steps[-1]
-  state_dir = os.path.join(run_dir, "checkpoints", str(step), "state")
-  roles = saved_roles(state_dir)
-  if role not in roles:
-    raise RestoreError(f"Checkpoint {state_dir} has no role {role!r}; it holds {roles}. "
-                       "Set config.init.role to one of them.")
+  return os.path.join(run_dir, "checkpoints", str(step), "state"), step
+
+
+def restore_trained_params(state_dir: str, policy: str, abstract_params: Any) -> Any:
+  """A policy's trained params (with LoRA its adapter), nothing else of its state.
+
+  Args:
+    state_dir: a step's state directory (`latest_state_dir`).
+    policy: the policy's name.
+    abstract_params: ShapeDtypeStructs with shardings (the layout to restore onto).
+  """
   ocp = _ocp()
-  target = {role: {"params": abstract_params}}
+  key = f"policy/{policy}"
+  target = {key: {"train": {"params": abstract_params}}}
   restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True))
-  return restored[role]["params"], step
+  return restored[key]["train"]["params"]
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:

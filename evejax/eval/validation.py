@@ -6,8 +6,8 @@ items every 5 steps):
     c.validation = validation.config_block(benchmark="mmstar", num_items=200, every=5,
                                            data_dir="/data/LMUData", max_new_tokens=1024)
 
-and the recipe's runner builds one `Validation` with its own sampler and
-calls it after each step:
+and the recipe runner (`evejax.recipes.runner`) builds one `Validation` on the
+run's sampler and scores `validation.role` after every train step it is due:
 
     val = validation.Validation(c.validation, model_config, tokenizer, sampler)
     ...
@@ -34,10 +34,11 @@ from evejax.eval import runner
 
 def config_block(*, benchmark: str = "", num_items: int = 200, every: int = 5,
                  profile: str = "eve", data_dir: str = "", path: str = "",
-                 max_new_tokens: int = 0) -> ml_collections.ConfigDict:
+                 max_new_tokens: int = 0, role: str = "solver") -> ml_collections.ConfigDict:
   """The `validation` block of a recipe config; benchmark "" turns validation off."""
   return ml_collections.ConfigDict(dict(
       benchmark=benchmark,        # a name of evejax.eval.benchmarks.BENCHMARKS; "" = off
+      role=role,                  # the recipe role whose policy is scored
       profile=profile,            # evejax.eval.profiles.PROFILES
       data_dir=data_dir, path=path, split="", image_dir="",
       num_items=num_items,        # subset size (a seeded sample, in file order); 0 = all

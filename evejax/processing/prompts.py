@@ -22,8 +22,8 @@ from evejax.processing import images as images_lib
 def user_prompt(model_config, tokenizer, text: str, images: Sequence[Any] = (), *,
                 min_pixels: int | None = None, max_pixels: int | None = None,
                 image_first: bool = True,
-                settings: images_lib.ImageSettings | None = None
-                ) -> batching.Example:
+                settings: images_lib.ImageSettings | None = None,
+                system: str | None = None) -> batching.Example:
   """A one-turn user prompt (images, then text) ending in the assistant turn.
 
   Args:
@@ -38,6 +38,7 @@ def user_prompt(model_config, tokenizer, text: str, images: Sequence[Any] = (), 
       `images.image_settings(model_config)`; pass
       `image_settings(model_config, checkpoint_dir)` to use a checkpoint's
       preprocessor_config.json).
+    system: a system message (None: the family's default, if it has one).
   """
   if settings is None:
     settings = images_lib.image_settings(model_config)
@@ -49,8 +50,11 @@ def user_prompt(model_config, tokenizer, text: str, images: Sequence[Any] = (), 
   parts = [{"type": "image"} for _ in images]
   parts = (parts + [{"type": "text", "text": text}] if image_first
            else [{"type": "text", "text": text}] + parts)
+  messages = [{"role": "user", "content": parts}]
+  if system is not None:
+    messages.insert(0, {"role": "system", "content": system})
   tokens = chat.encode_chat(
-      tokenizer, [{"role": "user", "content": parts}], [g for _, g in patches],
+      tokenizer, messages, [g for _, g in patches],
       merge_size=model_config.vision.spatial_merge_size,
       default_system=families.of(model_config).default_system)
   return batching.Example(tokens=np.asarray(tokens, np.int32), images=patches)

@@ -86,7 +86,7 @@ class Eve(runner.Recipe):
   def __init__(self, run: runner.Run):
     super().__init__(run)
     c = self.config
-    self.library = dict(transforms.library())
+    self.library = dict(transforms.library(c.eve.coordinates))
     if c.eve.transforms:
       self.library.update(transforms.load_library(c.eve.transforms))
     self.heldout = [n for n in transforms.HELDOUT_FAMILIES if n in self.library]
@@ -100,7 +100,7 @@ class Eve(runner.Recipe):
     self.queue = eve_queue.ExampleQueue(
         eve_queue.QueueConfig.from_config(c.queue),
         seeds=[(n, self.library[n].program(self.library[n].sample(seed_rng, *size)))
-               for n in transforms.SEED_FAMILIES if n in self.library])
+               for n in self._seed_families() if n in self.library])
     # One home for the function-length rule: the queue's, shared by the checks.
     checks = {**c.checks.to_dict(), "max_function_chars": c.queue.max_function_chars}
     self.pool = sandbox_lib.SandboxPool(sandbox_lib.SandboxConfig.from_config(
@@ -205,10 +205,16 @@ class Eve(runner.Recipe):
       self.run.frozen.pop("solver", None)
       self.run.write_gallery(stage.iteration)
 
+  def _seed_families(self) -> tuple[str, ...]:
+    return (transforms.RELATIVE_SEED_FAMILIES if self.config.eve.coordinates == "relative"
+            else transforms.SEED_FAMILIES)
+
   @property
   def _program_limits(self) -> dict:
-    q = self.config.queue
-    return {"max_function_chars": q.max_function_chars, "max_comments": q.max_comments}
+    """The Challenger prompt's rules: the queue's limits and the family's conventions."""
+    q, e = self.config.queue, self.config.eve
+    return {"max_function_chars": q.max_function_chars, "max_comments": q.max_comments,
+            "coordinates": e.coordinates, "think_tag": e.think_tag}
 
   # -- grading (one rule for rewards, pass rates and evaluation) -----------------
 
@@ -291,7 +297,7 @@ class Eve(runner.Recipe):
           [prompts[i] for i in chunk], G, run.seed(stage.name, step, "challenger", ci))
       parts.append((chunk, samples))
       for r, text in enumerate(samples.texts):
-        code = eve_rewards.parse_challenger_output(text)[1]
+        code = eve_rewards.parse_challenger_output(text, c.eve.think_tag)[1]
         image = items[chunk[samples.prompt_of(r)]][1]
         futures.append(self._submit(code, image) if code else None)
     samples = _concat(parts)
@@ -307,7 +313,7 @@ class Eve(runner.Recipe):
         run.counts["challenger/no_code_block"] += 1
         tasks.append(None)
         continue
-      code = eve_rewards.parse_challenger_output(text)[1]
+      code = eve_rewards.parse_challenger_output(text, c.eve.think_tag)[1]
       tasks.append(self._task_from_result(index, image, code, res,
                                           seed=run.seed(stage.name, step, row)))
     # Difficulty: the frozen Solver answers every question S times.
@@ -355,6 +361,7 @@ class Eve(runner.Recipe):
     with self.run.timer("rewards"):
       rewards = eve_rewards.challenger_rewards(
           texts, valid, pass_rates, max_comment_markers=self.config.queue.max_comments,
+          think_tag=self.config.eve.think_tag,
           tail_chars=r.diversity_tail_chars, distance_threshold=r.diversity_threshold,
           reference_quirk=r.difficulty_quirk, w_format=r.format, w_valid=r.validity,
           w_difficulty=r.difficulty, w_diversity=r.diversity)

@@ -190,9 +190,24 @@ def solver_sft_pair(question: Question, reasoning: str | None = None) -> tuple[s
   return question.text, f"{reasoning.strip()}\n\n\\boxed{{{question.answer}}}"
 
 
+# Conventions of the Challenger's prompt, by model family in the published code:
+# Qwen2.5-VL sees absolute pixels, the image size and <think>; Qwen3-VL relative
+# 0-1000 coordinates and <thinking> (config.eve.coordinates / think_tag).
+COORDINATES = ("absolute", "relative")
+THINK_TAGS = ("think", "thinking")
+
+
+def _check_conventions(coordinates: str, think_tag: str) -> None:
+  if coordinates not in COORDINATES:
+    raise ValueError(f"coordinates={coordinates!r}: use one of {COORDINATES}.")
+  if think_tag not in THINK_TAGS:
+    raise ValueError(f"think_tag={think_tag!r}: use one of {THINK_TAGS}.")
+
+
 def challenger_instructions(examples: Sequence[str], image_size: Sequence[int],
                             style: str = "full", *, max_function_chars: int,
-                            max_comments: int) -> str:
+                            max_comments: int, coordinates: str = "absolute",
+                            think_tag: str = "think") -> str:
   """The Challenger's prompt text: task, rules, 1-2 queue example programs, format.
 
   Args:
@@ -203,13 +218,20 @@ def challenger_instructions(examples: Sequence[str], image_size: Sequence[int],
       contract in a few lines, for tiny CPU models where every token costs).
     max_function_chars, max_comments: the queue's limits on the function text
       (config.queue), stated in the rules.
+    coordinates: "absolute" (pixels of the stated image size) or "relative"
+      (0-1000 on each axis, converted by edit_image).
+    think_tag: "think" or "thinking", the reasoning block's tag.
   """
+  _check_conventions(coordinates, think_tag)
   w, h = int(image_size[0]), int(image_size[1])
+  absolute = coordinates == "absolute"
+  think = f"<{think_tag}>...</{think_tag}>"
   if style == "compact":
     shown = "".join(f"```python\n{p.strip()}\n```\n" for p in examples)
+    which = f"this {w}x{h} image" if absolute else "this image (coordinates 0-1000)"
     return (f"Write edit_image(img, **params) and args_list: 4 dicts giving 4 different "
-            f"edits of this {w}x{h} image. PIL/numpy/math only, no randomness or files. "
-            f"Example:\n{shown}Answer: <think>...</think> then one ```python block.")
+            f"edits of {which}. PIL/numpy/math only, no randomness or files. "
+            f"Example:\n{shown}Answer: {think} then one ```python block.")
   if style != "full":
     raise ValueError(f"challenger instructions style {style!r}: use 'full' or 'compact'.")
   parts = [
@@ -217,16 +239,18 @@ def challenger_instructions(examples: Sequence[str], image_size: Sequence[int],
       "Write a Python function `edit_image(img: Image.Image, **params) -> Image.Image` that "
       "edits the given image, and a list `args_list` of exactly 4 parameter dicts for it. "
       "Each dict will be passed to edit_image on a fresh copy of the image.\n\n"
-      f"The input image is {w}x{h} pixels.\n\n"
-      "# Rules\n"
+      + (f"The input image is {w}x{h} pixels.\n\n" if absolute else "\n")
+      + "# Rules\n"
       "1. Write one Python code block with the imports, `edit_image`, and the literal "
       "`args_list = [...]`.\n"
       "2. The 4 parameter sets must give 4 clearly different-looking results; results that "
       "are near-identical, mostly black or empty are rejected.\n"
       "3. Use only PIL, numpy and math. No randomness, no reading or saving files.\n"
-      f"4. Coordinates are absolute pixels of this {w}x{h} image; keep boxes and points "
-      "inside it.\n"
-      f"5. Keep edit_image under {max_function_chars} characters with at most "
+      + (f"4. Coordinates are absolute pixels of this {w}x{h} image; keep boxes and points "
+         "inside it.\n" if absolute else
+         "4. Coordinates in the parameters are relative, from 0 to 1000 on each axis of the "
+         "image; edit_image converts them to pixels with img.size.\n")
+      + f"5. Keep edit_image under {max_function_chars} characters with at most "
       f"{max_comments} comments.\n"
       "6. The examples show the format only: design your own edit and parameters around "
       "the content of this image; do not copy them.\n",
@@ -235,37 +259,40 @@ def challenger_instructions(examples: Sequence[str], image_size: Sequence[int],
     parts.append("# Examples\n")
     for i, program in enumerate(examples, start=1):
       parts.append(f"## Example {i}\n```python\n{program.strip()}\n```\n")
-  parts.append("# Output\nObserve the image and reason inside <think>...</think>, then give "
+  parts.append(f"# Output\nObserve the image and reason inside {think}, then give "
                "the final code in one ```python block.")
   return "\n".join(parts)
 
 
 def challenger_think_text(family: Family, args_list: Sequence[Mapping[str, Any]],
-                          image_size: Sequence[int]) -> str:
+                          image_size: Sequence[int], coordinates: str = "absolute") -> str:
   """A plain rationale for a built-in program, for warm-start targets."""
   w, h = int(image_size[0]), int(image_size[1])
+  bounds = f"{w}x{h}" if coordinates == "absolute" else "0-1000"
   return (f"The image is {w}x{h} pixels. I will write an edit_image that {family.description} "
           f"I pick 4 parameter sets that act on different parts of the image or in "
           f"different ways, so that the 4 results look clearly different, and keep all "
-          f"coordinates inside {w}x{h}.")
+          f"coordinates inside {bounds}.")
 
 
 def challenger_sft_target(family: Family, args_list: Sequence[Mapping[str, Any]],
-                          think_text: str) -> str:
+                          think_text: str, think_tag: str = "think") -> str:
   """A Challenger target: a think block, then the family's program in a python block."""
-  return (f"<think>\n{think_text.strip()}\n</think>\n\n"
+  return (f"<{think_tag}>\n{think_text.strip()}\n</{think_tag}>\n\n"
           f"```python\n{family.program(args_list).strip()}\n```")
 
 
 def challenger_sft_pair(family: Family, rng: np.random.Generator,
                         image_size: Sequence[int], examples: Sequence[str], *,
-                        limits: Mapping[str, int], think_text: str | None = None,
+                        limits: Mapping[str, Any], think_text: str | None = None,
                         style: str = "full") -> tuple[str, str]:
   """(prompt text, target) for Challenger SFT with freshly sampled arguments.
 
-  `limits`: the `challenger_instructions` keyword limits.
+  `limits`: the `challenger_instructions` keyword arguments (the queue's
+  limits, `coordinates` and `think_tag`).
   """
   args_list = family.sample(rng, int(image_size[0]), int(image_size[1]))
-  think = think_text or challenger_think_text(family, args_list, image_size)
+  coordinates = limits.get("coordinates", "absolute")
+  think = think_text or challenger_think_text(family, args_list, image_size, coordinates)
   return (challenger_instructions(examples, image_size, style, **limits),
-          challenger_sft_target(family, args_list, think))
+          challenger_sft_target(family, args_list, think, limits.get("think_tag", "think")))

@@ -41,6 +41,8 @@ from absl import logging
 
 from evejax import checkpoint as checkpoint_lib
 from evejax import observe
+from evejax.eval import validation as validation_lib
+from evejax.processing import images as images_lib
 from evejax.processing import prompts as prompts_lib
 from evejax.recipes import loading
 from evejax.recipes import role as role_lib
@@ -132,7 +134,9 @@ class Run:
         model.model_config, mesh=model.mesh, rules=model.rules,
         length_buckets=tuple(p.length_buckets), patch_buckets=tuple(p.patch_buckets),
         batch_buckets=tuple(p.batch_buckets),
-        max_cache=max(p.length_buckets) + max(int(b.max_new_tokens) for b in blocks),
+        max_cache=max(p.length_buckets) + max(
+            [int(b.max_new_tokens) for b in blocks]
+            + [_validation_tokens(config, model.model_config)]),
         prompt_pad_id=model.tokenizer.pad_id, model=_sampling_model(config))
     self.counts: collections.Counter = collections.Counter()
     self.timer = observe.Timer()
@@ -147,6 +151,12 @@ class Run:
     self.schedule: Schedule | None = None
     self.writer: observe.MetricsWriter | None = None
     self._galleries: dict[int, observe.Gallery] = {}
+    # The image processor: the family's, then the checkpoint's preprocessor_config.json.
+    self.image_settings = images_lib.image_settings(model.model_config, config.init.hf_dir or None)
+    self.validation = None
+    if validation_lib.enabled(config.get("validation")):
+      self.validation = validation_lib.Validation(config.validation, model.model_config,
+                                                  model.tokenizer, self.sampler)
 
   # -- roles -----------------------------------------------------------------
 
@@ -207,7 +217,8 @@ class Run:
     """A one-turn user prompt with the run's image pixel bounds (config.data)."""
     d = self.config.data
     return prompts_lib.user_prompt(self.model_config, self.tokenizer, text, images,
-                                   min_pixels=d.min_pixels, max_pixels=d.max_pixels)
+                                   min_pixels=d.min_pixels, max_pixels=d.max_pixels,
+                                   settings=self.image_settings)
 
   def completion(self, text: str):
     return prompts_lib.completion_ids(self.tokenizer, text)
@@ -387,6 +398,8 @@ class Runner:
         for step in steps:
           self.recipe.step(stage, step)
           run.cursor = (index, step + 1)
+          if stage.trains:
+            self._validate()
           self._save()
         self._end_stage(stage)
         run.cursor = (index + 1, 0)
@@ -396,6 +409,15 @@ class Runner:
       self.ckpt.close()
       self.recipe.close()
       run.writer.close()
+
+  def _validate(self) -> None:
+    """In-loop validation of `validation.role` every `validation.every` train steps."""
+    val, run = self.run.validation, self.run
+    if val is None or not val.due(run.train_step):
+      return
+    with run.timer("validation"):
+      metrics = val.evaluate(run.roles[self.config.validation.role].params)
+    run.log(metrics, prefix=f"val/{val.name}")
 
   def _end_stage(self, stage: Stage) -> None:
     run = self.run
@@ -436,6 +458,17 @@ def abstract_policies(recipe_cls: type[Recipe], config, mesh=None) -> dict[str, 
               model_config, config.train, shapes, param_dtype=config.model.param_dtype,
               mesh=mesh, rules=parallel.rules_from_config(config.mesh))
           for spec in recipe_cls.role_specs(config) if spec.share_policy_with is None}
+
+
+def _validation_tokens(config, model_config) -> int:
+  """New tokens in-loop validation samples (0 without it)."""
+  block = config.get("validation")
+  if not validation_lib.enabled(block):
+    return 0
+  from evejax.eval import profiles  # pylint: disable=g-import-not-at-top
+  profile = profiles.get_profile(block.profile)
+  return profile.settings(profiles.model_family(model_config), block.benchmark,
+                          max_new_tokens=block.max_new_tokens).max_new_tokens
 
 
 def _sampling_model(config):

@@ -2,8 +2,9 @@
 
 Challenger (reference/METHODS.md):  R_C = 0.2 f + 0.4 v + 0.4 d - 0.3 c_hat
 
-* f, format: 1 when the reply has exactly one think block (``<think>...
-  </think>`` or ``<thinking>...</thinking>``) and a non-empty fenced python
+* f, format: 1 when the reply has exactly one think block of the tag its
+  prompt asked for (``<think>...</think>``, or ``<thinking>...</thinking>``
+  for Qwen3-VL: ``think_tag``) and a non-empty fenced python
   block after it, and the function text has at most ``max_comment_markers``
   (2) comment markers; else 0. A *comment marker* is, as in the reference
   code, each occurrence of ``#``, ``\"\"\"`` or ``'''`` in the function text
@@ -38,14 +39,17 @@ from evejax.rewards import diversity
 from evejax.rewards.registry import Reward
 from evejax.rl import answers
 
-_THINK_STYLES = (("<think>", "</think>"), ("<thinking>", "</thinking>"))
 _FENCE_RE = re.compile(r"```(?:python|py)?[ \t]*\r?\n(.*?)```", re.DOTALL)
 _ARGS_RE = re.compile(r"^[ \t]*args_list\s*=", re.MULTILINE)
 _COMMENT_MARKERS = ("#", '"""', "'''")
 
 
-def parse_challenger_output(text: str) -> tuple[str | None, str | None, str]:
+def parse_challenger_output(text: str, think_tag: str = "think"
+                            ) -> tuple[str | None, str | None, str]:
   """Splits a Challenger reply into (think, code, reason).
+
+  `think_tag` is the reasoning block's tag the prompt asked for ("think" for
+  Qwen2.5-VL, "thinking" for Qwen3-VL); the other one does not count.
 
   ``think`` is the single think block's content (None unless there is exactly
   one), ``code`` the last fenced python block after it (None if absent), and
@@ -55,17 +59,15 @@ def parse_challenger_output(text: str) -> tuple[str | None, str | None, str]:
   """
   text = text or ""
   think, think_end, reason = None, 0, "ok"
-  for open_tag, close_tag in _THINK_STYLES:
-    n_open, n_close = text.count(open_tag), text.count(close_tag)
-    if n_open == n_close == 1 and text.index(open_tag) < text.index(close_tag):
-      start = text.index(open_tag) + len(open_tag)
-      think_end = text.index(close_tag)
-      think = text[start:think_end].strip()
-      think_end += len(close_tag)
-      break
-  if think is None:
-    n = max(text.count(o) for o, _ in _THINK_STYLES)
-    reason = f"think_blocks={n}"
+  open_tag, close_tag = f"<{think_tag}>", f"</{think_tag}>"
+  n_open, n_close = text.count(open_tag), text.count(close_tag)
+  if n_open == n_close == 1 and text.index(open_tag) < text.index(close_tag):
+    start = text.index(open_tag) + len(open_tag)
+    think_end = text.index(close_tag)
+    think = text[start:think_end].strip()
+    think_end += len(close_tag)
+  else:
+    reason = f"think_blocks={n_open}"
   blocks = _FENCE_RE.findall(text, think_end)
   code = blocks[-1].strip() if blocks else None
   if reason == "ok":
@@ -89,10 +91,10 @@ def count_comment_markers(function_text: str) -> int:
   return sum(function_text.count(m) for m in _COMMENT_MARKERS)
 
 
-def format_score(text: str, *, max_comment_markers: int = 2
+def format_score(text: str, *, max_comment_markers: int = 2, think_tag: str = "think"
                  ) -> tuple[float, str]:
   """f in {0, 1} and the reason (see the module docstring)."""
-  _, code, reason = parse_challenger_output(text)
+  _, code, reason = parse_challenger_output(text, think_tag)
   if reason != "ok":
     return 0.0, reason
   k = count_comment_markers(split_program(code)[0])
@@ -145,7 +147,8 @@ def challenger_reward(format_score: float, valid: bool, difficulty: float,
 
 def challenger_rewards(texts: Sequence[str], valid: Sequence[bool],
                        pass_rates: Sequence[Sequence[float] | None], *,
-                       max_comment_markers: int = 2, tail_chars: int = 1000,
+                       max_comment_markers: int = 2, think_tag: str = "think",
+                       tail_chars: int = 1000,
                        distance_threshold: float = 0.5,
                        reference_quirk: bool = False, w_format: float = 0.2,
                        w_valid: float = 0.4, w_difficulty: float = 0.4,
@@ -157,8 +160,8 @@ def challenger_rewards(texts: Sequence[str], valid: Sequence[bool],
     valid: whether each program passed every sandbox check.
     pass_rates: per reply, the Solver pass rate of each question type (None
       or empty for invalid programs).
-    max_comment_markers, tail_chars, distance_threshold, reference_quirk,
-      w_*: see the module docstring.
+    max_comment_markers, think_tag, tail_chars, distance_threshold,
+      reference_quirk, w_*: see the module docstring.
 
   Returns:
     One Reward per reply; a format failure's reason is kept in ``parts``.
@@ -168,8 +171,8 @@ def challenger_rewards(texts: Sequence[str], valid: Sequence[bool],
                      f"pass_rates ({len(pass_rates)}) must have equal length.")
   funcs, formats = [], []
   for text in texts:
-    f, why = format_score(text, max_comment_markers=max_comment_markers)
-    code = parse_challenger_output(text)[1] or ""
+    f, why = format_score(text, max_comment_markers=max_comment_markers, think_tag=think_tag)
+    code = parse_challenger_output(text, think_tag)[1] or ""
     funcs.append(split_program(code)[0])
     formats.append((f, why))
   penalties = diversity_penalties(funcs, valid, tail_chars=tail_chars,

@@ -15,16 +15,31 @@ from evejax.data.transforms.family import format_args_list
 from evejax.data.transforms.family import imports_for
 from evejax.data.transforms.family import load_library
 
-# The method's four seeds, never evicted from the queue.
+# The method's four seeds, never evicted from the queue; the relative form (0-1000
+# coordinates) is what EVE shows Qwen3-VL.
 SEED_FAMILIES = ("highlight_box", "crop_box", "rotate", "jigsaw_2x2")
+RELATIVE_SEED_FAMILIES = ("highlight_box_relative", "crop_box_relative", "rotate", "jigsaw_2x2")
 # Symmetry, resolution and colour edits: none resembles a seed.
 HELDOUT_FAMILIES = ("mirror_half", "pixelate_region", "channel_permute_region")
 
 
-def library() -> dict[str, Family]:
-  """All built-in families by name (seeds first)."""
+# Relative twins of the absolute-pixel families, by the name they replace.
+_RELATIVE = {"crop_box": geometry.CROP_BOX_RELATIVE, "highlight_box": drawing.HIGHLIGHT_BOX_RELATIVE}
+
+
+def library(coordinates: str = "absolute") -> dict[str, Family]:
+  """All built-in families by name (seeds first).
+
+  `coordinates="relative"` swaps the seeds' box families for their 0-1000 forms.
+  """
+  if coordinates not in ("absolute", "relative"):
+    raise ValueError(f"coordinates={coordinates!r}: use 'absolute' or 'relative'.")
   families = geometry.FAMILIES + drawing.FAMILIES + color.FAMILIES
-  rank = {name: i for i, name in enumerate(SEED_FAMILIES)}
+  seeds = SEED_FAMILIES
+  if coordinates == "relative":
+    families = tuple(_RELATIVE.get(f.name, f) for f in families)
+    seeds = RELATIVE_SEED_FAMILIES
+  rank = {name: i for i, name in enumerate(seeds)}
   out = {f.name: f for f in sorted(families, key=lambda f: rank.get(f.name, len(rank)))}
   assert len(out) == len(families), "duplicate built-in family name"
   return out
@@ -37,5 +52,6 @@ def training_families() -> dict[str, Family]:
 
 __all__ = [
     "Family", "library", "training_families", "load_library", "SEED_FAMILIES",
+    "RELATIVE_SEED_FAMILIES",
     "HELDOUT_FAMILIES", "check_args_list", "format_args_list", "imports_for",
 ]

@@ -25,6 +25,22 @@ def edit_image(img: Image.Image, bbox_2d: list) -> Image.Image:
 )
 
 
+HIGHLIGHT_BOX_RELATIVE = Family(
+    name="highlight_box_relative",
+    source='''
+def edit_image(img: Image.Image, bbox_2d: list) -> Image.Image:
+    w, h = img.size
+    box = [round(v * s / 1000) for v, s in zip(bbox_2d, (w, h, w, h))]
+    ImageDraw.Draw(img).rectangle(box, outline="red", width=max(4, min(img.size) // 25))
+    return img
+''',
+    sample_args=lambda rng, w, h: [
+        {"bbox_2d": b} for b in sampling.spread_boxes(rng, 1000, 1000, 0.3, 0.5)],
+    description="outlines the box bbox_2d = [left, top, right, bottom] (0-1000 coordinates) "
+                "in red.",
+)
+
+
 def _mask_args(rng, w, h):
   grid = 3 if min(w, h) < 300 else int(rng.choice([3, 4]))
   color = str(rng.choice(["gray", "white", "orange", "magenta", "cyan"]))

@@ -29,6 +29,21 @@ def edit_image(img: Image.Image, bbox_2d: list) -> Image.Image:
 )
 
 
+# The relative form (0-1000 on each axis), as EVE prompts Qwen3-VL.
+CROP_BOX_RELATIVE = Family(
+    name="crop_box_relative",
+    source='''
+def edit_image(img: Image.Image, bbox_2d: list) -> Image.Image:
+    w, h = img.size
+    return img.crop([round(v * s / 1000) for v, s in zip(bbox_2d, (w, h, w, h))])
+''',
+    sample_args=lambda rng, w, h: [
+        {"bbox_2d": [round(v * 1000 / s) for v, s in zip(a["bbox_2d"], (w, h, w, h))]}
+        for a in _crop_args(rng, w, h)],
+    description="crops the box bbox_2d = [left, top, right, bottom] in 0-1000 coordinates.",
+)
+
+
 def _rotate_args(rng, w, h):
   del w, h
   options = list(range(30, 360, 15))
