@@ -8,7 +8,7 @@
 `config.recipe` names a built-in recipe or a module path `pkg.module` with
 `run(config, workdir)`.
 """
-BUILTIN = ("eve", "mmzero")
+BUILTIN = ("eve", "mmzero", "evolmm")
 
 
 def resolve(name: str):

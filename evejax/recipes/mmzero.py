@@ -62,6 +62,29 @@ class Render:
     return self.image is not None
 
 
+def in_coder_band(renders: Sequence[Render], band: Sequence[float]) -> tuple[bool, float]:
+  """(kept, render rate): a proposal is Coder data when its render success over
+  the Coder's N samples lies in [low, high]."""
+  rate = sum(r.rendered for r in renders) / max(len(renders), 1)
+  return bool(renders) and band[0] <= rate <= band[1], rate
+
+
+def solver_item(render: Render, easy_min: float, hard_band: Sequence[float]
+                ) -> tuple[bool, str | None, float, float]:
+  """(kept, silver label, easy consistency, hard consistency) of one rendered item.
+
+  Kept when the easy question's answers agree at least `easy_min` and the hard
+  question's consistency lies in `hard_band`; the silver label is the majority
+  hard answer.
+  """
+  if not render.rendered:
+    return False, None, 0.0, 0.0
+  easy_c = rewards.consistency(render.easy_answers)[0]
+  hard_c, silver, _ = rewards.consistency(render.hard_answers)
+  keep = easy_c >= easy_min and hard_band[0] <= hard_c <= hard_band[1]
+  return keep, silver, easy_c, hard_c
+
+
 def schedule(config) -> list[Stage]:
   """Evaluation, the warm start (if any), then I x (Proposer, Coder, Solver, evaluation)."""
   m, w = config.mmzero, config.warmstart
@@ -340,11 +363,10 @@ class MmZero(runner.Recipe):
     parsed = [p for p in proposals if p is not None]
     coder = self._frozen("coder", copy=m.coder_scored_by_coder)   # it trains in this phase
     renders = self._draw(coder, parsed, m.coder_samples, runner.seed(seed, "coder"))
-    low, high = m.coder_band
     keep = []
     for p, rs in zip(parsed, renders):
-      rate = sum(r.rendered for r in rs) / max(len(rs), 1)
-      if rs and low <= rate <= high:
+      kept, rate = in_coder_band(rs, m.coder_band)
+      if kept:
         keep.append({f: getattr(p, f) for f in tasks.PROPOSAL_TAGS} | {"render_rate": rate})
     run.log({"pool": len(parsed), "kept": len(keep)}, prefix="coder_data")
     self._phase["coder_data"].append(float(len(keep)))
@@ -412,11 +434,8 @@ class MmZero(runner.Recipe):
                  runner.seed(seed, "solver"))
     keep = []
     for p, r in zip(parsed, renders):
-      if not r.rendered:
-        continue
-      easy_c = rewards.consistency(r.easy_answers)[0]
-      hard_c, silver, _ = rewards.consistency(r.hard_answers)
-      if easy_c >= m.solver_easy_min and m.solver_hard_band[0] <= hard_c <= m.solver_hard_band[1]:
+      kept, silver, easy_c, hard_c = solver_item(r, m.solver_easy_min, m.solver_hard_band)
+      if kept:
         keep.append({"question": p.hard_question, "code": r.code, "silver": silver,
                      "easy_consistency": easy_c, "hard_consistency": hard_c})
     run.log({"pool": len(parsed), "rendered": sum(r.rendered for r in renders),
@@ -492,7 +511,11 @@ class MmZero(runner.Recipe):
     samples = self.roles["solver"].generate(prompts, 1, seed=0, greedy=True)
     correct = [answers.answers_equal(answers.extract_boxed(t) or "", golds[samples.prompt_of(r)])
                for r, t in enumerate(samples.texts)]
-    result = {"coder_render_success": float(np.mean([r.rendered for r in flat])) if flat else 0.0,
+    _, psamples, parsed = self._propose(self.roles["proposer"], len(self.topics), 2,
+                                        run.seed("eval", "proposer"))
+    result = {"proposer_parse_rate": (float(np.mean([p is not None for p in parsed]))
+                                      if parsed else 0.0),
+              "coder_render_success": float(np.mean([r.rendered for r in flat])) if flat else 0.0,
               "solver_accuracy": float(np.mean(correct)) if correct else 0.0,
               "items": len(items)}
     key = "init" if stage.iteration == 0 and not self.results else (

@@ -135,19 +135,26 @@ def ema_update(baseline: EmaBaseline, reward_mean: Array,
 
 
 def ema_advantages(rewards: Array, baseline: EmaBaseline,
-                   momentum: float = 0.9) -> tuple[Array, EmaBaseline]:
+                   momentum: float = 0.9, valid: Array | None = None
+                   ) -> tuple[Array, EmaBaseline]:
   """REINFORCE advantages r - b against the pre-batch baseline, and new state.
 
   Args:
     rewards: rewards of this update's samples (any shape).
     baseline: the role's state before this batch.
     momentum: EMA momentum.
+    valid: which rewards are samples (bool, like rewards); None = all. Rows
+      that only pad a batch to its bucket must not move the baseline.
 
   Returns:
     (rewards - b, updated baseline). Before the first update b is the batch
     mean, so the first advantages are centred rewards.
   """
   rewards = jnp.asarray(rewards, jnp.float32)
-  mean = rewards.mean()
+  if valid is None:
+    mean = rewards.mean()
+  else:
+    w = jnp.asarray(valid, jnp.float32)
+    mean = (rewards * w).sum() / jnp.maximum(w.sum(), 1.0)
   b = jnp.where(baseline.initialized, baseline.value, mean)
   return rewards - b, ema_update(baseline, mean, momentum)

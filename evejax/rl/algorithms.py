@@ -268,9 +268,12 @@ class Reinforce(Algorithm):
     return {"rewards": rewards, "advantages": np.zeros_like(rewards)}, {}
 
   def prepare(self, state, batch):
-    adv, baseline = adv_lib.ema_advantages(batch.rewards, state.baseline, self.momentum)
-    metrics = {"baseline": batch.rewards.mean() - adv.mean(), "kl_beta": state.kl_beta,
-               "reward_mean": batch.rewards.mean()}
+    valid = batch.loss_mask.sum(-1) > 0   # rows padding the batch to a bucket have no loss
+    adv, baseline = adv_lib.ema_advantages(batch.rewards, state.baseline, self.momentum, valid)
+    w = valid.astype(jnp.float32)
+    mean = (batch.rewards * w).sum() / jnp.maximum(w.sum(), 1.0)
+    metrics = {"baseline": mean - (adv * w).sum() / jnp.maximum(w.sum(), 1.0),
+               "kl_beta": state.kl_beta, "reward_mean": mean}
     return batch.replace(advantages=adv), state.replace(baseline=baseline), metrics
 
   def loss(self, ctx, params, mb):
