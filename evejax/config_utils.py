@@ -116,12 +116,15 @@ def select_preset(arg: str | None, presets: Mapping[str, Callable[[], ml_collect
 
 
 def model(preset: str = "tiny", *, dtype: str = "float32",
-          param_dtype: str = "float32", remat: bool = False) -> ml_collections.ConfigDict:
+          param_dtype: str = "float32", remat: bool = False,
+          attention: str = "auto") -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       preset=preset,        # evejax.models.presets name; a checkpoint's config.json wins
       dtype=dtype,          # activations
       param_dtype=param_dtype,
       remat=remat,
+      # auto | xla | cudnn | splash; auto: splash on TPU, cudnn on GPU, xla elsewhere.
+      attention=attention,
   ))
 
 

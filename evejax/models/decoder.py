@@ -23,6 +23,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from evejax.models import attention
 from evejax.models import layers
 
 
@@ -54,8 +55,9 @@ def write_cache(cache: jax.Array, new: jax.Array, index) -> jax.Array:
 def attend(q, k, v, mask, cache, index):
   """A decoder layer's attention, with or without its cache.
 
-  Without a cache, q attends to k/v [B, T, K, hd] under `mask` [B, T, T] and
-  (k, v) is returned as the layer's keys/values. With `cache` = this layer's
+  Without a cache, q attends to k/v [B, T, K, hd] under `mask` (a dense bool
+  [B, T, T] or `attention.Segments`, which picks a kernel) and (k, v) is
+  returned as the layer's keys/values. With `cache` = this layer's
   (k, v), each [B, K, S, hd], the new k/v are written at slot `index` first
   and q attends to the whole cache under `mask` [B, T, S]; the updated cache
   is returned. Writing before reading lets XLA update the cache in place:
@@ -63,7 +65,7 @@ def attend(q, k, v, mask, cache, index):
   and it copies every layer's cache every step.
   """
   if cache is None:
-    return layers.attention(q, k, v, mask), (k, v)
+    return attention.attend(q, k, v, mask), (k, v)
   k, v = write_cache(cache[0], k, index), write_cache(cache[1], v, index)
   # Swapped views, not copies: XLA folds them into the dots' operands.
   o = layers.attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)

@@ -179,6 +179,10 @@ class Qwen3TextConfig:
                        f"multiple of num_kv_heads={self.num_kv_heads}.")
 
 
+# `ModelConfig.attention` values (see `evejax.models.attention`).
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   # The architecture; `evejax.models.families` maps it to modules, processing
@@ -195,8 +199,16 @@ class ModelConfig:
   dtype: str = "float32"
   # Recompute each decoder/vision block in the backward pass (saves activations).
   remat: bool = False
+  # Attention for training, scoring and prefill: auto | xla | cudnn | splash
+  # (auto: splash on TPU, cudnn on GPU, xla elsewhere); decode steps read the
+  # KV cache with xla whatever this says.
+  attention: str = "auto"
 
   def __post_init__(self):
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(
+          f"ModelConfig.attention={self.attention!r} is not one of "
+          f"{', '.join(ATTENTION_IMPLEMENTATIONS)} (config.model.attention).")
     # Each config class names its family (FAMILY); `evejax.models.families`
     # is the registry of the families themselves.
     for part in ("vision", "text"):

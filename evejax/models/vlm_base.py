@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from evejax.models import attention
 from evejax.models.decoder import KVCache
 from evejax.models.inputs import ModelInputs
 from evejax.models.presets import ModelConfig
@@ -32,9 +33,7 @@ from evejax.models.presets import ModelConfig
 
 def causal_mask(mask: jax.Array) -> jax.Array:
   """bool [B, T, T]: query i sees real key j <= i (any padding side)."""
-  t = mask.shape[1]
-  causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-  return causal[None] & (mask != 0)[:, None, :]
+  return attention.causal_text(mask, "xla")
 
 
 def image_slots(inputs: ModelInputs, image_token_id: int, num_features: int
@@ -69,9 +68,19 @@ class VLMBase(nn.Module):
           f"vision.out_hidden_size ({c.vision.out_hidden_size}) must equal "
           f"text.hidden_size ({c.text.hidden_size}); fix the ModelConfig.")
     dtype = jnp.dtype(c.dtype)
-    self.vision = self.vision_tower(c.vision, dtype, self.param_dtype, c.remat)
+    self.vision = self.vision_tower(c.vision, dtype, self.param_dtype, c.remat,
+                                    attention=self.attention)
     self.text = self.text_model(c.text, dtype, self.param_dtype, c.remat,
                                 self.scan_layers)
+
+  @property
+  def attention(self) -> str:
+    """The attention implementation on this platform (`attention.resolve`)."""
+    return attention.resolve(self.config.attention)
+
+  def text_mask(self, mask: jax.Array):
+    """Who sees whom in self-attention over tokens with padding `mask`."""
+    return attention.causal_text(mask, self.attention)
 
   def embed(self, inputs: ModelInputs):
     raise NotImplementedError
@@ -82,7 +91,7 @@ class VLMBase(nn.Module):
   def hidden(self, inputs: ModelInputs) -> jax.Array:
     x, visual = self.embed(inputs)
     h, _ = self.run_decoder(x, visual, inputs.positions,
-                            causal_mask(inputs.mask))
+                            self.text_mask(inputs.mask))
     return h
 
   def unembed(self, h: jax.Array) -> jax.Array:
@@ -99,7 +108,7 @@ class VLMBase(nn.Module):
                        f"{cache_size}; raise cache_size.")
     x, visual = self.embed(inputs)
     h, kv = self.run_decoder(x, visual, inputs.positions,
-                             causal_mask(inputs.mask))
+                             self.text_mask(inputs.mask))
     last_logits = self.unembed(h[:, -1])
     cache_dtype = jnp.dtype(self.config.dtype)
     # [B, T, K, hd] -> the cache's [B, K, S, hd], empty slots after the prompt.

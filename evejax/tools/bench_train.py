@@ -5,6 +5,7 @@ on a random model of a preset's shape with synthetic batches:
 
   python -m evejax.tools.bench_train --preset qwen2_5_vl_3b --seq 2048 --batch 8
   python -m evejax.tools.bench_train --preset qwen3_vl_8b --seq 2048 --batch 8 --images 1
+  python -m evejax.tools.bench_train --preset qwen2_5_vl_3b --seq 2048 --attention cudnn
   python -m evejax.tools.bench_train --preset tiny --seq 256 --batch 8   # CPU smoke run
 
 MFU = model FLOPs per step / step time / (devices x peak FLOP/s). Model FLOPs
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from evejax import parallel
+from evejax.models import attention
 from evejax.models import presets
 from evejax.models import vlm
 from evejax.rl import learner as learner_lib
@@ -44,6 +46,9 @@ _SIDE = flags.DEFINE_integer("image_side", 448, "Image side in pixels (multiple 
 _PARAM_DTYPE = flags.DEFINE_string("param_dtype", "bfloat16", "float32 | bfloat16.")
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Activation dtype.")
 _REMAT = flags.DEFINE_bool("remat", True, "Recompute blocks in the backward pass.")
+_ATTENTION = flags.DEFINE_enum("attention", "auto", presets.ATTENTION_IMPLEMENTATIONS,
+                               "Attention implementation (auto: splash on TPU, cudnn on "
+                               "GPU, xla elsewhere).")
 _CHUNK = flags.DEFINE_integer("logprob_chunk", 1024, "Log-softmax sequence chunk (0: off).")
 _KL = flags.DEFINE_float("kl_coef", 0.0, "> 0 adds the reference pass to every step.")
 _MESH = flags.DEFINE_string("mesh", "fsdp=-1", "Mesh axes, e.g. 'fsdp=8' or 'data=2,fsdp=4'.")
@@ -105,7 +110,7 @@ def forward_flops(config: presets.ModelConfig, rows: int, seq: int, images: int,
 
 def main(argv):
   del argv
-  overrides = dict(dtype=_DTYPE.value, remat=_REMAT.value)
+  overrides = dict(dtype=_DTYPE.value, remat=_REMAT.value, attention=_ATTENTION.value)
   config = presets.get_preset(_PRESET.value, **overrides)
   if _LAYERS.value:
     config = config.replace(text=dataclasses.replace(config.text, num_layers=_LAYERS.value))
@@ -135,7 +140,8 @@ def main(argv):
   kind = jax.devices()[0].device_kind
   print(f"{_PRESET.value}: {n_params / 1e9:.3f}B params ({config.text.num_layers} text "
         f"layers, ViT depth {config.vision.depth}), params {_PARAM_DTYPE.value}, "
-        f"activations {_DTYPE.value}, remat={_REMAT.value}")
+        f"activations {_DTYPE.value}, remat={_REMAT.value}, attention "
+        f"{_ATTENTION.value} -> {attention.resolve(_ATTENTION.value)}")
   print(f"{devices} x {kind}, mesh {dict(mesh.shape)}; {rows} rows x {_SEQ.value} tokens, "
         f"{_IMAGES.value} image(s) of {_SIDE.value}px per row, {_MICRO.value} "
         f"micro-batch(es), kl_coef={_KL.value}", flush=True)

@@ -51,6 +51,11 @@ _PARAM_DTYPE = flags.DEFINE_string("param_dtype", "", "float32 | bfloat16 (defau
 _DTYPE = flags.DEFINE_string("dtype", "", "Activation dtype (default: config's, or bfloat16).")
 _REMAT = flags.DEFINE_bool("remat", None, "Recompute blocks in the backward pass "
                            "(default: config's, or True).")
+_ATTENTION = flags.DEFINE_enum(
+    "attention", None, ["auto", "xla", "cudnn", "splash"],
+    "Attention (default: config's, or auto). On the CPU compiler splash is planned "
+    "with its Pallas kernel in interpret mode (a flash kernel's memory); cudnn and "
+    "auto plan as xla.")
 _KL = flags.DEFINE_float("kl_coef", None, "KL coefficient; > 0 keeps reference params "
                          "(default: config's, or 1e-3).")
 _SAMPLE = flags.DEFINE_bool("sample", True, "Also plan one Sampler.generate chunk.")
@@ -142,7 +147,8 @@ def main(argv):
 
   model_config = presets.get_preset(
       preset, dtype=_DTYPE.value or _get(config, "model.dtype", "bfloat16"),
-      remat=_REMAT.value if _REMAT.value is not None else _get(config, "model.remat", True))
+      remat=_REMAT.value if _REMAT.value is not None else _get(config, "model.remat", True),
+      attention=_ATTENTION.value or _get(config, "model.attention", "auto"))
   train = (config.train.to_dict() if config is not None and "train" in config else {})
   if _KIND.value != "sft":
     train["algorithm"] = _KIND.value
@@ -169,7 +175,8 @@ def main(argv):
                                    image_side=_SIDE.value)
   n_params = sum(x.size for x in jax.tree.leaves(params))
   print(f"{preset}: {n_params / 1e9:.2f}B params ({param_dtype}), activations "
-        f"{model_config.dtype}, remat={model_config.remat}; mesh "
+        f"{model_config.dtype}, remat={model_config.remat}, attention "
+        f"{model_config.attention}; mesh "
         f"{dict(mesh.shape)} = {devices} devices")
   print(f"{_KIND.value} step: {rows} rows x {seq} tokens, {_IMAGES.value} image(s) of "
         f"{_SIDE.value}px per row, {train.micro_batches} micro-batch(es) -> "

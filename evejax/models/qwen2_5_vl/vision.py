@@ -10,8 +10,10 @@ width (Linear, exact GELU, Linear).
 Inputs follow `evejax.models.inputs.ModelInputs`: each example's patch rows in
 2x2 merge-block order with (row, col), image and window ids per row. The
 reference permutes rows into window order and attends within contiguous
-chunks; here attention is masked instead, which is exactly equivalent because
-each window is a union of whole merge groups, and keeps shapes static.
+chunks; here attention is restricted instead, which is exactly equivalent
+because each window is a union of whole merge groups, and keeps shapes static:
+by dense masks under XLA, by segment ids (one per image, or per window of an
+image) under the flash kernels (`evejax.models.attention`).
 """
 from __future__ import annotations
 
@@ -19,13 +21,25 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from evejax.models import attention
 from evejax.models import layers
 from evejax.models.presets import VisionConfig
 
 
-def attention_masks(patch_image: jax.Array, patch_window: jax.Array
-                    ) -> tuple[jax.Array, jax.Array]:
-  """(window_mask, image_mask), bool [B, P, P]; padding rows see nothing."""
+def attention_masks(patch_image: jax.Array, patch_window: jax.Array,
+                    implementation: str = "xla"):
+  """(window_mask, image_mask); padding rows see nothing.
+
+  Under xla each is a bool [B, P, P]; under a kernel, `attention.Segments`
+  whose ids are the image, or the (window, image) pair, of each row.
+  """
+  if implementation != "xla":
+    p = patch_image.shape[1]
+    valid = patch_image >= 0
+    # Window ids below P and image ids below P: one id per (window, image).
+    window = jnp.where(valid, patch_window * p + patch_image, -1)
+    return (attention.within_segments(window, implementation),
+            attention.within_segments(patch_image, implementation))
   valid = patch_image >= 0
   both = valid[:, :, None] & valid[:, None, :]
   same_image = (patch_image[:, :, None] == patch_image[:, None, :]) & both
@@ -50,8 +64,9 @@ class VisionBlock(nn.Module):
     q = layers.apply_rotary(qkv[:, :, 0], cos, sin)
     k = layers.apply_rotary(qkv[:, :, 1], cos, sin)
     # One compiled body for all layers: the layer's kind is data, not code.
-    mask = jnp.where(is_full, image_mask, window_mask)
-    o = layers.attention(q, k, qkv[:, :, 2], mask)
+    mask = jax.tree.map(lambda full, window: jnp.where(is_full, full, window),
+                        image_mask, window_mask)
+    o = attention.attend(q, k, qkv[:, :, 2], mask)
     x = x + layers.Linear((c.num_heads, c.head_dim), (c.hidden_size,),
                           ("heads", "head_dim"), ("vision_embed",),
                           use_bias=True, **kw, name="proj")(o)
@@ -88,6 +103,7 @@ class VisionTower(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  attention: str = "xla"  # a resolved implementation (`attention.resolve`)
 
   @nn.compact
   def __call__(self, patches, patch_coords, patch_image, patch_window):
@@ -101,7 +117,8 @@ class VisionTower(nn.Module):
                       ("vision_embed",), **kw, name="patch_embed")(patches)
     cos, sin = layers.patch_rotary_cos_sin(patch_coords, c.head_dim,
                                            c.rope_theta)
-    window_mask, image_mask = attention_masks(patch_image, patch_window)
+    window_mask, image_mask = attention_masks(patch_image, patch_window,
+                                              self.attention)
     is_full = jnp.array([i in c.fullatt_block_indexes for i in range(c.depth)])
 
     block = VisionBlock

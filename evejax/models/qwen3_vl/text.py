@@ -130,8 +130,9 @@ class TextModel(decoder.TextModelBase):
     Args:
       x: [B, T, D] input embeddings.
       positions: int [3, B, T] M-RoPE positions of x.
-      mask: bool [B, T, T], which of x's tokens each token sees; with
-        `cache`, [B, T, S], which cache slots (x's own included) it sees.
+      mask: bool [B, T, T] or `attention.Segments`, which of x's tokens
+        each token sees; with `cache`, bool [B, T, S], which cache slots
+        (x's own included) it sees.
       cache: optional per-layer (k, v), each [B, kv_heads, S, hd]; x's
         keys/values are written into them at slot `index` (int32 []).
       deepstack: the images' DeepStack features, or None (text only).

@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from evejax.models import attention
 from evejax.models import layers
 from evejax.models.presets import Qwen3VisionConfig
 
@@ -126,7 +127,7 @@ class VisionBlock(nn.Module):
                         use_bias=True, **kw, name="qkv")(h)
     q = layers.apply_rotary(qkv[:, :, 0], cos, sin)
     k = layers.apply_rotary(qkv[:, :, 1], cos, sin)
-    o = layers.attention(q, k, qkv[:, :, 2], mask)
+    o = attention.attend(q, k, qkv[:, :, 2], mask)
     x = x + layers.Linear((c.num_heads, c.head_dim), (c.hidden_size,),
                           ("heads", "head_dim"), ("vision_embed",),
                           use_bias=True, **kw, name="proj")(o)
@@ -174,6 +175,7 @@ class VisionTower(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  attention: str = "xla"  # a resolved implementation (`attention.resolve`)
 
   @nn.compact
   def __call__(self, patches, patch_coords, patch_image, patch_window):
@@ -196,9 +198,8 @@ class VisionTower(nn.Module):
     x = x + pos.astype(x.dtype)
     cos, sin = layers.patch_rotary_cos_sin(patch_coords, c.head_dim,
                                            c.rope_theta)
-    valid = patch_image >= 0
-    mask = ((patch_image[:, :, None] == patch_image[:, None, :])
-            & valid[:, :, None] & valid[:, None, :])
+    # Each image attends within itself (padding rows, image -1, to nothing).
+    mask = attention.within_segments(patch_image, self.attention)
 
     n = len(c.deepstack_visual_indexes)
     taps = jnp.zeros((n,) + x.shape, x.dtype) if n else None
