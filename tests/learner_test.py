@@ -260,9 +260,10 @@ class FreezeAndSkipTest(absltest.TestCase):
   def test_unknown_config_key(self):
     with self.assertRaisesRegex(ValueError, "config.train.loss.kl_cof"):
       learner_lib.merge_config({"loss": {"kl_cof": 0.1}})
-    # An algorithm's own block exists only where that algorithm is chosen.
-    with self.assertRaisesRegex(ValueError, "config.train.reinforce"):
-      learner_lib.merge_config({"reinforce": {"kl_beta": 0.1}})
+    # An algorithm's own block exists only where a config names it, and is checked.
+    self.assertNotIn("reinforce", learner_lib.merge_config({}))
+    with self.assertRaisesRegex(ValueError, "config.train.reinforce.kl_bta"):
+      learner_lib.merge_config({"reinforce": {"kl_bta": 0.1}})
     self.assertEqual(learner_lib.merge_config({"algorithm": "reinforce"}).reinforce.kl_beta,
                      1e-3)
     with self.assertRaisesRegex(ValueError, "not a registered algorithm"):

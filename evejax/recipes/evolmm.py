@@ -30,6 +30,7 @@ import collections
 import copy
 from typing import Any
 
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -87,9 +88,10 @@ class EvoLmm(runner.Recipe):
     if c.warmstart.enabled:
       # The warm start trains the backbone itself (a model from scratch has no
       # language for low-rank adapters to steer); the adapters then start on it.
-      cfg = copy.deepcopy(c.train)
-      with cfg.unlocked():
-        cfg.lora.rank, cfg.algorithm, cfg.loss.kl_coef = 0, "grpo", 0.0
+      # A full fine-tune with no reference: SFT is all it runs.
+      cfg = ml_collections.ConfigDict({k: copy.deepcopy(v) for k, v in c.train.items()
+                                       if k != "reinforce"})
+      cfg.lora.rank, cfg.algorithm, cfg.loss.kl_coef = 0, "grpo", 0.0
       policy = role_lib.Policy("base", run.services, cfg, run._initial_params,  # pylint: disable=protected-access
                                param_dtype=c.model.param_dtype)
       run.policies["base"] = policy

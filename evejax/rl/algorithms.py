@@ -131,6 +131,11 @@ def get(name: str) -> type[Algorithm]:
   return cls
 
 
+def by_config_block(block: str | None) -> type[Algorithm] | None:
+  """The registered algorithm that owns config.train.<block>, if any."""
+  return next((a for a in _REGISTRY.values() if block and a.config_block == block), None)
+
+
 def registered() -> list[str]:
   return sorted(_REGISTRY)
 

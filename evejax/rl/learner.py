@@ -129,10 +129,13 @@ def merge_config(cfg) -> ml_collections.ConfigDict:
   """Defaults overlaid with `cfg`; unknown keys are typos and fail loudly."""
   out = default_train_config()
   name = (cfg or {}).get("algorithm", out.algorithm)
-  algorithm = algorithms_lib.get(name)
-  block = algorithm.default_config()
-  if block is not None and algorithm.config_block not in out:
-    out[algorithm.config_block] = block
+  # An algorithm's own block exists where that algorithm is chosen, or where a
+  # config names it to switch to it (EvoLMM's grpo mode keeps `reinforce`):
+  # its keys are checked against the algorithm's defaults either way.
+  for block_name in {algorithms_lib.get(name).config_block} | set((cfg or {}).keys()):
+    algorithm = algorithms_lib.by_config_block(block_name)
+    if algorithm is not None and algorithm.default_config() is not None and block_name not in out:
+      out[block_name] = algorithm.default_config()
 
   def walk(dst, src, prefix):
     for k, v in src.items():
