@@ -262,6 +262,12 @@ class MmZeroTest(absltest.TestCase):
     p, reason = mmzero.parse_proposer_output("<caption>x</caption>")
     self.assertIsNone(p)
     self.assertIn("easy_question", reason)
+    good = PROPOSAL.format(month="May", answer="12")
+    twice = good + "\n<hard_answer>13</hard_answer>"
+    self.assertEqual(mmzero.parse_proposer_output(twice), (None, "duplicate_tags=hard_answer"))
+    long = PROPOSAL.format(month="May", answer="twelve millimetres of rain in total")
+    self.assertEqual(mmzero.parse_proposer_output(long), (None, "long_answer=hard_answer"))
+    self.assertEqual(mmzero.proposer_rewards([twice], [[]])[0].value, -1.0)
 
   def test_consistency_and_verification(self):
     votes = ["4", "4.0", "four", "none", "N/A"]

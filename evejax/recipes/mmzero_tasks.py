@@ -50,8 +50,7 @@ STYLES = ("full", "compact")
 BACKENDS = ("svg", "plot")
 # The six blocks of a proposal, in the order the Proposer writes them.
 PROPOSAL_TAGS = ("content_type",) + mmzero_rewards.PROPOSAL_FIELDS
-# An answer longer than this many words is not "a number, a word or a short phrase".
-SHORT_ANSWER_WORDS = 4
+SHORT_ANSWER_WORDS = mmzero_rewards.MAX_ANSWER_WORDS
 
 _PYTHON_FENCE_RE = re.compile(r"```(?:python|py)[ \t]*\r?\n(.*?)```", re.DOTALL)
 

@@ -18,7 +18,8 @@ Proposer, per proposal with N Coder samples k (failed renders add 0):
                             field pays 0, repeated ones pay up to 0.5
       - content type        0.15 * max(0, type share - 0.5) / 0.5 when the
                             batch has more than one content type
-  R = -1 when the tags cannot be parsed. The diversity terms are computed over
+  R = -1 when the tags cannot be parsed (missing or duplicated, or an answer
+  that is not a short phrase). The diversity terms are computed over
   the batch's parsed proposals (n of them) when there are at least two. The
   text clustering threshold is 0.25, the reference Proposer code's value (EVE
   uses 0.5). A content type that is missing or not one of CONTENT_TYPES is
@@ -46,6 +47,8 @@ CONTENT_TYPES = ("data_chart", "diagram", "geometry", "timeline", "map",
                  "table", "other")
 PROPOSAL_FIELDS = ("caption", "easy_question", "easy_answer", "hard_question",
                    "hard_answer")
+# "A single number, word or short phrase."
+MAX_ANSWER_WORDS = 4
 
 # Caption keywords for the fallback content type, most specific first.
 CAPTION_TYPE_KEYWORDS = (
@@ -96,10 +99,14 @@ def infer_content_type(caption: str) -> str:
   return "other"
 
 
-def parse_proposer_output(text: str) -> tuple[Proposal | None, str]:
-  """(Proposal, 'ok') or (None, 'missing_tags=...') from a Proposer reply.
+def parse_proposer_output(text: str, *, max_answer_words: int = MAX_ANSWER_WORDS
+                          ) -> tuple[Proposal | None, str]:
+  """(Proposal, 'ok') or (None, reason) from a Proposer reply.
 
-  The five text fields are required; ``content_type`` is optional and is
+  Reasons: 'missing_tags=...' (the five text fields are required),
+  'duplicate_tags=...' (a block written twice is ambiguous), 'long_answer=...'
+  (an answer must be one number, word or short phrase: at most
+  `max_answer_words` words on one line). ``content_type`` is optional and is
   normalised to CONTENT_TYPES, falling back to the caption's keywords.
   """
   text = text or ""
@@ -107,6 +114,14 @@ def parse_proposer_output(text: str) -> tuple[Proposal | None, str]:
   missing = [k for k, v in fields.items() if not v]
   if missing:
     return None, "missing_tags=" + ",".join(missing)
+  duplicated = [k for k in ("content_type",) + PROPOSAL_FIELDS
+                if len(re.findall(rf"<\s*{k}\s*>", text)) > 1]
+  if duplicated:
+    return None, "duplicate_tags=" + ",".join(duplicated)
+  long = [k for k in ("easy_answer", "hard_answer")
+          if len(fields[k].split()) > max_answer_words or "\n" in fields[k]]
+  if long:
+    return None, "long_answer=" + ",".join(long)
   raw = (_tag(text, "content_type") or "").lower().replace(" ", "_")
   kind = raw if raw in CONTENT_TYPES and raw != "other" else None
   return Proposal(content_type=kind or infer_content_type(fields["caption"]),
