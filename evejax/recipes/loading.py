@@ -39,7 +39,8 @@ class LoadedModel:
 
 def model_config_from(config) -> presets.ModelConfig:
   """The checkpoint's config.json when init.hf_dir is set, else the named preset."""
-  overrides = dict(dtype=config.model.dtype, remat=bool(config.model.remat))
+  overrides = dict(dtype=config.model.dtype, remat=bool(config.model.remat),
+                   attention=config.model.get("attention", "auto"))
   if config.init.hf_dir:
     if not os.path.isfile(os.path.join(config.init.hf_dir, "config.json")):
       raise SetupError(

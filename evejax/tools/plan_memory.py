@@ -171,6 +171,8 @@ def main(argv):
   params = jax.eval_shape(lambda: vlm.init_params(model_config, jax.random.PRNGKey(0)))
   learner = learner_lib.Learner(model_config, train, params, mesh=mesh, rules=rules,
                                 param_dtype=param_dtype)
+  # The other roles' train states stay resident while one role steps or samples.
+  others = _plan_roles(config, model_config, mesh, learner) if config is not None else 0
   batch = synthetic.abstract_batch(model_config, rows, seq, images=_IMAGES.value,
                                    image_side=_SIDE.value)
   n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -185,28 +187,34 @@ def main(argv):
         f"logprob_chunk={train.logprob_chunk}")
 
   state = learner.abstract_state()
+  backbone_b = (parallel.per_device_bytes(learner.backbone)
+                if learner.backbone is not None else 0)
   param_b = parallel.per_device_bytes(state.params)
   opt_b = parallel.per_device_bytes(state.opt_state)
   needs_ref = (_KIND.value == "reinforce" or train.loss.kl_coef > 0)
-  ref_b = param_b if needs_ref and not train.ref_on_host else 0
+  ref_b = param_b if needs_ref and not train.ref_on_host and learner.owns_reference else 0
 
   print("compiling the step on CPU (a few minutes for large presets) ...", flush=True)
   step = learner.lower_step(_KIND.value, batch).compile().memory_analysis()
   step_peak = _peak(step)
   # The reference params stay resident through the step unless kept on host
   # (REINFORCE takes them as an argument, so they are already counted).
-  total = step_peak + (ref_b if _KIND.value == "grpo" else 0)
+  total = step_peak + (ref_b if _KIND.value == "grpo" else 0) + others
   score_peak = 0
   if _KIND.value == "grpo" and train.loss.kl_coef > 0:
     score = learner.lower_score(batch).compile().memory_analysis()
-    score_peak = _peak(score) + param_b + opt_b  # the train state stays resident
+    score_peak = _peak(score) + param_b + opt_b + others  # train states stay resident
     total = max(total, score_peak)
 
   print("\nper device:")
-  print(f"  policy params        {_gib(param_b)}")
+  if backbone_b:
+    print(f"  frozen backbone      {_gib(backbone_b)}  (held once; also the KL reference)")
+  print(f"  policy params        {_gib(param_b)}" + ("  (the LoRA adapter)" if backbone_b else ""))
   print(f"  optimizer state      {_gib(opt_b)}")
   print(f"  reference params     {_gib(ref_b)}"
         + ("  (host RAM)" if needs_ref and train.ref_on_host else ""))
+  if others:
+    print(f"  other roles' states  {_gib(others)}")
   print(f"  step: arguments      {_gib(step.argument_size_in_bytes)}")
   print(f"  step: temporaries    {_gib(step.temp_size_in_bytes)}")
   print(f"  step: peak           {_gib(step_peak)}")
@@ -214,8 +222,9 @@ def main(argv):
     print(f"  reference pass peak  {_gib(score_peak)}  (with the train state resident)")
   print(f"  estimated peak       {_gib(total)}  (CPU compiler: an upper bound for bf16)")
   if _SAMPLE.value:
-    sample_peak = _plan_sampling(config, model_config, mesh, rules, state,
-                                 seq, param_b + opt_b + ref_b)
+    weights = learner.backbone if learner.backbone is not None else state.params
+    sample_peak = _plan_sampling(config, model_config, mesh, rules, weights,
+                                 seq, param_b + opt_b + ref_b + others)
     total = max(total, sample_peak)
   print("\nfits (the larger peak under 90% of device memory):")
   for name, mem in HARDWARE.items():
@@ -223,14 +232,54 @@ def main(argv):
     print(f"  {name:16s} {verdict:3s}  ({total / (mem * GiB):5.0%} of memory)")
 
 
-def _plan_sampling(config, model_config, mesh, rules, state, seq: int,
+def _plan_roles(config, model_config, mesh, planned) -> int:
+  """Prints every role's resident train state; returns the bytes of all but `planned`'s.
+
+  With LoRA the backbone is counted once and the plan is put beside what the
+  same roles would hold as full copies.
+  """
+  from evejax import parallel, recipes  # pylint: disable=g-import-not-at-top
+  from evejax.recipes import runner  # pylint: disable=g-import-not-at-top
+  recipe = getattr(recipes.resolve(config.recipe), "RECIPE", None) if "recipe" in config else None
+  if recipe is None:
+    return 0
+  policies = runner.abstract_policies(recipe, config, mesh)
+  state_b = lambda l: parallel.per_device_bytes(l.abstract_state()) + (
+      parallel.per_device_bytes(l.reference_params) if l.owns_reference else 0)
+  print(f"\nroles of {config.recipe} (per device, resident through the run):")
+  for name, l in policies.items():
+    print(f"  {name:12s} train state {_gib(state_b(l))}"
+          + ("  (adapter + its optimizer)" if l.lora is not None else ""))
+  total = sum(state_b(l) for l in policies.values())
+  first = next(iter(policies.values()))
+  if first.backbone is not None:
+    backbone = parallel.per_device_bytes(first.backbone)
+    total += backbone
+    full = copy_full = None
+    with config.unlocked():
+      rank, config.train.lora.rank = config.train.lora.rank, 0
+      try:
+        full = runner.abstract_policies(recipe, config, mesh)
+      finally:
+        config.train.lora.rank = rank
+    copy_full = sum(state_b(l) for l in full.values())
+    print(f"  backbone     {_gib(backbone)}  (one copy for all roles)")
+    print(f"  all roles    {_gib(total)}; as {len(full)} full copies instead: {_gib(copy_full)}")
+  else:
+    print(f"  all roles    {_gib(total)}")
+  return total - state_b(planned) - (parallel.per_device_bytes(planned.backbone)
+                                     if planned.backbone is not None else 0)
+
+
+def _plan_sampling(config, model_config, mesh, rules, params, seq: int,
                    resident: int) -> int:
   """Prints one generate chunk's plan; returns its peak with `resident` bytes."""
   from evejax import parallel, sampling  # pylint: disable=g-import-not-at-top
   prompts = _SAMPLE_PROMPTS.value or max(_get(config, "processing.batch_buckets", (8,)))
+  block = _get(config, _get(config, "recipe", "") or "none", {}) or {}
   group = _SAMPLE_GROUP.value or max(
-      [_get(config, f"eve.{k}", 0)
-       for k in ("challenger_group", "solver_group", "difficulty_samples")] + [0]) or 8
+      [int(v) for k, v in block.items()
+       if k.endswith(("_group", "_samples")) or k == "samples"] + [0]) or 8
   length = _SAMPLE_LENGTH.value or seq
   roles = _get(config, "sampling", {})
   new = _SAMPLE_NEW.value or max(
@@ -244,7 +293,7 @@ def _plan_sampling(config, model_config, mesh, rules, state, seq: int,
   print(f"\ncompiling one generate chunk on CPU: {prompts} prompts x G={group} = "
         f"{prompts * group} rows, prompt {length} tokens ({_IMAGES.value} image(s)), "
         f"up to {new} new tokens ...", flush=True)
-  plan = sampler.memory_analysis(state.params, sp, length=length, patches=patches)
+  plan = sampler.memory_analysis(params, sp, length=length, patches=patches)
   copy_b = parallel.per_device_bytes(plan["inference_params"])
   prefill, decode = _peak(plan["prefill"]), _peak(plan["decode"])
   peak = resident + max(prefill, decode)
