@@ -15,6 +15,11 @@ renames it), so a run killed mid-save leaves the previous steps intact; a
 damaged latest step (deleted/zeroed files, missing commit marker) is skipped
 with a warning and the previous one is used.
 
+Several processes: every process calls save and restore together on one
+directory they all reach; each writes its own shards of the arrays, process 0
+the JSON items (so those must be the same on every process: the recipe
+runner checks it).
+
 HF safetensors import/export is not here: see `evejax.models.hf`.
 """
 from __future__ import annotations
@@ -29,6 +34,8 @@ from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from evejax import distributed
 
 _COMMIT_MARKER = "commit_success.txt"  # written by orbax when a step commits
 _FORMAT = 1
@@ -267,6 +274,8 @@ class Checkpointer:
           "to start over, move that directory away.")
 
   def _quarantine(self, steps: list[int]) -> None:
+    # Every process decided alike (they read the same files); process 0 renames,
+    # and the others look again only once it has.
     if jax.process_index() == 0:
       stamp = time.strftime("%Y%m%d-%H%M%S")
       for step in steps:
@@ -274,6 +283,7 @@ class Checkpointer:
         dst = f"{src}.corrupt-{stamp}"
         logging.warning("Moving unreadable checkpoint %s to %s", src, dst)
         os.rename(src, dst)
+    distributed.barrier("evejax_checkpoint_quarantine")
     self._manager.reload()
 
   # --- lifecycle ----------------------------------------------------------

@@ -5,6 +5,14 @@ that walks its items in an order shuffled per epoch from a seed, and whose
 position can be saved with `state()` and resumed with `restore()`. Pick one from
 config with `make_source({"kind": "builtin" | "folder" | "jsonl" | "tfds", ...})`.
 
+Shares of a multi-process run: the walk is one global sequence of positions,
+the same on every process (it depends only on the seed). Each step `reserve`s
+its positions on every process alike (so every process's `state()` is the
+same), and each process reads only the items at the positions it owns
+(`index_at` + `item`, or `take_share` for one contiguous block per process).
+`size_of` tells an item's size without decoding it where the source can, for
+host code that must draw the same random numbers for items it does not read.
+
 Pixel limits: `max_decode_pixels` refuses, before decoding, any file declaring
 more pixels (decompression bombs); `max_pixels` / `min_pixels` then rescale
 each image, keeping its aspect ratio, into that pixel range (host RAM and image
@@ -55,20 +63,27 @@ def to_rgb(image: Image.Image) -> Image.Image:
   return image.convert("RGB")
 
 
+def fitted_size(size: tuple[int, int], max_pixels: int | None = None,
+                min_pixels: int | None = None) -> tuple[int, int]:
+  """The (width, height) `fit_pixels` gives an image of `size`."""
+  w, h = int(size[0]), int(size[1])
+  if max_pixels and w * h > max_pixels:
+    scale = (max_pixels / (w * h)) ** 0.5
+    return max(1, int(w * scale)), max(1, int(h * scale))
+  if min_pixels and w * h < min_pixels:
+    scale = (min_pixels / (w * h)) ** 0.5
+    return int(np.ceil(w * scale)), int(np.ceil(h * scale))
+  return w, h
+
+
 def fit_pixels(image: Image.Image, max_pixels: int | None = None,
                min_pixels: int | None = None) -> Image.Image:
   """Rescales, keeping the aspect ratio, so that min_pixels <= width * height <= max_pixels.
 
   Either bound may be None (or 0) for none.
   """
-  w, h = image.size
-  if max_pixels and w * h > max_pixels:
-    scale = (max_pixels / (w * h)) ** 0.5
-    size = (max(1, int(w * scale)), max(1, int(h * scale)))
-  elif min_pixels and w * h < min_pixels:
-    scale = (min_pixels / (w * h)) ** 0.5
-    size = (int(np.ceil(w * scale)), int(np.ceil(h * scale)))
-  else:
+  size = fitted_size(image.size, max_pixels, min_pixels)
+  if size == image.size:
     return image
   return image.resize(size, Image.Resampling.LANCZOS)
 
@@ -135,6 +150,10 @@ class ImageSource(abc.ABC):
                            f"{self.max_decode_pixels}. Raise it in the source config.")
     return key, fit_pixels(to_rgb(image), self.max_pixels, self.min_pixels)
 
+  def size_of(self, index: int) -> tuple[int, int]:
+    """(width, height) of `item(index)`; sources that can tell it without decoding do."""
+    return self.item(index)[1].size
+
   def order(self, epoch: int) -> np.ndarray:
     """The permutation of item indices visited in `epoch`."""
     if self._order_cache is None or self._order_cache[0] != epoch:
@@ -159,6 +178,33 @@ class ImageSource(abc.ABC):
   def take(self, k: int) -> list[tuple[str, Image.Image]]:
     """The next k items."""
     return [next(self) for _ in range(k)]
+
+  def index_at(self, position: int) -> int:
+    """The item index at `position` of the walk (what `next` yields there)."""
+    epoch, i = divmod(int(position), len(self))
+    return int(self.order(epoch)[i])
+
+  def reserve(self, k: int) -> range:
+    """The next k positions of the walk, which moves past them without reading any."""
+    start = self._position
+    self._position += int(k)
+    return range(start, start + int(k))
+
+  def take_share(self, k: int, index: int, count: int) -> list[tuple[int, str, Image.Image]]:
+    """Reserves the next k positions; reads only share `index` of `count` of them.
+
+    Shares are contiguous blocks in share order (sizes differing by at most
+    one), so the shares of every process, concatenated, are the k items `take`
+    would give. Returns (item index, id, image) of this share's items.
+    """
+    positions = self.reserve(k)
+    base, extra = divmod(int(k), int(count))
+    start = index * base + min(index, extra)
+    out = []
+    for p in positions[start:start + base + (index < extra)]:
+      i = self.index_at(p)
+      out.append((i, *self.item(i)))
+    return out
 
   def state(self) -> dict[str, int]:
     return {"position": self._position}
@@ -277,6 +323,9 @@ class BuiltinSource(ImageSource):
   def __len__(self) -> int:
     return self.n + len(self.photos)
 
+  def size_of(self, index: int) -> tuple[int, int]:
+    return fitted_size(self.size, self.max_pixels, self.min_pixels)   # photos are covered to it
+
   def _read(self, index: int) -> tuple[str, Image.Image]:
     if index < self.n:
       rng = np.random.default_rng([self.seed, index])
@@ -308,6 +357,19 @@ class FileListSource(ImageSource):
   def _read(self, index: int) -> tuple[str, Image.Image]:
     key, path = self.entries[index]
     return key, read_image(path, self.max_decode_pixels)
+
+  def size_of(self, index: int) -> tuple[int, int]:
+    """From the file's header (EXIF rotation included); nothing is decoded."""
+    path = self.entries[index][1]
+    try:
+      with Image.open(path) as im:
+        w, h = im.size
+        # EXIF orientations 5-8 are quarter turns: exif_transpose swaps the sides.
+        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+          w, h = h, w
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+      return super().size_of(index)   # read_image names the problem
+    return fitted_size((w, h), self.max_pixels, self.min_pixels)
 
 
 def folder_images(path: str | os.PathLike, **kw) -> FileListSource:

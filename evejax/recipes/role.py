@@ -19,6 +19,14 @@ role that samples with the policy as it is now: a copy when another role keeps
 training the shared weights, else a view that refuses to sample once its
 policy has moved. `ScriptedRole` replies with fixed text but reports the
 policy's real log-probs: the public seam for tests.
+
+Several processes: every method takes and returns this process's rows (its
+prompts, its completions, its rewards) and every process calls it in step.
+What spans the batch is decided from gathered data: whether anyone has a
+prompt at all (`Samples.total_rows`), the shapes of a train batch (every
+process pads its block to the same rows and buckets; a process with no rows
+sends padding), and the advantages (computed from every process's rewards,
+so a group's statistics and the logged 'adv/...' metrics are the batch's).
 """
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from evejax import distributed
 from evejax import observe
 from evejax.processing import batching
 from evejax.processing import prompts as prompts_lib
@@ -76,6 +85,8 @@ class Samples:
 
   Only prompts that fit are sampled: `kept[j]` is the index (into the prompts
   given) of the j-th sampled prompt, and row r belongs to kept[r // group].
+  With several processes these are this process's rows; `total_rows` counts
+  every process's (decide "nothing was sampled" from it, never from len).
   """
   kept: list[int]
   group: int
@@ -83,6 +94,11 @@ class Samples:
   tokens: list[np.ndarray]          # per row, completion ids (EOS included)
   logprobs: list[np.ndarray]        # per row, the sampler's log-prob of each token
   texts: list[str]                  # per row, decoded without special tokens
+  total_rows: int | None = None     # rows over every process (None: len(self))
+
+  def __post_init__(self):
+    if self.total_rows is None:
+      self.total_rows = len(self.tokens)
 
   def __len__(self) -> int:
     return len(self.tokens)
@@ -216,37 +232,62 @@ class Role:
   # -- sampling --------------------------------------------------------------
 
   def generate(self, prompts: Sequence[batching.Example], group: int, seed: int, *,
-               greedy: bool = False) -> Samples:
-    """`group` completions of each prompt that fits; the others are counted drops."""
+               greedy: bool = False, prompt_ids: Sequence[int] | None = None) -> Samples:
+    """`group` completions of each prompt that fits; the others are counted drops.
+
+    `prompt_ids` order the prompts over every process (distinct numbers; the
+    default is process order): a prompt's randomness follows its rank among
+    the prompts sampled, so a run gives the same rows on any number of
+    processes when its callers give the same order.
+    """
     s = self.services
     kept = [i for i, p in enumerate(prompts) if self.fits(p)]
     dropped = len(prompts) - len(kept)
     if dropped:
       s.counts[f"{self.name}/dropped_prompt_too_long"] += dropped
     chosen = [prompts[i] for i in kept]
-    if not chosen:
-      return Samples(kept, group, [], [], [], [])
-    toks, lps = self._sample(chosen, group, seed, greedy)
+    total = distributed.total(len(chosen))
+    if not total:
+      return Samples(kept, group, [], [], [], [], total_rows=0)
+    ranks = None if prompt_ids is None else _ranks([prompt_ids[i] for i in kept])
+    toks, lps = self._sample(chosen, group, seed, greedy, ranks)
     s.counts[f"{self.name}/completion_with_vision_token"] += sum(
         rollouts.has_vision_tokens(s.model_config, t) for t in toks)
-    texts = s.tokenizer.decode_batch(toks, skip_special_tokens=True)
-    return Samples(kept, group, chosen, toks, lps, texts)
+    texts = s.tokenizer.decode_batch(toks, skip_special_tokens=True) if toks else []
+    return Samples(kept, group, chosen, toks, lps, texts, total_rows=total * group)
 
-  def _sample(self, prompts, group, seed, greedy):
+  def _sample(self, prompts, group, seed, greedy, ids=None):
     s = self.services
     sp = sampling_params(self.sampling, s.tokenizer, group=group, greedy=greedy)
     with s.timer("sampling"):
-      out = s.sampler.generate(self.params, prompts, sp, seed)
+      out = s.sampler.generate(self.params, prompts, sp, seed, prompt_ids=ids)
     return rollouts.completions_from_samples(out)
 
   # -- learning --------------------------------------------------------------
 
   def _batch(self, row_prompts, completions, **fields) -> learner_lib.TrainBatch:
+    """A train batch of this process's rows (with several, shaped alike everywhere)."""
     s = self.services
+    multiple = self.policy.learner.row_multiple
+    lengths, patches = s.length_buckets, s.patch_buckets
+    if distributed.is_multiprocess():
+      multiple //= distributed.process_count()
+      sizes = distributed.allgather([len(row_prompts)] + [
+          max([len(p.tokens) + len(c) for p, c in zip(row_prompts, completions)], default=1),
+          max([p.num_patches for p in row_prompts], default=0)])
+      rows, longest, most = (max(x[i] for x in sizes) for i in range(3))
+      multiple = max(multiple, -(-rows // multiple) * multiple)
+      lengths = (batching.bucket_for(longest, lengths),)
+      patches = (batching.bucket_for(most, patches),) if len(patches) else patches
+      if not row_prompts:   # padding only: one row without a completion, no loss
+        row_prompts = [batching.Example(tokens=np.array([s.tokenizer.pad_id], np.int32))]
+        completions = [np.zeros((0,), np.int32)]
+        fields = {k: (None if v is None else [np.zeros((0,), np.float32)] if k == "sampler_logp"
+                      else np.zeros((1,) + np.shape(v)[1:], np.float32))
+                  for k, v in fields.items()}
     return rollouts.train_batch(
         row_prompts, completions, model_config=s.model_config, pad_id=s.tokenizer.pad_id,
-        length_buckets=s.length_buckets, patch_buckets=s.patch_buckets,
-        row_multiple=self.policy.learner.row_multiple, **fields)
+        length_buckets=lengths, patch_buckets=patches, row_multiple=multiple, **fields)
 
   def update(self, samples: Samples, rewards: Sequence[float]) -> dict[str, float]:
     """One RL step on `samples` with one reward per row; returns its metrics.
@@ -265,20 +306,33 @@ class Role:
     learner = self.policy.learner
     s = self.services
     with s.timer("rewards"):
-      fields, host_metrics = learner.batch_fields(rewards, group)
+      fields, host_metrics = self._batch_fields(rewards, group)
     batch = self._batch(list(row_prompts), list(completions), sampler_logp=logprobs, **fields)
     with s.timer("training"):
       metrics = learner.step(learner.algorithm.name, batch, temperature=self.temperature)
     return {**host_metrics, **{f"train/{k}": v for k, v in metrics.items()}}
 
+  def _batch_fields(self, rewards, group: int) -> tuple[dict, dict]:
+    """The algorithm's row fields of this process's rows, from every process's rewards."""
+    learner = self.policy.learner
+    if not distributed.is_multiprocess():
+      return learner.batch_fields(rewards, group)
+    mine = np.asarray(rewards, np.float32).reshape(-1)
+    parts = distributed.allgather(mine.tolist())
+    start = sum(len(p) for p in parts[:distributed.process_index()])
+    fields, host_metrics = learner.batch_fields(
+        np.asarray([r for p in parts for r in p], np.float32), group)
+    return ({k: None if v is None else np.asarray(v)[start:start + len(mine)]
+             for k, v in fields.items()}, host_metrics)
+
   def sft(self, prompts: Sequence[batching.Example], targets: Sequence[Sequence[int]]
           ) -> dict[str, float] | None:
-    """One SFT step on (prompt, target) pairs that fit; None if none fits."""
+    """One SFT step on (prompt, target) pairs that fit; None if none fits (anywhere)."""
     keep = [k for k, p in enumerate(prompts) if self.fits(p, reserve=len(targets[k]))]
     dropped = len(prompts) - len(keep)
     if dropped:
       self.services.counts[f"{self.name}/dropped_prompt_too_long"] += dropped
-    if not keep:
+    if not distributed.total(len(keep)):
       return None
     batch = self._batch([prompts[k] for k in keep], [targets[k] for k in keep])
     with self.services.timer("training"):
@@ -288,15 +342,19 @@ class Role:
             completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
     """The policy's log-probs of each completion token, at this role's temperature."""
     batch = self._batch(list(row_prompts), list(completions))
-    logp = np.asarray(self.policy.learner.score_policy(batch, temperature=self.temperature))
+    logp = distributed.local_rows(
+        self.policy.learner.score_policy(batch, temperature=self.temperature))
     return [logp[i, len(p.tokens) - 1:len(p.tokens) - 1 + len(t)]
             for i, (p, t) in enumerate(zip(row_prompts, completions))]
 
   # -- frozen copies ---------------------------------------------------------
 
-  def frozen(self, copy_params: bool) -> "FrozenRole":
-    """This role sampling with the weights it has now (see the module docstring)."""
-    return FrozenRole(self, copy_params)
+  def frozen(self, copy_params: bool, params=None) -> "FrozenRole":
+    """This role sampling with the weights it has now (see the module docstring).
+
+    `params`: the trained params of a copy restored from a checkpoint.
+    """
+    return FrozenRole(self, copy_params, params=params)
 
 
 @jax.jit
@@ -338,16 +396,63 @@ class ScriptedRole(Role):
   the policy's own, so updates are exactly what training on those replies is.
 
   The seam for tests: a recipe runs end to end with a role whose outputs are
-  known (e.g. a Challenger that writes library programs).
+  known (e.g. a Challenger that writes library programs). `rng` is one
+  generator per call, drawn prompt after prompt in the call's order over every
+  process, so replies do not depend on how many processes share the prompts.
+  Its frozen copies reply from the same script.
   """
 
   def __init__(self, role: Role, reply: Callable[[int, int, np.random.Generator], str]):
     super().__init__(role.name, role.policy, role.sampling)
     self._reply = reply
 
-  def _sample(self, prompts, group, seed, greedy):
+  def _replies(self, prompts, group, seed, ids):
+    """Texts of this process's prompts; the draws of every process's prompts are made."""
+    ids = _call_ids(len(prompts), ids)
     rng = np.random.default_rng(seed)
-    texts = [self._reply(i, g, rng) for i in range(len(prompts)) for g in range(group)]
-    toks = [prompts_lib.completion_ids(self.services.tokenizer, t) for t in texts]
+    mine = {int(i): k for k, i in enumerate(ids)}
+    texts = [None] * (len(prompts) * group)
+    for i in range(distributed.total(len(prompts))):
+      for g in range(group):
+        text = self._reply(i, g, rng)
+        if i in mine:
+          texts[mine[i] * group + g] = text
+    return [prompts_lib.completion_ids(self.services.tokenizer, t) for t in texts]
+
+  def _sample(self, prompts, group, seed, greedy, ids=None):
+    toks = self._replies(prompts, group, seed, ids)
     rows = [p for p in prompts for _ in range(group)]
     return toks, self.score(rows, toks)
+
+  def frozen(self, copy_params: bool, params=None) -> FrozenRole:
+    return _FrozenScripted(self, copy_params, params=params)
+
+
+class _FrozenScripted(FrozenRole):
+  """A scripted role's frozen copy: the same script; it never trains, and
+  reports zero log-probs (no step reads them)."""
+
+  def __init__(self, role: ScriptedRole, copy_params: bool, params=None):
+    super().__init__(role, copy_params, params=params)
+    self._script = role
+
+  def _sample(self, prompts, group, seed, greedy, ids=None):
+    toks = self._script._replies(prompts, group, seed, ids)   # pylint: disable=protected-access
+    return toks, [np.zeros(len(t), np.float32) for t in toks]
+
+
+def _ranks(ids: Sequence[int]) -> np.ndarray:
+  """Each id's rank among every process's ids (0, 1, ... in id order)."""
+  everyone = sorted(int(i) for i in distributed.gather_rows([int(i) for i in ids]))
+  if len(set(everyone)) != len(everyone):
+    raise ValueError("Role.generate: prompt_ids repeat across the call; give distinct ids.")
+  rank = {i: r for r, i in enumerate(everyone)}
+  return np.asarray([rank[int(i)] for i in ids], np.int64)
+
+
+def _call_ids(n: int, ids) -> np.ndarray:
+  """Prompt ids of this process's n prompts in a call (default: process order)."""
+  if ids is not None:
+    return np.asarray(ids, np.int64)
+  counts = distributed.allgather(n)
+  return sum(counts[:distributed.process_index()]) + np.arange(n)

@@ -24,8 +24,17 @@ one function per stage kind, `<kind>_step(stage, step)`. The runner owns:
 
     run(eve.Eve, config, workdir)       # python -m evejax.main does this
 
-Only process 0 writes metrics, galleries and summaries; checkpoints are
-written and restored by all processes together.
+Several processes (`--distributed`): every process runs the same schedule;
+a recipe's steps give each process its share of the work (`run.share`) and
+decide what must be identical from gathered data (`run.gather`, and the
+roles, which gather what spans a batch). The runner keeps the rest the same
+everywhere: counted reasons are summed over processes before they are
+logged or saved, and every checkpoint position compares the processes' host
+state (cursor, counts, the recipe's state) and stops the run, naming the
+part, if one differs. Only process 0 writes metrics, galleries, summaries
+and config.json; checkpoints are written and restored by all processes
+together (a directory every process reaches: GCS, a shared filesystem).
+Each step also logs host memory (`host/rss_mib`, the largest over processes).
 """
 from __future__ import annotations
 
@@ -40,6 +49,7 @@ import jax
 from absl import logging
 
 from evejax import checkpoint as checkpoint_lib
+from evejax import distributed
 from evejax import observe
 from evejax.eval import validation as validation_lib
 from evejax.processing import images as images_lib
@@ -138,7 +148,9 @@ class Run:
             [int(b.max_new_tokens) for b in blocks]
             + [_validation_tokens(config, model.model_config)]),
         prompt_pad_id=model.tokenizer.pad_id, model=_sampling_model(config))
+    distributed.check_batch_layout(model.mesh, model.rules)
     self.counts: collections.Counter = collections.Counter()
+    self._counts_everywhere: collections.Counter = collections.Counter()  # at the last sync
     self.timer = observe.Timer()
     self.services = role_lib.Services(
         model_config=model.model_config, tokenizer=model.tokenizer, sampler=self.sampler,
@@ -200,6 +212,35 @@ class Run:
     """Whether this process writes files (metrics, galleries, charts): process 0."""
     return jax.process_index() == 0
 
+  # -- several processes ------------------------------------------------------
+
+  def share(self, n: int) -> range:
+    """The items of range(n) this process owns (a contiguous block; all with one)."""
+    return distributed.share(n)
+
+  def gather(self, rows, key=None) -> list:
+    """Every process's JSON-able rows, in process order (or sorted by `key`)."""
+    rows = distributed.gather_rows(rows)
+    return rows if key is None else sorted(rows, key=key)
+
+  def restore_counts(self, counts: Mapping[str, int]) -> None:
+    """The counts of a checkpoint (every process's, summed when it was saved)."""
+    self.counts.update(counts)
+    self._counts_everywhere.update(counts)
+
+  def sync_counts(self) -> None:
+    """Makes `counts` every process's counts summed (each counts its own rows)."""
+    if not distributed.is_multiprocess():
+      return
+    base = self._counts_everywhere
+    delta = {k: v - base.get(k, 0) for k, v in self.counts.items() if v != base.get(k, 0)}
+    total = collections.Counter(base)
+    for part in distributed.allgather(delta):
+      total.update(part)
+    self.counts.clear()
+    self.counts.update(total)
+    self._counts_everywhere = collections.Counter(total)
+
   def _drop_initial_params(self) -> None:
     self._initial_params = None  # every policy holds its own copy
 
@@ -229,10 +270,16 @@ class Run:
                         position=self.schedule.units_done(self.cursor))
 
   def log_counts(self) -> None:
+    self.sync_counts()
     self.log({k: float(v) for k, v in self.counts.items()}, prefix="counts")
 
   def gallery(self, iteration: int, title: str) -> observe.Gallery:
-    """The iteration's gallery; its cards live on disk, so a resumed stage keeps them."""
+    """The iteration's gallery; its cards live on disk, so a resumed stage keeps them.
+
+    Process 0 writes it, from the rows it owns; elsewhere it has no room.
+    """
+    if not self.is_writer:
+      return observe.Gallery(title=title, max_cards=0)
     if iteration not in self._galleries:
       self._galleries[iteration] = observe.Gallery(
           title=title, max_cards=self.config.log.gallery_tasks,
@@ -240,7 +287,7 @@ class Run:
     return self._galleries[iteration]
 
   def write_gallery(self, iteration: int) -> str | None:
-    if iteration not in self._galleries:
+    if not self.is_writer or iteration not in self._galleries:
       return None
     path = self._galleries[iteration].write(
         os.path.join(self.workdir, "gallery", f"iter{iteration}.html"))
@@ -308,6 +355,8 @@ class Runner:
   def __init__(self, recipe_cls: type[Recipe], config, workdir: str, *,
                role_wrappers: Mapping[str, Callable] | None = None):
     observe.setup_logging(workdir)
+    if distributed.is_multiprocess():
+      distributed.describe()
     self.config = c = config
     self.workdir = workdir
     self.run = Run(c, workdir, loading.load_model(c))
@@ -336,6 +385,7 @@ class Runner:
 
   def _host_state(self) -> dict[str, Any]:
     run = self.run
+    run.sync_counts()
     return {"format": CHECKPOINT_FORMAT, "cursor": list(run.cursor),
             "counts": dict(run.counts),
             "optimizers": {n: p.optimizer_kind for n, p in run.policies.items()},
@@ -368,10 +418,9 @@ class Runner:
     for name, policy in run.policies.items():
       policy.load_state(state[f"policy/{name}"])
     for name in host["frozen"]:
-      run.frozen[name] = role_lib.FrozenRole(run.roles[name], True,
-                                             params=state[f"frozen/{name}"])
+      run.frozen[name] = run.roles[name].frozen(True, params=state[f"frozen/{name}"])
     run.cursor = tuple(host["cursor"])
-    run.counts.update(host["counts"])
+    run.restore_counts(host["counts"])
     self.recipe.load_state(host["recipe"])
     index = run.cursor[0]
     where = self.schedule.stages[index].name if index < len(self.schedule) else "the end"
@@ -379,8 +428,33 @@ class Runner:
     return True
 
   def _save(self, force: bool = False) -> None:
+    host = self._host_state()
+    self._check_same_everywhere(host)
     self.ckpt.maybe_save(self.schedule.units_done(self.run.cursor), self._state(),
-                         self._host_state(), force=force)
+                         host, force=force)
+
+  def _check_same_everywhere(self, host: dict[str, Any]) -> None:
+    """Stops a multi-process run whose processes' host states differ (process 0's is saved)."""
+    if not distributed.is_multiprocess():
+      return
+    data = json.dumps(host, sort_keys=True, default=str).encode()
+    if distributed.same_everywhere(data):
+      return
+    parts = {**{k: v for k, v in host.items() if k != "recipe"},
+             **{f"recipe.{k}": v for k, v in host["recipe"].items()}}
+    digests = {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()
+               for k, v in parts.items()}
+    everyone = distributed.allgather(digests)
+    differ = sorted(k for k in digests if len({d.get(k) for d in everyone}) > 1)
+    raise RuntimeError(
+        f"the processes' host state differs at schedule position {self.run.cursor} in "
+        f"{differ}: a recipe decided something from one process's data; gather it first "
+        "(run.gather) so that every process decides alike.")
+
+  def _log_memory(self) -> None:
+    """Resident host memory after a step: process 0's and the largest over processes."""
+    rss = distributed.allgather(distributed.resident_mib())
+    self.run.log({"rss_mib": rss[0], "rss_mib_max": max(rss)}, prefix="host")
 
   # -- the loop --------------------------------------------------------------
 
@@ -397,6 +471,7 @@ class Runner:
           steps = observe.progress(stage.steps, desc=stage.name, initial=start)
         for step in steps:
           self.recipe.step(stage, step)
+          self._log_memory()
           run.cursor = (index, step + 1)
           if stage.trains:
             self._validate()
@@ -427,6 +502,7 @@ class Runner:
     self.recipe.end_stage(stage)
 
   def _summary(self) -> dict[str, Any]:
+    self.run.sync_counts()
     res = dict(self.recipe.summary())
     res["counts"] = dict(self.run.counts)
     if jax.process_index() == 0:

@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from evejax import distributed
 from evejax import parallel
 from evejax.models import lora as lora_lib
 from evejax.models import vlm
@@ -251,6 +252,14 @@ def targets_from_tokens(tokens: np.ndarray, completion_mask: np.ndarray
 def _cast_floats(tree: PyTree, dtype) -> PyTree:
   return jax.tree.map(
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _global_rows(batch: TrainBatch) -> int:
+  """Rows of the global batch: host leaves are one process's block of them."""
+  t = batch.targets
+  if isinstance(t, jax.Array) and not t.is_fully_addressable:
+    return t.shape[0]
+  return np.shape(t)[0] * jax.process_count()
 
 
 def _batch_axes(batch: TrainBatch) -> TrainBatch:
@@ -478,6 +487,10 @@ class Learner:
     if self.lora is not None:
       raise ValueError("with config.train.lora the reference is the backbone; use "
                        "set_backbone().")
+    if self.cfg.ref_on_host and jax.process_count() > 1:
+      raise ValueError("config.train.ref_on_host keeps the reference in one process's RAM; "
+                       "with several processes leave it False (the reference is sharded "
+                       "over every process's devices).")
     ref = self._put_params(ref_params)
     self._ref = jax.device_get(ref) if self.cfg.ref_on_host and not self.abstract else ref
 
@@ -511,18 +524,30 @@ class Learner:
 
   @property
   def row_multiple(self) -> int:
-    """Batch sizes must be multiples of this: micro-batches x batch shards."""
+    """Batch sizes must be multiples of this: micro-batches x batch shards.
+
+    With several processes, the global batch's (each process gives an equal share).
+    """
     return self.cfg.micro_batches * parallel.batch_shards(self._mesh, self._rules)
 
   def _put_batch(self, batch: TrainBatch) -> TrainBatch:
+    """The batch on the mesh; with several processes, from each one's block of rows.
+
+    Host (numpy) leaves hold this process's rows, the same number on every
+    process; leaves that are already global arrays (e.g. reference log-probs
+    this learner scored) are kept.
+    """
     k = self.cfg.micro_batches
     shards = self.row_multiple // k
-    if batch.batch_size % (k * shards):
+    rows = _global_rows(batch)
+    if rows % (k * shards):
+      per = "" if jax.process_count() == 1 else (
+          f" ({jax.process_count()} processes x {rows // jax.process_count()} rows each)")
       raise ValueError(
-          f"batch size {batch.batch_size} must be a multiple of micro_batches ({k}) x "
+          f"batch size {rows}{per} must be a multiple of micro_batches ({k}) x "
           f"devices the batch is split over ({shards}) = {k * shards}; pad the batch "
           "with rows whose loss_mask is 0, or change config.train.micro_batches.")
-    return jax.device_put(batch, self._batch_shardings(batch))
+    return distributed.put_local(batch, self._batch_shardings(batch), _batch_axes(batch))
 
   def _constrain(self, batch: TrainBatch) -> TrainBatch:
     return jax.lax.with_sharding_constraint(batch, self._batch_shardings(batch))
@@ -544,7 +569,11 @@ class Learner:
     return self._score_with(self._model, params, batch, temperature, backbone)
 
   def score_policy(self, batch: TrainBatch, *, temperature: float = 1.0) -> jax.Array:
-    """The current policy's log-probs [B, T] (adapter included, no dropout)."""
+    """The current policy's log-probs [B, T] (adapter included, no dropout).
+
+    A global array: with several processes, `distributed.local_rows` of it are
+    this process's rows of `batch`.
+    """
     return self._score_policy_fn(self._state.params, self._put_batch(_scoring_view(batch)),
                                  _check_temperature(temperature), self._backbone)
 

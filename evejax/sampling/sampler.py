@@ -17,8 +17,18 @@ logged; a run compiles at most 2 x |length| x |patch| x |batch buckets| x
 jit, outside that count).
 
 Row r's randomness is fold_in(seed_key, global row id) with global row id =
-prompt index in the call * G + g, so results depend neither on bucketing,
-chunking, padding rows nor sharding.
+prompt id * G + g (the prompt id: its index in the call, or one the caller
+gives), so results depend neither on bucketing, chunking, padding rows,
+sharding nor the number of processes.
+
+Several processes: each passes its own prompts and gets its own rows back.
+Prompt ids default to the index in the concatenation of every process's
+prompts in process order. The processes first gather each other's prompt
+sizes (`evejax.distributed`), so that all of them cut the same number of
+chunks with the same buckets: chunk k holds each process's prompts
+k*C/N .. (k+1)*C/N - 1 (C the largest batch bucket, N processes), padded to
+the same block of rows, and each block is placed on the process's own
+devices. With one process this is exactly the single-process cut.
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evejax import distributed
 from evejax import parallel
 from evejax.models.inputs import ModelInputs
 from evejax.models.presets import ModelConfig
@@ -90,6 +101,19 @@ def _signature(tree: Any) -> tuple:
   """Structure, shapes and dtypes: what a compiled program is specific to."""
   leaves, treedef = jax.tree.flatten(tree)
   return (treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
+
+
+def _pad_ids(ids: Sequence[int], rows: int) -> np.ndarray:
+  """Prompt ids of a chunk's rows; filler rows take ids past the real ones (discarded)."""
+  ids = np.asarray(ids, np.int64).reshape(-1)
+  start = int(ids.max()) + 1 if ids.size else 0
+  return np.concatenate([ids, start + np.arange(rows - ids.size)])
+
+
+def _filler(pad_id: int):
+  """A one-token prompt for a process that has none in a chunk (its rows are dropped)."""
+  from evejax.processing import batching  # pylint: disable=g-import-not-at-top
+  return batching.Example(tokens=np.array([pad_id], np.int32))
 
 
 def _pad_rows(inputs: ModelInputs, n: int, rows: int) -> ModelInputs:
@@ -216,10 +240,12 @@ class Sampler:
                         inputs, ModelInputs.batch_axes())
 
   def _place_inputs(self, inputs: ModelInputs) -> ModelInputs:
+    """Host inputs (this process's block of rows) on the mesh."""
     if self.mesh is None:
       return jax.tree.map(jnp.asarray, inputs)
     inputs = jax.tree.map(np.asarray, inputs)
-    return jax.device_put(inputs, self._input_shardings(inputs))
+    return distributed.put_local(inputs, self._input_shardings(inputs),
+                                 ModelInputs.batch_axes())
 
   # ---------------------------------------------------------------- programs
   def _prefill_program(self, params, inputs: ModelInputs, group: int,
@@ -332,19 +358,26 @@ class Sampler:
 
   # --------------------------------------------------------------- generate
   def generate(self, params, prompts: Sequence[Any], sampling: SamplingParams,
-               seed: int | jax.Array) -> SampleOutput:
+               seed: int | jax.Array, *, prompt_ids: Sequence[int] | None = None
+               ) -> SampleOutput:
     """Samples `sampling.group_size` completions for each prompt.
 
     Args:
       params: model parameters (placed on the mesh here if one is set).
-      prompts: `evejax.processing.batching.Example`s (text and images).
+      prompts: `evejax.processing.batching.Example`s (text and images); with
+        several processes, this process's prompts (it may have none while
+        others have some).
       sampling: how to sample.
-      seed: an int or a key; results are reproducible per (seed, prompt
-        index, group member).
+      seed: an int or a key; results are reproducible per (seed, prompt id,
+        group member).
+      prompt_ids: each prompt's id (distinct over all processes); default:
+        its index in the call (over every process's prompts, in process order).
 
     Returns:
       A host (numpy) `SampleOutput` with len(prompts) * G rows.
     """
+    if distributed.is_multiprocess():
+      return self._generate_processes(params, prompts, sampling, seed, prompt_ids)
     if not prompts:
       raise ValueError("Sampler.generate got no prompts; pass at least one.")
     params = self._inference_params(params)
@@ -354,24 +387,70 @@ class Sampler:
       part = list(prompts[start:start + chunk])
       bucket = min(b for b in self.batch_buckets if b >= len(part))
       inputs = self._make_batch(part, start, bucket)
+      ids = None if prompt_ids is None else _pad_ids(prompt_ids[start:start + chunk], bucket)
       outs.append(self._generate_placed(
           params, inputs, sampling, seed, num_prompts=len(part),
-          prompt_offset=start, batch_bucket=bucket))
+          prompt_offset=start, batch_bucket=bucket, prompt_ids=ids))
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
 
-  def _make_batch(self, examples, offset: int, bucket: int) -> ModelInputs:
+  def _generate_processes(self, params, prompts, sampling, seed, prompt_ids
+                          ) -> SampleOutput:
+    """`generate` with several processes (see the module docstring)."""
+    count, me = distributed.process_count(), distributed.process_index()
+    sizes = distributed.allgather([[int(np.shape(ex.tokens)[0]), int(ex.num_patches)]
+                                   for ex in prompts])
+    counts = [len(x) for x in sizes]
+    if not sum(counts):
+      raise ValueError("Sampler.generate got no prompts on any process; pass at least one.")
+    if self._shards % count:
+      raise ValueError(f"the batch is split {self._shards} ways, which {count} processes "
+                       "cannot share; see evejax.distributed.check_batch_layout.")
+    if prompt_ids is None:
+      prompt_ids = sum(counts[:me]) + np.arange(len(prompts))
+    prompt_ids = np.asarray(prompt_ids, np.int64).reshape(-1)
+    params = self._inference_params(params)
+    per = self.batch_buckets[-1] // count      # prompts of one process per chunk
+    chunks = max(-(-n // per) for n in counts)
+    outs = []
+    for k in range(chunks):
+      parts = [np.asarray(x[k * per:(k + 1) * per], np.int64).reshape(-1, 2) for x in sizes]
+      rows = max(len(x) for x in parts)
+      bucket = min(b for b in self.batch_buckets if b >= rows * count)
+      lengths = np.concatenate(parts)
+      length = _pick_bucket(int(lengths[:, 0].max()), self.length_buckets, "A prompt's length",
+                            "raise length_buckets")
+      patch = (_pick_bucket(int(lengths[:, 1].max()), self.patch_buckets, "A prompt's patches",
+                            "raise patch_buckets") if self.patch_buckets else 0)
+      part = list(prompts[k * per:(k + 1) * per])
+      if not part:   # this process joins the chunk with filler rows only
+        part_inputs = self._make_batch([_filler(self.prompt_pad_id)], 0, bucket // count,
+                                       length_buckets=(length,), patch_buckets=(patch,))
+      else:
+        part_inputs = self._make_batch(part, k * per, bucket // count,
+                                       length_buckets=(length,), patch_buckets=(patch,))
+      ids = _pad_ids(prompt_ids[k * per:(k + 1) * per], bucket // count)
+      outs.append(self._generate_placed(
+          params, part_inputs, sampling, seed, num_prompts=len(part), prompt_offset=0,
+          batch_bucket=bucket // count, prompt_ids=ids))
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
+
+  def _make_batch(self, examples, offset: int, bucket: int, *,
+                  length_buckets: Sequence[int] | None = None,
+                  patch_buckets: Sequence[int] | None = None) -> ModelInputs:
     for i, ex in enumerate(examples):
       self._check_example(ex, offset + i)
+    length_buckets = self.length_buckets if length_buckets is None else tuple(length_buckets)
+    patch_buckets = self.patch_buckets if patch_buckets is None else tuple(patch_buckets)
     if self._batch_fn is not None:
       return self._batch_fn(examples, padding="left",
-                            length_buckets=self.length_buckets,
-                            patch_buckets=self.patch_buckets)
+                            length_buckets=length_buckets,
+                            patch_buckets=patch_buckets)
     from evejax.processing import batching  # pylint: disable=g-import-not-at-top
     c = self.config
     return batching.make_batch(
         examples, vision=c.vision, image_token_id=c.image_token_id,
         vision_start_id=c.vision_start_token_id, pad_id=self.prompt_pad_id,
-        length_buckets=self.length_buckets, patch_buckets=self.patch_buckets,
+        length_buckets=length_buckets, patch_buckets=patch_buckets,
         batch_buckets=(bucket,), padding="left")
 
   def _check_example(self, ex, index: int) -> None:
@@ -420,6 +499,9 @@ class Sampler:
     Returns:
       A host `SampleOutput` with num_prompts * G rows.
     """
+    if distributed.is_multiprocess():
+      raise ValueError("Sampler.generate_from_inputs runs in one process; with several, "
+                       "call generate with each process's prompts.")
     return self._generate_placed(
         self._inference_params(params), inputs, sampling, seed,
         num_prompts=num_prompts, prompt_offset=prompt_offset,
@@ -428,8 +510,13 @@ class Sampler:
   def _generate_placed(self, params, inputs: ModelInputs,
                        sampling: SamplingParams, seed: int | jax.Array, *,
                        num_prompts: int | None, prompt_offset: int,
-                       batch_bucket: int | None) -> SampleOutput:
-    """`generate_from_inputs` on params from `_inference_params`."""
+                       batch_bucket: int | None,
+                       prompt_ids: np.ndarray | None = None) -> SampleOutput:
+    """`generate_from_inputs` on params from `_inference_params`.
+
+    With several processes `inputs` is this process's block of `batch_bucket`
+    rows and `prompt_ids` (one per row) are given.
+    """
     n = inputs.tokens.shape[0] if num_prompts is None else num_prompts
     g = sampling.group_size
     self._check_inputs(inputs, n, sampling)
@@ -444,10 +531,11 @@ class Sampler:
     prefill = self._prefill_program(params, dev_inputs, g, cache_size)
     logits, cache = prefill(params, dev_inputs)
 
-    prompt_index = np.repeat(np.arange(batch_bucket), g)
-    row_ids = (prompt_offset + prompt_index) * g + np.tile(np.arange(g), batch_bucket)
-    row_ids = row_ids.astype(np.int32)
-    row_ids = (jax.device_put(row_ids, self._batch_sharding(1))
+    if prompt_ids is None:
+      prompt_ids = prompt_offset + np.arange(batch_bucket)
+    prompt_index = np.repeat(np.asarray(prompt_ids, np.int64), g)
+    row_ids = (prompt_index * g + np.tile(np.arange(g), batch_bucket)).astype(np.int32)
+    row_ids = (distributed.put_local(row_ids, self._batch_sharding(1), 0)
                if self.mesh is not None else jnp.asarray(row_ids))
     key = seed_key(seed)
     decode = self._decode_program(params, logits, cache, row_ids, key, sampling,
@@ -456,12 +544,13 @@ class Sampler:
         params, logits, cache, row_ids, key)
     del cache
     keep = n * g
+    rows = distributed.local_rows
     return SampleOutput(
-        tokens=np.asarray(tokens)[:keep],
-        logprobs=np.asarray(logprobs)[:keep],
-        lengths=np.asarray(lengths)[:keep],
-        finish_reason=np.asarray(finish)[:keep],
-        prompt_index=(prompt_offset + prompt_index[:keep]).astype(np.int32))
+        tokens=rows(tokens)[:keep],
+        logprobs=rows(logprobs)[:keep],
+        lengths=rows(lengths)[:keep],
+        finish_reason=rows(finish)[:keep],
+        prompt_index=prompt_index[:keep].astype(np.int32))
 
   def _check_inputs(self, inputs: ModelInputs, n: int,
                     sampling: SamplingParams) -> None:
