@@ -189,6 +189,10 @@ def qwen3_vl_8b() -> ml_collections.ConfigDict:
   c.eve.update(coordinates="relative", think_tag="thinking")
   # Qwen3-VL's image processor works in 32-pixel units.
   c.data.update(size=448, min_pixels=64 * 64, max_pixels=448 * 448)
+  # With both roles' train states resident (33 GiB per device on 8 devices), a
+  # chunk of 8 prompts x G=4 Challenger programs of 4096 tokens fits an H100
+  # (BENCHMARKS.md, "Memory plans"); 16 prompts do not.
+  c.processing.batch_buckets = (4, 8)
   return c
 
 
