@@ -7,6 +7,11 @@ or key fails at once with the valid names.
 `config.recipe` names the recipe module (`eve` -> `evejax.recipes.eve`, or a
 full import path `pkg.module`), whose `run(config, workdir)` does the work. A
 workdir that already holds checkpoints is resumed.
+
+`--distributed` makes this process one of several running the same program
+(`evejax.distributed`): on a Cloud TPU VM slice or in a Slurm job nothing
+else is needed; elsewhere add --coordinator_address=HOST:PORT (process 0's),
+--num_processes and --process_id. `launch/` starts the processes.
 """
 from __future__ import annotations
 
@@ -26,7 +31,18 @@ _XLA_CACHE = flags.DEFINE_string(
     "compiles); empty disables it.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
-    "Call jax.distributed.initialize() first (multi-host TPU pods, multi-node GPU).")
+    "Join a multi-process run first (TPU pod slices, multi-node GPU, several local "
+    "processes); on Cloud TPU and Slurm the rest comes from the environment.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "With --distributed outside Cloud TPU and Slurm: HOST:PORT where process 0 listens.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --coordinator_address: how many processes the run has.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --coordinator_address: this process's index, 0 .. N-1.")
+_LOCAL_DEVICES = flags.DEFINE_list(
+    "local_device_ids", None,
+    "With --distributed: the local devices this process drives (default: all of them).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None,
     "Where checkpoints, metrics and galleries go. Default: workdirs/<recipe>_<preset>.")
@@ -50,9 +66,7 @@ def main(argv, config):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   for handler in logging_lib.getLogger().handlers + logging.get_absl_logger().handlers:
     handler.addFilter(_QuietLibraries())
-  if _DISTRIBUTED.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+  _initialize_distributed()
   if _XLA_CACHE.value:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_compilation_cache_dir", _XLA_CACHE.value)
@@ -63,6 +77,23 @@ def main(argv, config):
   from evejax import recipes  # pylint: disable=g-import-not-at-top
   recipe = recipes.resolve(config.recipe)
   recipe.run(config, workdir)
+
+
+def _initialize_distributed() -> None:
+  """`--distributed`: joins the run (before anything else touches JAX)."""
+  given = [f.name for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID, _LOCAL_DEVICES)
+           if f.value is not None]
+  if not _DISTRIBUTED.value:
+    if given:
+      raise app.UsageError(f"--{', --'.join(given)} need --distributed.")
+    return
+  from evejax import distributed  # pylint: disable=g-import-not-at-top
+  try:
+    distributed.initialize(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+        None if _LOCAL_DEVICES.value is None else [int(i) for i in _LOCAL_DEVICES.value])
+  except distributed.DistributedSetupError as e:
+    raise app.UsageError(str(e)) from None
 
 
 def _run():
