@@ -18,6 +18,17 @@ The algorithm (reference/METHODS.md, EVE), one method per stage kind:
     held-out evaluation (families never shown to the Challenger), gallery
 
 Everything else (schedule, resume, roles, metrics) is the recipe runner's.
+
+Several processes: each owns a contiguous block of every step's work (the
+Challenger's prompts of each pipeline chunk, the warm start's images, the
+Solver's questions, the held-out programs), reads only those images and runs
+only those programs in its own sandbox pool. Random draws that span the step
+(queue examples, families, arguments) are made by every process alike, from
+image sizes it can tell without reading the images. Rows are numbered as one
+process would number them, and what spans the batch is decided from rows
+gathered in that order: rewards (the diversity penalty is batch-wide),
+queue admissions, the Solver's data log, metrics. So a run gives the same
+queue, data and rewards on any number of processes.
 """
 from __future__ import annotations
 
@@ -95,7 +106,7 @@ class Eve(runner.Recipe):
     data = c.data.to_dict()
     self.source = sources.make_source({**data, "seed": c.seed})
     self.eval_source = sources.make_source({**data, "seed": c.seed + 1_000_003})
-    size = self.source.item(0)[1].size
+    size = self.source.size_of(0)
     seed_rng = np.random.default_rng(run.seed("seed_programs"))
     self.queue = eve_queue.ExampleQueue(
         eve_queue.QueueConfig.from_config(c.queue),
@@ -160,31 +171,36 @@ class Eve(runner.Recipe):
     n = c.warmstart.batch_size   # rows; a Solver image gives one row per question type
     if stage.role == "solver":
       n = max(1, (c.warmstart.solver_batch_size or n) // max(1, len(c.eve.question_types)))
-    images = [(i, self.source.item(i)[1]) for i in rng.integers(0, len(self.source), n)]
-    pairs = (self._challenger_sft_pairs(images, rng) if stage.role == "challenger"
-             else self._solver_sft_pairs(images, rng, step))
+    indices = rng.integers(0, len(self.source), n)
+    mine = run.share(n)
+    pairs = (self._challenger_sft_pairs(indices, mine, rng) if stage.role == "challenger"
+             else self._solver_sft_pairs(indices, mine, rng, step))
     metrics = role.sft([p for p, _ in pairs], [run.completion(t) for _, t in pairs])
     if metrics is not None:
       run.log(metrics, prefix=f"warmstart/{stage.role}")
 
-  def _challenger_sft_pairs(self, images, rng):
+  def _challenger_sft_pairs(self, indices, mine: range, rng):
+    """Pairs of the images `mine` owns; every image's draws are made (sizes suffice)."""
     c = self.config
     names = list(c.warmstart.challenger_families) or self.train_families
     pairs = []
-    for _, image in images:
+    for j, i in enumerate(indices):
       fam = self.library[names[rng.integers(len(names))]]
       examples = [e.program for e in self.queue.sample_examples(rng)]
       text, target = eve_tasks.challenger_sft_pair(
-          fam, rng, image.size, examples, style=c.eve.instructions,
+          fam, rng, self.source.size_of(i), examples, style=c.eve.instructions,
           think_text=fam.description if c.warmstart.short_think else None,
           limits=self._program_limits)
-      pairs.append((self.run.prompt(text, [image]), target))
+      if j in mine:
+        pairs.append((self.run.prompt(text, [self._image(i)]), target))
     return pairs
 
-  def _solver_sft_pairs(self, images, rng, step):
+  def _solver_sft_pairs(self, indices, mine: range, rng, step):
     fams = [self.library[self.train_families[k]]
-            for k in rng.integers(len(self.train_families), size=len(images))]
-    programs = [f.program(f.sample(rng, *im.size)) for f, (_, im) in zip(fams, images)]
+            for k in rng.integers(len(self.train_families), size=len(indices))]
+    programs = [f.program(f.sample(rng, *self.source.size_of(i))) for f, i in zip(fams, indices)]
+    images = [(indices[j], self._image(indices[j])) for j in mine]
+    programs = [programs[j] for j in mine]
     with self.run.timer("sandbox"):
       results = [f.result() for f in [self._submit(p, im) for p, (_, im) in zip(programs, images)]]
     pairs = []
@@ -236,13 +252,15 @@ class Eve(runner.Recipe):
   def _question_prompt(self, q: eve_tasks.Question):
     return self.run.prompt(q.text, q.images)
 
-  def _pass_rates(self, solver, questions: list[eve_tasks.Question], seed: int
-                  ) -> list[float | None]:
-    """The frozen Solver's mean accuracy over S samples per question (None: dropped)."""
-    if not questions:
-      return []
+  def _pass_rates(self, solver, questions: list[eve_tasks.Question], seed: int,
+                  ids: list[int] | None = None) -> list[float | None]:
+    """The frozen Solver's mean accuracy over S samples per question (None: dropped).
+
+    `ids` order the questions over every process (`Role.generate`).
+    """
     S = self.config.eve.difficulty_samples
-    samples = solver.generate([self._question_prompt(q) for q in questions], S, seed)
+    samples = solver.generate([self._question_prompt(q) for q in questions], S, seed,
+                              prompt_ids=ids)
     acc = [self._accuracy(questions[samples.prompt_of(r)], t)
            for r, t in enumerate(samples.texts)]
     rates: list[float | None] = [None] * len(questions)
@@ -270,125 +288,149 @@ class Eve(runner.Recipe):
 
   # -- Challenger phase ----------------------------------------------------------
 
-  def _next_image(self) -> tuple[int, Image.Image]:
-    """The source's next image and its index (so logged questions can rebuild it)."""
-    epoch, i = divmod(self.source.state()["position"], len(self.source))
-    index = int(self.source.order(epoch)[i])
-    return index, next(self.source)[1]
-
   def challenger_step(self, stage: Stage, step: int) -> None:
     c, run = self.config, self.run
     G = c.eve.challenger_group
     if step == 0 or "solver" not in run.frozen:
       run.freeze("solver")   # the previous Solver scores this whole phase
     rng = np.random.default_rng(run.seed(stage.name, step))
-    items = [self._next_image() for _ in range(c.eve.challenger_prompts)]
-    prompts = []
-    for _, image in items:
-      examples = [e.program for e in self.queue.sample_examples(rng)]
-      text = eve_tasks.challenger_instructions(examples, image.size, c.eve.instructions,
-                                               **self._program_limits)
-      prompts.append(run.prompt(text, [image]))
-    # Sample in chunks; the sandbox runs chunk i while the device samples chunk i+1.
-    chunks = np.array_split(np.arange(len(prompts)), min(len(prompts), c.eve.pipeline_chunks))
+    P = c.eve.challenger_prompts
+    indices = [self.source.index_at(p) for p in self.source.reserve(P)]
+    # Sample in chunks; the sandbox runs chunk i while the device samples chunk
+    # i+1. A process owns a block of every chunk and reads only its images.
+    chunks = [chunk[list(run.share(len(chunk)))]
+              for chunk in np.array_split(np.arange(P), min(P, c.eve.pipeline_chunks))]
+    owned = {int(j) for chunk in chunks for j in chunk}
+    items, prompts = {}, {}
+    for j, index in enumerate(indices):
+      examples = [e.program for e in self.queue.sample_examples(rng)]   # drawn everywhere
+      if j in owned:
+        items[j] = (index, self.source.item(index)[1])
+        text = eve_tasks.challenger_instructions(examples, items[j][1].size, c.eve.instructions,
+                                                 **self._program_limits)
+        prompts[j] = run.prompt(text, [items[j][1]])
     parts, futures = [], []
     for ci, chunk in enumerate(chunks):
       samples = self.roles["challenger"].generate(
-          [prompts[i] for i in chunk], G, run.seed(stage.name, step, "challenger", ci))
+          [prompts[int(j)] for j in chunk], G, run.seed(stage.name, step, "challenger", ci))
       parts.append((chunk, samples))
       for r, text in enumerate(samples.texts):
         code = eve_rewards.parse_challenger_output(text, c.eve.think_tag)[1]
-        image = items[chunk[samples.prompt_of(r)]][1]
+        image = items[int(chunk[samples.prompt_of(r)])][1]
         futures.append(self._submit(code, image) if code else None)
     samples = _concat(parts)
-    if not len(samples):
+    if not samples.total_rows:
       return
     with run.timer("waiting"):
       results = [f.result() if f is not None else None for f in futures]
+    rows = _row_numbers(run, samples)
 
     tasks: list[Task | None] = []
-    for row, (text, res) in enumerate(zip(samples.texts, results)):
-      index, image = items[samples.prompt_of(row)]
+    for r, (text, res) in enumerate(zip(samples.texts, results)):
+      index, image = items[samples.prompt_of(r)]
       if res is None:
         run.counts["challenger/no_code_block"] += 1
         tasks.append(None)
         continue
       code = eve_rewards.parse_challenger_output(text, c.eve.think_tag)[1]
       tasks.append(self._task_from_result(index, image, code, res,
-                                          seed=run.seed(stage.name, step, row)))
+                                          seed=run.seed(stage.name, step, rows[r])))
     # Difficulty: the frozen Solver answers every question S times.
-    questions = [(row, q) for row, t in enumerate(tasks) if t for q in t.questions]
-    rates = self._pass_rates(run.frozen["solver"], [q for _, q in questions],
-                             run.seed(stage.name, step, "solver"))
+    questions = [(r, k, q) for r, t in enumerate(tasks) if t for k, q in enumerate(t.questions)]
+    slots = max(1, len(c.eve.question_types))
+    rates = self._pass_rates(run.frozen["solver"], [q for _, _, q in questions],
+                             run.seed(stage.name, step, "solver"),
+                             ids=[rows[r] * slots + k for r, k, _ in questions])
     per_row = collections.defaultdict(dict)
-    for (row, q), p in zip(questions, rates):
+    for (r, _, q), p in zip(questions, rates):
       if p is not None:
-        per_row[row][q.qtype] = p
-    valid = [t is not None and len(per_row[row]) == len(t.questions)
-             for row, t in enumerate(tasks)]
-    pass_rates = [[per_row[row][k] for k in sorted(per_row[row])] if ok else None
-                  for row, ok in enumerate(valid)]
-    rewards, values = self._challenger_rewards(samples.texts, tasks, valid, pass_rates)
-    train_metrics = self.roles["challenger"].update(samples, values)
-    admitted = self._admit_and_log(stage, step, samples.texts, tasks, valid, rewards, per_row)
+        per_row[r][q.qtype] = p
+    valid = [t is not None and len(per_row[r]) == len(t.questions) for r, t in enumerate(tasks)]
+    pass_rates = [[per_row[r][k] for k in sorted(per_row[r])] if ok else None
+                  for r, ok in enumerate(valid)]
+    extras = [[float(fn(text=t, task=task, pass_rates=pr)) for fn in self.extra_rewards]
+              for t, task, pr in zip(samples.texts, tasks, pass_rates)]
+    everyone = run.gather([{
+        "row": rows[r], "text": samples.texts[r], "valid": valid[r], "rates": pass_rates[r],
+        "extra": extras[r], "has_code": futures[r] is not None,
+        "tokens": len(samples.tokens[r]), "task": tasks[r] is not None,
+        "program": tasks[r].program if tasks[r] else None,
+        "question_rates": [p for (rq, _, _), p in zip(questions, rates) if rq == r],
+        "log": self._log_candidates(tasks[r], per_row[r]),
+    } for r in range(len(samples))], key=lambda x: x["row"])
+    rewards, values = self._challenger_rewards(everyone)
+    train_metrics = self.roles["challenger"].update(samples, values[rows])
+    admitted = self._admit_and_log(everyone, rewards)
+    self._gallery_cards(stage, step, samples, tasks, rows, rewards, per_row)
 
     parts_by_name = collections.defaultdict(list)
     for x in rewards:
       for k, v in x.parts.items():
         if isinstance(v, (int, float)):
           parts_by_name[k].append(v)
-    kept_rates = [p for p in rates if p is not None]
+    all_valid = [x["valid"] for x in everyone]
+    kept_rates = [p for x in everyone for p in x["question_rates"] if p is not None]
     run.log({
-        "valid_rate": float(np.mean(valid)),
-        "has_code_rate": float(np.mean([f is not None for f in futures])),
+        "valid_rate": float(np.mean(all_valid)),
+        "has_code_rate": float(np.mean([x["has_code"] for x in everyone])),
         "reward_mean": float(values.mean()),
-        "difficulty_mean": float(np.mean([x.parts["difficulty"] for x, ok in zip(rewards, valid)
-                                          if ok])) if any(valid) else 0.0,
+        "difficulty_mean": float(np.mean([x.parts["difficulty"]
+                                          for x, ok in zip(rewards, all_valid) if ok]))
+                           if any(all_valid) else 0.0,
         "diversity_penalty_mean": float(np.mean(parts_by_name["diversity_penalty"])),
         "format_rate": float(np.mean(parts_by_name["format"])),
         "solver_pass_rate": float(np.mean(kept_rates)) if kept_rates else 0.0,
         "admitted": float(admitted["admitted"]),
         **{f"offer/{k}": float(v) for k, v in admitted.items()},  # admitted or why not
         "logged_questions": float(len(self.logged)),
-        "completion_tokens": float(np.mean([len(t) for t in samples.tokens])),
-        "rows": float(len(samples)),
+        "completion_tokens": float(np.mean([x["tokens"] for x in everyone])),
+        "rows": float(samples.total_rows),
         **self.queue.stats(), **train_metrics,
     }, prefix="challenger")
     run.log_counts()
 
-  def _challenger_rewards(self, texts, tasks, valid, pass_rates):
+  def _challenger_rewards(self, rows: list[dict]):
+    """Every row's reward (the diversity penalty spans the batch), in row order."""
     r = self.config.reward
     with self.run.timer("rewards"):
       rewards = eve_rewards.challenger_rewards(
-          texts, valid, pass_rates, max_comment_markers=self.config.queue.max_comments,
+          [x["text"] for x in rows], [x["valid"] for x in rows], [x["rates"] for x in rows],
+          max_comment_markers=self.config.queue.max_comments,
           think_tag=self.config.eve.think_tag,
           tail_chars=r.diversity_tail_chars, distance_threshold=r.diversity_threshold,
           reference_quirk=r.difficulty_quirk, w_format=r.format, w_valid=r.validity,
           w_difficulty=r.difficulty, w_diversity=r.diversity)
       values = np.array([x.value for x in rewards], np.float32)
-      for fn in self.extra_rewards:
-        values += np.array([float(fn(text=t, task=task, pass_rates=pr))
-                            for t, task, pr in zip(texts, tasks, pass_rates)], np.float32)
+      for k in range(len(self.extra_rewards)):
+        values += np.array([x["extra"][k] for x in rows], np.float32)
     return rewards, values
 
-  def _admit_and_log(self, stage, step, texts, tasks, valid, rewards, per_row):
-    """Queue admission, the Solver's data log and the gallery; counts of offer outcomes."""
-    c, run = self.config, self.run
+  def _log_candidates(self, task: Task | None, rates: dict) -> list[dict]:
+    """The Solver-data records of a task's questions whose pass rate is in the log band."""
+    lo, hi = self.config.solver_data.log_min_pass, self.config.solver_data.log_max_pass
+    return [self._log_record(task, q, rates[q.qtype]) for q in (task.questions if task else ())
+            if rates.get(q.qtype) is not None and lo <= rates[q.qtype] < hi]
+
+  def _admit_and_log(self, rows: list[dict], rewards) -> collections.Counter:
+    """Queue admissions and the Solver's data log, row by row; counts of offer outcomes."""
     admitted = collections.Counter()
-    gallery = run.gallery(stage.iteration, f"EVE tasks, iteration {stage.iteration}")
-    for row, (t, ok, rew) in enumerate(zip(tasks, valid, rewards)):
-      if t is None:
+    for x, rew in zip(rows, rewards):
+      if not x["task"]:
         continue
       d = float(rew.parts["difficulty"])
-      admitted[self.queue.offer(t.program, d, ok, step=run.train_step)] += 1
-      for q in t.questions:
-        p = per_row[row].get(q.qtype)
-        if p is not None and c.solver_data.log_min_pass <= p < c.solver_data.log_max_pass:
-          self.logged.append(self._log_record(t, q, p))
-      key = f"step{step:05d}_row{row:04d}"
-      if ok and gallery.has_room(key):
-        gallery.add(self._card(stage, key, t, texts[row], rew, per_row[row]), key=key)
+      admitted[self.queue.offer(x["program"], d, x["valid"], step=self.run.train_step)] += 1
+      self.logged.extend(x["log"])
     return admitted
+
+  def _gallery_cards(self, stage, step, samples, tasks, rows, rewards, per_row) -> None:
+    """Cards of this process's valid tasks (process 0 writes the gallery)."""
+    gallery = self.run.gallery(stage.iteration, f"EVE tasks, iteration {stage.iteration}")
+    for r, t in enumerate(tasks):
+      key = f"step{step:05d}_row{rows[r]:04d}"
+      ok = t is not None and len(per_row[r]) == len(t.questions)
+      if ok and gallery.has_room(key):
+        rew = rewards[rows[r]]
+        gallery.add(self._card(stage, key, t, samples.texts[r], rew, per_row[r]), key=key)
 
   def _log_record(self, task: Task, q: eve_tasks.Question, p: float) -> dict:
     return {"image": task.image_index, "program": task.program, "qtype": q.qtype,
@@ -463,8 +505,9 @@ class Eve(runner.Recipe):
       run.counts["solver/no_data_steps"] += 1
       return
     G, n = c.eve.solver_group, c.eve.solver_prompts
+    mine = run.share(n)   # this process's questions of each step
     step_recs = lambda s: [self.solver_data[(s * n + i) % len(self.solver_data)]
-                           for i in range(n)]
+                           for i in mine]
     # The sandbox re-runs the next step's programs while this step samples and trains.
     ahead, self._reruns_ahead = self._reruns_ahead, None
     reruns = ahead[1] if ahead and ahead[0] == step else self._rerun_programs(step_recs(step))
@@ -473,17 +516,19 @@ class Eve(runner.Recipe):
     questions = [q for q in self._logged_questions(reruns) if q is not None]
     samples = self.roles["solver"].generate([self._question_prompt(q) for q in questions], G,
                                             run.seed(stage.name, step))
-    if not len(samples):
+    if not samples.total_rows:
       return
     with run.timer("rewards"):
       rewards = [self._solver_reward(questions[samples.prompt_of(r)], t)
                  for r, t in enumerate(samples.texts)]
     values = np.array([r.value for r in rewards], np.float32)
     train_metrics = self.roles["solver"].update(samples, values)
+    everyone = run.gather([[float(v), r.parts["accuracy"], r.parts["format"]]
+                           for v, r in zip(values, rewards)])
     run.log({
-        "reward_mean": float(values.mean()),
-        "accuracy": float(np.mean([r.parts["accuracy"] for r in rewards])),
-        "format": float(np.mean([r.parts["format"] for r in rewards])),
+        "reward_mean": float(np.array([x[0] for x in everyone], np.float32).mean()),
+        "accuracy": float(np.mean([x[1] for x in everyone])),
+        "format": float(np.mean([x[2] for x in everyone])),
         **train_metrics,
     }, prefix="solver")
 
@@ -495,16 +540,20 @@ class Eve(runner.Recipe):
       c, run = self.config, self.run
       rng = np.random.default_rng(run.seed("heldout"))
       per = max(1, -(-c.eve.heldout_eval_questions // (2 * max(1, len(self.heldout)))))
-      jobs = []
+      programs = []   # every process draws them all, and runs its own share
       for name in self.heldout:
         fam = self.library[name]
         for _ in range(per):
-          image = self.eval_source.item(int(rng.integers(len(self.eval_source))))[1]
-          code = fam.program(fam.sample(rng, *image.size))
-          jobs.append((image, code, self._submit(code, image)))
+          index = int(rng.integers(len(self.eval_source)))
+          programs.append((index, fam.program(fam.sample(rng, *self.eval_source.size_of(index)))))
+      jobs = {}
+      for j in run.share(len(programs)):
+        index, code = programs[j]
+        image = self.eval_source.item(index)[1]
+        jobs[j] = (image, code, self._submit(code, image))
       tasks = [self._task_from_result(-1, image, code, fut.result(), seed=run.seed("eval", j),
                                       types=(0, 1))
-               for j, (image, code, fut) in enumerate(jobs)]
+               for j, (image, code, fut) in jobs.items()]
       self._eval_tasks = [t for t in tasks if t is not None]
     return self._eval_tasks
 
@@ -513,17 +562,18 @@ class Eve(runner.Recipe):
     questions = [q for t in self._heldout_tasks() for q in t.questions]
     samples = self.roles["solver"].generate([self._question_prompt(q) for q in questions], 1,
                                             seed=0, greedy=True)
-    if not len(samples):
+    if not samples.total_rows:
       return
+    everyone = self.run.gather([
+        [questions[samples.prompt_of(r)].qtype, self._accuracy(questions[samples.prompt_of(r)], t),
+         bool(eve_rewards.solver_format_score(t) > 0)] for r, t in enumerate(samples.texts)])
     acc = collections.defaultdict(list)
-    for r, text in enumerate(samples.texts):
-      q = questions[samples.prompt_of(r)]
-      acc[q.qtype].append(self._accuracy(q, text))
+    for qtype, a, _ in everyone:
+      acc[qtype].append(a)
     result = {"heldout_accuracy": float(np.mean([a for v in acc.values() for a in v])),
               **{f"heldout_accuracy_type{k}": float(np.mean(v)) for k, v in sorted(acc.items())},
-              "heldout_questions": len(samples),
-              "boxed_rate": float(np.mean([eve_rewards.solver_format_score(t) > 0
-                                           for t in samples.texts]))}
+              "heldout_questions": samples.total_rows,
+              "boxed_rate": float(np.mean([boxed for *_, boxed in everyone]))}
     key = "init" if stage.iteration == 0 and not self.results else (
         "after_warmstart" if stage.iteration == 0 else f"iter{stage.iteration}")
     self.results[key] = result
@@ -553,7 +603,17 @@ def _concat(parts) -> role_lib.Samples:
     toks += s.tokens
     lps += s.logprobs
     texts += s.texts
-  return role_lib.Samples(kept, group, prompts, toks, lps, texts)
+  return role_lib.Samples(kept, group, prompts, toks, lps, texts,
+                          total_rows=sum(s.total_rows for _, s in parts))
+
+
+def _row_numbers(run: runner.Run, samples: role_lib.Samples) -> list[int]:
+  """Each of this process's rows' number in the step, as one process numbers them:
+  prompt after prompt in step order (sampled prompts only), G rows each."""
+  G = samples.group
+  kept = sorted(run.gather(sorted(set(samples.kept))))
+  rank = {j: k for k, j in enumerate(kept)}
+  return [rank[samples.prompt_of(r)] * G + r % G for r in range(len(samples))]
 
 
 RECIPE = Eve

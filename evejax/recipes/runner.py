@@ -233,7 +233,8 @@ class Run:
     if not distributed.is_multiprocess():
       return
     base = self._counts_everywhere
-    delta = {k: v - base.get(k, 0) for k, v in self.counts.items() if v != base.get(k, 0)}
+    delta = {k: v - base.get(k, 0) for k, v in self.counts.items()
+             if k not in base or v != base[k]}   # a key counted 0 times is kept
     total = collections.Counter(base)
     for part in distributed.allgather(delta):
       total.update(part)
