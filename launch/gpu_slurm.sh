@@ -1,16 +1,47 @@
 #!/usr/bin/env bash
-# Submit an evejax job to a Slurm GPU node (one process drives all local GPUs).
-#   sbatch launch/gpu_slurm.sh configs/eve.py:qwen2_5_vl_7b /scratch/eve_7b \
-#       --config.init.hf_dir=/models/Qwen2.5-VL-7B-Instruct
+# Run an evejax job on one or many Slurm GPU nodes: one process per node drives its GPUs.
+#   sbatch launch/gpu_slurm.sh configs/eve.py:qwen2_5_vl_7b /shared/eve_7b \
+#       --config.init.hf_dir=/shared/Qwen2.5-VL-7B-Instruct
+#   sbatch --nodes=4 launch/gpu_slurm.sh ...        # four nodes, one program
+#   launch/gpu_slurm.sh --dry_run CONFIG WORKDIR ...  # print the srun command
+# Several nodes join through --distributed: the coordinator is the job's first node
+# (port from the job id), the process count and index are srun's SLURM_NTASKS and
+# SLURM_PROCID. The workdir must be on a filesystem every node mounts.
 #SBATCH --job-name=evejax
 #SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=8
 #SBATCH --cpus-per-task=32
 #SBATCH --time=48:00:00
 #SBATCH --output=evejax-%j.out
 set -euo pipefail
+dry_run=0
+if [[ ${1:-} == --dry_run ]]; then dry_run=1; shift; fi
+if [[ $# -lt 2 ]]; then
+  echo "usage: [sbatch] launch/gpu_slurm.sh [--dry_run] CONFIG WORKDIR [--config.overrides...]" >&2
+  exit 2
+fi
 config=$1; workdir=$2; shift 2
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
 # Let XLA overlap collectives with compute on NVLink nodes.
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
-srun python -m evejax.main --config "$config" --workdir "$workdir" "$@"
+
+nodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
+cmd=(srun --nodes="$nodes" --ntasks-per-node=1 python -m evejax.main)
+if [[ $nodes -gt 1 ]]; then
+  nodelist=${SLURM_JOB_NODELIST:?run inside a Slurm allocation (sbatch/salloc)}
+  if command -v scontrol > /dev/null; then
+    head=$(scontrol show hostnames "$nodelist" | head -n 1)
+  else  # 'gpu[07-08,11]' -> gpu07, 'a,b' -> a
+    head=${nodelist%%,*}
+    if [[ $head == *\[* ]]; then
+      range=${nodelist#*\[}; range=${range%%[],-]*}; head=${head%%\[*}$range
+    fi
+  fi
+  port=$(( 20000 + ${SLURM_JOB_ID:-0} % 10000 ))
+  # The process index differs per task: srun's own SLURM_PROCID, read by evejax.distributed.
+  cmd+=(--distributed "--coordinator_address=$head:$port" "--num_processes=$nodes")
+fi
+cmd+=(--config "$config" --workdir "$workdir" "$@")
+if [[ $dry_run == 1 ]]; then printf '%q ' "${cmd[@]}"; echo; exit 0; fi
+exec "${cmd[@]}"
