@@ -4,9 +4,8 @@
 #       --config.init.hf_dir=/shared/Qwen2.5-VL-7B-Instruct
 #   sbatch --nodes=4 launch/gpu_slurm.sh ...        # four nodes, one program
 #   launch/gpu_slurm.sh --dry_run CONFIG WORKDIR ...  # print the srun command
-# Several nodes join through --distributed: the coordinator is the job's first node
-# (port from the job id), the process count and index are srun's SLURM_NTASKS and
-# SLURM_PROCID. The workdir must be on a filesystem every node mounts.
+# Several nodes join through --distributed, everything else from the Slurm environment.
+# The workdir and the checkpoint directory must be on a filesystem every node mounts.
 #SBATCH --job-name=evejax
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -28,20 +27,9 @@ export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
 
 nodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
 cmd=(srun --nodes="$nodes" --ntasks-per-node=1 python -m evejax.main)
-if [[ $nodes -gt 1 ]]; then
-  nodelist=${SLURM_JOB_NODELIST:?run inside a Slurm allocation (sbatch/salloc)}
-  if command -v scontrol > /dev/null; then
-    head=$(scontrol show hostnames "$nodelist" | head -n 1)
-  else  # 'gpu[07-08,11]' -> gpu07, 'a,b' -> a
-    head=${nodelist%%,*}
-    if [[ $head == *\[* ]]; then
-      range=${nodelist#*\[}; range=${range%%[],-]*}; head=${head%%\[*}$range
-    fi
-  fi
-  port=$(( 20000 + ${SLURM_JOB_ID:-0} % 10000 ))
-  # The process index differs per task: srun's own SLURM_PROCID, read by evejax.distributed.
-  cmd+=(--distributed "--coordinator_address=$head:$port" "--num_processes=$nodes")
-fi
+# Several nodes: jax reads the coordinator (the step's first node), the process
+# count and each task's index (SLURM_PROCID) from the environment srun sets.
+if [[ $nodes -gt 1 ]]; then cmd+=(--distributed); fi
 cmd+=(--config "$config" --workdir "$workdir" "$@")
 if [[ $dry_run == 1 ]]; then printf '%q ' "${cmd[@]}"; echo; exit 0; fi
 exec "${cmd[@]}"

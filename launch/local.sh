@@ -75,6 +75,10 @@ while [[ ${#pids[@]} -gt 0 ]]; do
   code=0
   wait -n -p done_pid "${pids[@]}" || code=$?
   if [[ $code != 0 && $status == 0 ]]; then status=$code; stop_all; fi
-  pids=($(for pid in "${pids[@]}"; do [[ $pid != "$done_pid" ]] && echo "$pid"; done))
+  left=()
+  for pid in "${pids[@]}"; do
+    if [[ $pid != "$done_pid" ]]; then left+=("$pid"); fi
+  done
+  pids=("${left[@]}")
 done
 exit $status

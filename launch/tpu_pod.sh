@@ -22,6 +22,7 @@ if [[ -n ${TPU_PROJECT:-} ]]; then project=(--project "$TPU_PROJECT"); fi
 
 # The command every worker runs, quoted once for the remote shell.
 train=$(printf '%q ' python -m evejax.main --distributed --config "$config" --workdir "$workdir" "$@")
+train=${train% }
 remote="set -e; rm -rf evejax && mkdir evejax && tar xzf evejax.tar.gz -C evejax && cd evejax \
 && pip install -q -e . 'jax[tpu]' && $train"
 
