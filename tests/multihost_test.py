@@ -1,0 +1,174 @@
+"""Several processes, one program: 2 processes x 4 CPU devices against 1 x 8.
+
+Each run is `launch/local.sh` starting `python -m evejax.main` on the recipes
+of tests/multihost_recipes.py, joined by gloo CPU collectives, as the hosts of
+a pod would be. What must hold (README, "Running on a pod"): the same rewards,
+queue, data and losses on either layout; host state byte-identical across
+processes; checkpoints that a run of the other layout resumes; a run killed
+mid-phase that resumes to the same metrics; resident memory flat step over step.
+
+Opt-in (EVEJAX_MULTIHOST_TESTS=1, about 10 minutes on 2 cores): with jax 0.10,
+XLA's CPU runtime can start a loop whose body holds an all-reduce on some
+devices while the others wait in an all-gather outside it, and the gloo
+collectives then never complete (seen under gdb, in 2 x 4 and in 1 x 8 CPU
+runs alike, in about half of the EVE runs). TPU and GPU order collectives on
+their streams. Until the CPU runtime does too, the suite would hang at random,
+so CI leaves these out; the launchers' commands are checked in launch_test.py.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+from absl.testing import absltest
+
+from evejax import observe
+
+import resume_util
+
+ROOT = resume_util.REPO_ROOT
+TIMEOUT_S = 900
+ENABLED = os.environ.get("EVEJAX_MULTIHOST_TESTS") == "1"
+SKIP_REASON = ("multi-process CPU runs can deadlock in XLA's CPU collectives (module "
+               "docstring); EVEJAX_MULTIHOST_TESTS=1 runs them")
+
+
+def _launch(config: str, workdir: str, processes: int, *overrides: str,
+            kill_when=None) -> subprocess.Popen | None:
+  """Runs launch/local.sh to the end (or SIGKILLs every process once `kill_when(records)`)."""
+  devices = 8 // processes
+  cmd = ["bash", os.path.join(ROOT, "launch", "local.sh"), "--processes", str(processes),
+         "--cpu_devices", str(devices), config, workdir, *overrides]
+  env = resume_util.subprocess_env(devices)
+  log = open(os.path.join(tempfile.mkdtemp(), "launch.log"), "w+")
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+  start = time.monotonic()
+  try:
+    while proc.poll() is None:
+      if time.monotonic() - start > TIMEOUT_S:
+        raise AssertionError(f"{' '.join(cmd)} ran past {TIMEOUT_S}s")
+      if kill_when is not None and kill_when(_records(workdir)):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+      time.sleep(0.5)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  if proc.returncode != 0:
+    log.seek(0)
+    raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{log.read()[-6000:]}")
+  return proc
+
+
+def _records(workdir):
+  return observe.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+
+
+def _series(records, key):
+  return {r["step"]: r[key] for r in records if key in r}
+
+
+def _host_states(workdir, processes):
+  out = []
+  for i in range(processes):
+    with open(os.path.join(workdir, f"host_state.p{i}.json")) as f:
+      out.append(f.read())
+  return out
+
+
+def _assert_same_metrics(test, a, b, keys, *, rtol, atol, exact=()):
+  for key in keys:
+    x, y = _series(a, key), _series(b, key)
+    test.assertTrue(x, key)
+    test.assertEqual(sorted(x), sorted(y), key)
+    if key in exact:
+      test.assertEqual([x[s] for s in sorted(x)], [y[s] for s in sorted(y)], key)
+    else:
+      np.testing.assert_allclose([y[s] for s in sorted(y)], [x[s] for s in sorted(x)],
+                                 rtol=rtol, atol=atol, err_msg=key)
+
+
+@absltest.skipUnless(ENABLED, SKIP_REASON)
+class ToyTest(absltest.TestCase):
+  """The two-role toy recipe: layouts agree, checkpoints cross layouts, memory is flat."""
+
+  def test_two_processes_match_one_and_resume_on_one(self):
+    root = tempfile.mkdtemp()
+    one, two = os.path.join(root, "one"), os.path.join(root, "two")
+    _launch("tests/multihost_recipes.py:toy", one, 1)
+    _launch("tests/multihost_recipes.py:toy", two, 2)
+    a, b = _records(one), _records(two)
+    keys = ("writer/reward_mean", "reader/reward_mean", "writer/adv/reward_std",
+            "writer/train/loss", "writer/train/kl", "reader/train/loss", "reader/train/kl",
+            "writer/frozen_reader_sum")
+    _assert_same_metrics(self, a, b, keys, rtol=1e-4, atol=1e-6,
+                         exact=("writer/reward_mean", "reader/reward_mean"))
+    states = _host_states(two, 2)
+    self.assertEqual(states[0], states[1])
+    self.assertEqual(json.loads(states[0]), json.loads(_host_states(one, 1)[0]))
+
+    # Host memory: flat over the reader's steps, once their programs are compiled.
+    rss = _series(b, "host/rss_mib_max")
+    steps = sorted(rss)
+    self.assertLess(rss[steps[-1]] - rss[steps[len(steps) // 2]], 100.0, rss)
+
+    # The 2-process run's checkpoint after the writer's stage, resumed on 1 process.
+    cross = os.path.join(root, "cross")
+    os.makedirs(os.path.join(cross, "checkpoints"))
+    cut = max(int(n) for n in os.listdir(os.path.join(two, "checkpoints"))
+              if n.isdigit() and int(n) <= 5)
+    shutil.copytree(os.path.join(two, "checkpoints", str(cut)),
+                    os.path.join(cross, "checkpoints", str(cut)))
+    shutil.copy(os.path.join(two, "metrics.jsonl"), cross)
+    _launch("tests/multihost_recipes.py:toy", cross, 1)
+    _assert_same_metrics(self, b, _records(cross),
+                         ("reader/train/loss", "reader/train/kl", "reader/reward_mean"),
+                         rtol=1e-4, atol=1e-6, exact=("reader/reward_mean",))
+
+
+@absltest.skipUnless(ENABLED, SKIP_REASON)
+class EveTest(absltest.TestCase):
+  """EVE, shortened: 2 x 4 killed mid-phase and resumed, against 1 x 8 uninterrupted."""
+
+  def test_killed_two_process_run_resumes_to_the_one_process_run(self):
+    root = tempfile.mkdtemp()
+    one, two = os.path.join(root, "one"), os.path.join(root, "two")
+    _launch("tests/multihost_recipes.py:eve", one, 1)
+    a = _records(one)
+
+    # Kill both processes once the second Challenger step is logged (the third is in flight).
+    def mid_challenger_phase(records):
+      return len(_series(records, "challenger/reward_mean")) >= 2
+    _launch("tests/multihost_recipes.py:eve", two, 2, kill_when=mid_challenger_phase)
+    self.assertFalse(os.path.exists(os.path.join(two, "summary.json")))
+    _launch("tests/multihost_recipes.py:eve", two, 2)
+    b = _records(two)
+
+    _assert_same_metrics(
+        self, a, b,
+        ("challenger/reward_mean", "challenger/valid_rate", "challenger/solver_pass_rate",
+         "challenger/diversity_penalty_mean", "challenger/admitted", "challenger/queue/size",
+         "challenger/adv/reward_std", "challenger/train/loss", "solver_data/selected",
+         "solver/reward_mean", "solver/train/loss", "eval/heldout_accuracy",
+         "warmstart/challenger/loss", "warmstart/solver/loss"),
+        rtol=1e-4, atol=1e-6,
+        exact=("challenger/reward_mean", "challenger/valid_rate", "challenger/admitted",
+               "challenger/queue/size", "solver_data/selected", "solver/reward_mean",
+               "eval/heldout_accuracy"))
+    for key in ("challenger/train/loss", "solver/train/loss"):   # each step once
+      steps = [r["step"] for r in b if key in r]
+      self.assertEqual(steps, sorted(set(steps)), key)
+    states = _host_states(two, 2)
+    self.assertEqual(states[0], states[1])
+    # The queue, the Solver's data and the cursor, as the one-process run left them.
+    self.assertEqual(json.loads(states[0]), json.loads(_host_states(one, 1)[0]))
+
+
+if __name__ == "__main__":
+  absltest.main()
