@@ -80,8 +80,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   metadata or SLURM_* variables (the coordinator is the job's first node).
   Anywhere else give `coordinator_address` (host:port of process 0),
   `num_processes` and `process_id` together. CPU processes use gloo for
-  collectives. Under Slurm with one task per node, the process drives every
-  GPU of its node (jax would otherwise give it one).
+  collectives (see tests/multihost_test.py for what XLA's CPU runtime allows).
+  Under Slurm with one task per node, the process drives every GPU of its node
+  (jax would otherwise give it one).
   """
   given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
            "process_id": process_id}

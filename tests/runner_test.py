@@ -232,5 +232,13 @@ class ScheduleTest(absltest.TestCase):
     self.assertNotEqual(runner.seed(1, "a"), runner.seed(2, "a"))
 
 
+  def test_a_recipe_that_does_not_share_its_work_is_refused_on_several_processes(self):
+    from evejax import distributed  # pylint: disable=g-import-not-at-top
+    with mock.patch.object(distributed, "is_multiprocess", return_value=True), \
+         mock.patch.object(distributed, "process_count", return_value=2):
+      with self.assertRaisesRegex(loading.SetupError, "Toy runs on one process"):
+        runner.Runner(Toy, toy_config(), tempfile.mkdtemp())
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -87,6 +87,8 @@ def schedule(config) -> list[Stage]:
 class Eve(runner.Recipe):
   """The EVE recipe; see the module docstring."""
 
+  multiprocess = True
+
   @classmethod
   def role_specs(cls, config) -> list[runner.RoleSpec]:
     warm = bool(config.warmstart.enabled)

@@ -137,7 +137,7 @@ class Run:
     self.workdir = workdir
     self.model_config = model.model_config
     self.tokenizer = model.tokenizer
-    self._initial_params = model.params
+    self.initial_params = model.params   # the loaded weights, until the roles hold them
     p = config.processing
     blocks = [b for b in config.sampling.values()]
     self.sampler = Sampler(
@@ -185,9 +185,9 @@ class Run:
     if spec.share_policy_with is not None:
       policy = self.roles[spec.share_policy_with].policy
     else:
-      if self._initial_params is None:
+      if self.initial_params is None:
         raise ValueError("roles are built in the recipe's constructor, before the run starts.")
-      policy = role_lib.Policy(name, self.services, self.config.train, self._initial_params,
+      policy = role_lib.Policy(name, self.services, self.config.train, self.initial_params,
                                param_dtype=self.config.model.param_dtype,
                                checkpoint_reference=spec.trained_reference)
       self.policies[name] = policy
@@ -242,8 +242,8 @@ class Run:
     self.counts.update(total)
     self._counts_everywhere = collections.Counter(total)
 
-  def _drop_initial_params(self) -> None:
-    self._initial_params = None  # every policy holds its own copy
+  def drop_initial_params(self) -> None:
+    self.initial_params = None  # every policy holds its own copy
 
   # -- seeds, prompts, metrics, galleries -------------------------------------
 
@@ -297,7 +297,15 @@ class Run:
 
 
 class Recipe:
-  """A method: its roles, stages and per-step functions (`<kind>_step`)."""
+  """A method: its roles, stages and per-step functions (`<kind>_step`).
+
+  `multiprocess`: whether the recipe shares each step's work out between
+  processes (`Run.share`) and decides what spans the batch from gathered rows
+  (`Run.gather`); a recipe that does not is refused on several processes,
+  where each would sample, render and decide on its own.
+  """
+
+  multiprocess = False
 
   def __init__(self, run: Run):
     self.run = run
@@ -360,9 +368,14 @@ class Runner:
       distributed.describe()
     self.config = c = config
     self.workdir = workdir
+    if distributed.is_multiprocess() and not recipe_cls.multiprocess:
+      raise loading.SetupError(
+          f"{recipe_cls.__name__} runs on one process: it does not yet share its steps' work "
+          f"out between processes, and this run has {distributed.process_count()}. Run it "
+          "without --distributed (one host: the mesh still spans all its devices).")
     self.run = Run(c, workdir, loading.load_model(c))
     self.recipe = recipe_cls(self.run)
-    self.run._drop_initial_params()
+    self.run.drop_initial_params()
     for name, wrap in (role_wrappers or {}).items():
       self.run.roles[name] = wrap(self.run.roles[name])
     self.run.schedule = self.schedule = Schedule(self.recipe.stages())
