@@ -77,11 +77,6 @@ class Recording(role_lib.ScriptedRole):
     self.log.append((self.name, [float(r) for r in rewards]))
     return super().update_rows(row_prompts, completions, rewards, **kw)
 
-  def frozen(self, copy_params):
-    frozen = role_lib.FrozenRole(self, copy_params)
-    frozen._sample = self._sample   # a frozen scripted role keeps its script
-    return frozen
-
 
 class ScriptedPhasesTest(absltest.TestCase):
 

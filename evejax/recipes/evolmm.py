@@ -92,7 +92,7 @@ class EvoLmm(runner.Recipe):
       cfg = ml_collections.ConfigDict({k: copy.deepcopy(v) for k, v in c.train.items()
                                        if k != "reinforce"})
       cfg.lora.rank, cfg.algorithm, cfg.loss.kl_coef = 0, "grpo", 0.0
-      policy = role_lib.Policy("base", run.services, cfg, run._initial_params,  # pylint: disable=protected-access
+      policy = role_lib.Policy("base", run.services, cfg, run.initial_params,
                                param_dtype=c.model.param_dtype)
       run.policies["base"] = policy
       self.base = role_lib.Role("base", policy, c.sampling.solver)
