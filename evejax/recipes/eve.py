@@ -126,10 +126,6 @@ class Eve(runner.Recipe):
     self._eval_tasks: list[Task] | None = None
     self._reruns_ahead: tuple[int, Any] | None = None  # (Solver step, its programs in the sandbox)
 
-  @property
-  def roles(self):
-    return self.run.roles
-
   def stages(self) -> list[Stage]:
     return schedule(self.config)
 

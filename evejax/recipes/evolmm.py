@@ -100,10 +100,6 @@ class EvoLmm(runner.Recipe):
     self.results: dict[str, dict] = {}
     self._heldout = None
 
-  @property
-  def roles(self):
-    return self.run.roles
-
   def stages(self) -> list[Stage]:
     return schedule(self.config)
 

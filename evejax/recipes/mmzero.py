@@ -130,10 +130,6 @@ class MmZero(runner.Recipe):
     self._phase: dict[str, list[float]] = collections.defaultdict(list)
     self._renders_ahead: tuple[int, Any] | None = None
 
-  @property
-  def roles(self):
-    return self.run.roles
-
   def stages(self) -> list[Stage]:
     return schedule(self.config)
 

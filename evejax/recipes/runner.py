@@ -312,6 +312,11 @@ class Recipe:
     self.config = run.config
     run.add_roles(self.role_specs(run.config))
 
+  @property
+  def roles(self) -> dict[str, role_lib.Role]:
+    """The run's roles by name (scripted or wrapped ones included)."""
+    return self.run.roles
+
   @classmethod
   def role_specs(cls, config) -> list[RoleSpec]:
     """The roles the recipe plays under `config` (also what memory plans build)."""
