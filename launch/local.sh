@@ -48,7 +48,7 @@ command_of() {  # the command of process $1, then the overrides
 
 if [[ $processes -le 1 ]]; then
   if [[ $dry_run == 1 ]]; then echo "process 0: $(command_of 0 "$@")"; exit 0; fi
-  exec env "${env_args[@]}" "$python" -m evejax.main --config "$config" --workdir "$workdir" "$@"
+  eval "exec $(command_of 0 "$@")"
 fi
 if [[ -z $port ]]; then
   port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -53,6 +53,12 @@ class LaunchTest(absltest.TestCase):
     with open(os.path.join(workdir, "launch.p1.log")) as f:
       self.assertIn("no_such_recipe", f.read())
 
+  def test_local_single_process_fails_as_main_does(self):
+    out = _launch("local.sh", "--cpu_devices", "2", "configs/no_such_recipe.py:tiny",
+                  tempfile.mkdtemp(), check=False)
+    self.assertNotEqual(out.returncode, 0)
+    self.assertIn("no_such_recipe.py' does not exist", out.stderr + out.stdout)
+
   def test_local_refuses_unknown_options(self):
     out = _launch("local.sh", "--nodes", "2", check=False)
     self.assertEqual(out.returncode, 2)
@@ -101,11 +107,13 @@ class MainFlagsTest(absltest.TestCase):
 
   def test_process_flags_need_distributed(self):
     out = subprocess.run(
-        ["python", "-m", "evejax.main", "--config", "configs/eve.py:tiny", "--num_processes=2"],
+        ["python", "-m", "evejax.main", "--config", "configs/eve.py:tiny", "--num_processes=2",
+         "--local_device_ids=0,1"],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     self.assertNotEqual(out.returncode, 0)
-    self.assertIn("--num_processes need --distributed", out.stderr + out.stdout)
+    self.assertIn("--num_processes, --local_device_ids need --distributed",
+                  out.stderr + out.stdout)
 
   def test_partial_coordinates_name_what_is_missing(self):
     out = subprocess.run(

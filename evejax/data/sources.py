@@ -9,7 +9,7 @@ Shares of a multi-process run: the walk is one global sequence of positions,
 the same on every process (it depends only on the seed). Each step `reserve`s
 its positions on every process alike (so every process's `state()` is the
 same), and each process reads only the items at the positions it owns
-(`index_at` + `item`, or `take_share` for one contiguous block per process).
+(`index_at` + `item`).
 `size_of` tells an item's size without decoding it where the source can, for
 host code that must draw the same random numbers for items it does not read.
 
@@ -189,22 +189,6 @@ class ImageSource(abc.ABC):
     start = self._position
     self._position += int(k)
     return range(start, start + int(k))
-
-  def take_share(self, k: int, index: int, count: int) -> list[tuple[int, str, Image.Image]]:
-    """Reserves the next k positions; reads only share `index` of `count` of them.
-
-    Shares are contiguous blocks in share order (sizes differing by at most
-    one), so the shares of every process, concatenated, are the k items `take`
-    would give. Returns (item index, id, image) of this share's items.
-    """
-    positions = self.reserve(k)
-    base, extra = divmod(int(k), int(count))
-    start = index * base + min(index, extra)
-    out = []
-    for p in positions[start:start + base + (index < extra)]:
-      i = self.index_at(p)
-      out.append((i, *self.item(i)))
-    return out
 
   def state(self) -> dict[str, int]:
     return {"position": self._position}

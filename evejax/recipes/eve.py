@@ -303,7 +303,7 @@ class Eve(runner.Recipe):
     for j, index in enumerate(indices):
       examples = [e.program for e in self.queue.sample_examples(rng)]   # drawn everywhere
       if j in owned:
-        items[j] = (index, self.source.item(index)[1])
+        items[j] = (index, self._image(index))
         text = eve_tasks.challenger_instructions(examples, items[j][1].size, c.eve.instructions,
                                                  **self._program_limits)
         prompts[j] = run.prompt(text, [items[j][1]])
