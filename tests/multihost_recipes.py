@@ -3,11 +3,15 @@
     launch/local.sh --processes 2 --cpu_devices 4 tests/multihost_recipes.py:toy WORKDIR
 
 `toy`: tests/runner_test.py's two-role recipe with its prompts shared out
-between processes (and a reward that varies from the first step). `eve`: the EVE recipe, shortened hard, with a scripted
-Challenger (library programs) and a scripted Solver (random letters) so that
-programs run, pass rates are spread and the queue admits some, in seconds;
-every other part (sandbox, questions, rewards, GRPO, queue, Solver data, the
-warm start's SFT) is the real recipe's.
+between processes (and a reward that varies from the first step). `eve`: the
+EVE recipe, shortened hard, with a scripted Challenger (library programs) and
+a scripted Solver (random letters) so that programs run, pass rates are
+spread and the queue admits some, in seconds; every other part (sandbox,
+questions, rewards, GRPO, queue, Solver data, the warm start's SFT) is the
+real recipe's. `mmzero` and `evolmm` likewise: scripted roles that draw their
+replies (library proposals, SVG that renders or not, answers that agree or
+not) so that every filter keeps some rows and drops others; `evolmm_sequential`
+runs the published per-answer REINFORCE update.
 
 At the end every process writes `host_state.p<i>.json`: its cursor, counts
 and recipe state, which the tests compare byte for byte.
@@ -19,9 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evejax.data import mmzero_library
 from evejax.data import transforms
 from evejax.recipes import eve
 from evejax.recipes import eve_tasks
+from evejax.recipes import evolmm
+from evejax.recipes import mmzero
+from evejax.recipes import mmzero_tasks
 from evejax.recipes import role as role_lib
 from evejax.recipes import runner
 
@@ -80,6 +88,46 @@ def _guessing_solver(role):
       role, lambda i, g, rng: f"The answer is \\boxed{{{'ABCD'[rng.integers(4)]}}}.")
 
 
+def _scripted(reply):
+  return lambda role: role_lib.ScriptedRole(role, reply)
+
+
+_ITEMS = [mmzero_library.make_item(kind, np.random.default_rng(k), n=3)
+          for k, kind in enumerate(("bar_chart", "bar_chart", "bar_chart"))]
+_BROKEN_SVG = "```svg\n<svg xmlns='http://www.w3.org/2000/svg'><rect\n```"
+
+
+def _mmzero_roles():
+  """Proposals of library items (some unparseable), codes that render or not,
+  answers drawn among the item's own and a wrong one."""
+  def proposer(i, g, rng):
+    k = rng.integers(len(_ITEMS) + 1)
+    return mmzero_tasks.proposal_text(_ITEMS[k]) if k < len(_ITEMS) else "no tags here"
+
+  def coder(i, g, rng):
+    k = rng.integers(len(_ITEMS) + 1)
+    return mmzero_tasks.coder_target(_ITEMS[k].svg) if k < len(_ITEMS) else _BROKEN_SVG
+
+  def solver(i, g, rng):
+    item = _ITEMS[rng.integers(len(_ITEMS))]
+    answer = (item.easy_answer, item.hard_answer, "7")[rng.integers(3)]
+    return f"<think>x</think>\\boxed{{{answer}}}"
+  return {"proposer": _scripted(proposer), "coder": _scripted(coder),
+          "solver": _scripted(solver)}
+
+
+def _evolmm_roles():
+  questions = ("What colour is the square?", "How many shapes are there?")
+  colours = ("red", "blue", "green")
+  return {
+      "proposer": _scripted(lambda i, g, rng: (
+          f"<question>{questions[rng.integers(2)]}</question> a question"
+          if rng.random() < 0.8 else "no tag")),
+      "solver": _scripted(lambda i, g, rng: (
+          f"<answer>{colours[rng.integers(1 + i % 3)]}</answer>")),
+  }
+
+
 def _dump_host_state(r: runner.Runner, workdir: str) -> None:
   state = r._host_state()   # pylint: disable=protected-access
   path = os.path.join(workdir, f"host_state.p{jax.process_index()}.json")
@@ -90,6 +138,10 @@ def _dump_host_state(r: runner.Runner, workdir: str) -> None:
 def run(config, workdir):
   if config.test_recipe == "toy":
     r = runner.Runner(SharedToy, config, workdir)
+  elif config.test_recipe == "mmzero":
+    r = runner.Runner(mmzero.MmZero, config, workdir, role_wrappers=_mmzero_roles())
+  elif config.test_recipe == "evolmm":
+    r = runner.Runner(evolmm.EvoLmm, config, workdir, role_wrappers=_evolmm_roles())
   else:
     size = (config.data.size,) * 2
     r = runner.Runner(eve.Eve, config, workdir,
@@ -113,9 +165,7 @@ def toy():
 
 def eve_short():
   from evejax import config_utils  # pylint: disable=g-import-not-at-top
-  c = config_utils.load_config("configs/eve.py:tiny")
-  c.recipe = "tests.multihost_recipes"
-  c.test_recipe = "eve"
+  c = _multihost_defaults(config_utils.load_config("configs/eve.py:tiny"), "eve")
   c.warmstart.challenger_steps = 1
   c.warmstart.solver_steps = 1
   c.warmstart.batch_size = 4
@@ -130,6 +180,12 @@ def eve_short():
   c.eve.solver_group = 2
   c.eve.heldout_eval_questions = 4
   c.processing.batch_buckets = (8, 16)
+  return c
+
+
+def _multihost_defaults(c, recipe: str):
+  c.recipe = "tests.multihost_recipes"
+  c.test_recipe = recipe
   c.log.tensorboard = False
   c.log.progress = False
   c.checkpoint.every = 1
@@ -138,5 +194,33 @@ def eve_short():
   return c
 
 
+def mmzero_short():
+  from evejax import config_utils  # pylint: disable=g-import-not-at-top
+  c = _multihost_defaults(config_utils.load_config("configs/mmzero.py:tiny"), "mmzero")
+  c.warmstart.update(proposer_steps=1, coder_steps=1, solver_steps=1, batch_size=4)
+  c.mmzero.update(iterations=1, proposer_steps=2, coder_steps=2, solver_steps=2,
+                  proposer_prompts=4, proposer_group=2, coder_samples=4, solver_samples=4,
+                  coder_pool=4, coder_prompts=4, coder_group=2, solver_pool=6,
+                  solver_select_samples=4, solver_prompts=4, solver_group=2,
+                  heldout_items=3, heldout_coder_samples=2)
+  c.mmzero.solver_hard_band = (0.25, 1.0)   # random answers: keep items
+  return c
+
+
+def evolmm_short(update="grpo"):
+  from evejax import config_utils  # pylint: disable=g-import-not-at-top
+  c = _multihost_defaults(config_utils.load_config("configs/evolmm.py:tiny"), "evolmm")
+  c.warmstart.update(steps=2, batch_size=4)
+  c.evolmm.update(iterations=1, steps_per_iteration=3, heldout_questions=6,
+                  images_per_step=3, proposer_group=2, samples=4, proposer_every=2)
+  c.evolmm["update"] = update
+  c.train.algorithm = evolmm.UPDATES[update]
+  if update == "sequential":
+    c.evolmm.images_per_step = 1
+    c.evolmm.steps_per_iteration = 2
+  return c
+
+
 def get_config(arg=None):
-  return {"toy": toy, "eve": eve_short}[arg or "toy"]()
+  return {"toy": toy, "eve": eve_short, "mmzero": mmzero_short, "evolmm": evolmm_short,
+          "evolmm_sequential": lambda: evolmm_short("sequential")}[arg or "toy"]()

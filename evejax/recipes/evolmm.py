@@ -23,6 +23,15 @@ paper's baseline: 1 for an answer equal to the majority, else 0.
 The reference of the KL term is the backbone with the adapters truly off (the
 learner's LoRA mode). Held-out accuracy is measured on built-in procedural
 scenes whose answers are known by construction and that training never sees.
+
+Several processes: each owns a contiguous block of every step's images (and
+of the warm start's and held-out questions); it reads only those, and its
+questions and their answers stay with it, so every reward is computed where
+its rows are. Rows carry ids numbering them as one process would
+(`Samples.row_id`), so sampling draws alike on any layout; the advantages
+(`Role.update`) and the metrics come from rows gathered in that order. The
+published sequential update takes the step's answers one at a time in that
+order, each a train step of every process (the others add padding rows).
 """
 from __future__ import annotations
 
@@ -60,6 +69,8 @@ def schedule(config) -> list[Stage]:
 
 class EvoLmm(runner.Recipe):
   """The EvoLMM recipe; see the module docstring."""
+
+  multiprocess = True
 
   @classmethod
   def role_specs(cls, config) -> list[runner.RoleSpec]:
@@ -128,10 +139,10 @@ class EvoLmm(runner.Recipe):
                                  size=(c.data.size, c.data.size))
     style = c.evolmm.style
     pairs = []
-    for k, q in enumerate(qs):
-      text, target = (tasks.proposer_sft_pair(q, style) if k % 2 else
-                      tasks.solver_sft_pair(q, style))
-      pairs.append((run.prompt(text, [q.image()]), run.completion(target)))
+    for k in run.share(len(qs)):
+      text, target = (tasks.proposer_sft_pair(qs[k], style) if k % 2 else
+                      tasks.solver_sft_pair(qs[k], style))
+      pairs.append((run.prompt(text, [qs[k].image()]), run.completion(target)))
     metrics = self.base.sft([p for p, _ in pairs], [t for _, t in pairs])
     if metrics is not None:
       run.log(metrics, prefix="warmstart/base")
@@ -163,11 +174,14 @@ class EvoLmm(runner.Recipe):
     c, run = self.config, self.run
     e = c.evolmm
     seed = run.seed(stage.name, step)
-    images = [next(self.source)[1] for _ in range(e.images_per_step)]
+    positions = self.source.reserve(e.images_per_step)
+    mine = list(run.share(len(positions)))   # this process's images of the step
+    images = [self.source.item(self.source.index_at(positions[j]))[1] for j in mine]
     proposer, solver = self.roles["proposer"], self.roles["solver"]
     qsamples = proposer.generate([run.prompt(tasks.proposer_prompt(e.style), [im])
-                                  for im in images], e.proposer_group, runner.seed(seed, "p"))
-    if not len(qsamples):
+                                  for im in images], e.proposer_group, runner.seed(seed, "p"),
+                                 prompt_ids=mine)
+    if not qsamples.total_rows:
       return
     questions = []
     for text in qsamples.texts:
@@ -178,15 +192,16 @@ class EvoLmm(runner.Recipe):
       questions.append(q)
     prompts = [run.prompt(tasks.solver_prompt(q, e.style), [images[qsamples.prompt_of(r)]])
                for r, q in enumerate(questions)]
-    samples = solver.generate(prompts, e.samples, runner.seed(seed, "s"))
-    if not len(samples):
+    samples = solver.generate(prompts, e.samples, runner.seed(seed, "s"),
+                              prompt_ids=[qsamples.row_id(r) for r in range(len(qsamples))])
+    if not samples.total_rows:
       return
     by_question = collections.defaultdict(list)
     for r, text in enumerate(samples.texts):
       by_question[samples.kept[r // samples.group]].append(r)
     solver_values = np.zeros(len(samples), np.float32)
     question_values = np.zeros(len(qsamples), np.float32)
-    stats = collections.defaultdict(list)
+    stats = []   # (question row id, its statistics), gathered for the metrics
     for qi, rows in by_question.items():
       replies = [samples.texts[r] for r in rows]
       for r, rw in zip(rows, self._solver_rewards(replies)):
@@ -195,14 +210,17 @@ class EvoLmm(runner.Recipe):
       question_values[qi] = pr.value
       normed = [rewards.extract_answer(x) for x in replies]
       shares = rewards.answer_shares(normed)
-      stats["consistency"].append(float(np.mean(shares)))
-      stats["unanimous"].append(float(len(set(normed)) == 1))
-      stats["distinct_answers"].append(float(len(set(normed))))
-      stats["entropy"].append(pr.parts["entropy"])
-      stats["no_answer"].append(float(np.mean([not a for a in normed])))
-    metrics = {k: float(np.mean(v)) for k, v in stats.items()}
-    metrics.update(solver_reward=float(solver_values.mean()),
-                   proposer_reward=float(question_values.mean()))
+      stats.append((qsamples.row_id(qi), {
+          "consistency": float(np.mean(shares)), "unanimous": float(len(set(normed)) == 1),
+          "distinct_answers": float(len(set(normed))), "entropy": pr.parts["entropy"],
+          "no_answer": float(np.mean([not a for a in normed]))}))
+    stats = [x for _, x in run.gather(stats, key=lambda x: x[0])]
+    metrics = {k: float(np.mean([x[k] for x in stats])) for k in (stats[0] if stats else ())}
+    gathered = lambda s, v: np.array(
+        [x for _, x in run.gather([(s.row_id(r), float(v[r])) for r in range(len(s))],
+                                  key=lambda x: x[0])], np.float32)
+    metrics.update(solver_reward=float(gathered(samples, solver_values).mean()),
+                   proposer_reward=float(gathered(qsamples, question_values).mean()))
     metrics.update(self._update(stage, step, qsamples, question_values, samples, solver_values))
     run.log(metrics, prefix="evolmm")
     run.log_counts()
@@ -214,9 +232,15 @@ class EvoLmm(runner.Recipe):
     proposer, solver = self.roles["proposer"], self.roles["solver"]
     out = {}
     if e["update"] == "sequential":
-      for r in range(len(samples)):
-        m = solver.update_rows([samples.row_prompts[r]], [samples.tokens[r]],
-                               [solver_values[r]], group=1, logprobs=[samples.logprobs[r]])
+      # Every process takes each answer's step, in row order; its owner gives the row.
+      mine = {samples.row_id(r): r for r in range(len(samples))}
+      for i in sorted(self.run.gather(list(mine))):
+        r = mine.get(i)
+        rows = [] if r is None else [r]
+        m = solver.update_rows([samples.row_prompts[r] for r in rows],
+                               [samples.tokens[r] for r in rows],
+                               [solver_values[r] for r in rows], group=1,
+                               logprobs=[samples.logprobs[r] for r in rows])
       out.update({f"solver/{k}": v for k, v in m.items()})
     else:
       out.update({f"solver/{k}": v for k, v in solver.update(samples, solver_values).items()})
@@ -239,13 +263,17 @@ class EvoLmm(runner.Recipe):
     """Greedy Solver accuracy on held-out ground-truth scene questions."""
     run, style = self.run, self.config.evolmm.style
     qs = self._heldout_questions()
-    prompts = [run.prompt(tasks.solver_prompt(q.question, style), [q.image()]) for q in qs]
-    samples = self.roles["solver"].generate(prompts, 1, seed=0, greedy=True)
-    correct = [tasks.is_correct(t, qs[samples.prompt_of(r)].answer)
-               for r, t in enumerate(samples.texts)]
+    mine = list(run.share(len(qs)))   # this process's questions
+    prompts = [run.prompt(tasks.solver_prompt(qs[j].question, style), [qs[j].image()])
+               for j in mine]
+    samples = self.roles["solver"].generate(prompts, 1, seed=0, greedy=True, prompt_ids=mine)
+    graded = run.gather([(qs[mine[samples.prompt_of(r)]].template,
+                          tasks.is_correct(t, qs[mine[samples.prompt_of(r)]].answer))
+                         for r, t in enumerate(samples.texts)])
+    correct = [ok for _, ok in graded]
     by_template = collections.defaultdict(list)
-    for r, ok in enumerate(correct):
-      by_template[qs[samples.prompt_of(r)].template].append(ok)
+    for template, ok in graded:
+      by_template[template].append(ok)
     result = {"heldout_accuracy": float(np.mean(correct)) if correct else 0.0,
               "heldout_questions": len(correct),
               **{f"heldout_accuracy/{k}": float(np.mean(v)) for k, v in sorted(by_template.items())}}

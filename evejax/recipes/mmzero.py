@@ -26,6 +26,17 @@ The algorithm (reference/METHODS.md, MM-Zero), one method per stage kind:
       held-out library items; the co-evolution curves, a chart and a gallery
 
 Everything else (schedule, resume, roles, metrics) is the recipe runner's.
+
+Several processes: each owns a contiguous block of every step's prompts (topic
+prompts, Coder data, Solver items, held-out items) and everything that grows
+from them: the Coder's codes of its proposals, their renders in its own
+sandbox pool, the Solver's answers about them. Rows carry ids that number
+them as one process would (`Samples.row_id`; a code is its proposal's row
+times N plus its member, a question its render's id times 2 plus easy or
+hard), so sampling draws alike on any layout, and what spans the batch is
+decided from rows gathered in id order: the Proposer's rewards (diversity
+clusters and content-type shares are batch-wide), the Coder and Solver data,
+the metrics and the co-evolution curves.
 """
 from __future__ import annotations
 
@@ -104,6 +115,8 @@ def schedule(config) -> list[Stage]:
 class MmZero(runner.Recipe):
   """The MM-Zero recipe; see the module docstring."""
 
+  multiprocess = True
+
   @classmethod
   def role_specs(cls, config) -> list[runner.RoleSpec]:
     warm = bool(config.warmstart.enabled)
@@ -151,40 +164,50 @@ class MmZero(runner.Recipe):
 
   # -- the three services: propose, code and render, answer ----------------------
 
-  def _topic_prompts(self, n: int, rng: np.random.Generator):
-    topics = [self.topics[i] for i in rng.integers(len(self.topics), size=n)]
-    style = self.config.mmzero.style
-    return topics, [self.run.prompt(tasks.proposer_prompt(tasks.TOPICS[t], style))
-                    for t in topics]
-
   def _propose(self, role, n: int, group: int, seed: int):
-    """(topics, samples, proposals): proposals[r] is row r's Proposal or None."""
-    topics, prompts = self._topic_prompts(n, np.random.default_rng(seed))
-    samples = role.generate(prompts, group, seed)
+    """(topics, samples, proposals) of this process's topic prompts of the `n`:
+    proposals[r] is row r's Proposal or None; `samples.row_id` numbers rows."""
+    rng = np.random.default_rng(seed)
+    topics = [self.topics[i] for i in rng.integers(len(self.topics), size=n)]
+    mine = list(self.run.share(n))
+    style = self.config.mmzero.style
+    prompts = [self.run.prompt(tasks.proposer_prompt(tasks.TOPICS[topics[j]], style))
+               for j in mine]
+    samples = role.generate(prompts, group, seed, prompt_ids=mine)
     parsed = [rewards.parse_proposer_output(t) for t in samples.texts]
     for p, why in parsed:
       if p is None:
         self.run.counts[f"proposer/{why.split('=')[0]}"] += 1
-    return [topics[samples.prompt_of(r)] for r in range(len(samples))], samples, \
+    return [topics[mine[samples.prompt_of(r)]] for r in range(len(samples))], samples, \
         [p for p, _ in parsed]
 
-  def _draw(self, role, proposals: Sequence, n: int, seed: int) -> list[list[Render]]:
+  def _draw(self, role, proposals: Sequence, ids: Sequence[int], n: int, seed: int
+            ) -> list[list[Render]]:
     """`n` code samples of `role` per proposal, rendered in the sandbox.
 
-    The sandbox renders chunk k while the device samples chunk k+1; a proposal
-    whose prompt does not fit gets no samples (counted by the role).
+    `ids`: the proposals' ids over every process (this process's proposals);
+    render k of proposal i has id ids[i] * n + k. The sandbox renders chunk c
+    while the device samples chunk c+1; chunks split every process's proposals
+    in id order. A proposal whose prompt does not fit gets no samples (counted
+    by the role).
     """
     m = self.config.mmzero
     prompts = [self.run.prompt(tasks.coder_prompt(p, m.backend, m.style)) for p in proposals]
     out: list[list[Render]] = [[] for _ in proposals]
+    everyone = sorted(self.run.gather([int(i) for i in ids]))
+    place = {i: k for k, i in enumerate(everyone)}
     pending = []
-    chunks = np.array_split(np.arange(len(prompts)), max(1, min(len(prompts), m.pipeline_chunks)))
-    for ci, chunk in enumerate(chunks):
+    bounds = np.array_split(np.arange(len(everyone)),
+                            max(1, min(len(everyone), m.pipeline_chunks)))
+    for ci, chunk in enumerate(bounds):
       if not len(chunk):
         continue
-      samples = role.generate([prompts[i] for i in chunk], n, runner.seed(seed, ci))
+      lo, hi = int(chunk[0]), int(chunk[-1])
+      mine = [i for i, x in enumerate(ids) if lo <= place[int(x)] <= hi]
+      samples = role.generate([prompts[i] for i in mine], n, runner.seed(seed, ci),
+                              prompt_ids=[int(ids[i]) for i in mine])
       for r, text in enumerate(samples.texts):
-        pending.append((int(chunk[samples.prompt_of(r)]), tasks.extract_code(text, m.backend),
+        pending.append((mine[samples.prompt_of(r)], tasks.extract_code(text, m.backend),
                         self.pool.submit(tasks.render_job(text, m.backend))))
     with self.run.timer("waiting"):
       for i, code, fut in pending:
@@ -197,20 +220,23 @@ class MmZero(runner.Recipe):
       return Render(code, None, result.reason)
     return Render(code, np.asarray(result.images[0]), "ok")
 
-  def _answer(self, role, renders: list[Render], questions: list[tuple[str, str]], n: int,
-              seed: int) -> None:
-    """`role` answers each rendered item's (easy, hard) questions `n` times (in place)."""
+  def _answer(self, role, renders: list[Render], ids: Sequence[int],
+              questions: list[tuple[str, str]], n: int, seed: int) -> None:
+    """`role` answers each rendered item's (easy, hard) questions `n` times (in place).
+
+    `ids`: the renders' ids over every process (question q of render i has id
+    2 ids[i] + q).
+    """
     style = self.config.mmzero.style
-    items = [(r, q) for r, q in zip(renders, questions) if r.rendered]
+    items = [(r, q, int(i)) for r, q, i in zip(renders, questions, ids) if r.rendered]
     prompts = [self.run.prompt(tasks.solver_prompt(text, style), [Image.fromarray(r.image)])
-               for r, qs in items for text in qs]
-    if not prompts:
-      return
-    samples = role.generate(prompts, n, seed)
+               for r, qs, _ in items for text in qs]
+    samples = role.generate(prompts, n, seed,
+                            prompt_ids=[2 * i + q for _, _, i in items for q in (0, 1)])
     boxed = collections.defaultdict(list)
     for row, text in enumerate(samples.texts):
       boxed[samples.prompt_of(row)].append(answers.extract_boxed(text))
-    for k, (r, _) in enumerate(items):
+    for k, (r, _, _) in enumerate(items):
       r.easy_answers, r.hard_answers = boxed.get(2 * k, []), boxed.get(2 * k + 1, [])
 
   @staticmethod
@@ -238,17 +264,18 @@ class MmZero(runner.Recipe):
     rng = np.random.default_rng(run.seed(stage.name, step))
     items = library.sample_items(rng, c.warmstart.batch_size, kinds=tuple(c.mmzero.kinds))
     style, backend = c.mmzero.style, c.mmzero.backend
+    mine = run.share(len(items))
     if stage.role == "proposer":
-      pairs = [(run.prompt(t), x) for t, x in (tasks.proposer_sft_pair(i, style=style)
-                                               for i in items)]
+      pairs = [(run.prompt(t), x) for t, x in (tasks.proposer_sft_pair(items[k], style=style)
+                                               for k in mine)]
     elif stage.role == "coder":
-      pairs = [(run.prompt(t), x) for t, x in (tasks.coder_sft_pair(i, backend, style)
-                                               for i in items)]
+      pairs = [(run.prompt(t), x) for t, x in (tasks.coder_sft_pair(items[k], backend, style)
+                                               for k in mine)]
     else:
       pairs = []
-      for k, item in enumerate(items):
-        text, target = tasks.solver_sft_pair(item, ("easy", "hard")[k % 2], style)
-        pairs.append((run.prompt(text, [library.render_trusted(item.svg)]), target))
+      for k in mine:
+        text, target = tasks.solver_sft_pair(items[k], ("easy", "hard")[k % 2], style)
+        pairs.append((run.prompt(text, [library.render_trusted(items[k].svg)]), target))
     metrics = role.sft([p for p, _ in pairs], [run.completion(t) for _, t in pairs])
     if metrics is not None:
       run.log(metrics, prefix=f"warmstart/{stage.role}")
@@ -281,41 +308,54 @@ class MmZero(runner.Recipe):
     seed = run.seed(stage.name, step)
     topics, samples, proposals = self._propose(self.roles["proposer"], m.proposer_prompts,
                                                m.proposer_group, seed)
-    if not len(samples):
+    if not samples.total_rows:
       return
     parsed = [i for i, p in enumerate(proposals) if p is not None]
-    renders = self._draw(coder, [proposals[i] for i in parsed], m.coder_samples,
+    renders = self._draw(coder, [proposals[i] for i in parsed],
+                         [samples.row_id(i) for i in parsed], m.coder_samples,
                          runner.seed(seed, "coder"))
-    flat = [(i, r) for i, rs in zip(parsed, renders) for r in rs]
-    self._answer(solver, [r for _, r in flat],
-                 [(proposals[i].easy_question, proposals[i].hard_question) for i, _ in flat],
+    flat = [(i, k, r) for i, rs in zip(parsed, renders) for k, r in enumerate(rs)]
+    self._answer(solver, [r for *_, r in flat],
+                 [samples.row_id(i) * m.coder_samples + k for i, k, _ in flat],
+                 [(proposals[i].easy_question, proposals[i].hard_question) for i, *_ in flat],
                  m.solver_samples, runner.seed(seed, "solver"))
     outcomes: list[list[rewards.RenderOutcome]] = [[] for _ in proposals]
-    for i, r in flat:
+    for i, _, r in flat:
       outcomes[i].append(self._outcome(r, proposals[i]))
+    # The rewards span the batch (diversity clusters, content-type shares).
+    everyone = self.run.gather([
+        (samples.row_id(r), samples.texts[r], [dataclasses.astuple(o) for o in outcomes[r]])
+        for r in range(len(samples))], key=lambda x: x[0])
+    all_outcomes = [[rewards.RenderOutcome(*o) for o in x[2]] for x in everyone]
     with run.timer("rewards"):
-      rs = rewards.proposer_rewards(samples.texts, outcomes, **self._proposer_reward_args())
+      rs = rewards.proposer_rewards([x[1] for x in everyone], all_outcomes,
+                                    **self._proposer_reward_args())
     values = np.array([x.value for x in rs], np.float32)
-    train = self.roles["proposer"].update(samples, values)
+    place = {x[0]: k for k, x in enumerate(everyone)}
+    train = self.roles["proposer"].update(
+        samples, values[[place[samples.row_id(r)] for r in range(len(samples))]])
 
-    rendered = [o for os_ in outcomes for o in os_ if o.rendered]
+    all_parsed = [p for p in (rewards.parse_proposer_output(x[1])[0] for x in everyone)
+                  if p is not None]
+    rendered = [o for os_ in all_outcomes for o in os_ if o.rendered]
+    drawn = sum(len(os_) for os_ in all_outcomes)
     metrics = {
         "reward_mean": float(values.mean()),
-        "parse_rate": len(parsed) / len(samples),
-        "render_success": (len(rendered) / sum(len(os_) for os_ in outcomes)
-                           if parsed else 0.0),
+        "parse_rate": len(all_parsed) / len(everyone),
+        "render_success": len(rendered) / drawn if drawn else 0.0,
         "solvability": float(np.mean([o.solvability for o in rendered])) if rendered else 0.0,
         "difficulty": float(np.mean([min(o.consistency, 1 - o.consistency)
                                      for o in rendered])) if rendered else 0.0,
         "too_easy_rate": float(np.mean([x.parts.get("too_easy", False) for x in rs])),
         "diversity_penalty": float(np.mean([x.parts.get("diversity_penalty", 0.0) for x in rs])),
-        "content_types": float(len({p.content_type for p in proposals if p})),
+        "content_types": float(len({p.content_type for p in all_parsed})),
         **train}
     for k in ("render_success", "solvability", "difficulty"):
       self._phase[k].append(metrics[k])
     run.log(metrics, prefix="proposer")
     run.log_counts()
-    self._gallery_cards(stage, step, topics, samples.texts, proposals, parsed, renders, rs)
+    self._gallery_cards(stage, step, topics, samples, proposals, parsed, renders,
+                        [rs[place[samples.row_id(r)]] for r in range(len(samples))])
 
   def _proposer_reward_args(self) -> dict:
     r = self.config.reward.proposer
@@ -327,10 +367,13 @@ class MmZero(runner.Recipe):
                 content_type_weight=r.content_type_weight,
                 content_type_threshold=r.content_type_threshold)
 
-  def _gallery_cards(self, stage, step, topics, texts, proposals, parsed, renders, rs) -> None:
+  def _gallery_cards(self, stage, step, topics, samples, proposals, parsed, renders, rs
+                     ) -> None:
+    """Cards of this process's rendered proposals (process 0 writes the gallery)."""
     gallery = self.run.gallery(stage.iteration, f"MM-Zero, iteration {stage.iteration}")
+    texts = samples.texts
     for i, rlist in zip(parsed, renders):
-      key = f"step{step:05d}_row{i:04d}"
+      key = f"step{step:05d}_row{samples.row_id(i):04d}"
       shown = [r for r in rlist if r.rendered]
       if not shown or not gallery.has_room(key):
         continue
@@ -355,16 +398,21 @@ class MmZero(runner.Recipe):
     c, run = self.config, self.run
     m = c.mmzero
     seed = run.seed(stage.name, "data")
-    _, _, proposals = self._propose(self._frozen("proposer"), m.coder_pool, 1, seed)
-    parsed = [p for p in proposals if p is not None]
+    _, samples, proposals = self._propose(self._frozen("proposer"), m.coder_pool, 1, seed)
+    parsed = [r for r, p in enumerate(proposals) if p is not None]
     coder = self._frozen("coder", copy=m.coder_scored_by_coder)   # it trains in this phase
-    renders = self._draw(coder, parsed, m.coder_samples, runner.seed(seed, "coder"))
-    keep = []
-    for p, rs in zip(parsed, renders):
+    renders = self._draw(coder, [proposals[r] for r in parsed],
+                         [samples.row_id(r) for r in parsed], m.coder_samples,
+                         runner.seed(seed, "coder"))
+    mine = []
+    for r, rs in zip(parsed, renders):
       kept, rate = in_coder_band(rs, m.coder_band)
-      if kept:
-        keep.append({f: getattr(p, f) for f in tasks.PROPOSAL_TAGS} | {"render_rate": rate})
-    run.log({"pool": len(parsed), "kept": len(keep)}, prefix="coder_data")
+      p = proposals[r]
+      mine.append((samples.row_id(r), kept and
+                   {f: getattr(p, f) for f in tasks.PROPOSAL_TAGS} | {"render_rate": rate}))
+    everyone = run.gather(mine, key=lambda x: x[0])
+    keep = [rec for _, rec in everyone if rec]
+    run.log({"pool": len(everyone), "kept": len(keep)}, prefix="coder_data")
     self._phase["coder_data"].append(float(len(keep)))
     if not keep:
       logging.warning("Coder phase of iteration %d: no proposal in the render band %s; its "
@@ -379,14 +427,14 @@ class MmZero(runner.Recipe):
     if not self.coder_data:
       run.counts["coder/no_data_steps"] += 1
       return
-    recs = [self.coder_data[(step * m.coder_prompts + i) % len(self.coder_data)]
-            for i in range(m.coder_prompts)]
+    mine = list(run.share(m.coder_prompts))
+    recs = [self.coder_data[(step * m.coder_prompts + i) % len(self.coder_data)] for i in mine]
     proposals = [rewards.Proposal(**{f: r[f] for f in tasks.PROPOSAL_TAGS}) for r in recs]
     seed = run.seed(stage.name, step)
     coder = self.roles["coder"]
     prompts = [run.prompt(tasks.coder_prompt(p, m.backend, m.style)) for p in proposals]
-    samples = coder.generate(prompts, m.coder_group, seed)
-    if not len(samples):
+    samples = coder.generate(prompts, m.coder_group, seed, prompt_ids=mine)
+    if not samples.total_rows:
       return
     futures = [self.pool.submit(tasks.render_job(t, m.backend)) for t in samples.texts]
     with run.timer("waiting"):
@@ -395,7 +443,7 @@ class MmZero(runner.Recipe):
     # The published Coder phase serves its "Solver" from the Coder's checkpoint.
     scorer = (self._frozen("coder", copy=True) if m.coder_scored_by_coder
               else self._frozen("solver"))
-    self._answer(scorer, renders,
+    self._answer(scorer, renders, [samples.row_id(r) for r in range(len(renders))],
                  [(proposals[samples.prompt_of(r)].easy_question,
                    proposals[samples.prompt_of(r)].hard_question) for r in range(len(renders))],
                  m.solver_samples, runner.seed(seed, "solver"))
@@ -409,9 +457,11 @@ class MmZero(runner.Recipe):
             empty_penalty=r.empty, non_svg_penalty=r.non_svg, floor=r.floor))
     values = np.array([x.value for x in rs], np.float32)
     train = coder.update(samples, values)
-    reasons = collections.Counter(x.reason for x in rs)
-    run.log({"reward_mean": float(values.mean()),
-             "render_success": float(np.mean([x.rendered for x in renders])),
+    everyone = run.gather([(samples.row_id(r), float(values[r]), rend.rendered, rs[r].reason)
+                           for r, rend in enumerate(renders)], key=lambda x: x[0])
+    reasons = collections.Counter(x[3] for x in everyone)
+    run.log({"reward_mean": float(np.array([x[1] for x in everyone], np.float32).mean()),
+             "render_success": float(np.mean([x[2] for x in everyone])),
              **{f"reason/{k}": float(v) for k, v in reasons.items()}, **train}, prefix="coder")
 
   # -- Solver phase ----------------------------------------------------------------
@@ -421,20 +471,24 @@ class MmZero(runner.Recipe):
     c, run = self.config, self.run
     m = c.mmzero
     seed = run.seed(stage.name, "data")
-    _, _, proposals = self._propose(self._frozen("proposer"), m.solver_pool, 1, seed)
-    parsed = [p for p in proposals if p is not None]
+    _, samples, proposals = self._propose(self._frozen("proposer"), m.solver_pool, 1, seed)
+    rows = [r for r, p in enumerate(proposals) if p is not None]
+    parsed, ids = [proposals[r] for r in rows], [samples.row_id(r) for r in rows]
     renders = [rs[0] if rs else Render("", None, "dropped")
-               for rs in self._draw(self._frozen("coder"), parsed, 1, runner.seed(seed, "coder"))]
-    self._answer(self._frozen("solver"), renders,
+               for rs in self._draw(self._frozen("coder"), parsed, ids, 1,
+                                    runner.seed(seed, "coder"))]
+    self._answer(self._frozen("solver"), renders, ids,
                  [(p.easy_question, p.hard_question) for p in parsed], m.solver_select_samples,
                  runner.seed(seed, "solver"))
-    keep = []
-    for p, r in zip(parsed, renders):
+    mine = []
+    for i, p, r in zip(ids, parsed, renders):
       kept, silver, easy_c, hard_c = solver_item(r, m.solver_easy_min, m.solver_hard_band)
-      if kept:
-        keep.append({"question": p.hard_question, "code": r.code, "silver": silver,
-                     "easy_consistency": easy_c, "hard_consistency": hard_c})
-    run.log({"pool": len(parsed), "rendered": sum(r.rendered for r in renders),
+      mine.append((i, r.rendered, kept and {
+          "question": p.hard_question, "code": r.code, "silver": silver,
+          "easy_consistency": easy_c, "hard_consistency": hard_c}))
+    everyone = run.gather(mine, key=lambda x: x[0])
+    keep = [rec for *_, rec in everyone if rec]
+    run.log({"pool": len(everyone), "rendered": sum(x[1] for x in everyone),
              "kept": len(keep)}, prefix="solver_data")
     if not keep:
       logging.warning("Solver phase of iteration %d: no item passed the consistency filters; "
@@ -456,8 +510,9 @@ class MmZero(runner.Recipe):
     if not self.solver_data:
       run.counts["solver/no_data_steps"] += 1
       return
+    mine = list(run.share(m.solver_prompts))   # this process's items of each step
     step_recs = lambda s: [self.solver_data[(s * m.solver_prompts + i) % len(self.solver_data)]
-                           for i in range(m.solver_prompts)]
+                           for i in mine]
     # The sandbox renders the next step's items while this step samples and trains.
     ahead, self._renders_ahead = self._renders_ahead, None
     recs, futures = ahead[1] if ahead and ahead[0] == step else self._rerender(step_recs(step))
@@ -465,11 +520,12 @@ class MmZero(runner.Recipe):
       self._renders_ahead = (step + 1, self._rerender(step_recs(step + 1)))
     with run.timer("sandbox"):
       renders = [self._render(rec["code"], f.result()) for rec, f in zip(recs, futures)]
-    items = [(rec, r) for rec, r in zip(recs, renders) if r.rendered]
+    items = [(rec, r, i) for rec, r, i in zip(recs, renders, mine) if r.rendered]
     prompts = [run.prompt(tasks.solver_prompt(rec["question"], m.style), [Image.fromarray(r.image)])
-               for rec, r in items]
-    samples = self.roles["solver"].generate(prompts, m.solver_group, run.seed(stage.name, step))
-    if not len(samples):
+               for rec, r, _ in items]
+    samples = self.roles["solver"].generate(prompts, m.solver_group, run.seed(stage.name, step),
+                                            prompt_ids=[i for *_, i in items])
+    if not samples.total_rows:
       return
     w = c.reward.solver
     with run.timer("rewards"):
@@ -478,9 +534,11 @@ class MmZero(runner.Recipe):
             for row, t in enumerate(samples.texts)]
     values = np.array([x.value for x in rs], np.float32)
     train = self.roles["solver"].update(samples, values)
-    run.log({"reward_mean": float(values.mean()),
-             "accuracy": float(np.mean([x.parts["accuracy"] for x in rs])),
-             "format": float(np.mean([x.parts["format"] for x in rs])), **train},
+    everyone = run.gather([(samples.row_id(r), float(values[r]), x.parts["accuracy"],
+                            x.parts["format"]) for r, x in enumerate(rs)], key=lambda x: x[0])
+    run.log({"reward_mean": float(np.array([x[1] for x in everyone], np.float32).mean()),
+             "accuracy": float(np.mean([x[2] for x in everyone])),
+             "format": float(np.mean([x[3] for x in everyone])), **train},
             prefix="solver")
 
   # -- evaluation and the co-evolution curves ----------------------------------
@@ -494,24 +552,25 @@ class MmZero(runner.Recipe):
     """The Coder's render success and the Solver's accuracy on held-out library items."""
     m, run = self.config.mmzero, self.run
     items = self._heldout_items()
-    proposals = [tasks.proposal_of(i) for i in items]
-    renders = self._draw(self.roles["coder"], proposals, m.heldout_coder_samples,
-                         run.seed("eval", "coder"))
-    flat = [r for rs in renders for r in rs]
-    prompts = []
-    for item in items:
-      image = library.render_trusted(item.svg)
-      prompts += [run.prompt(tasks.solver_prompt(q.question, m.style), [image])
-                  for q in (item.easy, item.hard)]
-    golds = [q.answer for item in items for q in (item.easy, item.hard)]
-    samples = self.roles["solver"].generate(prompts, 1, seed=0, greedy=True)
+    mine = list(run.share(len(items)))   # this process's items
+    renders = self._draw(self.roles["coder"], [tasks.proposal_of(items[j]) for j in mine], mine,
+                         m.heldout_coder_samples, run.seed("eval", "coder"))
+    prompts, golds, ids = [], [], []
+    for j in mine:
+      image = library.render_trusted(items[j].svg)
+      for q, question in enumerate((items[j].easy, items[j].hard)):
+        prompts.append(run.prompt(tasks.solver_prompt(question.question, m.style), [image]))
+        golds.append(question.answer)
+        ids.append(2 * j + q)
+    samples = self.roles["solver"].generate(prompts, 1, seed=0, greedy=True, prompt_ids=ids)
     correct = [answers.answers_equal(answers.extract_boxed(t) or "", golds[samples.prompt_of(r)])
                for r, t in enumerate(samples.texts)]
-    _, psamples, parsed = self._propose(self.roles["proposer"], len(self.topics), 2,
-                                        run.seed("eval", "proposer"))
-    result = {"proposer_parse_rate": (float(np.mean([p is not None for p in parsed]))
-                                      if parsed else 0.0),
-              "coder_render_success": float(np.mean([r.rendered for r in flat])) if flat else 0.0,
+    _, _, parsed = self._propose(self.roles["proposer"], len(self.topics), 2,
+                                 run.seed("eval", "proposer"))
+    rendered = run.gather([r.rendered for rs in renders for r in rs])
+    correct, parsed = run.gather(correct), run.gather([p is not None for p in parsed])
+    result = {"proposer_parse_rate": float(np.mean(parsed)) if parsed else 0.0,
+              "coder_render_success": float(np.mean(rendered)) if rendered else 0.0,
               "solver_accuracy": float(np.mean(correct)) if correct else 0.0,
               "items": len(items)}
     key = "init" if stage.iteration == 0 and not self.results else (

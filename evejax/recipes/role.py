@@ -87,6 +87,10 @@ class Samples:
   given) of the j-th sampled prompt, and row r belongs to kept[r // group].
   With several processes these are this process's rows; `total_rows` counts
   every process's (decide "nothing was sampled" from it, never from len).
+  `ids[j]` is the sampled prompt's id over every process (`generate`'s
+  `prompt_ids`, else its place in the call), so `row_id(r)` numbers rows alike
+  on any number of processes: sort gathered rows by it to see them in the
+  order one process has them.
   """
   kept: list[int]
   group: int
@@ -95,10 +99,13 @@ class Samples:
   logprobs: list[np.ndarray]        # per row, the sampler's log-prob of each token
   texts: list[str]                  # per row, decoded without special tokens
   total_rows: int | None = None     # rows over every process (None: len(self))
+  ids: list[int] | None = None      # per sampled prompt, its id (None: its index)
 
   def __post_init__(self):
     if self.total_rows is None:
       self.total_rows = len(self.tokens)
+    if self.ids is None:
+      self.ids = list(range(len(self.kept)))
 
   def __len__(self) -> int:
     return len(self.tokens)
@@ -106,6 +113,10 @@ class Samples:
   def prompt_of(self, row: int) -> int:
     """Index into the prompts given to generate of the prompt of `row`."""
     return self.kept[row // self.group]
+
+  def row_id(self, row: int) -> int:
+    """`row`'s number over every process: its prompt's id times group, plus its member."""
+    return int(self.ids[row // self.group]) * self.group + row % self.group
 
   @property
   def row_prompts(self) -> list[batching.Example]:
@@ -246,15 +257,16 @@ class Role:
     if dropped:
       s.counts[f"{self.name}/dropped_prompt_too_long"] += dropped
     chosen = [prompts[i] for i in kept]
+    ids = [int(i) for i in _call_ids(len(prompts), prompt_ids)[kept]]
     total = distributed.total(len(chosen))
     if not total:
-      return Samples(kept, group, [], [], [], [], total_rows=0)
-    ranks = None if prompt_ids is None else _ranks([prompt_ids[i] for i in kept])
+      return Samples(kept, group, [], [], [], [], total_rows=0, ids=ids)
+    ranks = None if prompt_ids is None else _ranks(ids)
     toks, lps = self._sample(chosen, group, seed, greedy, ranks)
     s.counts[f"{self.name}/completion_with_vision_token"] += sum(
         rollouts.has_vision_tokens(s.model_config, t) for t in toks)
     texts = s.tokenizer.decode_batch(toks, skip_special_tokens=True) if toks else []
-    return Samples(kept, group, chosen, toks, lps, texts, total_rows=total * group)
+    return Samples(kept, group, chosen, toks, lps, texts, total_rows=total * group, ids=ids)
 
   def _sample(self, prompts, group, seed, greedy, ids=None):
     s = self.services
