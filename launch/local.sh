@@ -5,7 +5,11 @@
 #   launch/local.sh --processes 2 --cpu_devices 4 configs/eve.py:tiny workdirs/eve_2x4
 # Options, before the config:
 #   --processes N    N processes joined by --distributed (coordinator 127.0.0.1:PORT)
-#   --cpu_devices D  CPU JAX with D devices per process (what the tests use)
+#   --cpu_devices D  CPU JAX with D devices per process (what the tests use); with several
+#                    processes each is pinned to one core (taskset): XLA's CPU runtime
+#                    (jax 0.10) starts a program's independent collectives in whatever order
+#                    its thread pool frees up, which can differ between processes and then
+#                    mismatches gloo's messages; one core gives the pool one thread
 #   --port P         the coordinator's port (default: a free one)
 #   --dry_run        print each process's command and exit
 # Process 0 writes to this terminal; process i > 0 to WORKDIR/launch.p<i>.log. When one
@@ -37,7 +41,11 @@ if [[ -n $cpu_devices ]]; then
 fi
 command_of() {  # the command of process $1, then the overrides
   local id=$1; shift
-  local cmd=(env "${env_args[@]}" "$python" -m evejax.main)
+  local cmd=(env "${env_args[@]}")
+  if [[ $processes -gt 1 && -n $cpu_devices ]] && command -v taskset > /dev/null; then
+    cmd+=(taskset -c $(( id % $(nproc) )))
+  fi
+  cmd+=("$python" -m evejax.main)
   if [[ $processes -gt 1 ]]; then
     cmd+=(--distributed "--coordinator_address=127.0.0.1:$port" "--num_processes=$processes"
           "--process_id=$id")

@@ -1,6 +1,7 @@
 """The launchers' exact commands (--dry_run), and local.sh's handling of its processes."""
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 
@@ -33,6 +34,7 @@ class LaunchTest(absltest.TestCase):
       self.assertEqual(shlex.split(command), [
           "env", "JAX_PLATFORMS=cpu",
           "XLA_FLAGS=--xla_dump_to=/d --xla_force_host_platform_device_count=4",
+          *(["taskset", "-c", str(i % len(os.sched_getaffinity(0)))] if shutil.which("taskset") else []),
           "python", "-m", "evejax.main", "--distributed",
           "--coordinator_address=127.0.0.1:4321", "--num_processes=2", f"--process_id={i}",
           "--config", "configs/eve.py:tiny", "--workdir", "/tmp/w",
