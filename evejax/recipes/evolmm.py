@@ -235,12 +235,11 @@ class EvoLmm(runner.Recipe):
       # Every process takes each answer's step, in row order; its owner gives the row.
       mine = {samples.row_id(r): r for r in range(len(samples))}
       for i in sorted(self.run.gather(list(mine))):
-        r = mine.get(i)
-        rows = [] if r is None else [r]
-        m = solver.update_rows([samples.row_prompts[r] for r in rows],
-                               [samples.tokens[r] for r in rows],
-                               [solver_values[r] for r in rows], group=1,
-                               logprobs=[samples.logprobs[r] for r in rows])
+        rows = [mine[i]] if i in mine else []
+        m = solver.update_rows([samples.row_prompts[k] for k in rows],
+                               [samples.tokens[k] for k in rows],
+                               [solver_values[k] for k in rows], group=1,
+                               logprobs=[samples.logprobs[k] for k in rows])
       out.update({f"solver/{k}": v for k, v in m.items()})
     else:
       out.update({f"solver/{k}": v for k, v in solver.update(samples, solver_values).items()})
