@@ -3,10 +3,15 @@ toy, EVE, MM-Zero, EvoLMM).
 
 Each run is `launch/local.sh` starting `python -m evejax.main` on the recipes
 of tests/multihost_recipes.py, the processes joined by gloo CPU collectives as
-the hosts of a pod would be; one CPU device per process, each process pinned
-to its own core by the launcher (see launch/local.sh: XLA's CPU runtime, jax
-0.10, can otherwise start a program's independent collectives in a different
-order on each process). What must hold (README, "Running on a pod"): the same
+the hosts of a pod would be, each process pinned to its own core by the
+launcher (see launch/local.sh: XLA's CPU runtime, jax 0.10, can otherwise start
+a program's independent collectives in a different order on each process).
+The toy runs 2 processes x 4 devices against 1 x 8. The recipes run 2 x 1
+against 1 x 1: with several CPU devices in a process, XLA's CPU runtime (jax
+0.10.2) can stall the policy's scoring program, whose scanned layers gather
+their weights inside a loop while collectives outside it run concurrently
+(seen both with 1 process x 8 devices and 2 x 4: devices wait in two different
+collectives until the rendezvous times out). What must hold (README, "Running on a pod"): the same
 rewards, data and losses on either layout; host state byte-identical across
 processes; checkpoints that a run of the other layout resumes; a run killed
 mid-phase that resumes to the same metrics; resident memory flat step over step.
@@ -37,10 +42,10 @@ SKIP_REASON = ("multi-process runs take minutes each (module docstring); "
                "EVEJAX_MULTIHOST_TESTS=1 runs them")
 
 
-def _launch(config: str, workdir: str, processes: int, *overrides: str,
+def _launch(config: str, workdir: str, processes: int, *overrides: str, devices: int = 1,
             kill_when=None) -> subprocess.Popen | None:
-  """Runs launch/local.sh to the end (or SIGKILLs every process once `kill_when(records)`)."""
-  devices = 1
+  """Runs launch/local.sh with `devices` CPU devices per process to the end (or SIGKILLs
+  every process once `kill_when(records)`)."""
   cmd = ["bash", os.path.join(ROOT, "launch", "local.sh"), "--processes", str(processes),
          "--cpu_devices", str(devices), config, workdir, *overrides]
   env = resume_util.subprocess_env(devices)
@@ -96,13 +101,14 @@ def _assert_same_metrics(test, a, b, keys, *, rtol, atol, exact=()):
 
 @absltest.skipUnless(ENABLED, SKIP_REASON)
 class ToyTest(absltest.TestCase):
-  """The two-role toy recipe: layouts agree, checkpoints cross layouts, memory is flat."""
+  """The two-role toy recipe on 2 processes x 4 devices against 1 x 8: layouts agree,
+  checkpoints cross layouts, memory is flat."""
 
   def test_two_processes_match_one_and_resume_on_one(self):
     root = tempfile.mkdtemp()
     one, two = os.path.join(root, "one"), os.path.join(root, "two")
-    _launch("tests/multihost_recipes.py:toy", one, 1)
-    _launch("tests/multihost_recipes.py:toy", two, 2)
+    _launch("tests/multihost_recipes.py:toy", one, 1, devices=8)
+    _launch("tests/multihost_recipes.py:toy", two, 2, devices=4)
     a, b = _records(one), _records(two)
     keys = ("writer/reward_mean", "reader/reward_mean", "writer/adv/reward_std",
             "writer/train/loss", "writer/train/kl", "reader/train/loss", "reader/train/kl",
@@ -126,7 +132,7 @@ class ToyTest(absltest.TestCase):
     shutil.copytree(os.path.join(two, "checkpoints", str(cut)),
                     os.path.join(cross, "checkpoints", str(cut)))
     shutil.copy(os.path.join(two, "metrics.jsonl"), cross)
-    _launch("tests/multihost_recipes.py:toy", cross, 1)
+    _launch("tests/multihost_recipes.py:toy", cross, 1, devices=8)
     _assert_same_metrics(self, b, _records(cross),
                          ("reader/train/loss", "reader/train/kl", "reader/reward_mean"),
                          rtol=1e-4, atol=1e-6, exact=("reader/reward_mean",))
