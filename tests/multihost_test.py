@@ -102,9 +102,9 @@ def _assert_same_metrics(test, a, b, keys, *, rtol, atol, exact=()):
 @absltest.skipUnless(ENABLED, SKIP_REASON)
 class ToyTest(absltest.TestCase):
   """The two-role toy recipe on 2 processes x 4 devices against 1 x 8: layouts agree,
-  checkpoints cross layouts, memory is flat."""
+  each layout resumes the other's checkpoint, memory is flat."""
 
-  def test_two_processes_match_one_and_resume_on_one(self):
+  def test_two_processes_match_one_and_each_resumes_the_other(self):
     root = tempfile.mkdtemp()
     one, two = os.path.join(root, "one"), os.path.join(root, "two")
     _launch("tests/multihost_recipes.py:toy", one, 1, devices=8)
@@ -124,18 +124,19 @@ class ToyTest(absltest.TestCase):
     steps = sorted(rss)
     self.assertLess(rss[steps[-1]] - rss[steps[len(steps) // 2]], 100.0, rss)
 
-    # The 2-process run's checkpoint after the writer's stage, resumed on 1 process.
-    cross = os.path.join(root, "cross")
-    os.makedirs(os.path.join(cross, "checkpoints"))
-    cut = max(int(n) for n in os.listdir(os.path.join(two, "checkpoints"))
-              if n.isdigit() and int(n) <= 5)
-    shutil.copytree(os.path.join(two, "checkpoints", str(cut)),
-                    os.path.join(cross, "checkpoints", str(cut)))
-    shutil.copy(os.path.join(two, "metrics.jsonl"), cross)
-    _launch("tests/multihost_recipes.py:toy", cross, 1, devices=8)
-    _assert_same_metrics(self, b, _records(cross),
-                         ("reader/train/loss", "reader/train/kl", "reader/reward_mean"),
-                         rtol=1e-4, atol=1e-6, exact=("reader/reward_mean",))
+    # Each run's checkpoint after the writer's stage, resumed on the other layout.
+    for source, records, processes, devices in ((two, b, 1, 8), (one, a, 2, 4)):
+      cross = os.path.join(root, f"cross_to_{processes}")
+      os.makedirs(os.path.join(cross, "checkpoints"))
+      cut = max(int(n) for n in os.listdir(os.path.join(source, "checkpoints"))
+                if n.isdigit() and int(n) <= 5)
+      shutil.copytree(os.path.join(source, "checkpoints", str(cut)),
+                      os.path.join(cross, "checkpoints", str(cut)))
+      shutil.copy(os.path.join(source, "metrics.jsonl"), cross)
+      _launch("tests/multihost_recipes.py:toy", cross, processes, devices=devices)
+      _assert_same_metrics(self, records, _records(cross),
+                           ("reader/train/loss", "reader/train/kl", "reader/reward_mean"),
+                           rtol=1e-4, atol=1e-6, exact=("reader/reward_mean",))
 
 
 @absltest.skipUnless(ENABLED, SKIP_REASON)
