@@ -16,7 +16,7 @@ rewards, data and losses on either layout; host state byte-identical across
 processes; checkpoints that a run of the other layout resumes; a run killed
 mid-phase that resumes to the same metrics; resident memory flat step over step.
 
-Opt-in (EVEJAX_MULTIHOST_TESTS=1, about 20 minutes on 2 cores): every case
+Opt-in (EVEJAX_MULTIHOST_TESTS=1, about 15 minutes on 2 cores): every case
 starts several multi-minute runs, more than the suite's time budget allows;
 the launchers' commands are checked in launch_test.py on every run.
 """
