@@ -39,11 +39,15 @@ if [[ -n $cpu_devices ]]; then
   done
   env_args=(JAX_PLATFORMS=cpu "XLA_FLAGS=${flags}--xla_force_host_platform_device_count=$cpu_devices")
 fi
+cores=()   # the cores this launcher may use (its affinity), for pinning
+if [[ $processes -gt 1 && -n $cpu_devices ]] && command -v taskset > /dev/null; then
+  read -r -a cores <<< "$("$python" -c 'import os; print(*sorted(os.sched_getaffinity(0)))')"
+fi
 command_of() {  # the command of process $1, then the overrides
   local id=$1; shift
   local cmd=(env "${env_args[@]}")
-  if [[ $processes -gt 1 && -n $cpu_devices ]] && command -v taskset > /dev/null; then
-    cmd+=(taskset -c $(( id % $(nproc) )))
+  if [[ ${#cores[@]} -gt 0 ]]; then
+    cmd+=(taskset -c "${cores[id % ${#cores[@]}]}")
   fi
   cmd+=("$python" -m evejax.main)
   if [[ $processes -gt 1 ]]; then

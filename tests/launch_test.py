@@ -28,13 +28,14 @@ class LaunchTest(absltest.TestCase):
                   env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_dump_to=/d"})
     lines = out.stdout.strip().splitlines()
     self.assertLen(lines, 2)
+    cores = sorted(os.sched_getaffinity(0))   # each process pinned to one of them in turn
     for i, line in enumerate(lines):
       label, command = line.split(": ", 1)
       self.assertEqual(label, f"process {i}")
       self.assertEqual(shlex.split(command), [
           "env", "JAX_PLATFORMS=cpu",
           "XLA_FLAGS=--xla_dump_to=/d --xla_force_host_platform_device_count=4",
-          *(["taskset", "-c", str(i % len(os.sched_getaffinity(0)))] if shutil.which("taskset") else []),
+          *(["taskset", "-c", str(cores[i % len(cores)])] if shutil.which("taskset") else []),
           "python", "-m", "evejax.main", "--distributed",
           "--coordinator_address=127.0.0.1:4321", "--num_processes=2", f"--process_id={i}",
           "--config", "configs/eve.py:tiny", "--workdir", "/tmp/w",
