@@ -92,8 +92,8 @@ def _scripted(reply):
   return lambda role: role_lib.ScriptedRole(role, reply)
 
 
-_ITEMS = [mmzero_library.make_item(kind, np.random.default_rng(k), n=3)
-          for k, kind in enumerate(("bar_chart", "bar_chart", "bar_chart"))]
+_ITEMS = [mmzero_library.make_item("bar_chart", np.random.default_rng(k), n=3)
+          for k in range(3)]
 _BROKEN_SVG = "```svg\n<svg xmlns='http://www.w3.org/2000/svg'><rect\n```"
 
 

@@ -11,8 +11,8 @@ against 1 x 1: with several CPU devices in a process, XLA's CPU runtime (jax
 0.10.2) can stall the policy's scoring program, whose scanned layers gather
 their weights inside a loop while collectives outside it run concurrently
 (seen both with 1 process x 8 devices and 2 x 4: devices wait in two different
-collectives until the rendezvous times out). What must hold (README, "Running on a pod"): the same
-rewards, data and losses on either layout; host state byte-identical across
+collectives until the rendezvous times out). What must hold (README, "Running
+on a pod"): the same rewards, data and losses on either layout; host state byte-identical across
 processes; checkpoints that a run of the other layout resumes; a run killed
 mid-phase that resumes to the same metrics; resident memory flat step over step.
 
@@ -87,6 +87,13 @@ def _host_states(workdir, processes):
   return out
 
 
+def _assert_host_state_alike(test, one, two):
+  """The 2-process run's processes hold the same bytes, and the 1-process run's state."""
+  states = _host_states(two, 2)
+  test.assertEqual(states[0], states[1])
+  test.assertEqual(json.loads(states[0]), json.loads(_host_states(one, 1)[0]))
+
+
 def _assert_same_metrics(test, a, b, keys, *, rtol, atol, exact=()):
   for key in keys:
     x, y = _series(a, key), _series(b, key)
@@ -115,9 +122,7 @@ class ToyTest(absltest.TestCase):
             "writer/frozen_reader_sum")
     _assert_same_metrics(self, a, b, keys, rtol=1e-4, atol=1e-6,
                          exact=("writer/reward_mean", "reader/reward_mean"))
-    states = _host_states(two, 2)
-    self.assertEqual(states[0], states[1])
-    self.assertEqual(json.loads(states[0]), json.loads(_host_states(one, 1)[0]))
+    _assert_host_state_alike(self, one, two)
 
     # Host memory: flat over the reader's steps, once their programs are compiled.
     rss = _series(b, "host/rss_mib_max")
@@ -171,10 +176,8 @@ class EveTest(absltest.TestCase):
     for key in ("challenger/train/loss", "solver/train/loss"):   # each step once
       steps = [r["step"] for r in b if key in r]
       self.assertEqual(steps, sorted(set(steps)), key)
-    states = _host_states(two, 2)
-    self.assertEqual(states[0], states[1])
     # The queue, the Solver's data and the cursor, as the one-process run left them.
-    self.assertEqual(json.loads(states[0]), json.loads(_host_states(one, 1)[0]))
+    _assert_host_state_alike(self, one, two)
 
 
 def _two_processes_match_one(test, config, keys, exact):
@@ -185,9 +188,7 @@ def _two_processes_match_one(test, config, keys, exact):
   _launch(config, two, 2)
   _assert_same_metrics(test, _records(one), _records(two), keys, rtol=1e-4, atol=1e-6,
                        exact=exact)
-  states = _host_states(two, 2)
-  test.assertEqual(states[0], states[1])
-  test.assertEqual(json.loads(states[0]), json.loads(_host_states(one, 1)[0]))
+  _assert_host_state_alike(test, one, two)
 
 
 @absltest.skipUnless(ENABLED, SKIP_REASON)

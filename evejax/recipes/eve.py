@@ -602,7 +602,7 @@ def _concat(parts) -> role_lib.Samples:
     lps += s.logprobs
     texts += s.texts
   return role_lib.Samples(kept, group, prompts, toks, lps, texts,
-                          total_rows=sum(s.total_rows for _, s in parts))
+                          total_rows=sum(s.total_rows for _, s in parts), ids=kept)
 
 
 def _row_numbers(run: runner.Run, samples: role_lib.Samples) -> list[int]:

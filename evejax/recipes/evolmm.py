@@ -216,9 +216,10 @@ class EvoLmm(runner.Recipe):
           "no_answer": float(np.mean([not a for a in normed]))}))
     stats = [x for _, x in run.gather(stats, key=lambda x: x[0])]
     metrics = {k: float(np.mean([x[k] for x in stats])) for k in (stats[0] if stats else ())}
-    gathered = lambda s, v: np.array(
-        [x for _, x in run.gather([(s.row_id(r), float(v[r])) for r in range(len(s))],
-                                  key=lambda x: x[0])], np.float32)
+
+    def gathered(s, v):   # every process's per-row values of `s`, in row-id order
+      rows = run.gather([(s.row_id(r), float(v[r])) for r in range(len(s))], key=lambda x: x[0])
+      return np.array([x for _, x in rows], np.float32)
     metrics.update(solver_reward=float(gathered(samples, solver_values).mean()),
                    proposer_reward=float(gathered(qsamples, question_values).mean()))
     metrics.update(self._update(stage, step, qsamples, question_values, samples, solver_values))

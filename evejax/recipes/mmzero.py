@@ -332,30 +332,29 @@ class MmZero(runner.Recipe):
                                     **self._proposer_reward_args())
     values = np.array([x.value for x in rs], np.float32)
     place = {x[0]: k for k, x in enumerate(everyone)}
-    train = self.roles["proposer"].update(
-        samples, values[[place[samples.row_id(r)] for r in range(len(samples))]])
+    mine = [place[samples.row_id(r)] for r in range(len(samples))]   # this process's rows
+    train = self.roles["proposer"].update(samples, values[mine])
 
-    all_parsed = [p for p in (rewards.parse_proposer_output(x[1])[0] for x in everyone)
-                  if p is not None]
+    content_types = [x.parts["content_type"] for x in rs if "content_type" in x.parts]
     rendered = [o for os_ in all_outcomes for o in os_ if o.rendered]
     drawn = sum(len(os_) for os_ in all_outcomes)
     metrics = {
         "reward_mean": float(values.mean()),
-        "parse_rate": len(all_parsed) / len(everyone),
+        "parse_rate": len(content_types) / len(everyone),
         "render_success": len(rendered) / drawn if drawn else 0.0,
         "solvability": float(np.mean([o.solvability for o in rendered])) if rendered else 0.0,
         "difficulty": float(np.mean([min(o.consistency, 1 - o.consistency)
                                      for o in rendered])) if rendered else 0.0,
         "too_easy_rate": float(np.mean([x.parts.get("too_easy", False) for x in rs])),
         "diversity_penalty": float(np.mean([x.parts.get("diversity_penalty", 0.0) for x in rs])),
-        "content_types": float(len({p.content_type for p in all_parsed})),
+        "content_types": float(len(set(content_types))),
         **train}
     for k in ("render_success", "solvability", "difficulty"):
       self._phase[k].append(metrics[k])
     run.log(metrics, prefix="proposer")
     run.log_counts()
     self._gallery_cards(stage, step, topics, samples, proposals, parsed, renders,
-                        [rs[place[samples.row_id(r)]] for r in range(len(samples))])
+                        [rs[k] for k in mine])
 
   def _proposer_reward_args(self) -> dict:
     r = self.config.reward.proposer

@@ -105,7 +105,7 @@ class Samples:
     if self.total_rows is None:
       self.total_rows = len(self.tokens)
     if self.ids is None:
-      self.ids = list(range(len(self.kept)))
+      self.ids = list(self.kept)
 
   def __len__(self) -> int:
     return len(self.tokens)
