@@ -131,20 +131,28 @@ args_list = [{"x": 2}, {"x": 24}, {"x": 46}, {"x": 68}]
 
 
 KILL_OTHERS = """import os
+import time
 from PIL import ImageDraw
 
 
-def kill_others():
-    # The next job's spare is already forked while this job runs; it runs as
-    # another uid, so this job must not be able to signal it (nor anything).
+def others():
     me = os.getpid()
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != me:
-            try:
-                os.kill(int(name), 9)
-                print("KILLED", name)
-            except OSError as e:
-                print("refused", name, e.errno)
+    return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) != me]
+
+
+def kill_others():
+    # The next job's spare is forked just after this job starts and runs as
+    # another uid, so this job must not be able to signal it (nor anything).
+    # Wait for it to appear: on a busy machine the fork can come later.
+    deadline = time.monotonic() + 10
+    while len(others()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in others():
+        try:
+            os.kill(pid, 9)
+            print("KILLED", pid)
+        except OSError as e:
+            print("refused", pid, e.errno)
 
 
 def edit_image(img, x):
