@@ -192,6 +192,15 @@ def gather_rows(rows: Sequence[Any]) -> list[Any]:
   return [r for part in allgather(list(rows)) for r in part]
 
 
+def gather_by_id(ids: Sequence[int], rows: Sequence[Any]) -> list[Any]:
+  """Every process's `rows`, numbered by `ids` (unique over processes), in id order."""
+  numbered = gather_rows([(int(i), r) for i, r in zip(ids, rows, strict=True)])
+  order = sorted(numbered, key=lambda x: x[0])
+  if any(a[0] == b[0] for a, b in zip(order, order[1:])):
+    raise ValueError("gather_by_id: two rows share an id; number rows uniquely over processes.")
+  return [r for _, r in order]
+
+
 def total(x: float | int) -> float | int:
   """The sum of `x` over processes."""
   return x if jax.process_count() == 1 else sum(allgather(x))

@@ -201,7 +201,7 @@ class EvoLmm(runner.Recipe):
       by_question[samples.kept[r // samples.group]].append(r)
     solver_values = np.zeros(len(samples), np.float32)
     question_values = np.zeros(len(qsamples), np.float32)
-    stats = []   # (question row id, its statistics), gathered for the metrics
+    stats = []   # per question row, its statistics, gathered for the metrics
     for qi, rows in by_question.items():
       replies = [samples.texts[r] for r in rows]
       for r, rw in zip(rows, self._solver_rewards(replies)):
@@ -210,18 +210,17 @@ class EvoLmm(runner.Recipe):
       question_values[qi] = pr.value
       normed = [rewards.extract_answer(x) for x in replies]
       shares = rewards.answer_shares(normed)
-      stats.append((qsamples.row_id(qi), {
+      stats.append({
           "consistency": float(np.mean(shares)), "unanimous": float(len(set(normed)) == 1),
           "distinct_answers": float(len(set(normed))), "entropy": pr.parts["entropy"],
-          "no_answer": float(np.mean([not a for a in normed]))}))
-    stats = [x for _, x in run.gather(stats, key=lambda x: x[0])]
+          "no_answer": float(np.mean([not a for a in normed]))})
+    stats = run.gather_by_id([qsamples.row_id(qi) for qi in by_question], stats)
     metrics = {k: float(np.mean([x[k] for x in stats])) for k in (stats[0] if stats else ())}
 
-    def gathered(s, v):   # every process's per-row values of `s`, in row-id order
-      rows = run.gather([(s.row_id(r), float(v[r])) for r in range(len(s))], key=lambda x: x[0])
-      return np.array([x for _, x in rows], np.float32)
-    metrics.update(solver_reward=float(gathered(samples, solver_values).mean()),
-                   proposer_reward=float(gathered(qsamples, question_values).mean()))
+    def gathered_mean(s, v):   # of every process's per-row values of `s`, in row-id order
+      return float(np.array(run.gather_by_id(s.row_ids, v.tolist()), np.float32).mean())
+    metrics.update(solver_reward=gathered_mean(samples, solver_values),
+                   proposer_reward=gathered_mean(qsamples, question_values))
     metrics.update(self._update(stage, step, qsamples, question_values, samples, solver_values))
     run.log(metrics, prefix="evolmm")
     run.log_counts()

@@ -407,10 +407,9 @@ class MmZero(runner.Recipe):
     for r, rs in zip(parsed, renders):
       kept, rate = in_coder_band(rs, m.coder_band)
       p = proposals[r]
-      mine.append((samples.row_id(r), kept and
-                   {f: getattr(p, f) for f in tasks.PROPOSAL_TAGS} | {"render_rate": rate}))
-    everyone = run.gather(mine, key=lambda x: x[0])
-    keep = [rec for _, rec in everyone if rec]
+      mine.append(kept and {f: getattr(p, f) for f in tasks.PROPOSAL_TAGS} | {"render_rate": rate})
+    everyone = run.gather_by_id([samples.row_id(r) for r in parsed], mine)
+    keep = [rec for rec in everyone if rec]
     run.log({"pool": len(everyone), "kept": len(keep)}, prefix="coder_data")
     self._phase["coder_data"].append(float(len(keep)))
     if not keep:
@@ -456,11 +455,11 @@ class MmZero(runner.Recipe):
             empty_penalty=r.empty, non_svg_penalty=r.non_svg, floor=r.floor))
     values = np.array([x.value for x in rs], np.float32)
     train = coder.update(samples, values)
-    everyone = run.gather([(samples.row_id(r), float(values[r]), rend.rendered, rs[r].reason)
-                           for r, rend in enumerate(renders)], key=lambda x: x[0])
-    reasons = collections.Counter(x[3] for x in everyone)
-    run.log({"reward_mean": float(np.array([x[1] for x in everyone], np.float32).mean()),
-             "render_success": float(np.mean([x[2] for x in everyone])),
+    everyone = run.gather_by_id(samples.row_ids, [(float(values[r]), rend.rendered, rs[r].reason)
+                                                  for r, rend in enumerate(renders)])
+    reasons = collections.Counter(x[2] for x in everyone)
+    run.log({"reward_mean": float(np.array([x[0] for x in everyone], np.float32).mean()),
+             "render_success": float(np.mean([x[1] for x in everyone])),
              **{f"reason/{k}": float(v) for k, v in reasons.items()}, **train}, prefix="coder")
 
   # -- Solver phase ----------------------------------------------------------------
@@ -480,14 +479,14 @@ class MmZero(runner.Recipe):
                  [(p.easy_question, p.hard_question) for p in parsed], m.solver_select_samples,
                  runner.seed(seed, "solver"))
     mine = []
-    for i, p, r in zip(ids, parsed, renders):
+    for p, r in zip(parsed, renders):
       kept, silver, easy_c, hard_c = solver_item(r, m.solver_easy_min, m.solver_hard_band)
-      mine.append((i, r.rendered, kept and {
+      mine.append((r.rendered, kept and {
           "question": p.hard_question, "code": r.code, "silver": silver,
           "easy_consistency": easy_c, "hard_consistency": hard_c}))
-    everyone = run.gather(mine, key=lambda x: x[0])
-    keep = [rec for *_, rec in everyone if rec]
-    run.log({"pool": len(everyone), "rendered": sum(x[1] for x in everyone),
+    everyone = run.gather_by_id(ids, mine)
+    keep = [rec for _, rec in everyone if rec]
+    run.log({"pool": len(everyone), "rendered": sum(x[0] for x in everyone),
              "kept": len(keep)}, prefix="solver_data")
     if not keep:
       logging.warning("Solver phase of iteration %d: no item passed the consistency filters; "
@@ -533,11 +532,11 @@ class MmZero(runner.Recipe):
             for row, t in enumerate(samples.texts)]
     values = np.array([x.value for x in rs], np.float32)
     train = self.roles["solver"].update(samples, values)
-    everyone = run.gather([(samples.row_id(r), float(values[r]), x.parts["accuracy"],
-                            x.parts["format"]) for r, x in enumerate(rs)], key=lambda x: x[0])
-    run.log({"reward_mean": float(np.array([x[1] for x in everyone], np.float32).mean()),
-             "accuracy": float(np.mean([x[2] for x in everyone])),
-             "format": float(np.mean([x[3] for x in everyone])), **train},
+    everyone = run.gather_by_id(samples.row_ids, [
+        (float(values[r]), x.parts["accuracy"], x.parts["format"]) for r, x in enumerate(rs)])
+    run.log({"reward_mean": float(np.array([x[0] for x in everyone], np.float32).mean()),
+             "accuracy": float(np.mean([x[1] for x in everyone])),
+             "format": float(np.mean([x[2] for x in everyone])), **train},
             prefix="solver")
 
   # -- evaluation and the co-evolution curves ----------------------------------

@@ -119,6 +119,10 @@ class Samples:
     return int(self.ids[row // self.group]) * self.group + row % self.group
 
   @property
+  def row_ids(self) -> list[int]:
+    return [self.row_id(r) for r in range(len(self.tokens))]
+
+  @property
   def row_prompts(self) -> list[batching.Example]:
     return [self.prompts[r // self.group] for r in range(len(self.tokens))]
 

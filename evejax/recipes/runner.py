@@ -223,6 +223,10 @@ class Run:
     rows = distributed.gather_rows(rows)
     return rows if key is None else sorted(rows, key=key)
 
+  def gather_by_id(self, ids, rows) -> list:
+    """Every process's `rows`, numbered by `ids` (unique over processes), in id order."""
+    return distributed.gather_by_id(ids, rows)
+
   def restore_counts(self, counts: Mapping[str, int]) -> None:
     """The counts of a checkpoint (every process's, summed when it was saved)."""
     self.counts.update(counts)
