@@ -12,9 +12,10 @@ against 1 x 1: with several CPU devices in a process, XLA's CPU runtime (jax
 their weights inside a loop while collectives outside it run concurrently
 (seen both with 1 process x 8 devices and 2 x 4: devices wait in two different
 collectives until the rendezvous times out). What must hold (README, "Running
-on a pod"): the same rewards, data and losses on either layout; host state byte-identical across
-processes; checkpoints that a run of the other layout resumes; a run killed
-mid-phase that resumes to the same metrics; resident memory flat step over step.
+on a pod"): the same rewards, data and losses on either layout; host state
+byte-identical across processes; checkpoints that a run of the other layout
+resumes; a run killed mid-phase that resumes to the same metrics; resident
+memory flat step over step.
 
 Opt-in (EVEJAX_MULTIHOST_TESTS=1, about 15 minutes on 2 cores): every case
 starts several multi-minute runs, more than the suite's time budget allows;
