@@ -198,6 +198,11 @@ def build_private_root(root: str, ro_paths: list[str], tmp_bytes: int,
   """
   mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates to the host
   mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+  # The job /tmp goes on before the binds: mounted after them it would hide
+  # every bind below /tmp (a venv or checkout under /tmp, /tmp/$TMPDIR, ...).
+  os.makedirs(root + "/tmp", exist_ok=True)
+  mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        f"size={max(tmp_bytes, 1 << 20)},nr_inodes={tmp_inodes},mode=0711")
   # Shallow paths first; a path whose real location is already inside a
   # bound directory is reachable through that bind (or a copied symlink).
   bound: list[str] = []
@@ -218,9 +223,6 @@ def build_private_root(root: str, ro_paths: list[str], tmp_bytes: int,
       mount("/dev/" + name, f"{root}/dev/{name}", None, MS_BIND)
   os.makedirs(root + "/proc", exist_ok=True)
   mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-  os.makedirs(root + "/tmp", exist_ok=True)
-  mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-        f"size={max(tmp_bytes, 1 << 20)},nr_inodes={tmp_inodes},mode=0711")
 
 
 def enter_root(root: str) -> None:

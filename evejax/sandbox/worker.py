@@ -108,7 +108,10 @@ class Zygote:
     if s["private_root"]:
       if layers.namespaces:
         try:
-          root = "/tmp"  # shadowed in our mount namespace only
+          # A fresh mount point, not /tmp: a tmpfs there would shadow the
+          # sources of every bind below it (a venv or checkout under /tmp).
+          root = os.path.join(self.jobs_root, "root")
+          os.mkdir(root, 0o755)
           jail.build_private_root(
               root, jail.python_ro_paths() + list(jail.SYSTEM_RO_PATHS)
               + list(s["ro_paths"]), s["disk_bytes"], s["disk_inodes"])
@@ -124,6 +127,13 @@ class Zygote:
                                "see the host filesystem")
     if not layers.private_root:
       os.chmod(self.jobs_root, 0o711)
+    if self.uids:
+      closed = [p for p in jail.python_ro_paths()
+                if os.stat(p).st_mode & 0o005 != 0o005]
+      if closed:
+        layers.warnings.append(
+            f"{closed} cannot be read by other users: jobs (a dedicated "
+            "uid) cannot import modules from there lazily; `chmod o+rx` them")
     # Jobs inherit this environment (nothing of the trainer's; their home
     # is set per job): done once here rather than in every job.
     jail.clean_environ(self.jobs_root)
