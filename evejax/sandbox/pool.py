@@ -103,7 +103,7 @@ class SandboxConfig:
   preload: tuple[str, ...] = (
       "PIL.ImageOps", "PIL.ImageFilter", "PIL.ImageEnhance", "PIL.ImageChops",
       "PIL.ImageStat", "PIL.ImageColor", "PIL.ImageMath", "PIL.ImageFont",
-      "colorsys", "cairosvg")
+      "colorsys", "cairosvg", "matplotlib.pyplot")
   grace_s: float = 10.0
   start_timeout_s: float = 120.0
   checks: checks_lib.CheckConfig = checks_lib.CheckConfig()

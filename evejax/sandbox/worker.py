@@ -49,6 +49,26 @@ from evejax.sandbox import seccomp
 from evejax.sandbox import wire
 
 
+def _warm_up_matplotlib() -> None:
+  """Builds matplotlib's font list and draws once, outside the jail.
+
+  Without a font cache matplotlib lists the system fonts by running
+  `fc-list` (fork + exec), which the syscall filter kills; every job has a
+  fresh MPLCONFIGDIR, so the list must already be in the zygote's memory.
+  Drawing text, a legend and saving a PNG loads the fonts and the PNG writer.
+  """
+  import io  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (bars, pie, line) = plt.subplots(1, 3, figsize=(3, 1), dpi=40)
+  bars.bar([0, 1], [3, 5])
+  bars.set_title("warm")
+  pie.pie([1, 2], labels=["a", "b"], autopct="%1.0f%%")
+  line.plot([0, 1], [1, 0], label="x")
+  line.legend()
+  fig.savefig(io.BytesIO(), format="png")
+  plt.close(fig)
+
+
 class Spare:
   """A forked, jailed child waiting for its job."""
 
@@ -152,6 +172,10 @@ class Zygote:
     draw.text((1, 1), "warm", fill=(255, 255, 255),
               font=ImageFont.load_default())
     np.asarray(im.rotate(30, expand=True).convert("RGBA")).mean()
+    if any(name.split(".")[0] == "matplotlib" for name in self.s["preload"]):
+      # Fixed before pyplot is imported, so it never probes GUI toolkits.
+      import matplotlib  # pylint: disable=g-import-not-at-top
+      matplotlib.use("Agg")
     for name in self.s["preload"]:
       try:
         __import__(name)
@@ -165,14 +189,8 @@ class Zygote:
                    "svg": '<svg xmlns="http://www.w3.org/2000/svg" width="8" '
                           'height="8"><text y="6">a</text></svg>'}, b"", noop,
                   hide=False)
-    if "matplotlib" in sys.modules or "matplotlib.pyplot" in sys.modules:
-      import matplotlib  # pylint: disable=g-import-not-at-top
-      matplotlib.use("Agg")
-      import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-      fig = plt.figure(figsize=(1, 1))
-      fig.text(0.5, 0.5, "a")
-      fig.canvas.draw()
-      plt.close(fig)
+    if "matplotlib.pyplot" in sys.modules:
+      _warm_up_matplotlib()
 
   # ---------------------------------------------------------------- spares
 
