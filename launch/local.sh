@@ -75,22 +75,30 @@ pids=()
 stop_all() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap 'stop_all; exit 130' INT TERM
 for ((i = 0; i < processes; i++)); do
+  # exec: the pid we keep (and stop) is the process itself, not a subshell.
   if [[ $i == 0 ]]; then
-    eval "$(command_of 0 "$@")" &
+    eval "exec $(command_of 0 "$@")" &
   else
-    eval "$(command_of "$i" "$@")" > "$workdir/launch.p$i.log" 2>&1 &
+    eval "exec $(command_of "$i" "$@")" > "$workdir/launch.p$i.log" 2>&1 &
   fi
   pids+=($!)
 done
 status=0
 while [[ ${#pids[@]} -gt 0 ]]; do
-  code=0
+  code=0 done_pid=""
   wait -n -p done_pid "${pids[@]}" || code=$?
-  if [[ $code != 0 && $status == 0 ]]; then status=$code; stop_all; fi
+  [[ -n $done_pid ]] || break   # none of them is left to wait for
   left=()
   for pid in "${pids[@]}"; do
     if [[ $pid != "$done_pid" ]]; then left+=("$pid"); fi
   done
   pids=("${left[@]}")
+  if [[ $code != 0 ]]; then
+    echo "launch/local.sh: a process exited with status $code; stopping the others" >&2
+    status=$code
+    stop_all
+    wait "${pids[@]}" 2>/dev/null || true
+    break
+  fi
 done
 exit $status

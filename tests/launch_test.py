@@ -4,6 +4,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 
 from absl.testing import absltest
 
@@ -48,13 +49,25 @@ class LaunchTest(absltest.TestCase):
         "--workdir", "workdirs/mmzero_tiny"])
 
   def test_local_stops_with_the_status_of_a_failed_process(self):
-    workdir = tempfile.mkdtemp()
+    # A stand-in interpreter (the launcher's $PYTHON): process 1 fails at once,
+    # process 0 would run for a minute unless the launcher stops it.
+    scratch = tempfile.mkdtemp()
+    fake = os.path.join(scratch, "python")
+    with open(fake, "w") as f:
+      f.write("#!/usr/bin/env bash\n"
+              "if [[ $1 == -c ]]; then exec python3 \"$@\"; fi\n"
+              "for a; do [[ $a == --process_id=* ]] && id=${a#*=}; done\n"
+              "if [[ $id == 1 ]]; then echo \"process 1: no_such_recipe\" >&2; exit 3; fi\n"
+              "exec sleep 60\n")
+    os.chmod(fake, 0o755)
+    workdir = os.path.join(scratch, "work")
+    start = time.monotonic()
     out = _launch("local.sh", "--processes", "2", "--cpu_devices", "1",
-                  "configs/no_such_recipe.py:tiny", workdir, check=False)
-    self.assertNotEqual(out.returncode, 0)
-    self.assertIn("no_such_recipe", out.stderr + out.stdout)
+                  "configs/eve.py:tiny", workdir, env={"PYTHON": fake}, check=False)
+    self.assertEqual(out.returncode, 3, out.stderr)
+    self.assertLess(time.monotonic() - start, 30)  # process 0 was stopped
     with open(os.path.join(workdir, "launch.p1.log")) as f:
-      self.assertIn("no_such_recipe", f.read())
+      self.assertEqual(f.read(), "process 1: no_such_recipe\n")
 
   def test_local_single_process_fails_as_main_does(self):
     out = _launch("local.sh", "--cpu_devices", "2", "configs/no_such_recipe.py:tiny",
