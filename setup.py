@@ -8,18 +8,20 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["evejax", "evejax.*"]),
     package_data={"evejax": ["assets/*", "data/transforms/*.py"]},
     python_requires=">=3.11",
+    # Ranges the code supports; upper bounds where a next release can change
+    # numbers or pixels. constraints.txt pins the exact versions last tested.
     install_requires=[
         "jax>=0.10,<0.12",
-        "flax>=0.12,<0.14",
-        "optax>=0.2.8",
-        "orbax-checkpoint>=0.12,<0.14",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
         "ml_collections>=1.1",
         "absl-py>=2.1",
-        "numpy>=1.26",
-        "pillow>=10",
+        "numpy>=1.26,<3",
+        "pillow>=10,<14",
         "tokenizers>=0.21",
         "safetensors>=0.5",
-        "cairosvg>=2.7",
+        "cairosvg>=2.7,<3",
         "imagehash>=4.3",
         "sacrebleu>=2.4",
         "scipy>=1.11",
@@ -28,7 +30,7 @@ setuptools.setup(
         "tensorboardX>=2.6",
         "psutil>=5.9",
         # MM-Zero's co-evolution chart; the plotting-Python sandbox contract.
-        "matplotlib>=3.8",
+        "matplotlib>=3.8,<3.12",
         # The evaluator reads benchmarks saved by HF datasets (arrow, parquet).
         "pyarrow>=15",
     ],
