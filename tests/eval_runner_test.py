@@ -26,6 +26,7 @@ from PIL import Image
 from evejax import checkpoint as checkpoint_lib
 from evejax import observe
 from evejax.eval import cli
+from evejax.eval import restore
 from evejax.eval import runner
 from evejax.eval import validation
 from evejax.models import lora
@@ -34,6 +35,7 @@ from evejax.rl import learner as learner_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_ITEMS = 12   # rows in the TSV, bad ones included
+SHARED_ROLES = {"challenger": "challenger", "solver": "challenger"}   # EVE's share_params
 
 
 def eval_config(**overrides):
@@ -191,7 +193,7 @@ class EvalRunnerTest(absltest.TestCase):
     with self.assertRaisesRegex(Exception, r"HallusionBench\.tsv"):
       cli.run(config, os.path.join(self.tmp, "missing"))
 
-  def _run_dir(self, name, state, train):
+  def _run_dir(self, name, state, train, roles=SHARED_ROLES):
     """A run directory laid out as the recipe runner writes one (EVE, shared weights)."""
     run_dir = os.path.join(self.tmp, name)
     with checkpoint_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), save_every=1,
@@ -202,6 +204,9 @@ class EvalRunnerTest(absltest.TestCase):
                  "warmstart": {"enabled": False}, "train": train,
                  "model": {"preset": "tiny", "dtype": "float32", "param_dtype": "float32"},
                  "init": {"hf_dir": self.hf_dir, "tokenizer_dir": ""}}, f)
+    if roles:
+      with open(os.path.join(run_dir, restore.ROLES_FILE), "w") as f:
+        json.dump(roles, f)
     config = copy.deepcopy(self.config)
     config.init.workdir = run_dir
     return config
@@ -221,6 +226,17 @@ class EvalRunnerTest(absltest.TestCase):
     config.init.role = "proposer"
     with self.assertRaisesRegex(Exception, r"no role 'proposer'.*challenger"):
       cli.load(config)
+
+  def test_a_run_directory_without_its_role_map(self):
+    loaded, _ = cli.load(self.config)
+    state = {"policy/challenger": {"train": learner_lib.Learner(
+        loaded.model_config, {"loss": {"kl_coef": 0.0}}, loaded.params).state}}
+    config = self._run_dir("bare_run", state, {"loss": {"kl_coef": 0.0}}, roles=None)
+    with self.assertRaisesRegex(restore.RestoreError, r"no roles.json.*\['challenger'\]"):
+      cli.load(config)   # solver: which policy holds it cannot be told
+    config.init.role = "challenger"
+    _, info = cli.load(config)
+    self.assertEqual(info["policy"], "challenger")
 
   def test_lora_adapters_are_merged_onto_the_backbone(self):
     loaded, _ = cli.load(self.config)

@@ -7,6 +7,7 @@ that the prompt names, so GRPO has a signal. Stage 1 trains the writer, stage
 2 the reader, which in one config shares the writer's weights and is frozen
 at the start of stage 1.
 """
+import json
 import os
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ from absl.testing import absltest
 from evejax import config_utils as cu
 from evejax import observe
 from evejax.data import sources
-from evejax.recipes import loading
+from evejax import loading
 from evejax.recipes import role as role_lib
 from evejax.recipes import runner
 from evejax.recipes.runner import Stage
@@ -125,6 +126,8 @@ class RunnerTest(absltest.TestCase):
     self.assertEqual(summary["counts"]["writer/dropped_prompt_too_long"], 3)
     self.assertEqual(summary["counts"]["reader/dropped_prompt_too_long"], 3)
     self.assertTrue(os.path.exists(os.path.join(full, "config.json")))
+    with open(os.path.join(full, "roles.json")) as f:   # what the evaluator reads
+      self.assertEqual(json.load(f), {"writer": "writer", "reader": "writer"})
 
     # A run killed after the whole schedule had been logged but whose
     # checkpoints after the writer's second step are lost.

@@ -11,9 +11,11 @@ The package's face; the pieces live in small modules, lowest first:
   evaluator.py   Evaluator: prompts, one generate call, grading
   runner.py      one benchmark into results.jsonl + summary, chunked, resumable
   validation.py  in-loop validation of a subset every N steps
-  restore.py     one role's params from an evejax run directory
-  cli.py         `python -m evejax.eval` (loads the model; the only module that
-                 imports evejax.recipes)
+  restore.py     one role's params from an evejax run directory (its roles.json
+                 names the policy; no recipe is imported)
+  cli.py         `python -m evejax.eval` (loads the model through evejax.loading)
+
+A layer below the recipes: nothing here imports them.
 """
 from evejax.eval.benchmarks import BENCHMARKS
 from evejax.eval.benchmarks import get_benchmark

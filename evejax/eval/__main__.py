@@ -40,7 +40,7 @@ def main(argv, config):
 
 def _run():
   from evejax.eval import readers, restore, runner  # pylint: disable=g-import-not-at-top
-  from evejax.recipes import loading  # pylint: disable=g-import-not-at-top
+  from evejax import loading  # pylint: disable=g-import-not-at-top
   user_errors = (readers.DataError, restore.RestoreError, runner.EvalError, loading.SetupError)
   spec, overrides, rest = config_utils.split_overrides(sys.argv)
   try:

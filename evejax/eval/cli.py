@@ -41,7 +41,7 @@ from evejax.models import vlm
 from evejax.rl import learner as learner_lib
 from evejax.sampling import Sampler
 
-from evejax.recipes import loading
+from evejax import loading
 
 
 def resolve_judge(path: str):
@@ -101,7 +101,7 @@ def load(config) -> tuple[Any, dict[str, Any]]:
   state_dir, step = restore.latest_state_dir(run_dir, int(config.init.step))
   run_cfg = restore.run_config(run_dir) or {}
   policies = restore.saved_policies(state_dir)
-  policy = restore.policy_of(config.init.role, run_cfg, policies)
+  policy = restore.policy_of(config.init.role, run_dir, policies)
   lora_cfg = lora.from_config(learner_lib.merge_config(run_cfg.get("train", {})).lora)
   if lora_cfg is None:
     params = restore.restore_trained_params(state_dir, policy, on_mesh(full, axes))

@@ -1,9 +1,9 @@
 """The params of one role from an evejax run directory (`--config.init.workdir=RUN_DIR`).
 
-A run (evejax.recipes.runner) writes `RUN_DIR/config.json` (its config) and
-orbax steps `RUN_DIR/checkpoints/<step>/state` holding
-{"policy/<name>": {"train": TrainState, ...}, ...}; roles that share weights
-share a policy (the recipe's `role_specs` say which). Only the policy's
+A recipe run writes `RUN_DIR/config.json` (its config), `RUN_DIR/roles.json`
+({role: policy}: roles that share weights share a policy) and orbax steps
+`RUN_DIR/checkpoints/<step>/state` holding {"policy/<name>": {"train":
+TrainState, ...}, ...}. Only the policy's
 `train.params` is read, straight onto the mesh's shardings, with orbax's
 partial restore: the optimizer state (twice the params for Adam) is never
 materialised. With LoRA those params are the adapter, merged onto the
@@ -56,20 +56,29 @@ def saved_policies(state_dir: str) -> list[str]:
   return sorted(k[len("policy/"):] for k in keys if k.startswith("policy/"))
 
 
-def policy_of(role: str, run_cfg: dict[str, Any], policies: list[str]) -> str:
-  """The policy that holds `role`'s weights: its own, or the one it shares
-  (the run's recipe says which, from its config)."""
-  if role in policies:
+ROLES_FILE = "roles.json"   # a run's {role: the policy holding its weights}
+
+
+def policy_of(role: str, run_dir: str, policies: list[str]) -> str:
+  """The policy that holds `role`'s weights: its own, or the one it shares.
+
+  The run directory says which (its roles.json, written by the recipe runner),
+  so evaluating a run never imports its recipe.
+  """
+  path = os.path.join(run_dir, ROLES_FILE)
+  if os.path.isfile(path):
+    with open(path) as f:
+      roles = json.load(f)
+  elif role in policies:
     return role
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from evejax import recipes  # pylint: disable=g-import-not-at-top
-  recipe = getattr(recipes.resolve(run_cfg.get("recipe", "")), "RECIPE", None)
-  specs = recipe.role_specs(ml_collections.ConfigDict(run_cfg)) if recipe else []
-  shared = {s.name: s.share_policy_with for s in specs}
-  if shared.get(role) in policies:
-    return shared[role]
-  raise RestoreError(f"the run has no role {role!r}; its roles are "
-                     f"{sorted(shared) or policies}. Set config.init.role to one of them.")
+  else:
+    raise RestoreError(
+        f"{run_dir!r} has no {ROLES_FILE} (the role -> policy map a run writes beside its "
+        f"config.json) and no policy {role!r}; set config.init.role to one of {policies}.")
+  if roles.get(role) in policies:
+    return roles[role]
+  raise RestoreError(f"the run has no role {role!r}; its roles are {sorted(roles)}. Set "
+                     "config.init.role to one of them.")
 
 
 def latest_state_dir(run_dir: str, step: int = 0) -> tuple[str, int]:

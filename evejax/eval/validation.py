@@ -6,7 +6,7 @@ items every 5 steps):
     c.validation = validation.config_block(benchmark="mmstar", num_items=200, every=5,
                                            data_dir="/data/LMUData", max_new_tokens=1024)
 
-and the recipe runner (`evejax.recipes.runner`) builds one `Validation` on the
+and the recipe runner builds one `Validation` on the
 run's sampler and scores `validation.role` after every train step it is due:
 
     val = validation.Validation(c.validation, model_config, tokenizer, sampler)
@@ -28,6 +28,7 @@ import numpy as np
 
 from evejax.eval import benchmarks as benchmarks_lib
 from evejax.eval import evaluator as evaluator_lib
+from evejax.eval import profiles
 from evejax.eval import readers
 from evejax.eval import runner
 
@@ -50,6 +51,22 @@ def config_block(*, benchmark: str = "", num_items: int = 200, every: int = 5,
 
 def enabled(block) -> bool:
   return bool(block and block.get("benchmark"))
+
+
+def new_tokens(block, model_config) -> int:
+  """The most new tokens validation under `block` samples (0 when it is off)."""
+  if not enabled(block):
+    return 0
+  profile = profiles.get_profile(block.profile)
+  return profile.settings(profiles.model_family(model_config), block.benchmark,
+                          max_new_tokens=block.max_new_tokens).max_new_tokens
+
+
+def from_config(block, model_config, tokenizer, sampler) -> "Validation | None":
+  """The run's in-loop validation, or None when `block` turns it off."""
+  if not enabled(block):
+    return None
+  return Validation(block, model_config, tokenizer, sampler)
 
 
 def subset(items: list, n: int, seed: int) -> list:

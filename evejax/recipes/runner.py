@@ -46,16 +46,22 @@ import os
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 
 from evejax import checkpoint as checkpoint_lib
 from evejax import distributed
+from evejax import loading
 from evejax import observe
+from evejax import parallel
+from evejax.eval import restore as restore_lib
 from evejax.eval import validation as validation_lib
+from evejax.models import lora as lora_lib
+from evejax.models import vlm
 from evejax.processing import images as images_lib
 from evejax.processing import prompts as prompts_lib
-from evejax.recipes import loading
 from evejax.recipes import role as role_lib
+from evejax.rl import learner as learner_lib
 from evejax.sampling import Sampler
 
 # Changes whenever the checkpoint layout does; older checkpoints are refused
@@ -146,7 +152,7 @@ class Run:
         batch_buckets=tuple(p.batch_buckets),
         max_cache=max(p.length_buckets) + max(
             [int(b.max_new_tokens) for b in blocks]
-            + [_validation_tokens(config, model.model_config)]),
+            + [validation_lib.new_tokens(config.get("validation"), model.model_config)]),
         prompt_pad_id=model.tokenizer.pad_id, model=_sampling_model(config))
     distributed.check_batch_layout(model.mesh, model.rules)
     self.counts: collections.Counter = collections.Counter()
@@ -165,10 +171,8 @@ class Run:
     self._galleries: dict[int, observe.Gallery] = {}
     # The image processor: the family's, then the checkpoint's preprocessor_config.json.
     self.image_settings = images_lib.image_settings(model.model_config, config.init.hf_dir or None)
-    self.validation = None
-    if validation_lib.enabled(config.get("validation")):
-      self.validation = validation_lib.Validation(config.validation, model.model_config,
-                                                  model.tokenizer, self.sampler)
+    self.validation = validation_lib.from_config(config.get("validation"), model.model_config,
+                                                 model.tokenizer, self.sampler)
 
   # -- roles -----------------------------------------------------------------
 
@@ -396,7 +400,7 @@ class Runner:
         workdir, tensorboard=c.log.tensorboard,
         resume_position=self.schedule.units_done(self.run.cursor) if restored else None,
         resume_step=self.run.train_step if restored else None)
-    _write_config(c, workdir)
+    _write_config(c, workdir, {n: r.policy.name for n, r in self.run.roles.items()})
 
   # -- checkpoints -----------------------------------------------------------
 
@@ -544,10 +548,6 @@ def abstract_policies(recipe_cls: type[Recipe], config, mesh=None) -> dict[str, 
   memory plan lowers, and what a test builds to check that a config makes its
   roles. `mesh` defaults to the config's.
   """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from evejax import parallel  # pylint: disable=g-import-not-at-top
-  from evejax.models import vlm  # pylint: disable=g-import-not-at-top
-  from evejax.rl import learner as learner_lib  # pylint: disable=g-import-not-at-top
   model_config = loading.model_config_from(config)
   if mesh is None:
     mesh = loading.make_mesh(config)
@@ -559,31 +559,21 @@ def abstract_policies(recipe_cls: type[Recipe], config, mesh=None) -> dict[str, 
           for spec in recipe_cls.role_specs(config) if spec.share_policy_with is None}
 
 
-def _validation_tokens(config, model_config) -> int:
-  """New tokens in-loop validation samples (0 without it)."""
-  block = config.get("validation")
-  if not validation_lib.enabled(block):
-    return 0
-  from evejax.eval import profiles  # pylint: disable=g-import-not-at-top
-  profile = profiles.get_profile(block.profile)
-  return profile.settings(profiles.model_family(model_config), block.benchmark,
-                          max_new_tokens=block.max_new_tokens).max_new_tokens
-
-
 def _sampling_model(config):
   """The model the sampler runs: the VLM, or with `train.lora` the VLM with an adapter."""
-  from evejax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
-  from evejax.rl import learner as learner_lib  # pylint: disable=g-import-not-at-top
   cfg = lora_lib.from_config(learner_lib.merge_config(config.train).lora)
   return None if cfg is None else lora_lib.AdaptedModel(cfg)
 
 
-def _write_config(config, workdir: str) -> None:
-  """The run's config as JSON (what `python -m evejax.eval --config.init.workdir` reads)."""
+def _write_config(config, workdir: str, roles: Mapping[str, str]) -> None:
+  """The run's config and its {role: policy} map as JSON: what `python -m evejax.eval
+  --config.init.workdir` reads, so a run (of any recipe) is evaluable without it."""
   if jax.process_index() != 0:
     return
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
+  with open(os.path.join(workdir, restore_lib.ROLES_FILE), "w") as f:
+    json.dump(dict(roles), f, indent=2)
 
 
 def run(recipe_cls: type[Recipe], config, workdir: str, **kwargs) -> dict[str, Any]:
