@@ -8,7 +8,7 @@ The published setup (Qwen2.5-VL-7B-Instruct, LoRA r 16):
       --config.init.hf_dir=/path/to/Qwen2.5-VL-7B-Instruct \
       --config.data.kind=folder --config.data.path=/images --workdir /scratch/evolmm_7b
 
-Batched updates for pods: --config.evolmm.update=grpo --config.train.algorithm=grpo.
+Batched updates for pods: --config.evolmm.update_rule=grpo --config.train.algorithm=grpo.
 Defaults follow reference/METHODS.md (EvoLMM section); every number is here.
 """
 import ml_collections
@@ -33,7 +33,7 @@ def _base() -> ml_collections.ConfigDict:
   c.processing = ml_collections.ConfigDict(dict(
       length_buckets=(1024, 2048), patch_buckets=(1024, 2048), batch_buckets=(8, 16)))
   c.evolmm = ml_collections.ConfigDict(dict(
-      update="sequential",        # sequential (published: REINFORCE per sample) | grpo
+      update_rule="sequential",   # sequential (published: REINFORCE per sample) | grpo
       reward="continuous",        # continuous self-consistency | majority (the baseline)
       iterations=10,              # evaluation points; steps = iterations x steps_per_iteration
       steps_per_iteration=1618,   # 16,180 published steps
@@ -84,8 +84,7 @@ def tiny() -> ml_collections.ConfigDict:
                 max_pixels=112 * 112)
   c.processing.update(length_buckets=(128,), patch_buckets=(64,), batch_buckets=(8,))
   c.evolmm.update(iterations=4, steps_per_iteration=20, style="compact", heldout_questions=96,
-                  images_per_step=4, proposer_group=2, proposer_every=1)
-  c.evolmm["update"] = "grpo"   # by item: ConfigDict.update is a method
+                  images_per_step=4, proposer_group=2, proposer_every=1, update_rule="grpo")
   c.train.algorithm = "grpo"
   c.train.loss.kl_coef = 0.05   # against the base; at 0.01 answers collapse to one
   c.sampling.proposer.max_new_tokens = 32

@@ -75,8 +75,8 @@ def main(argv, config):
   os.makedirs(workdir, exist_ok=True)
   logging.info("Config:\n%s", config)
   from evejax import recipes  # pylint: disable=g-import-not-at-top
-  recipe = recipes.resolve(config.recipe)
-  recipe.run(config, workdir)
+  from evejax.recipes import runner  # pylint: disable=g-import-not-at-top
+  runner.run_recipe(recipes.resolve(config.recipe), config, workdir)
 
 
 def _initialize_distributed() -> None:

@@ -27,7 +27,7 @@ def _recipe_class(config):
   """The Recipe subclass of a training config (None for other configs, e.g. eval)."""
   if "recipe" not in config:
     return None
-  return getattr(recipes.resolve(config.recipe), "RECIPE", None)
+  return recipes.resolve(config.recipe)
 
 
 def readme_overrides() -> list[tuple[str, str]]:

@@ -45,7 +45,7 @@ def pipeline_config():
   return c
 
 
-def library_challenger(role: role_lib.Role) -> role_lib.ScriptedRole:
+def library_challenger(role: role_lib.Role) -> role_lib.Role:
   """A Challenger whose replies are library programs with fresh arguments."""
   library = transforms.library()
   size = (pipeline_config().data.size,) * 2   # built-in scenes are square
@@ -54,15 +54,15 @@ def library_challenger(role: role_lib.Role) -> role_lib.ScriptedRole:
     fam = library[_FAMILIES[rng.integers(len(_FAMILIES))]]
     return eve_tasks.challenger_sft_target(fam, fam.sample(rng, *size),
                                            think_text=fam.description)
-  return role_lib.ScriptedRole(role, reply)
+  return role.scripted(reply)
 
 
 class PipelineTest(absltest.TestCase):
 
   def test_valid_programs_are_admitted_and_train_the_solver(self):
     workdir = tempfile.mkdtemp()
-    summary = eve.run(pipeline_config(), workdir,
-                      role_wrappers={"challenger": library_challenger})
+    summary = runner.run_recipe(eve.Eve, pipeline_config(), workdir,
+                                role_wrappers={"challenger": library_challenger})
     recs = observe.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     challenger = [r for r in recs if "challenger/valid_rate" in r]
     self.assertLen(challenger, 2)
@@ -84,14 +84,9 @@ class PipelineTest(absltest.TestCase):
     self.assertLen(solver, 2)
     self.assertNotIn("solver/no_data_steps", summary["counts"])
     # The Solver phase rebuilds logged questions exactly as they were scored.
-    again = runner.Runner(eve.Eve, pipeline_config(), workdir)   # restores the run's end
-    try:
-      recs = again.recipe.solver_data[:6]
+    with runner.Runner(eve.Eve, pipeline_config(), workdir) as again:   # restores the run's end
+      recs = again.recipe.solver_data.records[:6]
       rebuilt = again.recipe._logged_questions(again.recipe._rerun_programs(recs))
-    finally:
-      again.recipe.close()
-      again.ckpt.close()
-      again.run.writer.close()
     self.assertNotEmpty(recs)
     for rec, q in zip(recs, rebuilt):
       self.assertEqual((q.qtype, q.answer, q.meta["order"]), (rec["qtype"], rec["answer"], rec["order"]))

@@ -1,16 +1,16 @@
 """EVE recipe: the schedule, a shortened end-to-end tiny run, and resume mid-phase."""
 import json
 import os
-import shutil
 import tempfile
 
-import numpy as np
 from absl.testing import absltest
 
 from evejax import config_utils
-from evejax import observe
 from evejax.recipes import eve
 from evejax.recipes import runner
+from evejax.recipes import schedule
+
+import recipe_testing as rt
 
 
 def tiny_config():
@@ -47,13 +47,9 @@ def short_config():
 
 def _first_challenger_step(c):
   """(stage index, checkpoint position) of the end of the first Challenger step."""
-  stages = eve.schedule(c)
+  stages = eve.Eve.stages(c)
   first = next(i for i, st in enumerate(stages) if st.kind == "challenger")
-  return first, runner.Schedule(stages).units_done((first, 1))
-
-
-def _records(workdir):
-  return observe.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return first, schedule.Schedule(stages).units_done((first, 1))
 
 
 class ScheduleTest(absltest.TestCase):
@@ -61,17 +57,17 @@ class ScheduleTest(absltest.TestCase):
   def test_order_of_stages(self):
     c = tiny_config()
     c.eve.iterations = 2
-    names = [s.name for s in eve.schedule(c)]
+    names = [s.name for s in eve.Eve.stages(c)]
     self.assertEqual(names, [
         "eval/iter0", "warmstart/challenger/iter0", "warmstart/solver/iter0", "eval/iter0",
         "challenger/challenger/iter1", "solver/solver/iter1", "eval/iter1",
         "challenger/challenger/iter2", "solver/solver/iter2", "eval/iter2"])
     # Evaluations take no train step; every step and stage end is a checkpoint unit.
-    sched = runner.Schedule(eve.schedule(c))
+    sched = schedule.Schedule(eve.Eve.stages(c))
     self.assertEqual(sched.train_steps_done((4, 0)), 120 + 40)
     self.assertEqual(sched.units_done((4, 0)), 1 + 1 + 121 + 41 + 2)
     c.warmstart.enabled = False
-    self.assertEqual(eve.schedule(c)[1].name, "challenger/challenger/iter1")
+    self.assertEqual(eve.Eve.stages(c)[1].name, "challenger/challenger/iter1")
 
 
 class EndToEndTest(absltest.TestCase):
@@ -79,12 +75,12 @@ class EndToEndTest(absltest.TestCase):
   def test_short_tiny_run_and_resume_mid_phase(self):
     root = tempfile.mkdtemp()
     full = os.path.join(root, "full")
-    summary = eve.run(short_config(), full)
+    summary = runner.run_recipe(eve.Eve, short_config(), full)
 
     # The loop ran end to end: the warm-started Challenger wrote programs that
     # passed the sandbox's checks, at least one entered the queue, the Solver
     # phase trained on the logged questions, the gallery shows the tasks.
-    recs = _records(full)
+    recs = rt.records(full)
     challenger = [r for r in recs if "challenger/valid_rate" in r]
     self.assertLen(challenger, 2)
     valid = sum(r["challenger/valid_rate"] * r["challenger/rows"] for r in challenger)
@@ -101,6 +97,7 @@ class EndToEndTest(absltest.TestCase):
     self.assertTrue(any("warmstart/solver/loss" in r for r in recs))
     for key in ("init", "after_warmstart", "iter1"):
       self.assertIn("heldout_accuracy", summary[key])
+    self.assertIn("heldout_gain_points", summary)
     html = open(os.path.join(full, "gallery", "iter1.html")).read()
     self.assertIn("EVE tasks", html)
     self.assertIn("np.roll", html)   # a card holds the program that made its task
@@ -110,28 +107,13 @@ class EndToEndTest(absltest.TestCase):
     # logs the same metrics as the uninterrupted run.
     first, position = _first_challenger_step(short_config())
     part = os.path.join(root, "part")
-    os.makedirs(os.path.join(part, "checkpoints"))
-    for name in os.listdir(os.path.join(full, "checkpoints")):
-      if name.isdigit() and int(name) <= position:
-        shutil.copytree(os.path.join(full, "checkpoints", name),
-                        os.path.join(part, "checkpoints", name))
-    resumed = runner.Runner(eve.Eve, short_config(), part)
-    self.assertEqual(resumed.run.cursor, (first, 1))
-    resumed.run_all()
-    after = _records(part)
-    self.assertNotEmpty(after)
-
-    def by_step(records, key):
-      return {r["step"]: r[key] for r in records if key in r}
-
-    for key in ("challenger/reward_mean", "challenger/valid_rate", "challenger/train/loss",
-                "eval/heldout_accuracy"):
-      b = by_step(after, key)
-      a = {s: v for s, v in by_step(recs, key).items() if s in b}
-      self.assertNotEmpty(b, key)
-      self.assertEqual(sorted(a), sorted(b), key)
-      np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)],
-                                 rtol=1e-5, atol=1e-6, err_msg=key)
+    rt.copy_checkpoints(full, part, position)
+    with runner.Runner(eve.Eve, short_config(), part) as resumed:
+      self.assertEqual(resumed.run.cursor, (first, 1))
+      resumed.run_schedule()
+    rt.assert_same_by_step(self, recs, rt.records(part), (
+        "challenger/reward/mean", "challenger/valid_rate", "challenger/train/loss",
+        "eval/heldout_accuracy"))
     self.assertEqual(json.load(open(os.path.join(part, "summary.json")))["queue"],
                      summary["queue"])
 

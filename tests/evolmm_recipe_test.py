@@ -2,41 +2,23 @@
 two adapters on one backbone, and a shortened tiny run that resumes exactly."""
 import math
 import os
-import shutil
 import tempfile
 
 import jax
 import numpy as np
 from absl.testing import absltest
 
-from evejax import config_utils
-from evejax import observe
 from evejax.recipes import evolmm
-from evejax.recipes import role as role_lib
 from evejax.recipes import runner
+from evejax.recipes import schedule
+
+import recipe_testing as rt
 
 SOLVER_ANSWERS = ("red", "red", "red", "blue", "blue")
 
 
 def short_config(**overrides):
-  c = config_utils.load_config("configs/evolmm.py:tiny")
-  c.mesh.devices = 1
-  c.log.progress = False
-  for k, v in overrides.items():
-    config_utils.set_value(c, k, v)
-  return c
-
-
-class Recording(role_lib.ScriptedRole):
-  """A scripted role that also records every update it makes (its rewards)."""
-
-  def __init__(self, role, reply, log):
-    super().__init__(role, reply)
-    self.log = log
-
-  def update_rows(self, row_prompts, completions, rewards, **kw):
-    self.log.append((self.name, [float(r) for r in rewards]))
-    return super().update_rows(row_prompts, completions, rewards, **kw)
+  return rt.short_config("configs/evolmm.py:tiny", **overrides)
 
 
 class SequentialUpdateTest(absltest.TestCase):
@@ -44,19 +26,18 @@ class SequentialUpdateTest(absltest.TestCase):
   def test_order_rewards_and_baseline_trace(self):
     log = []
     wrap = {
-        "proposer": lambda r: Recording(
-            r, lambda i, g, rng: "<question>What colour is it?</question> a colour", log),
-        "solver": lambda r: Recording(
-            r, lambda i, g, rng: f"<answer>{SOLVER_ANSWERS[g]}</answer>", log),
+        "proposer": rt.recording(
+            log, lambda i, g, rng: "<question>What colour is it?</question> a colour"),
+        "solver": rt.recording(log, lambda i, g, rng: f"<answer>{SOLVER_ANSWERS[g]}</answer>"),
     }
     config = short_config(**{"warmstart.enabled": False, "evolmm.iterations": 1,
-                             "evolmm.update": "sequential", "train.algorithm": "reinforce",
+                             "evolmm.update_rule": "sequential", "train.algorithm": "reinforce",
                              "evolmm.images_per_step": 1, "evolmm.proposer_group": 1,
                              "evolmm.proposer_every": 5, "train.optimizer.lr": 1e-3,
                              "evolmm.steps_per_iteration": 5,
                              "evolmm.heldout_questions": 4})
     r = runner.Runner(evolmm.EvoLmm, config, tempfile.mkdtemp(), role_wrappers=wrap)
-    r.run_all()
+    r.run_schedule()
 
     # Rewards by hand (METHODS.md): p(red) = 0.6, p(blue) = 0.4, no words before the tag.
     solver_r = [0.6 ** 0.7] * 3 + [0.4 ** 0.7] * 2
@@ -105,42 +86,34 @@ class ShortRunTest(absltest.TestCase):
                              "checkpoint.every": 1, "checkpoint.keep": 1000})
     root = tempfile.mkdtemp()
     full = os.path.join(root, "full")
-    summary = evolmm.run(config, full)
+    summary = runner.run_recipe(evolmm.EvoLmm, config, full)
     for key in ("init", "after_warmstart", "iter1", "iter2"):
       self.assertIn("heldout_accuracy", summary[key])
     # The warm start makes the Solver answer in its format (accuracy above chance).
     self.assertGreater(summary["after_warmstart"]["heldout_accuracy"],
                        summary["init"]["heldout_accuracy"])
-    recs = observe.read_jsonl(os.path.join(full, "metrics.jsonl"))
+    recs = rt.records(full)
     steps = [x for x in recs if "evolmm/consistency" in x]
     self.assertLen(steps, 6)
     for x in steps:
       self.assertGreater(x["evolmm/distinct_answers"], 0.0)
       self.assertIn("evolmm/solver/train/kl", x)        # against the backbone
       self.assertIn("evolmm/proposer/train/loss", x)   # every step in grpo mode
+    html = open(os.path.join(full, "gallery", "iter1.html")).read()
+    self.assertIn("share of each answer", html)      # a question with its answers
 
     # Resume in the middle of iteration 1 from the checkpoints up to its second step.
-    stages = evolmm.schedule(config)
+    stages = evolmm.EvoLmm.stages(config)
     first = next(i for i, s in enumerate(stages) if s.kind == "evolve")
-    position = runner.Schedule(stages).units_done((first, 2))
     part = os.path.join(root, "part")
-    os.makedirs(os.path.join(part, "checkpoints"))
-    for name in os.listdir(os.path.join(full, "checkpoints")):
-      if name.isdigit() and int(name) <= position:
-        shutil.copytree(os.path.join(full, "checkpoints", name),
-                        os.path.join(part, "checkpoints", name))
-    resumed = runner.Runner(evolmm.EvoLmm, config, part)
-    self.assertEqual(resumed.run.cursor, (first, 2))
-    self.assertTrue(resumed.recipe.on_base)
-    resumed.run_all()
-    after = observe.read_jsonl(os.path.join(part, "metrics.jsonl"))
-    for key in ("evolmm/consistency", "evolmm/solver/train/loss", "evolmm/solver_reward",
-                "eval/heldout_accuracy"):
-      a = {x["step"]: x[key] for x in recs if key in x}
-      b = {x["step"]: x[key] for x in after if key in x}
-      self.assertNotEmpty(b, key)
-      np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(b)],
-                                 rtol=1e-5, atol=1e-6, err_msg=key)
+    rt.copy_checkpoints(full, part, schedule.Schedule(stages).units_done((first, 2)))
+    with runner.Runner(evolmm.EvoLmm, config, part) as resumed:
+      self.assertEqual(resumed.run.cursor, (first, 2))
+      self.assertTrue(resumed.recipe.on_base)
+      resumed.run_schedule()
+    rt.assert_same_by_step(self, recs, rt.records(part), (
+        "evolmm/consistency", "evolmm/solver/train/loss", "evolmm/solver/reward/mean",
+        "eval/heldout_accuracy"))
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def _train_batch(examples, out: sampling.SampleOutput,
   old[:, PROMPT_LEN - 1] = out.logprobs[:, 0]
   return learner_lib.TrainBatch(
       inputs=b.inputs.replace(tokens=tokens, mask=mask, positions=positions),
-      targets=targets, loss_mask=loss_mask, old_logp=old, sampler_logp=old,
+      targets=targets, loss_mask=loss_mask, old_logp=old,
       advantages=np.asarray(advs, np.float32))
 
 

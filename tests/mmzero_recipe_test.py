@@ -2,32 +2,26 @@
 scripted roles, and a shortened tiny run that renders, trains all three roles,
 writes the gallery and the chart, and resumes mid-phase exactly."""
 import os
-import shutil
 import tempfile
 
 import numpy as np
 from absl.testing import absltest
 
-from evejax import config_utils
-from evejax import observe
 from evejax.data import mmzero_library as library
 from evejax.recipes import mmzero
 from evejax.recipes import mmzero_tasks as tasks
-from evejax.recipes import role as role_lib
 from evejax.recipes import runner
+from evejax.recipes import schedule
 from evejax.rewards import mmzero as rewards
+
+import recipe_testing as rt
 
 ITEM = library.make_item("bar_chart", np.random.default_rng(3), n=3)
 BROKEN = "```svg\n<svg xmlns='http://www.w3.org/2000/svg'><rect\n```"
 
 
 def short_config(**overrides):
-  c = config_utils.load_config("configs/mmzero.py:tiny")
-  c.mesh.devices = 1
-  c.log.progress = False
-  for k, v in overrides.items():
-    config_utils.set_value(c, k, v)
-  return c
+  return rt.short_config("configs/mmzero.py:tiny", **overrides)
 
 
 def _render(ok: bool, easy=(), hard=()):
@@ -66,18 +60,6 @@ class FilterTest(absltest.TestCase):
     self.assertFalse(mmzero.solver_item(_render(False), 0.5, (0.25, 0.75))[0])
 
 
-class Recording(role_lib.ScriptedRole):
-  """A scripted role that records the rewards of every update."""
-
-  def __init__(self, role, reply, log):
-    super().__init__(role, reply)
-    self.log = log
-
-  def update_rows(self, row_prompts, completions, rewards, **kw):
-    self.log.append((self.name, [float(r) for r in rewards]))
-    return super().update_rows(row_prompts, completions, rewards, **kw)
-
-
 class ScriptedPhasesTest(absltest.TestCase):
 
   def test_rewards_reach_their_rows_and_an_empty_pool_is_skipped(self):
@@ -85,14 +67,14 @@ class ScriptedPhasesTest(absltest.TestCase):
     proposal = tasks.proposal_text(ITEM)
     wrap = {
         # Every other proposal cannot be parsed.
-        "proposer": lambda r: Recording(
-            r, lambda i, g, rng: proposal if g % 2 == 0 else "no tags here", log),
+        "proposer": rt.recording(
+            log, lambda i, g, rng: proposal if g % 2 == 0 else "no tags here"),
         # Half the codes render: the library item's SVG, or a broken document.
-        "coder": lambda r: Recording(
-            r, lambda i, g, rng: tasks.coder_target(ITEM.svg) if g % 2 == 0 else BROKEN, log),
+        "coder": rt.recording(
+            log, lambda i, g, rng: tasks.coder_target(ITEM.svg) if g % 2 == 0 else BROKEN),
         # The Solver always answers the easy answer: s = 1, c = 1 (too easy).
-        "solver": lambda r: Recording(
-            r, lambda i, g, rng: f"<think>x</think>\\boxed{{{ITEM.easy_answer}}}", log),
+        "solver": rt.recording(
+            log, lambda i, g, rng: f"<think>x</think>\\boxed{{{ITEM.easy_answer}}}"),
     }
     config = short_config(**{
         "warmstart.enabled": False, "mmzero.iterations": 1, "mmzero.proposer_steps": 1,
@@ -100,8 +82,7 @@ class ScriptedPhasesTest(absltest.TestCase):
         "mmzero.proposer_group": 4, "mmzero.coder_samples": 4, "mmzero.coder_pool": 3,
         "mmzero.coder_prompts": 2, "mmzero.solver_pool": 3, "mmzero.heldout_items": 2,
         "mmzero.heldout_coder_samples": 1})
-    r = runner.Runner(mmzero.MmZero, config, tempfile.mkdtemp(), role_wrappers=wrap)
-    summary = r.run_all()
+    summary = runner.run_recipe(mmzero.MmZero, config, tempfile.mkdtemp(), role_wrappers=wrap)
 
     updates = {name: values for name, values in log}
     # Proposer: unparseable rows get -1; the parsed ones the reward of N = 4 codes,
@@ -133,36 +114,27 @@ class ShortRunTest(absltest.TestCase):
         "mmzero.heldout_coder_samples": 1, "checkpoint.every": 1, "checkpoint.keep": 1000})
     root = tempfile.mkdtemp()
     full = os.path.join(root, "full")
-    summary = mmzero.run(config, full)
-    recs = observe.read_jsonl(os.path.join(full, "metrics.jsonl"))
+    summary = runner.run_recipe(mmzero.MmZero, config, full)
+    recs = rt.records(full)
     proposer = [x for x in recs if "proposer/train/loss" in x]
     self.assertLen(proposer, 2)
     self.assertTrue(any("warmstart/coder/loss" in x for x in recs))
     self.assertIn("1", summary["curves"])
+    self.assertIn("heldout_gain_points", summary)
     self.assertTrue(os.path.getsize(os.path.join(full, "coevolution.png")) > 1000)
     self.assertTrue(os.path.exists(os.path.join(full, "gallery", "iter1.html")))
     reasons = [k for k in summary["counts"] if k.startswith("sandbox/")]
     self.assertNotEmpty(reasons)   # renders ran in the sandbox (and some failed, counted)
 
-    stages = mmzero.schedule(config)
+    stages = mmzero.MmZero.stages(config)
     first = next(i for i, s in enumerate(stages) if s.kind == "proposer")
-    position = runner.Schedule(stages).units_done((first, 1))
     part = os.path.join(root, "part")
-    os.makedirs(os.path.join(part, "checkpoints"))
-    for name in os.listdir(os.path.join(full, "checkpoints")):
-      if name.isdigit() and int(name) <= position:
-        shutil.copytree(os.path.join(full, "checkpoints", name),
-                        os.path.join(part, "checkpoints", name))
-    resumed = runner.Runner(mmzero.MmZero, config, part)
-    self.assertEqual(resumed.run.cursor, (first, 1))
-    resumed.run_all()
-    after = observe.read_jsonl(os.path.join(part, "metrics.jsonl"))
-    for key in ("proposer/reward_mean", "proposer/train/loss", "eval/coder_render_success"):
-      a = {x["step"]: x[key] for x in recs if key in x}
-      b = {x["step"]: x[key] for x in after if key in x}
-      self.assertNotEmpty(b, key)
-      np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(b)],
-                                 rtol=1e-5, atol=1e-6, err_msg=key)
+    rt.copy_checkpoints(full, part, schedule.Schedule(stages).units_done((first, 1)))
+    with runner.Runner(mmzero.MmZero, config, part) as resumed:
+      self.assertEqual(resumed.run.cursor, (first, 1))
+      resumed.run_schedule()
+    rt.assert_same_by_step(self, recs, rt.records(part), (
+        "proposer/reward/mean", "proposer/train/loss", "eval/coder_render_success"))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,6 @@ from evejax.recipes import eve_tasks
 from evejax.recipes import evolmm
 from evejax.recipes import mmzero
 from evejax.recipes import mmzero_tasks
-from evejax.recipes import role as role_lib
-from evejax.recipes import runner
 
 import runner_test
 
@@ -39,36 +37,64 @@ import runner_test
 _FAMILIES = ("flip", "mask_cell", "spotlight", "zoom", "slice_shift")
 
 
-class SharedToy(runner_test.Toy):
+def _dump_host_state(run, recipe_state) -> None:
+  """What the tests compare across processes: the checkpointed host state."""
+  state = {"cursor": list(run.cursor), "counts": dict(run.counts), "results": run.results,
+           "phases": {n: p.records for n, p in run.phases.items()}, "recipe": recipe_state}
+  path = os.path.join(run.workdir, f"host_state.p{jax.process_index()}.json")
+  with open(path, "w") as f:
+    json.dump(state, f, sort_keys=True, default=str)
+
+
+class _Harness:
+  """A recipe with scripted roles that writes its host state at the end."""
+
+  scripted_roles: dict = {}
+
+  def __init__(self, run):
+    super().__init__(run)
+    for name, wrap in self.scripted_roles_for(run.config).items():
+      run.roles[name] = wrap(run.roles[name])
+
+  @classmethod
+  def scripted_roles_for(cls, config):
+    return cls.scripted_roles
+
+  def summary(self):
+    out = super().summary()
+    self.run.sync_counts()
+    _dump_host_state(self.run, self.state())
+    return out
+
+
+class SharedToy(_Harness, runner_test.Toy):
   """The toy recipe with each step's prompts shared out between processes."""
 
   multiprocess = True
 
   def learn_step(self, stage, step):
     c, run = self.config.toy, self.run
-    if stage.role == "writer" and step == 0:
-      run.freeze("reader")
     rng = np.random.default_rng(run.seed(stage.name, step))
     letters = [runner_test.LETTERS[i] for i in rng.integers(len(runner_test.LETTERS),
                                                             size=c.prompts)]
     texts = [f"Say {x} {x} {x}." for x in letters] + ["too long " * 200]
-    mine = run.share(len(texts))
+    mine = list(run.share(len(texts)))
     role = run.roles[stage.role]
     samples = role.generate([run.prompt(texts[j], [self.image]) for j in mine], c.group,
-                            run.seed(stage.name, step, "sample"))
+                            run.seed(stage.name, step, "sample"), ids=mine)
     # Which tokens are 0 mod 3, 1 or 2 (per the letter): a reward that varies
     # within groups from the first step (an untrained model never says the
     # letter), so every step's gradient is signal, not rounding noise that
     # Adam would blow up differently in each layout.
     want = [runner_test.LETTERS.index(letters[mine[samples.prompt_of(r)]])
             for r in range(len(samples))]
-    rewards = [float(np.mean(np.asarray(t) % 3 == w)) for t, w in zip(samples.tokens, want)]
+    rewards = samples.gather([float(np.mean(np.asarray(t) % 3 == w))
+                              for t, w in zip(samples.tokens, want)])
     metrics = role.update(samples, rewards)
     self.prompts_seen += len(texts)
-    metrics.update(reward_mean=float(np.mean(run.gather(rewards))),
-                   prompts_seen=self.prompts_seen)
+    metrics.update(prompts_seen=self.prompts_seen)
     if stage.role == "writer":
-      frozen = run.frozen["reader"].params["vision"]["patch_embed"]["kernel"]
+      frozen = run.frozen["reader"].weights["vision"]["patch_embed"]["kernel"]
       metrics["frozen_reader_sum"] = float(jax.jit(lambda x: jnp.sum(x, dtype=jnp.float32))(frozen))
     run.log(metrics, prefix=stage.role)
 
@@ -80,16 +106,15 @@ def _library_challenger(size):
     fam = library[_FAMILIES[rng.integers(len(_FAMILIES))]]
     return eve_tasks.challenger_sft_target(fam, fam.sample(rng, *size),
                                            think_text=fam.description)
-  return lambda r: role_lib.ScriptedRole(r, reply)
-
-
-def _guessing_solver(role):
-  return role_lib.ScriptedRole(
-      role, lambda i, g, rng: f"The answer is \\boxed{{{'ABCD'[rng.integers(4)]}}}.")
+  return _scripted(reply)
 
 
 def _scripted(reply):
-  return lambda role: role_lib.ScriptedRole(role, reply)
+  return lambda role: role.scripted(reply)
+
+
+_guessing_solver = _scripted(
+    lambda i, g, rng: f"The answer is \\boxed{{{'ABCD'[rng.integers(4)]}}}.")
 
 
 _ITEMS = [mmzero_library.make_item("bar_chart", np.random.default_rng(k), n=3)
@@ -128,34 +153,25 @@ def _evolmm_roles():
   }
 
 
-def _dump_host_state(r: runner.Runner, workdir: str) -> None:
-  state = r._host_state()   # pylint: disable=protected-access
-  path = os.path.join(workdir, f"host_state.p{jax.process_index()}.json")
-  with open(path, "w") as f:
-    json.dump(state, f, sort_keys=True)
+class ScriptedMmZero(_Harness, mmzero.MmZero):
+  scripted_roles = _mmzero_roles()
 
 
-def run(config, workdir):
-  if config.test_recipe == "toy":
-    r = runner.Runner(SharedToy, config, workdir)
-  elif config.test_recipe == "mmzero":
-    r = runner.Runner(mmzero.MmZero, config, workdir, role_wrappers=_mmzero_roles())
-  elif config.test_recipe == "evolmm":
-    r = runner.Runner(evolmm.EvoLmm, config, workdir, role_wrappers=_evolmm_roles())
-  else:
-    size = (config.data.size,) * 2
-    r = runner.Runner(eve.Eve, config, workdir,
-                      role_wrappers={"challenger": _library_challenger(size),
-                                     "solver": _guessing_solver})
-  summary = r.run_all()
-  _dump_host_state(r, workdir)
-  return summary
+class ScriptedEvoLmm(_Harness, evolmm.EvoLmm):
+  scripted_roles = _evolmm_roles()
+
+
+class ScriptedEve(_Harness, eve.Eve):
+
+  @classmethod
+  def scripted_roles_for(cls, config):
+    return {"challenger": _library_challenger((config.data.size,) * 2),
+            "solver": _guessing_solver}
 
 
 def toy():
   c = runner_test.toy_config()
-  c.recipe = "tests.multihost_recipes"
-  c.test_recipe = "toy"
+  c.recipe = "tests.multihost_recipes:SharedToy"
   c.mesh.devices = -1
   c.processing.batch_buckets = (8,)
   c.checkpoint.every = 1
@@ -165,7 +181,7 @@ def toy():
 
 def eve_short():
   from evejax import config_utils  # pylint: disable=g-import-not-at-top
-  c = _multihost_defaults(config_utils.load_config("configs/eve.py:tiny"), "eve")
+  c = _multihost_defaults(config_utils.load_config("configs/eve.py:tiny"), "ScriptedEve")
   c.warmstart.challenger_steps = 1
   c.warmstart.solver_steps = 1
   c.warmstart.batch_size = 4
@@ -184,8 +200,7 @@ def eve_short():
 
 
 def _multihost_defaults(c, recipe: str):
-  c.recipe = "tests.multihost_recipes"
-  c.test_recipe = recipe
+  c.recipe = f"tests.multihost_recipes:{recipe}"
   c.log.tensorboard = False
   c.log.progress = False
   c.checkpoint.every = 1
@@ -196,7 +211,7 @@ def _multihost_defaults(c, recipe: str):
 
 def mmzero_short():
   from evejax import config_utils  # pylint: disable=g-import-not-at-top
-  c = _multihost_defaults(config_utils.load_config("configs/mmzero.py:tiny"), "mmzero")
+  c = _multihost_defaults(config_utils.load_config("configs/mmzero.py:tiny"), "ScriptedMmZero")
   c.warmstart.update(proposer_steps=1, coder_steps=1, solver_steps=1, batch_size=4)
   c.mmzero.update(iterations=1, proposer_steps=2, coder_steps=2, solver_steps=2,
                   proposer_prompts=4, proposer_group=2, coder_samples=4, solver_samples=4,
@@ -207,15 +222,15 @@ def mmzero_short():
   return c
 
 
-def evolmm_short(update="grpo"):
+def evolmm_short(update_rule="grpo"):
   from evejax import config_utils  # pylint: disable=g-import-not-at-top
-  c = _multihost_defaults(config_utils.load_config("configs/evolmm.py:tiny"), "evolmm")
+  c = _multihost_defaults(config_utils.load_config("configs/evolmm.py:tiny"), "ScriptedEvoLmm")
   c.warmstart.update(steps=2, batch_size=4)
   c.evolmm.update(iterations=1, steps_per_iteration=3, heldout_questions=6,
                   images_per_step=3, proposer_group=2, samples=4, proposer_every=2)
-  c.evolmm["update"] = update
-  c.train.algorithm = evolmm.UPDATES[update]
-  if update == "sequential":
+  c.evolmm.update_rule = update_rule
+  c.train.algorithm = evolmm.UPDATE_RULES[update_rule]
+  if update_rule == "sequential":
     c.evolmm.images_per_step = 1
     c.evolmm.steps_per_iteration = 2
   return c

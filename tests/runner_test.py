@@ -24,7 +24,10 @@ from evejax.data import sources
 from evejax import loading
 from evejax.recipes import role as role_lib
 from evejax.recipes import runner
-from evejax.recipes.runner import Stage
+from evejax.recipes import schedule
+from evejax.recipes.schedule import Stage
+
+import recipe_testing as rt
 
 LETTERS = ("A", "B", "C")
 
@@ -46,7 +49,7 @@ def toy_config(**overrides) -> ml_collections.ConfigDict:
   c.checkpoint = cu.checkpoint(every=1, keep=100)
   c.checkpoint.async_save = False
   c.log = ml_collections.ConfigDict(dict(tensorboard=False, gallery_tasks=4, progress=False))
-  c.toy = ml_collections.ConfigDict(dict(share=False, steps=3, prompts=3, group=2))
+  c.toy = ml_collections.ConfigDict(dict(share=False, steps=3, prompts=3, group=2, warm=0))
   for k, v in overrides.items():
     cu.set_value(c, k, v)
   return c
@@ -64,10 +67,25 @@ class Toy(runner.Recipe):
     super().__init__(run)
     self.image = sources.render_scene(np.random.default_rng(0), (28, 28))
     self.prompts_seen = 0     # host state the recipe registers
+    self.optimizers_seen = set()
 
-  def stages(self):
-    c = self.config.toy
-    return [Stage("learn", "writer", 1, c.steps), Stage("learn", "reader", 1, c.steps)]
+  @classmethod
+  def stages(cls, config):
+    c = config.toy
+    warm = [Stage("copy", "writer", 0, c.warm, optimizer="sft")] if c.warm else []
+    return warm + [Stage("learn", "writer", 1, c.steps, frozen=("reader",)),
+                   Stage("learn", "reader", 1, c.steps)]
+
+  def sft_optimizer(self, policy):
+    return {"lr": 1e-2}
+
+  def copy_step(self, stage, step):
+    """A warm start: the writer learns to say the letters it is asked for."""
+    run = self.run
+    self.optimizers_seen.add(run.policies["writer"].optimizer_kind)
+    prompts = [run.prompt(f"Say {x} {x} {x}.", [self.image]) for x in LETTERS]
+    run.log(run.roles["writer"].sft(prompts, [run.completion(f"{x} {x}") for x in LETTERS]),
+            prefix="copy")
 
   def state(self):
     return {"prompts_seen": self.prompts_seen}
@@ -77,8 +95,6 @@ class Toy(runner.Recipe):
 
   def learn_step(self, stage, step):
     c, run = self.config.toy, self.run
-    if stage.role == "writer" and step == 0:
-      run.freeze("reader")
     rng = np.random.default_rng(run.seed(stage.name, step))
     letters = [LETTERS[i] for i in rng.integers(len(LETTERS), size=c.prompts)]
     prompts = [run.prompt(f"Say {x} {x} {x}.", [self.image]) for x in letters]
@@ -92,7 +108,7 @@ class Toy(runner.Recipe):
     self.prompts_seen += len(prompts)
     metrics.update(reward_mean=float(np.mean(rewards)), prompts_seen=self.prompts_seen)
     if stage.role == "writer":
-      frozen = run.frozen["reader"].params["vision"]["patch_embed"]["kernel"]
+      frozen = run.frozen["reader"].weights["vision"]["patch_embed"]["kernel"]
       metrics["frozen_reader_sum"] = float(np.asarray(frozen, np.float64).sum())
     run.log(metrics, prefix=stage.role)
 
@@ -100,12 +116,7 @@ class Toy(runner.Recipe):
     return {"prompts_seen": self.prompts_seen}
 
 
-def _records(workdir):
-  return observe.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-
-
-def _by_step(records, key):
-  return {r["step"]: r[key] for r in records if key in r}
+_records, _by_step = rt.records, rt.by_step
 
 
 class RunnerTest(absltest.TestCase):
@@ -117,7 +128,7 @@ class RunnerTest(absltest.TestCase):
     r = runner.Runner(Toy, config, full)
     self.assertIs(r.run.roles["writer"].policy, r.run.roles["reader"].policy)
     self.assertLen(r.run.policies, 1)
-    summary = r.run_all()
+    summary = r.run_schedule()
     recs = _records(full)
     # Shared weights: the frozen copy does not move while the writer trains it.
     frozen = _by_step(recs, "writer/frozen_reader_sum")
@@ -132,19 +143,16 @@ class RunnerTest(absltest.TestCase):
     # A run killed after the whole schedule had been logged but whose
     # checkpoints after the writer's second step are lost.
     part = os.path.join(root, "part")
-    os.makedirs(os.path.join(part, "checkpoints"))
+    rt.copy_checkpoints(full, part, 2)
     shutil.copy(os.path.join(full, "metrics.jsonl"), part)
-    for name in os.listdir(os.path.join(full, "checkpoints")):
-      if name.isdigit() and int(name) <= 2:
-        shutil.copytree(os.path.join(full, "checkpoints", name),
-                        os.path.join(part, "checkpoints", name))
     resumed = runner.Runner(Toy, config, part)
     self.assertEqual(resumed.run.cursor, (0, 2))
-    self.assertTrue(resumed.run.frozen["reader"].copied)   # restored, not re-frozen
+    self.assertTrue(resumed.run.frozen["reader"].snapshot.copied)   # restored, not re-frozen
     self.assertEqual(resumed.recipe.prompts_seen, 2 * 4)
-    resumed.run_all()
+    resumed.run_schedule()
     after = _records(part)
-    for key in ("writer/train/loss", "writer/reward_mean", "writer/frozen_reader_sum",
+    self.assertNotIn("reader", resumed.run.frozen)   # dropped at its stage's end
+    for key in ("writer/train/loss", "writer/reward/mean", "writer/frozen_reader_sum",
                 "reader/train/loss", "reader/train/kl", "reader/prompts_seen"):
       a, b = _by_step(recs, key), _by_step(after, key)
       self.assertEqual(sorted(a), sorted(b), key)
@@ -164,9 +172,9 @@ class RunnerTest(absltest.TestCase):
     self.assertIsNot(writer.policy, reader.policy)
     # A view, not a copy, when no other role trains the frozen role's weights.
     frozen = r.run.freeze("reader")
-    self.assertFalse(frozen.copied)
-    self.assertIs(frozen.params, reader.params)
-    r.run_all()
+    self.assertFalse(frozen.snapshot.copied)
+    self.assertIs(frozen.weights, reader.weights)
+    r.run_schedule()
     recs = _records(r.workdir)
     # Dr.GRPO: advantages are r - mean, so their std is the rewards' within groups.
     adv = [x for x in recs if "writer/adv/group_std_mean" in x]
@@ -175,27 +183,44 @@ class RunnerTest(absltest.TestCase):
     kl = _by_step(recs, "reader/train/sampler_approx_kl")
     self.assertLess(abs(list(kl.values())[0]), 1e-4)
     with self.assertRaisesRegex(RuntimeError, "trained since it was frozen"):
-      frozen.params  # the reader trained in stage 2
+      frozen.weights  # the reader trained in stage 2
+    with self.assertRaisesRegex(RuntimeError, "frozen reader does not train"):
+      frozen.update(None, [])
 
   def test_scripted_role_reports_the_policys_log_probs(self):
     config = toy_config(**{"toy.steps": 1})
-    r = runner.Runner(Toy, config, tempfile.mkdtemp())
-    writer = r.run.roles["writer"]
-    scripted = role_lib.ScriptedRole(writer, lambda i, g, rng: "A A")
-    prompt = r.run.prompt("Say A A A.", [np.zeros((28, 28, 3), np.uint8)])
-    samples = scripted.generate([prompt], 2, seed=0)
-    self.assertEqual(samples.texts, ["A A", "A A"])
-    np.testing.assert_allclose(samples.logprobs[0], writer.score([prompt], samples.tokens[:1])[0],
-                               rtol=1e-6)
-    self.assertTrue(np.all(samples.logprobs[0] < 0))
-    r.recipe.close()
-    r.ckpt.close()
-    r.run.writer.close()
+    with runner.Runner(Toy, config, tempfile.mkdtemp()) as r:
+      writer = r.run.roles["writer"]
+      scripted = writer.scripted(lambda i, g, rng: "A A")
+      prompt = r.run.prompt("Say A A A.", [np.zeros((28, 28, 3), np.uint8)])
+      samples = scripted.generate([prompt], 2, seed=0)
+      self.assertEqual(samples.texts, ["A A", "A A"])
+      np.testing.assert_allclose(samples.logprobs[0],
+                                 writer.score([prompt], samples.tokens[:1])[0], rtol=1e-6)
+      self.assertTrue(np.all(samples.logprobs[0] < 0))
+      # Its frozen copy replies from the same script.
+      self.assertEqual(scripted.frozen(copy_params=True).generate([prompt], 1, seed=0).texts,
+                       ["A A"])
+
+  def test_a_warm_start_stage_switches_optimizers_then_starts_rl(self):
+    config = toy_config(**{"toy.steps": 1, "toy.warm": 2})
+    with runner.Runner(Toy, config, tempfile.mkdtemp()) as r:
+      writer = r.run.policies["writer"]
+      before = np.asarray(writer.learner.reference_params["text"]["embed"]["embedding"])
+      r.run_schedule()
+      self.assertEqual(r.recipe.optimizers_seen, {"sft"})
+      self.assertEqual(writer.optimizer_kind, "rl")
+      # The KL reference is the warm-started weights, not the initial ones.
+      reference = writer.learner.reference_params["text"]["embed"]["embedding"]
+      self.assertFalse(np.allclose(np.asarray(reference), before))
+      self.assertEqual(r.run.policies["reader"].optimizer_kind, "rl")   # never warm-started
+    recs = _records(r.workdir)
+    self.assertLen([x for x in recs if "copy/loss" in x], 2)
 
   def test_another_checkpoint_format_is_one_clear_error(self):
     workdir = tempfile.mkdtemp()
     config = toy_config(**{"toy.steps": 1})
-    runner.Runner(Toy, config, workdir).run_all()
+    runner.Runner(Toy, config, workdir).run_schedule()
     with mock.patch.object(runner, "CHECKPOINT_FORMAT", "recipe-core-999"):
       with self.assertRaisesRegex(loading.SetupError, "another evejax checkpoint format"):
         runner.Runner(Toy, config, workdir)
@@ -214,7 +239,7 @@ class ValidationTest(absltest.TestCase):
         role="reader")
     config.validation.update(min_pixels=28 * 28, max_pixels=28 * 28)
     r = runner.Runner(Toy, config, tempfile.mkdtemp())
-    r.run_all()
+    r.run_schedule()
     scores = _by_step(_records(r.workdir), "val/mmstar/score")
     self.assertEqual(sorted(scores), [3])   # 4 train steps: due after the third
     self.assertBetween(scores[3], 0.0, 100.0)
@@ -222,8 +247,20 @@ class ValidationTest(absltest.TestCase):
 
 class ScheduleTest(absltest.TestCase):
 
+  def test_iterated_schedules_and_where_evaluations_are_recorded(self):
+    stages = schedule.iterated([Stage("warmstart", "x", 0, 2, optimizer="sft")], 2,
+                               lambda it: [Stage("a", "x", it, 1, frozen=("y",))])
+    self.assertEqual([st.name for st in stages], [
+        "eval/iter0", "warmstart/x/iter0", "eval/iter0", "a/x/iter1", "eval/iter1",
+        "a/x/iter2", "eval/iter2"])
+    s = schedule.Schedule(stages)
+    self.assertEqual(s.last_warmstart, 1)
+    self.assertEqual([s.eval_key(i) for i in (0, 2, 4, 6)],
+                     ["init", "after_warmstart", "iter1", "iter2"])
+    self.assertIsNone(schedule.Schedule(schedule.iterated([], 1, lambda it: [])).last_warmstart)
+
   def test_counters_derive_from_the_cursor(self):
-    s = runner.Schedule([Stage("eval", trains=False), Stage("a", "x", 1, 3),
+    s = schedule.Schedule([Stage("eval", trains=False), Stage("a", "x", 1, 3),
                          Stage("eval", trains=False), Stage("b", "y", 1, 2)])
     self.assertEqual([s.train_steps_done((i, k)) for i, k in
                       ((0, 0), (1, 0), (1, 2), (2, 0), (3, 0), (3, 1), (4, 0))],
@@ -231,8 +268,8 @@ class ScheduleTest(absltest.TestCase):
     self.assertEqual([s.units_done((i, k)) for i, k in ((0, 1), (1, 0), (1, 3), (2, 0))],
                      [1, 2, 5, 6])
     self.assertEqual(Stage("learn", "writer", 2, 5).name, "learn/writer/iter2")
-    self.assertEqual(runner.seed(1, "a"), runner.seed(1, "a"))
-    self.assertNotEqual(runner.seed(1, "a"), runner.seed(2, "a"))
+    self.assertEqual(runner.stable_seed(1, "a"), runner.stable_seed(1, "a"))
+    self.assertNotEqual(runner.stable_seed(1, "a"), runner.stable_seed(2, "a"))
 
 
   def test_a_recipe_that_does_not_share_its_work_is_refused_on_several_processes(self):

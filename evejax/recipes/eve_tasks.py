@@ -11,7 +11,7 @@ questions whose answers are correct by construction (EVE question types):
   type 2: images = original + the 4 outputs; match each to the shuffled args;
           answer = 4 letters, graded with partial credit (off by default).
 
-Shuffles and the choice of k come from `runner.seed(seed, program, type, k)`, a
+Shuffles and the choice of k come from `runner.stable_seed(seed, program, type, k)`, a
 stable hash (never Python's salted `hash()`), so the same program always yields the same
 questions. Coordinates in programs are absolute pixels (Qwen2.5-VL), so every
 prompt states the source image's size.
@@ -151,7 +151,7 @@ def build_questions(source_image: Image.Image, edit_source: str,
       order = _order(seed, program_key, qtype, None)
       questions.append(_type2(source_image, edit_source, args_list, outputs, order))
       continue
-    chosen = ks if ks is not None else [runner.seed(seed, program_key, qtype, "k") % _NUM]
+    chosen = ks if ks is not None else [runner.stable_seed(seed, program_key, qtype, "k") % _NUM]
     for k in chosen:
       if not 0 <= k < _NUM:
         raise ValueError(f"k={k} is not an index into args_list (0..{_NUM - 1}).")
@@ -162,7 +162,7 @@ def build_questions(source_image: Image.Image, edit_source: str,
 
 
 def _order(seed: int, program_key: str, qtype: int, k: int | None) -> list[int]:
-  rng = np.random.default_rng(runner.seed(seed, program_key, qtype, k))
+  rng = np.random.default_rng(runner.stable_seed(seed, program_key, qtype, k))
   return [int(i) for i in rng.permutation(_NUM)]
 
 

@@ -1,36 +1,40 @@
 """A Role: one policy of a recipe — how it samples and how it learns.
 
     samples = solver.generate(prompts, group=8, seed=run.seed("solver", step))
+    rewards = samples.gather([...per row...]) -> one Reward per row of the batch
     metrics = solver.update(samples, rewards)        # advantages -> batch -> step
     metrics = solver.sft(prompts, targets)           # warm start
 
 A `Policy` is a learner and the optimizer it currently runs (the RL one from
-`config.train`, or an SFT one a recipe passes for a warm start); a `Role` is a
-name, a policy and the sampling block it samples with (`config.sampling.<role>`).
+`config.train`, or an SFT one for a warm start); a `Role` is a name, a policy,
+the sampling block it samples with (`config.sampling.<role>`), where its
+replies come from, and optionally a snapshot of the policy's weights:
+
+  replies    `SampledReplies` (the sampler, the default) or `ScriptedReplies`
+             (fixed text scored by the policy: the seam for tests, as tunix's
+             mock rollout is);
+  snapshot   a frozen role (`role.frozen()`) samples with the weights as they
+             were when it was frozen: a copy when something keeps training
+             them, else a view that refuses to sample once they have moved.
+             It never trains.
+
 Roles can share one policy (EVE's `share_params`); the trainer always scores at
 the temperature of the role whose rollouts it trains on, so the importance
 ratio of an on-policy step starts at 1.
 
 `generate` drops prompts that cannot fit the largest buckets with their token
-budget (never truncating image tokens) and counts them; `update` turns rewards
-into the algorithm's batch fields (`config.train.loss.advantage` for GRPO),
-builds the batch, runs the step and returns its metrics. `frozen()` gives a
-role that samples with the policy as it is now: a copy when another role keeps
-training the shared weights, else a view that refuses to sample once its
-policy has moved. `ScriptedRole` replies with fixed text but reports the
-policy's real log-probs: the public seam for tests.
+budget (never truncating image tokens) and counts them; with `chunks` it
+samples in pieces and hands each to a callback, so the host (the sandbox)
+works on one piece while the device samples the next.
 
 Several processes: every method takes and returns this process's rows (its
-prompts, its completions, its rewards) and every process calls it in step.
-What spans the batch is decided from gathered data: whether anyone has a
-prompt at all (`Samples.total_rows`), the shapes of a train batch (every
-process pads its block to the same rows and buckets; a process with no rows
-sends padding), and the advantages (computed from every process's rewards,
-so a group's statistics and the logged 'adv/...' metrics are the batch's).
+prompts, its completions) and every process calls it in step. Rows are
+numbered alike on any number of processes (`Samples.row_id`); what spans the
+batch is decided from rows gathered in that order (`Samples.gather`), and
+`update` takes the rewards of the whole batch, in that order.
 """
 from __future__ import annotations
 
-import collections
 import copy
 import dataclasses
 from typing import Any, Callable, Sequence
@@ -41,34 +45,12 @@ import ml_collections
 import numpy as np
 
 from evejax import distributed
-from evejax import observe
 from evejax.processing import batching
 from evejax.processing import prompts as prompts_lib
+from evejax.rewards.registry import Reward
 from evejax.rl import learner as learner_lib
 from evejax.rl import rollouts
-from evejax.sampling import Sampler
 from evejax.sampling import SamplingParams
-
-
-@dataclasses.dataclass
-class Services:
-  """What every role of a run uses: the model's shapes, tokenizer, one sampler."""
-  model_config: Any
-  tokenizer: Any
-  sampler: Sampler
-  mesh: Any
-  rules: Any
-  seed: int
-  counts: collections.Counter
-  timer: observe.Timer
-
-  @property
-  def length_buckets(self):
-    return self.sampler.length_buckets
-
-  @property
-  def patch_buckets(self):
-    return self.sampler.patch_buckets
 
 
 def fits(example: batching.Example, length_buckets: Sequence[int],
@@ -79,18 +61,20 @@ def fits(example: batching.Example, length_buckets: Sequence[int],
           and n_patches <= (max(patch_buckets) if len(patch_buckets) else 0))
 
 
+# ------------------------------------------------------------------- samples
+
 @dataclasses.dataclass
 class Samples:
   """Completions of a `generate` call, rows prompt-major and group-minor.
 
   Only prompts that fit are sampled: `kept[j]` is the index (into the prompts
   given) of the j-th sampled prompt, and row r belongs to kept[r // group].
+  `ids[j]` is that prompt's id over every process (`generate`'s `ids`, else
+  its place in the call), and `row_id(r) = ids[r // group] * group + r % group`
+  numbers rows as one process would: `gather` returns every process's rows
+  in that order, `mine` takes this process's rows back out of such a list.
   With several processes these are this process's rows; `total_rows` counts
   every process's (decide "nothing was sampled" from it, never from len).
-  `ids[j]` is the sampled prompt's id over every process (`generate`'s
-  `prompt_ids`, else its place in the call), so `row_id(r)` numbers rows alike
-  on any number of processes: sort gathered rows by it to see them in the
-  order one process has them.
   """
   kept: list[int]
   group: int
@@ -99,7 +83,8 @@ class Samples:
   logprobs: list[np.ndarray]        # per row, the sampler's log-prob of each token
   texts: list[str]                  # per row, decoded without special tokens
   total_rows: int | None = None     # rows over every process (None: len(self))
-  ids: list[int] | None = None      # per sampled prompt, its id (None: its index)
+  ids: list[int] | None = None      # per sampled prompt, its id (None: `kept`)
+  _places: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
   def __post_init__(self):
     if self.total_rows is None:
@@ -126,6 +111,73 @@ class Samples:
   def row_prompts(self) -> list[batching.Example]:
     return [self.prompts[r // self.group] for r in range(len(self.tokens))]
 
+  # -- the batch: every process's rows in row-id order ----------------------
+
+  def gather(self, per_row: Sequence[Any]) -> list[Any]:
+    """Every process's `per_row` values (JSON-able), in row-id order."""
+    return distributed.gather_by_id(self.row_ids, per_row)
+
+  def gather_rewards(self, rewards: Sequence[Reward]) -> list[Reward]:
+    """Every process's rows' rewards (JSON-able parts), in row-id order."""
+    if not distributed.is_multiprocess():
+      return [rewards[r] for r in self._places_order()]
+    return [Reward(v, why, parts) for v, why, parts in
+            self.gather([(float(x.value), x.reason, dict(x.parts)) for x in rewards])]
+
+  def mine(self, batch_values: Sequence[Any]) -> list[Any]:
+    """This process's rows' entries of a list in row-id order (as `gather` gives)."""
+    return [batch_values[k] for k in self._batch_places()]
+
+  def _batch_places(self) -> np.ndarray:
+    """Each of this process's rows' place in the batch's row-id order."""
+    if self._places is None:
+      everyone = sorted(distributed.gather_rows(self.row_ids))
+      place = {i: k for k, i in enumerate(everyone)}
+      self._places = np.asarray([place[i] for i in self.row_ids], np.int64)
+    return self._places
+
+  def _places_order(self) -> np.ndarray:
+    """This process's rows in row-id order (one process: the whole batch)."""
+    return np.argsort(self._batch_places(), kind="stable")
+
+  def select(self, rows: Sequence[int]) -> "Samples":
+    """These rows (this process's) as a batch of their own, one row per group."""
+    rows = [int(r) for r in rows]
+    return Samples(
+        kept=[self.prompt_of(r) for r in rows], group=1,
+        prompts=[self.prompts[r // self.group] for r in rows],
+        tokens=[self.tokens[r] for r in rows], logprobs=[self.logprobs[r] for r in rows],
+        texts=[self.texts[r] for r in rows], total_rows=distributed.total(len(rows)),
+        ids=[self.row_id(r) for r in rows])
+
+  @classmethod
+  def concat(cls, parts: Sequence["Samples"]) -> "Samples":
+    """One Samples from the chunks of one call (each chunk's `kept` already global)."""
+    if not parts:
+      raise ValueError("Samples.concat needs at least one part.")
+    return cls(kept=[k for p in parts for k in p.kept], group=parts[0].group,
+               prompts=[x for p in parts for x in p.prompts],
+               tokens=[x for p in parts for x in p.tokens],
+               logprobs=[x for p in parts for x in p.logprobs],
+               texts=[x for p in parts for x in p.texts],
+               total_rows=sum(p.total_rows for p in parts),
+               ids=[i for p in parts for i in p.ids])
+
+
+def reward_metrics(rewards: Sequence[Reward | float]) -> dict[str, float]:
+  """`reward/mean` and the mean of every numeric part, over the rows that have it."""
+  values = [float(getattr(r, "value", r)) for r in rewards]
+  out = {"reward/mean": float(np.mean(values)) if values else 0.0}
+  parts: dict[str, list[float]] = {}
+  for r in rewards:
+    for k, v in getattr(r, "parts", {}).items():
+      if isinstance(v, (bool, int, float, np.number)):
+        parts.setdefault(k, []).append(float(v))
+  out.update({f"reward/{k}": float(np.mean(v)) for k, v in parts.items()})
+  return out
+
+
+# ------------------------------------------------------------------ policies
 
 class Policy:
   """A learner and the optimizer it currently runs ('rl' or 'sft').
@@ -134,30 +186,32 @@ class Policy:
   switch keeps the optimizer state (and resume stays exact); `start_rl` after a
   warm start begins with a fresh one, and makes the warm-started weights the
   KL reference (then saved in checkpoints: the config cannot rebuild them).
+  `rl=False`: a policy only warm-started (EvoLMM's backbone); it never starts RL.
   """
 
-  def __init__(self, name: str, services: Services, train_config, params, *,
-               param_dtype: str, checkpoint_reference: bool = False):
+  def __init__(self, name: str, run, train_config, params, *, param_dtype: str,
+               checkpoint_reference: bool = False, rl: bool = True):
     self.name = name
-    self.services = services
+    self.run = run
     self.train_config = train_config
     self.param_dtype = param_dtype
     self.checkpoint_reference = checkpoint_reference
+    self.rl = rl
     self.optimizer_kind = "rl"
-    self.learner = self._learner(train_config, params, ref_params=None, reference=True)
+    self.learner = self._learner(train_config, params, ref_params=None, reference=rl)
 
   def _learner(self, cfg, params, ref_params, reference: bool) -> learner_lib.Learner:
-    s = self.services
+    r = self.run
     return learner_lib.Learner(
-        s.model_config, cfg, params, param_dtype=self.param_dtype, mesh=s.mesh,
-        rules=s.rules, seed=s.seed, ref_params=ref_params, keep_reference=reference)
+        r.model_config, cfg, params, param_dtype=self.param_dtype, mesh=r.mesh,
+        rules=r.rules, seed=r.config.seed, ref_params=ref_params, keep_reference=reference)
 
   @property
-  def params(self):
-    """What a Sampler samples this policy with (`Learner.sampling_params`)."""
-    return self.learner.sampling_params
+  def weights(self):
+    """What a Sampler samples this policy with (`Learner.sampler_weights`)."""
+    return self.learner.sampler_weights
 
-  def _weights(self, learner):
+  def _start_weights(self, learner):
     """What a new learner of this policy starts from: the params, or the backbone."""
     return learner.backbone if learner.lora is not None else learner.params
 
@@ -174,15 +228,15 @@ class Policy:
     old = self.learner
     # A warm start needs no reference policy; the RL one keeps its own.
     ref = old.reference_params if old.owns_reference else None
-    self.learner = self._learner(cfg, self._weights(old), ref_params=ref,
-                                 reference=kind == "rl")
+    self.learner = self._learner(cfg, self._start_weights(old), ref_params=ref,
+                                 reference=kind == "rl" and self.rl)
     self.learner.load_state(old.state)
     self.optimizer_kind = kind
 
   def start_rl(self) -> None:
     """RL from the current weights: a fresh RL optimizer, these weights as reference."""
     old = self.learner
-    self.learner = self._learner(self.train_config, self._weights(old), ref_params=None,
+    self.learner = self._learner(self.train_config, self._start_weights(old), ref_params=None,
                                  reference=True)
     if old.lora is not None:   # the adapter is the policy: keep it, not the optimizer
       self.learner.load_state(self.learner.state.replace(params=old.params))
@@ -208,22 +262,94 @@ class Policy:
       self.learner.set_ref_params(state["reference"])
 
 
-def sampling_params(block, tokenizer, *, group: int, greedy: bool = False) -> SamplingParams:
-  """SamplingParams from a config block {temperature, top_p, top_k, max_new_tokens}."""
+def decoding(block, tokenizer, *, group: int, greedy: bool = False) -> SamplingParams:
+  """The decoding settings of a sampling block {temperature, top_p, top_k, max_new_tokens}."""
   return SamplingParams(
       max_new_tokens=int(block.max_new_tokens), temperature=float(block.temperature),
       top_k=int(block.top_k), top_p=float(block.top_p), greedy=greedy,
       group_size=group, eos_ids=tuple(tokenizer.stop_ids), pad_id=tokenizer.pad_id)
 
 
+# ------------------------------------------------------------- reply sources
+
+class SampledReplies:
+  """Replies sampled from the role's weights by the run's sampler."""
+
+  def __call__(self, role: "Role", prompts, group: int, seed: int, greedy: bool,
+               prompt_ids: np.ndarray):
+    run = role.run
+    settings = decoding(role.sampling, run.tokenizer, group=group, greedy=greedy)
+    with run.timer("sampling"):
+      out = run.sampler.generate(role.weights, prompts, settings, seed, prompt_ids=prompt_ids)
+    return rollouts.completions_from_samples(out)
+
+
+class ScriptedReplies:
+  """Replies from `reply(prompt_id, member, rng) -> text`, scored by the policy.
+
+  Log-probs are the policy's own, so an update is exactly what training on
+  those replies is (a frozen role reports zeros: nothing reads them). `rng` is
+  seeded by (seed, prompt id), so a prompt's replies depend neither on how
+  many processes share the prompts nor on how a call is chunked.
+  """
+
+  def __init__(self, reply: Callable[[int, int, np.random.Generator], str]):
+    self.reply = reply
+
+  def __call__(self, role: "Role", prompts, group: int, seed: int, greedy: bool,
+               prompt_ids: np.ndarray):
+    texts = []
+    for i in prompt_ids:
+      rng = np.random.default_rng((int(seed), int(i)))
+      texts += [self.reply(int(i), g, rng) for g in range(group)]
+    toks = [prompts_lib.completion_ids(role.run.tokenizer, t) for t in texts]
+    if role.snapshot is not None:
+      return toks, [np.zeros(len(t), np.float32) for t in toks]
+    rows = [p for p in prompts for _ in range(group)]
+    return toks, role.score(rows, toks)
+
+
+# --------------------------------------------------------------------- roles
+
+@dataclasses.dataclass
+class Snapshot:
+  """A frozen role's weights: a copy (`params`), or a view of the policy at `step`."""
+  step: int
+  params: Any = None
+
+  @property
+  def copied(self) -> bool:
+    return self.params is not None
+
+
+@jax.jit
+def _device_copy(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
 class Role:
   """A named policy with its sampling block; see the module docstring."""
 
-  def __init__(self, name: str, policy: Policy, sampling: ml_collections.ConfigDict):
+  def __init__(self, name: str, policy: Policy, sampling: ml_collections.ConfigDict, *,
+               replies=None, snapshot: Snapshot | None = None):
     self.name = name
     self.policy = policy
     self.sampling = sampling
-    self.services = policy.services
+    self.replies = replies or SampledReplies()
+    self.snapshot = snapshot
+
+  @property
+  def run(self):
+    return self.policy.run
+
+  def replace(self, **changes) -> "Role":
+    """This role with other replies or snapshot (same name, policy and sampling)."""
+    fields = {"replies": self.replies, "snapshot": self.snapshot, **changes}
+    return type(self)(self.name, self.policy, self.sampling, **fields)
+
+  def scripted(self, reply: Callable[[int, int, np.random.Generator], str]) -> "Role":
+    """This role replying from a script (tests; see `ScriptedReplies`)."""
+    return self.replace(replies=ScriptedReplies(reply))
 
   @property
   def temperature(self) -> float:
@@ -234,56 +360,77 @@ class Role:
     return int(self.sampling.max_new_tokens)
 
   @property
-  def params(self):
-    """The params this role samples with."""
-    return self.policy.params
+  def weights(self):
+    """The weights this role samples with (a frozen role's snapshot)."""
+    s, learner = self.snapshot, self.policy.learner
+    if s is None:
+      return self.policy.weights
+    if s.copied:
+      return learner.sampler_weights_for(s.params)
+    if learner.step_count != s.step:
+      raise RuntimeError(
+          f"frozen {self.name}: its policy trained since it was frozen (step {s.step} -> "
+          f"{learner.step_count}); freeze a copy when another role trains the same weights.")
+    return self.policy.weights
 
   def fits(self, example: batching.Example, reserve: int | None = None) -> bool:
     """Whether `example` fits the buckets with this role's token budget (or `reserve`)."""
-    s = self.services
+    s = self.run.sampler
     return fits(example, s.length_buckets, s.patch_buckets,
                 self.max_new_tokens if reserve is None else reserve)
 
   # -- sampling --------------------------------------------------------------
 
   def generate(self, prompts: Sequence[batching.Example], group: int, seed: int, *,
-               greedy: bool = False, prompt_ids: Sequence[int] | None = None) -> Samples:
+               greedy: bool = False, ids: Sequence[int] | None = None, chunks: int = 1,
+               on_chunk: Callable[[Samples], None] | None = None) -> Samples:
     """`group` completions of each prompt that fits; the others are counted drops.
 
-    `prompt_ids` order the prompts over every process (distinct numbers; the
-    default is process order): a prompt's randomness follows its rank among
-    the prompts sampled, so a run gives the same rows on any number of
-    processes when its callers give the same order.
+    `ids` number the prompts over every process (distinct; default: process
+    order): a row's randomness is a function of (seed, its row id), so a run
+    gives the same rows on any number of processes when callers give the same
+    ids. `chunks` > 1 samples this process's prompts in that many pieces (every
+    process the same number) and calls `on_chunk` with each piece's Samples as
+    it is done; the return value holds every piece's rows.
     """
-    s = self.services
     kept = [i for i, p in enumerate(prompts) if self.fits(p)]
     dropped = len(prompts) - len(kept)
     if dropped:
-      s.counts[f"{self.name}/dropped_prompt_too_long"] += dropped
+      self.run.counts[f"{self.name}/dropped_prompt_too_long"] += dropped
+    all_ids = _call_ids(len(prompts), ids)
+    pieces = np.array_split(np.asarray(kept, np.int64), max(1, int(chunks)))
+    parts = []
+    for piece in pieces:
+      part = self._generate(prompts, [int(i) for i in piece], group, seed, greedy, all_ids)
+      parts.append(part)
+      if on_chunk is not None and part.total_rows:
+        on_chunk(part)
+    return Samples.concat(parts)
+
+  def _generate(self, prompts, kept, group, seed, greedy, all_ids) -> Samples:
     chosen = [prompts[i] for i in kept]
-    ids = [int(i) for i in _call_ids(len(prompts), prompt_ids)[kept]]
+    ids = [int(all_ids[i]) for i in kept]
     total = distributed.total(len(chosen))
     if not total:
       return Samples(kept, group, [], [], [], [], total_rows=0, ids=ids)
-    ranks = None if prompt_ids is None else _ranks(ids)
-    toks, lps = self._sample(chosen, group, seed, greedy, ranks)
-    s.counts[f"{self.name}/completion_with_vision_token"] += sum(
-        rollouts.has_vision_tokens(s.model_config, t) for t in toks)
-    texts = s.tokenizer.decode_batch(toks, skip_special_tokens=True) if toks else []
+    toks, lps = self.replies(self, chosen, group, seed, greedy, np.asarray(ids, np.int64))
+    run = self.run
+    run.counts[f"{self.name}/completion_with_vision_token"] += sum(
+        rollouts.has_vision_tokens(run.model_config, t) for t in toks)
+    texts = run.tokenizer.decode_batch(toks, skip_special_tokens=True) if toks else []
     return Samples(kept, group, chosen, toks, lps, texts, total_rows=total * group, ids=ids)
-
-  def _sample(self, prompts, group, seed, greedy, ids=None):
-    s = self.services
-    sp = sampling_params(self.sampling, s.tokenizer, group=group, greedy=greedy)
-    with s.timer("sampling"):
-      out = s.sampler.generate(self.params, prompts, sp, seed, prompt_ids=ids)
-    return rollouts.completions_from_samples(out)
 
   # -- learning --------------------------------------------------------------
 
+  def _trainable(self) -> learner_lib.Learner:
+    if self.snapshot is not None:
+      raise RuntimeError(f"frozen {self.name} does not train.")
+    return self.policy.learner
+
   def _batch(self, row_prompts, completions, **fields) -> learner_lib.TrainBatch:
     """A train batch of this process's rows (with several, shaped alike everywhere)."""
-    s = self.services
+    run = self.run
+    s = run.sampler
     multiple = self.policy.learner.row_multiple
     lengths, patches = s.length_buckets, s.patch_buckets
     if distributed.is_multiprocess():
@@ -296,63 +443,52 @@ class Role:
       lengths = (batching.bucket_for(longest, lengths),)
       patches = (batching.bucket_for(most, patches),) if len(patches) else patches
       if not row_prompts:   # padding only: one row without a completion, no loss
-        row_prompts = [batching.Example(tokens=np.array([s.tokenizer.pad_id], np.int32))]
+        row_prompts = [batching.Example(tokens=np.array([run.tokenizer.pad_id], np.int32))]
         completions = [np.zeros((0,), np.int32)]
         fields = {k: (None if v is None else [np.zeros((0,), np.float32)] if k == "sampler_logp"
                       else np.zeros((1,) + np.shape(v)[1:], np.float32))
                   for k, v in fields.items()}
     return rollouts.train_batch(
-        row_prompts, completions, model_config=s.model_config, pad_id=s.tokenizer.pad_id,
+        row_prompts, completions, model_config=run.model_config, pad_id=run.tokenizer.pad_id,
         length_buckets=lengths, patch_buckets=patches, row_multiple=multiple, **fields)
 
-  def update(self, samples: Samples, rewards: Sequence[float]) -> dict[str, float]:
-    """One RL step on `samples` with one reward per row; returns its metrics.
+  def update(self, samples: Samples, rewards: Sequence[Reward | float]) -> dict[str, float]:
+    """One RL step on this process's rows of `samples`.
 
-    Keys: the algorithm's host metrics (GRPO: 'adv/...') and the step's
-    'train/...' metrics.
+    `rewards`: one per row of the whole batch (every process's rows, in row-id
+    order, as `Samples.gather` / `gather_rewards` give them). Returns
+    `reward/mean` and the mean of each numeric reward part, the algorithm's
+    host metrics (GRPO: 'adv/...') and the step's 'train/...' metrics.
     """
-    return self.update_rows(samples.row_prompts, samples.tokens, rewards,
-                            group=samples.group, logprobs=samples.logprobs)
-
-  def update_rows(self, row_prompts: Sequence[batching.Example],
-                  completions: Sequence[Sequence[int]], rewards: Sequence[float], *,
-                  group: int, logprobs: Sequence[Sequence[float]] | None = None
-                  ) -> dict[str, float]:
-    """`update` for explicit rows (group-major), e.g. a subset of a Samples' rows."""
-    learner = self.policy.learner
-    s = self.services
-    with s.timer("rewards"):
-      fields, host_metrics = self._batch_fields(rewards, group)
-    batch = self._batch(list(row_prompts), list(completions), sampler_logp=logprobs, **fields)
-    with s.timer("training"):
+    learner = self._trainable()
+    if len(rewards) != samples.total_rows:
+      raise ValueError(f"{self.name}.update: {len(rewards)} rewards for a batch of "
+                       f"{samples.total_rows} rows; pass one per row of every process.")
+    values = np.asarray([float(getattr(r, "value", r)) for r in rewards], np.float32)
+    with self.run.timer("rewards"):
+      fields, host_metrics = learner.batch_fields(values, samples.group)
+      fields = {k: None if v is None else np.asarray(samples.mine(np.asarray(v)))
+                for k, v in fields.items()}
+    batch = self._batch(samples.row_prompts, samples.tokens, sampler_logp=samples.logprobs,
+                        **fields)
+    with self.run.timer("training"):
       metrics = learner.step(learner.algorithm.name, batch, temperature=self.temperature)
-    return {**host_metrics, **{f"train/{k}": v for k, v in metrics.items()}}
-
-  def _batch_fields(self, rewards, group: int) -> tuple[dict, dict]:
-    """The algorithm's row fields of this process's rows, from every process's rewards."""
-    learner = self.policy.learner
-    if not distributed.is_multiprocess():
-      return learner.batch_fields(rewards, group)
-    mine = np.asarray(rewards, np.float32).reshape(-1)
-    parts = distributed.allgather(mine.tolist())
-    start = sum(len(p) for p in parts[:distributed.process_index()])
-    fields, host_metrics = learner.batch_fields(
-        np.asarray([r for p in parts for r in p], np.float32), group)
-    return ({k: None if v is None else np.asarray(v)[start:start + len(mine)]
-             for k, v in fields.items()}, host_metrics)
+    return {**reward_metrics(rewards), **host_metrics,
+            **{f"train/{k}": v for k, v in metrics.items()}}
 
   def sft(self, prompts: Sequence[batching.Example], targets: Sequence[Sequence[int]]
           ) -> dict[str, float] | None:
     """One SFT step on (prompt, target) pairs that fit; None if none fits (anywhere)."""
+    learner = self._trainable()
     keep = [k for k, p in enumerate(prompts) if self.fits(p, reserve=len(targets[k]))]
     dropped = len(prompts) - len(keep)
     if dropped:
-      self.services.counts[f"{self.name}/dropped_prompt_too_long"] += dropped
+      self.run.counts[f"{self.name}/dropped_prompt_too_long"] += dropped
     if not distributed.total(len(keep)):
       return None
     batch = self._batch([prompts[k] for k in keep], [targets[k] for k in keep])
-    with self.services.timer("training"):
-      return self.policy.learner.step("sft", batch)
+    with self.run.timer("training"):
+      return learner.step("sft", batch)
 
   def score(self, row_prompts: Sequence[batching.Example],
             completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
@@ -365,110 +501,23 @@ class Role:
 
   # -- frozen copies ---------------------------------------------------------
 
-  def frozen(self, copy_params: bool, params=None) -> "FrozenRole":
+  def frozen(self, copy_params: bool, params=None) -> "Role":
     """This role sampling with the weights it has now (see the module docstring).
 
     `params`: the trained params of a copy restored from a checkpoint.
     """
-    return FrozenRole(self, copy_params, params=params)
-
-
-@jax.jit
-def _device_copy(tree):
-  return jax.tree.map(jnp.copy, tree)
-
-
-class FrozenRole(Role):
-  """A role that samples with a fixed set of weights and never trains."""
-
-  def __init__(self, role: Role, copy_params: bool, params=None):
-    super().__init__(role.name, role.policy, role.sampling)
-    self.copied = copy_params
-    learner = role.policy.learner
-    self._step = learner.step_count
-    # What the learner trains (with LoRA only the adapter: the backbone is frozen).
-    self.trained_params = (params if params is not None
-                           else _device_copy(learner.params) if copy_params else None)
-
-  @property
-  def params(self):
-    if self.trained_params is not None:
-      return self.policy.learner.sampling_params_for(self.trained_params)
-    if self.policy.learner.step_count != self._step:
-      raise RuntimeError(
-          f"frozen {self.name}: its policy trained since it was frozen (step "
-          f"{self._step} -> {self.policy.learner.step_count}); freeze with "
-          "copy_params=True when another role trains the same weights.")
-    return self.policy.params
-
-  def update(self, *args, **kwargs):
-    raise RuntimeError(f"frozen {self.name} does not train.")
-
-  update_rows = sft = update
-
-
-class ScriptedRole(Role):
-  """Replies come from `reply(prompt_index, member, rng) -> text`; log-probs are
-  the policy's own, so updates are exactly what training on those replies is.
-
-  The seam for tests: a recipe runs end to end with a role whose outputs are
-  known (e.g. a Challenger that writes library programs). `rng` is one
-  generator per call, drawn prompt after prompt in the call's order over every
-  process, so replies do not depend on how many processes share the prompts.
-  Its frozen copies reply from the same script.
-  """
-
-  def __init__(self, role: Role, reply: Callable[[int, int, np.random.Generator], str]):
-    super().__init__(role.name, role.policy, role.sampling)
-    self._reply = reply
-
-  def _replies(self, prompts, group, seed, ids):
-    """Texts of this process's prompts; the draws of every process's prompts are made."""
-    ids = _call_ids(len(prompts), ids)
-    rng = np.random.default_rng(seed)
-    mine = {int(i): k for k, i in enumerate(ids)}
-    texts = [None] * (len(prompts) * group)
-    for i in range(distributed.total(len(prompts))):
-      for g in range(group):
-        text = self._reply(i, g, rng)
-        if i in mine:
-          texts[mine[i] * group + g] = text
-    return [prompts_lib.completion_ids(self.services.tokenizer, t) for t in texts]
-
-  def _sample(self, prompts, group, seed, greedy, ids=None):
-    toks = self._replies(prompts, group, seed, ids)
-    rows = [p for p in prompts for _ in range(group)]
-    return toks, self.score(rows, toks)
-
-  def frozen(self, copy_params: bool, params=None) -> FrozenRole:
-    return _FrozenScripted(self, copy_params, params=params)
-
-
-class _FrozenScripted(FrozenRole):
-  """A scripted role's frozen copy: the same script; it never trains, and
-  reports zero log-probs (no step reads them)."""
-
-  def __init__(self, role: ScriptedRole, copy_params: bool, params=None):
-    super().__init__(role, copy_params, params=params)
-    self._script = role
-
-  def _sample(self, prompts, group, seed, greedy, ids=None):
-    toks = self._script._replies(prompts, group, seed, ids)   # pylint: disable=protected-access
-    return toks, [np.zeros(len(t), np.float32) for t in toks]
-
-
-def _ranks(ids: Sequence[int]) -> np.ndarray:
-  """Each id's rank among every process's ids (0, 1, ... in id order)."""
-  everyone = sorted(int(i) for i in distributed.gather_rows([int(i) for i in ids]))
-  if len(set(everyone)) != len(everyone):
-    raise ValueError("Role.generate: prompt_ids repeat across the call; give distinct ids.")
-  rank = {i: r for r, i in enumerate(everyone)}
-  return np.asarray([rank[int(i)] for i in ids], np.int64)
+    learner = self.policy.learner
+    if params is None and copy_params:
+      params = _device_copy(learner.params)   # with LoRA only the adapter moves
+    return self.replace(snapshot=Snapshot(learner.step_count, params))
 
 
 def _call_ids(n: int, ids) -> np.ndarray:
   """Prompt ids of this process's n prompts in a call (default: process order)."""
   if ids is not None:
-    return np.asarray(ids, np.int64)
+    ids = np.asarray(ids, np.int64)
+    if len(ids) != n:
+      raise ValueError(f"generate: {len(ids)} ids for {n} prompts.")
+    return ids
   counts = distributed.allgather(n)
   return sum(counts[:distributed.process_index()]) + np.arange(n)

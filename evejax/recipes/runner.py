@@ -1,39 +1,48 @@
 """The recipe runner: everything a method needs that is not the method.
 
 A recipe (EVE, MM-Zero, EvoLMM, or one of a user's) is a `Recipe` subclass
-that declares its roles in its constructor, its schedule in `stages()`, and
-one function per stage kind, `<kind>_step(stage, step)`. The runner owns:
+that declares its roles (`role_specs(config)`), its schedule (`stages(config)`, usually
+`schedule.iterated(...)`) and one function per stage kind,
+`<kind>_step(stage, step)`; its module names it as `RECIPE`. The runner owns:
 
   schedule and cursor  the run is a list of `Stage`s; the cursor (stage index,
-                       step in stage) is the one position counter: the metrics'
-                       step (train steps taken) and the checkpoint's step
-                       (schedule units done: steps plus stage ends) derive from it
+                       step in stage) is the one position counter
+  role lifecycles      what stages declare: warm-start optimizers and the start
+                       of RL after the last warm start, frozen roles for a
+                       stage (copies when the stage trains the same weights)
   exact resume         checkpoints every `checkpoint.every` units and at every
                        stage end hold each policy's train state (and its KL
                        reference when a warm start made it), frozen copies, the
-                       cursor, the counts and the recipe's own host state
-                       (`Recipe.state()` / `load_state()`, plain JSON)
+                       cursor, the counts, evaluation results, phase data and
+                       the recipe's own host state (`Recipe.state()`, JSON)
   seeds                `run.seed(*parts)`: one stable hash of the run's seed and
                        any parts, so every step is a pure function of its place
                        in the schedule
+  the sandbox          `run.open_sandbox()`: one pool for the run, closed with
+                       it; `run.sandbox_results` waits and counts failures
+  phase data           `run.phase_data(...)`: records a phase trains on, built
+                       at its first step, cycled, the next step prepared ahead
+  evaluation           an `eval_step` returns its numbers; they are recorded as
+                       init / after_warmstart / iterN and the summary's
+                       `heldout_gain_points` is one definition for every recipe
   observability        metrics (JSONL, TensorBoard) at the current train step,
                        counted reasons (`run.counts`), per-stage timing
-                       breakdowns, progress bars with ETA, per-iteration HTML
-                       galleries that survive a resume mid-stage, summary.json,
-                       the run's config.json
+                       breakdowns, progress bars with ETA, one HTML gallery per
+                       iteration (`run.add_card`) that survives a resume,
+                       summary.json, the run's config.json and roles.json
 
-    run(eve.Eve, config, workdir)       # python -m evejax.main does this
+    run_recipe(eve.Eve, config, workdir)       # python -m evejax.main does this
 
-Several processes (`--distributed`): every process runs the same schedule;
-a recipe's steps give each process its share of the work (`run.share`) and
-decide what must be identical from gathered data (`run.gather`, and the
-roles, which gather what spans a batch). The runner keeps the rest the same
-everywhere: counted reasons are summed over processes before they are
+Several processes (`--distributed`): every process runs the same schedule. A
+recipe's steps give each process a contiguous block of the work
+(`run.share`); rows carry ids that number them as one process would
+(`role.Samples`), and what must be identical is decided from rows gathered in
+that order (`Samples.gather`, `run.gather`). The runner keeps the rest the
+same everywhere: counted reasons are summed over processes before they are
 logged or saved, and every checkpoint position compares the processes' host
-state (cursor, counts, the recipe's state) and stops the run, naming the
-part, if one differs. Only process 0 writes metrics, galleries, summaries
-and config.json; checkpoints are written and restored by all processes
-together (a directory every process reaches: GCS, a shared filesystem).
+state and stops the run, naming the part, if one differs. Only process 0
+writes metrics, galleries, summaries and config.json; checkpoints are written
+and restored by all processes together (a directory every process reaches).
 Each step also logs host memory (`host/rss_mib`, the largest over processes).
 """
 from __future__ import annotations
@@ -43,7 +52,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +63,7 @@ from evejax import distributed
 from evejax import loading
 from evejax import observe
 from evejax import parallel
+from evejax import sandbox as sandbox_lib
 from evejax.eval import restore as restore_lib
 from evejax.eval import validation as validation_lib
 from evejax.models import lora as lora_lib
@@ -61,15 +71,17 @@ from evejax.models import vlm
 from evejax.processing import images as images_lib
 from evejax.processing import prompts as prompts_lib
 from evejax.recipes import role as role_lib
+from evejax.recipes.schedule import Schedule
+from evejax.recipes.schedule import Stage
 from evejax.rl import learner as learner_lib
 from evejax.sampling import Sampler
 
 # Changes whenever the checkpoint layout does; older checkpoints are refused
 # with one message instead of a tree mismatch.
-CHECKPOINT_FORMAT = "recipe-core-1"
+CHECKPOINT_FORMAT = "recipe-core-2"
 
 
-def seed(*parts: Any) -> int:
+def stable_seed(*parts: Any) -> int:
   """A stable 31-bit seed from any JSON-able parts (not Python's salted hash)."""
   h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
   return int.from_bytes(h.digest()[:4], "little") & 0x7FFFFFFF
@@ -77,72 +89,70 @@ def seed(*parts: Any) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class RoleSpec:
-  """A role a recipe plays: sampling with `config.sampling.<name>`, learning by
-  `config.train`, with its own weights or those of `share_policy_with`.
+  """A role a recipe plays: sampling with `config.sampling.<sampling or name>`,
+  learning by `config.train` (or `train(config.train)`), with its own weights or
+  those of `share_policy_with`.
 
   `trained_reference`: the role's KL reference will be weights the run trains
-  (a warm start); it is then saved in every checkpoint.
+  (a warm start); it is then saved in every checkpoint. `rl=False`: the role is
+  only ever warm-started (EvoLMM's backbone).
   """
   name: str
   share_policy_with: str | None = None
   trained_reference: bool = False
+  sampling: str | None = None
+  rl: bool = True
+  train: Callable[[Any], Any] | None = None
+
+  def train_config(self, config):
+    return config.train if self.train is None else self.train(config.train)
 
 
-@dataclasses.dataclass(frozen=True)
-class Stage:
-  """`steps` steps of one kind; `role` names the role it trains ("" = none).
+class PhaseData:
+  """The records a phase trains on, in the run's host state.
 
-  Evaluation stages (`trains=False`) take no train step: the metrics' step
-  does not advance through them.
+  Built by `build(stage)` at the phase's first step (an empty list skips every
+  step, counted as `<role>/no_data_steps`); step s takes records
+  (s * per_step + i) mod len for i in this process's share of `per_step`;
+  `prepare(records)` turns them into the step's work (e.g. sandbox futures)
+  and runs one step ahead, while the device works on the current step.
   """
-  kind: str
-  role: str = ""
-  iteration: int = 0
-  steps: int = 1
-  trains: bool = True
 
-  @property
-  def name(self) -> str:
-    parts = [self.kind] + ([self.role] if self.role else []) + [f"iter{self.iteration}"]
-    return "/".join(parts)
+  def __init__(self, run: "Run", per_step: int, build: Callable[[Stage], list],
+               prepare: Callable[[list], Any] | None = None):
+    self.run, self.per_step = run, int(per_step)
+    self.build, self.prepare = build, prepare or (lambda records: records)
+    self.records: list = []
+    self._ahead: tuple[int, Any] | None = None
 
+  def _records(self, step: int) -> list:
+    n = self.per_step
+    return [self.records[(step * n + i) % len(self.records)] for i in self.run.share(n)]
 
-class Schedule:
-  """A run's stages and what a cursor (stage index, step in stage) means."""
-
-  def __init__(self, stages: list[Stage]):
-    if not stages:
-      raise ValueError("a recipe's schedule has no stages.")
-    self.stages = list(stages)
-
-  def __len__(self) -> int:
-    return len(self.stages)
-
-  def units_done(self, cursor: tuple[int, int]) -> int:
-    """Schedule units before `cursor` (a step is one, a stage end one more)."""
-    index, step = cursor
-    return sum(st.steps + 1 for st in self.stages[:index]) + step
-
-  def train_steps_done(self, cursor: tuple[int, int]) -> int:
-    """Train steps before `cursor`: the metrics' step."""
-    index, step = cursor
-    done = sum(st.steps for st in self.stages[:index] if st.trains)
-    if index < len(self.stages) and self.stages[index].trains:
-      done += step
-    return done
+  def for_step(self, stage: Stage, step: int) -> Any | None:
+    """The step's prepared work, or None when the phase has no data."""
+    if step == 0:
+      self.records = self.build(stage)
+    if not self.records:
+      self.run.counts[f"{stage.role}/no_data_steps"] += 1
+      return None
+    ahead, self._ahead = self._ahead, None
+    work = ahead[1] if ahead and ahead[0] == step else self.prepare(self._records(step))
+    if step + 1 < stage.steps:
+      self._ahead = (step + 1, self.prepare(self._records(step + 1)))
+    return work
 
 
 class Run:
-  """What a recipe's steps use: roles, one sampler, seeds, metrics, counts, galleries.
-
-  Built by `Runner`; a recipe reaches it as `self.run`.
-  """
+  """What a recipe's steps use: roles, one sampler, the sandbox, seeds, metrics,
+  counts, galleries. Built by `Runner`; a recipe reaches it as `self.run`."""
 
   def __init__(self, config, workdir: str, model: loading.LoadedModel):
     self.config = config
     self.workdir = workdir
     self.model_config = model.model_config
     self.tokenizer = model.tokenizer
+    self.mesh, self.rules = model.mesh, model.rules
     self.initial_params = model.params   # the loaded weights, until the roles hold them
     p = config.processing
     blocks = [b for b in config.sampling.values()]
@@ -158,16 +168,16 @@ class Run:
     self.counts: collections.Counter = collections.Counter()
     self._counts_everywhere: collections.Counter = collections.Counter()  # at the last sync
     self.timer = observe.Timer()
-    self.services = role_lib.Services(
-        model_config=model.model_config, tokenizer=model.tokenizer, sampler=self.sampler,
-        mesh=model.mesh, rules=model.rules, seed=config.seed, counts=self.counts,
-        timer=self.timer)
     self.roles: dict[str, role_lib.Role] = {}
     self.policies: dict[str, role_lib.Policy] = {}
-    self.frozen: dict[str, role_lib.FrozenRole] = {}
+    self.frozen: dict[str, role_lib.Role] = {}
+    self.results: dict[str, dict] = {}          # evaluations: init, after_warmstart, iterN
+    self.phases: dict[str, PhaseData] = {}
     self.cursor = (0, 0)
     self.schedule: Schedule | None = None
     self.writer: observe.MetricsWriter | None = None
+    self.sandbox: sandbox_lib.SandboxPool | None = None
+    self.gallery_title = "evejax tasks"
     self._galleries: dict[int, observe.Gallery] = {}
     # The image processor: the family's, then the checkpoint's preprocessor_config.json.
     self.image_settings = images_lib.image_settings(model.model_config, config.init.hf_dir or None)
@@ -176,40 +186,38 @@ class Run:
 
   # -- roles -----------------------------------------------------------------
 
-  def add_roles(self, specs: list[RoleSpec]) -> None:
+  def add_roles(self, specs: Sequence[RoleSpec]) -> None:
     """Builds the recipe's roles (in order: a shared policy is an earlier role's)."""
     for spec in specs:
-      self._add_role(spec)
+      block = spec.sampling or spec.name
+      if block not in self.config.sampling:
+        raise ValueError(f"role {spec.name!r} has no sampling block config.sampling.{block}; "
+                         f"there are {sorted(self.config.sampling)}.")
+      if spec.share_policy_with is not None:
+        policy = self.roles[spec.share_policy_with].policy
+      else:
+        if self.initial_params is None:
+          raise ValueError("roles are built in the recipe's constructor, before the run starts.")
+        policy = role_lib.Policy(spec.name, self, spec.train_config(self.config),
+                                 self.initial_params, param_dtype=self.config.model.param_dtype,
+                                 checkpoint_reference=spec.trained_reference, rl=spec.rl)
+        self.policies[spec.name] = policy
+      self.roles[spec.name] = role_lib.Role(spec.name, policy, self.config.sampling[block])
 
-  def _add_role(self, spec: RoleSpec) -> role_lib.Role:
-    name = spec.name
-    if name not in self.config.sampling:
-      raise ValueError(f"role {name!r} has no sampling block config.sampling.{name}; "
-                       f"there are {sorted(self.config.sampling)}.")
-    if spec.share_policy_with is not None:
-      policy = self.roles[spec.share_policy_with].policy
-    else:
-      if self.initial_params is None:
-        raise ValueError("roles are built in the recipe's constructor, before the run starts.")
-      policy = role_lib.Policy(name, self.services, self.config.train, self.initial_params,
-                               param_dtype=self.config.model.param_dtype,
-                               checkpoint_reference=spec.trained_reference)
-      self.policies[name] = policy
-    self.roles[name] = role_lib.Role(name, policy, self.config.sampling[name])
-    return self.roles[name]
+  def freeze(self, name: str, copy: bool = False) -> role_lib.Role:
+    """`roles[name]` with its weights as they are now, kept until `unfreeze`.
 
-  def freeze(self, name: str, copy: bool = False) -> role_lib.FrozenRole:
-    """`roles[name]` with its weights as they are now, kept until the next freeze.
-
-    A copy when asked, or when its policy is shared with another role (which
-    may train it); else a view, which refuses to sample once its policy has
-    trained. Copies are saved in checkpoints, so a resumed run samples the same
-    frozen weights.
+    A copy when asked, or when its policy is shared with another role; else a
+    view, which refuses to sample once its policy has trained. Copies are saved
+    in checkpoints, so a resumed run samples the same frozen weights.
     """
     role = self.roles[name]
     shared = sum(r.policy is role.policy for r in self.roles.values()) > 1
     self.frozen[name] = role.frozen(copy_params=copy or shared)
     return self.frozen[name]
+
+  def unfreeze(self, name: str) -> None:
+    self.frozen.pop(name, None)
 
   @property
   def is_writer(self) -> bool:
@@ -222,14 +230,14 @@ class Run:
     """The items of range(n) this process owns (a contiguous block; all with one)."""
     return distributed.share(n)
 
-  def gather(self, rows, key=None) -> list:
-    """Every process's JSON-able rows, in process order (or sorted by `key`)."""
-    rows = distributed.gather_rows(rows)
-    return rows if key is None else sorted(rows, key=key)
+  def gather(self, rows) -> list:
+    """Every process's JSON-able rows, in process order (blocks of `share`, in order)."""
+    return distributed.gather_rows(rows)
 
-  def gather_by_id(self, ids, rows) -> list:
-    """Every process's `rows`, numbered by `ids` (unique over processes), in id order."""
-    return distributed.gather_by_id(ids, rows)
+  def mean(self, values: Sequence[float]) -> float:
+    """The mean of every process's `values` (0 when there are none anywhere)."""
+    n = distributed.total(len(values))
+    return float(distributed.total(float(sum(values))) / n) if n else 0.0
 
   def restore_counts(self, counts: Mapping[str, int]) -> None:
     """The counts of a checkpoint (every process's, summed when it was saved)."""
@@ -250,13 +258,36 @@ class Run:
     self.counts.update(total)
     self._counts_everywhere = collections.Counter(total)
 
-  def drop_initial_params(self) -> None:
-    self.initial_params = None  # every policy holds its own copy
+  # -- the sandbox and phase data ---------------------------------------------
+
+  def open_sandbox(self, **checks) -> sandbox_lib.SandboxPool:
+    """The run's sandbox pool (`config.sandbox`, `config.checks` updated by `checks`)."""
+    if self.sandbox is None:
+      self.sandbox = sandbox_lib.SandboxPool(sandbox_lib.SandboxConfig.from_config(
+          {**self.config.sandbox.to_dict(),
+           "checks": {**self.config.checks.to_dict(), **checks}}))
+    return self.sandbox
+
+  def sandbox_results(self, futures: Sequence[Any]) -> list[Any]:
+    """Waits for sandbox futures (None stays None); counts each failure's reason."""
+    with self.timer("sandbox"):
+      results = [None if f is None else f.result() for f in futures]
+    for r in results:
+      if r is not None and not r.ok:
+        self.counts[f"sandbox/{r.reason}"] += 1
+    return results
+
+  def phase_data(self, name: str, per_step: int, build: Callable[[Stage], list],
+                 prepare: Callable[[list], Any] | None = None) -> PhaseData:
+    """A phase's data (see `PhaseData`), saved in checkpoints under `name`."""
+    self.phases[name] = PhaseData(self, per_step, build, prepare)
+    return self.phases[name]
 
   # -- seeds, prompts, metrics, galleries -------------------------------------
 
   def seed(self, *parts: Any) -> int:
-    return seed(self.config.seed, *parts)
+    """A seed that is a pure function of the run's seed and `parts`."""
+    return stable_seed(self.config.seed, *parts)
 
   @property
   def train_step(self) -> int:
@@ -282,18 +313,22 @@ class Run:
     self.sync_counts()
     self.log({k: float(v) for k, v in self.counts.items()}, prefix="counts")
 
-  def gallery(self, iteration: int, title: str) -> observe.Gallery:
-    """The iteration's gallery; its cards live on disk, so a resumed stage keeps them.
+  def add_card(self, stage: Stage, key: str, build: Callable[[], Mapping[str, Any]]) -> None:
+    """A card in the gallery of `stage`'s iteration, built only if it has room.
 
-    Process 0 writes it, from the rows it owns; elsewhere it has no room.
+    Process 0 writes the gallery, from the rows it owns; elsewhere nothing is built.
     """
     if not self.is_writer:
-      return observe.Gallery(title=title, max_cards=0)
-    if iteration not in self._galleries:
-      self._galleries[iteration] = observe.Gallery(
-          title=title, max_cards=self.config.log.gallery_tasks,
-          cards_dir=os.path.join(self.workdir, "gallery", f"iter{iteration}.cards"))
-    return self._galleries[iteration]
+      return
+    it = stage.iteration
+    if it not in self._galleries:
+      self._galleries[it] = observe.Gallery(
+          title=f"{self.gallery_title}, iteration {it}", max_cards=self.config.log.gallery_tasks,
+          cards_dir=os.path.join(self.workdir, "gallery", f"iter{it}.cards"))
+    gallery = self._galleries[it]
+    key = f"{stage.kind}_{key}"
+    if gallery.has_room(key):
+      gallery.add({"title": f"{stage.name} {key}", **build()}, key=key)
 
   def write_gallery(self, iteration: int) -> str | None:
     if not self.is_writer or iteration not in self._galleries:
@@ -303,21 +338,33 @@ class Run:
     logging.info("Gallery of iteration %d: %s", iteration, path)
     return path
 
+  def close(self) -> None:
+    if self.sandbox is not None:
+      self.sandbox.close()
+      self.sandbox = None
+    if self.writer is not None:
+      self.writer.close()
+
 
 class Recipe:
   """A method: its roles, stages and per-step functions (`<kind>_step`).
 
+  `heldout_metric`: the evaluation number the summary's gain is of.
+  `gallery_title`: the heading of its galleries.
   `multiprocess`: whether the recipe shares each step's work out between
-  processes (`Run.share`) and decides what spans the batch from gathered rows
-  (`Run.gather`); a recipe that does not is refused on several processes,
+  processes (`Run.share`, ids on its rows) and decides what spans the batch
+  from gathered rows; a recipe that does not is refused on several processes,
   where each would sample, render and decide on its own.
   """
 
+  heldout_metric = "heldout_accuracy"
+  gallery_title = "evejax tasks"
   multiprocess = False
 
   def __init__(self, run: Run):
     self.run = run
     self.config = run.config
+    run.gallery_title = self.gallery_title
     run.add_roles(self.role_specs(run.config))
 
   @property
@@ -330,48 +377,53 @@ class Recipe:
     """The roles the recipe plays under `config` (also what memory plans build)."""
     raise NotImplementedError
 
-  def stages(self) -> list[Stage]:
+  @classmethod
+  def stages(cls, config) -> list[Stage]:
+    """The schedule under `config` (usually `schedule.iterated(...)`)."""
     raise NotImplementedError
 
-  def step(self, stage: Stage, step: int) -> None:
+  def step(self, stage: Stage, step: int) -> dict | None:
     """Runs step `step` of `stage` by calling `self.<stage.kind>_step`."""
     fn = getattr(self, f"{stage.kind}_step", None)
     if fn is None:
       raise NotImplementedError(f"{type(self).__name__} has no {stage.kind}_step for "
                                 f"stage {stage.name}.")
-    fn(stage, step)
+    return fn(stage, step)
 
   def end_stage(self, stage: Stage) -> None:
-    """After a stage's last step (galleries, optimizer switches, ...)."""
+    """After a stage's last step and the runner's own stage-end work."""
 
   def sft_optimizer(self, policy: str) -> dict:
     """`config.train.optimizer` overrides of a policy's warm start (SFT) optimizer."""
     return {}
 
   def state(self) -> dict[str, Any]:
-    """The recipe's host state for checkpoints (plain JSON)."""
+    """The recipe's own host state for checkpoints (plain JSON)."""
     return {}
 
   def load_state(self, state: Mapping[str, Any]) -> None:
     """Restores what `state()` returned."""
 
   def summary(self) -> dict[str, Any]:
-    """The run's results; written to summary.json at the end."""
+    """The recipe's own results for summary.json (evaluations are added)."""
     return {}
 
   def close(self) -> None:
-    """Releases what the recipe holds (e.g. its sandbox pool)."""
+    """Releases what the recipe holds beyond the run's (which the run closes)."""
 
 
 class Runner:
   """Builds a recipe's run, resumes it from its workdir, runs it to the end.
+
+    with Runner(eve.Eve, config, workdir) as runner:
+      summary = runner.run_schedule()
 
   Args:
     recipe_cls: a `Recipe` subclass.
     config: the run's ConfigDict.
     workdir: checkpoints, metrics, galleries and summaries go here.
     role_wrappers: {role name: fn(role) -> role} applied after the recipe has
-      built its roles (tests drive a recipe with `role.ScriptedRole`s).
+      built its roles (tests drive a recipe with `role.scripted(...)`).
   """
 
   def __init__(self, recipe_cls: type[Recipe], config, workdir: str, *,
@@ -388,13 +440,14 @@ class Runner:
           "without --distributed (one host: the mesh still spans all its devices).")
     self.run = Run(c, workdir, loading.load_model(c))
     self.recipe = recipe_cls(self.run)
-    self.run.drop_initial_params()
+    self.run.initial_params = None   # every policy holds its own copy
     for name, wrap in (role_wrappers or {}).items():
       self.run.roles[name] = wrap(self.run.roles[name])
-    self.run.schedule = self.schedule = Schedule(self.recipe.stages())
+    self.run.schedule = self.schedule = Schedule(recipe_cls.stages(c))
     self.ckpt = checkpoint_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), save_every=c.checkpoint.every,
         keep=c.checkpoint.keep, async_save=c.checkpoint.async_save)
+    self._closed = False
     restored = self._restore()
     self.run.writer = observe.MetricsWriter(
         workdir, tensorboard=c.log.tensorboard,
@@ -402,12 +455,28 @@ class Runner:
         resume_step=self.run.train_step if restored else None)
     _write_config(c, workdir, {n: r.policy.name for n, r in self.run.roles.items()})
 
+  def __enter__(self) -> "Runner":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
+    """Closes the checkpointer (waiting for saves), the recipe, the sandbox, the writer."""
+    if self._closed:
+      return
+    self._closed = True
+    self.ckpt.close()
+    self.recipe.close()
+    self.run.close()
+
   # -- checkpoints -----------------------------------------------------------
 
   def _state(self) -> dict[str, Any]:
     run = self.run
     state = {f"policy/{n}": p.state() for n, p in run.policies.items()}
-    state.update({f"frozen/{n}": f.trained_params for n, f in run.frozen.items() if f.copied})
+    state.update({f"frozen/{n}": f.snapshot.params for n, f in run.frozen.items()
+                  if f.snapshot.copied})
     return state
 
   def _host_state(self) -> dict[str, Any]:
@@ -416,7 +485,9 @@ class Runner:
     return {"format": CHECKPOINT_FORMAT, "cursor": list(run.cursor),
             "counts": dict(run.counts),
             "optimizers": {n: p.optimizer_kind for n, p in run.policies.items()},
-            "frozen": [n for n, f in run.frozen.items() if f.copied],
+            "frozen": [n for n, f in run.frozen.items() if f.snapshot.copied],
+            "results": run.results,
+            "phases": {n: p.records for n, p in run.phases.items()},
             "recipe": self.recipe.state()}
 
   def _abstract_state(self, host: Mapping[str, Any]) -> dict[str, Any]:
@@ -448,6 +519,9 @@ class Runner:
       run.frozen[name] = run.roles[name].frozen(True, params=state[f"frozen/{name}"])
     run.cursor = tuple(host["cursor"])
     run.restore_counts(host["counts"])
+    run.results = host["results"]
+    for name, records in host["phases"].items():
+      run.phases[name].records = records
     self.recipe.load_state(host["recipe"])
     index = run.cursor[0]
     where = self.schedule.stages[index].name if index < len(self.schedule) else "the end"
@@ -476,7 +550,7 @@ class Runner:
     raise RuntimeError(
         f"the processes' host state differs at schedule position {self.run.cursor} in "
         f"{differ}: a recipe decided something from one process's data; gather it first "
-        "(run.gather) so that every process decides alike.")
+        "(Samples.gather, run.gather) so that every process decides alike.")
 
   def _log_memory(self) -> None:
     """Resident host memory after a step: process 0's and the largest over processes."""
@@ -485,7 +559,7 @@ class Runner:
 
   # -- the loop --------------------------------------------------------------
 
-  def run_all(self) -> dict[str, Any]:
+  def run_schedule(self) -> dict[str, Any]:
     """Runs (or resumes) the schedule to its end; returns the summary."""
     run, show = self.run, bool(self.config.log.progress)
     try:
@@ -493,24 +567,59 @@ class Runner:
         index, start = run.cursor
         stage = self.schedule.stages[index]
         run.timer.reset()
+        self._begin_stage(stage)
         steps = range(start, stage.steps)
         if show:
           steps = observe.progress(stage.steps, desc=stage.name, initial=start)
         for step in steps:
-          self.recipe.step(stage, step)
+          result = self.recipe.step(stage, step)
+          if not stage.trains and result is not None:
+            self._record_evaluation(index, result)
           self._log_memory()
           run.cursor = (index, step + 1)
           if stage.trains:
             self._validate()
           self._save()
-        self._end_stage(stage)
+        self._end_stage(index)
         run.cursor = (index + 1, 0)
         self._save(force=True)
       return self._summary()
     finally:
-      self.ckpt.close()
-      self.recipe.close()
-      run.writer.close()
+      self.close()
+
+  def _begin_stage(self, stage: Stage) -> None:
+    """The stage's declared lifecycle: its warm-start optimizer, its frozen roles."""
+    run = self.run
+    trained = run.roles[stage.role].policy if stage.role else None
+    if stage.optimizer == "sft":
+      trained.use_optimizer("sft", self.recipe.sft_optimizer(trained.name))
+    for name in stage.frozen:
+      if name not in run.frozen:   # a copy restored by a resume is kept
+        run.freeze(name, copy=run.roles[name].policy is trained)
+
+  def _end_stage(self, index: int) -> None:
+    run, stage = self.run, self.schedule.stages[index]
+    if stage.trains:
+      logging.info("%s timing: %s", stage.name, run.timer.line())
+      run.log({f"time/{k}": v for k, v in run.timer.summary().items()}, prefix=stage.kind)
+    for name in stage.frozen:
+      run.unfreeze(name)
+    if index == self.schedule.last_warmstart:
+      # RL starts from the warm-started weights with a fresh optimizer; they
+      # are also its KL reference.
+      for policy in run.policies.values():
+        if policy.optimizer_kind == "sft" and policy.rl:
+          policy.start_rl()
+    self.recipe.end_stage(stage)
+    following = self.schedule.stages[index + 1:index + 2]
+    if not following or following[0].iteration != stage.iteration:
+      run.write_gallery(stage.iteration)
+
+  def _record_evaluation(self, index: int, result: Mapping[str, Any]) -> None:
+    key = self.schedule.eval_key(index)
+    self.run.results[key] = dict(result)
+    logging.info("Held-out evaluation (%s): %s", key, dict(result))
+    self.run.log(result, prefix="eval")
 
   def _validate(self) -> None:
     """In-loop validation of `validation.role` every `validation.every` train steps."""
@@ -518,20 +627,21 @@ class Runner:
     if val is None or not val.due(run.train_step):
       return
     with run.timer("validation"):
-      metrics = val.evaluate(run.roles[self.config.validation.role].params)
+      metrics = val.evaluate(run.roles[self.config.validation.role].weights)
     run.log(metrics, prefix=f"val/{val.name}")
 
-  def _end_stage(self, stage: Stage) -> None:
-    run = self.run
-    if stage.trains:
-      logging.info("%s timing: %s", stage.name, run.timer.line())
-      run.log({f"time/{k}": v for k, v in run.timer.summary().items()}, prefix=stage.kind)
-    self.recipe.end_stage(stage)
-
   def _summary(self) -> dict[str, Any]:
-    self.run.sync_counts()
-    res = dict(self.recipe.summary())
-    res["counts"] = dict(self.run.counts)
+    run = self.run
+    run.sync_counts()
+    res = {**run.results, **self.recipe.summary()}
+    metric = self.recipe.heldout_metric
+    start = res.get("after_warmstart", res.get("init"))
+    last = [k for k in run.results if k.startswith("iter")]
+    if start and last and metric in start:
+      final = run.results[max(last, key=lambda k: int(k[4:]))]
+      # One definition: the last iteration against the start of self-evolution.
+      res["heldout_gain_points"] = 100 * (final[metric] - start[metric])
+    res["counts"] = dict(run.counts)
     if jax.process_index() == 0:
       path = os.path.join(self.workdir, "summary.json")
       with open(path, "w") as f:
@@ -554,8 +664,9 @@ def abstract_policies(recipe_cls: type[Recipe], config, mesh=None) -> dict[str, 
   dtype = jnp.dtype(config.model.param_dtype)
   shapes = jax.eval_shape(lambda: vlm.init_params(model_config, jax.random.PRNGKey(0), dtype))
   return {spec.name: learner_lib.Learner(
-              model_config, config.train, shapes, param_dtype=config.model.param_dtype,
-              mesh=mesh, rules=parallel.rules_from_config(config.mesh))
+              model_config, spec.train_config(config), shapes,
+              param_dtype=config.model.param_dtype, mesh=mesh,
+              rules=parallel.rules_from_config(config.mesh))
           for spec in recipe_cls.role_specs(config) if spec.share_policy_with is None}
 
 
@@ -576,9 +687,10 @@ def _write_config(config, workdir: str, roles: Mapping[str, str]) -> None:
     json.dump(dict(roles), f, indent=2)
 
 
-def run(recipe_cls: type[Recipe], config, workdir: str, **kwargs) -> dict[str, Any]:
+def run_recipe(recipe_cls: type[Recipe], config, workdir: str, **kwargs) -> dict[str, Any]:
   """Runs (or resumes) `recipe_cls` in `workdir`; a user's mistake ends in one message."""
   try:
-    return Runner(recipe_cls, config, workdir, **kwargs).run_all()
+    with Runner(recipe_cls, config, workdir, **kwargs) as runner:
+      return runner.run_schedule()
   except loading.SetupError as e:
     raise SystemExit(f"evejax: {e}") from None

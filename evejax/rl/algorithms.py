@@ -218,8 +218,8 @@ class GRPO(Algorithm):
     if self.entropy_coef:
       loss = loss - self.entropy_coef * losses.aggregate_terms(
           ent, m, self.agg, self.norm)[0] / ctx.den
-    if mb.sampler_logp is not None:
-      sums["sampler_approx_kl_sum"] = ((mb.sampler_logp - logp) * m).sum()
+    if mb.old_logp is not None:   # the sampler's log-probs: how far the trainer is from it
+      sums["sampler_approx_kl_sum"] = ((mb.old_logp - logp) * m).sum()
     return loss, dict(sums, loss=loss, pg_loss=pg)
 
 
@@ -244,7 +244,7 @@ class Reinforce(Algorithm):
   name = "reinforce"
   config_block = "reinforce"
   reference = "params"
-  row_fields = ("rewards", "advantages")
+  row_fields = ("rewards",)   # the advantages come from the baseline, in the step
 
   @staticmethod
   def default_config():
@@ -269,8 +269,7 @@ class Reinforce(Algorithm):
 
   def batch_fields(self, rewards, group):
     del group  # one baseline for the role, not per group
-    rewards = np.asarray(rewards, np.float32)
-    return {"rewards": rewards, "advantages": np.zeros_like(rewards)}, {}
+    return {"rewards": np.asarray(rewards, np.float32)}, {}
 
   def prepare(self, state, batch):
     valid = batch.loss_mask.sum(-1) > 0   # rows padding the batch to a bucket have no loss

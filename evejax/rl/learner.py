@@ -69,7 +69,6 @@ class TrainBatch:
   advantages: jax.Array | None = None    # f32 [B] (or [B, T])
   ref_logp: jax.Array | None = None      # f32 [B, T]; filled by the learner if kl_coef > 0
   rewards: jax.Array | None = None       # f32 [B]; REINFORCE
-  sampler_logp: jax.Array | None = None  # f32 [B, T]; the sampler's log-probs (metric only)
 
   @property
   def batch_size(self) -> int:
@@ -89,7 +88,9 @@ class TrainState:
 
 
 def default_train_config() -> ml_collections.ConfigDict:
-  """Published EVE GRPO defaults (reference/METHODS.md) plus the learner's knobs.
+  """The learner's defaults: GRPO with PPO clipping and a small KL term, and its knobs.
+
+  Recipes set their papers' values in their configs (configs/*.py).
 
   An algorithm that reads its own block (REINFORCE: `reinforce`) adds it with
   its defaults when `algorithm` names it (`merge_config`).
@@ -131,8 +132,8 @@ def merge_config(cfg) -> ml_collections.ConfigDict:
   out = default_train_config()
   name = (cfg or {}).get("algorithm", out.algorithm)
   # An algorithm's own block exists where that algorithm is chosen, or where a
-  # config names it to switch to it (EvoLMM's grpo mode keeps `reinforce`):
-  # its keys are checked against the algorithm's defaults either way.
+  # config names it to switch between algorithms by another key: its keys are
+  # checked against the algorithm's defaults either way.
   for block_name in {algorithms_lib.get(name).config_block} | set((cfg or {}).keys()):
     algorithm = algorithms_lib.by_config_block(block_name)
     if algorithm is not None and algorithm.default_config() is not None and block_name not in out:
@@ -415,11 +416,11 @@ class Learner:
     return self._state.params
 
   @property
-  def sampling_params(self) -> PyTree:
-    """What a Sampler samples the current policy with (`sampling_params_for`)."""
-    return self.sampling_params_for(self._state.params)
+  def sampler_weights(self) -> PyTree:
+    """What a Sampler samples the current policy with (`sampler_weights_for`)."""
+    return self.sampler_weights_for(self._state.params)
 
-  def sampling_params_for(self, params: PyTree) -> PyTree:
+  def sampler_weights_for(self, params: PyTree) -> PyTree:
     """`params` (trained ones, e.g. a frozen copy) as a Sampler takes them: with
     LoRA {"backbone", "adapter"} for `lora.AdaptedModel`, else the params."""
     if self.lora is None:

@@ -46,7 +46,8 @@ def train_batch(prompts: Sequence[batching.Example],
     row_multiple: the batch size is rounded up to a multiple of this
       (micro-batches x data shards); filler rows have no loss.
     sampler_logp: per row, the sampler's log-prob of each completion token;
-      becomes `old_logp` (the behaviour policy) and `sampler_logp`.
+      becomes `old_logp` (the behaviour policy; also what the step's
+      `sampler_approx_kl` compares the trainer with).
     advantages: one per row (GRPO).
     rewards: one per row (REINFORCE).
   """
@@ -88,7 +89,7 @@ def train_batch(prompts: Sequence[batching.Example],
       old[i, start:start + len(lp)] = lp
   return TrainBatch(
       inputs=b.inputs, targets=targets.astype(np.int32), loss_mask=loss_mask,
-      old_logp=old, sampler_logp=old,
+      old_logp=old,
       advantages=None if advantages is None else per_row(advantages),
       rewards=None if rewards is None else per_row(rewards))
 

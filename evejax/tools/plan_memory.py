@@ -240,7 +240,7 @@ def _plan_roles(config, model_config, mesh, planned) -> int:
   """
   from evejax import parallel, recipes  # pylint: disable=g-import-not-at-top
   from evejax.recipes import runner  # pylint: disable=g-import-not-at-top
-  recipe = getattr(recipes.resolve(config.recipe), "RECIPE", None) if "recipe" in config else None
+  recipe = recipes.resolve(config.recipe) if "recipe" in config else None
   if recipe is None:
     return 0
   policies = runner.abstract_policies(recipe, config, mesh)
