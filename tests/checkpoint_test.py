@@ -1,29 +1,24 @@
 """Tests for evejax.checkpoint: sharded round trip, keep-K, fallback, exact resume."""
 import os
 
-os.environ["JAX_PLATFORMS"] = "cpu"
-if "--xla_force_host_platform_device_count=8" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_force_host_platform_device_count=8").strip()
+import glob
+import shutil
+import sys
+import tempfile
+import textwrap
 
-import glob  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import textwrap  # noqa: E402
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from absl.testing import absltest  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
-
-from evejax import checkpoint  # noqa: E402
-from evejax import observe  # noqa: E402
-from evejax import parallel  # noqa: E402
+from evejax import checkpoint
+from evejax import observe
+from evejax import parallel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import resume_util  # noqa: E402
+import resume_util
 
 
 def _tempdir(test):

@@ -4,6 +4,7 @@ import os
 import tempfile
 
 from absl.testing import absltest
+import pytest
 
 from evejax import config_utils
 from evejax.recipes import eve
@@ -70,6 +71,28 @@ class ScheduleTest(absltest.TestCase):
     self.assertEqual(eve.Eve.stages(c)[1].name, "challenger/challenger/iter1")
 
 
+class ScriptedRunTest(absltest.TestCase):
+  """EVE's wiring with scripted roles (library programs, guessed letters): programs
+  run in the sandbox, pass rates reach the rewards, the queue admits, the Solver
+  phase trains on logged questions, and a resume mid-phase is exact."""
+
+  def test_wiring_and_exact_resume_mid_challenger_phase(self):
+    config = rt.short_config("configs/eve.py:tiny", **{
+        "warmstart.enabled": False, "eve.iterations": 1, "eve.challenger_steps": 2,
+        "eve.challenger_prompts": 4, "eve.challenger_group": 2, "eve.difficulty_samples": 4,
+        "eve.solver_steps": 2, "eve.solver_prompts": 4, "eve.solver_group": 2,
+        "eve.heldout_eval_questions": 4, "log.tensorboard": False})
+    recs = rt.check_resume(self, eve.Eve, config, rt.eve_roles(config), "challenger", 1, (
+        "challenger/reward/mean", "challenger/reward/difficulty", "challenger/valid_rate",
+        "challenger/train/loss", "challenger/queue/size", "solver/reward/mean",
+        "solver/train/loss", "eval/heldout_accuracy"))
+    challenger = [r for r in recs if "challenger/valid_rate" in r]
+    self.assertGreater(min(r["challenger/valid_rate"] for r in challenger), 0.5)
+    self.assertGreaterEqual(sum(r["challenger/admitted"] for r in challenger), 1)
+    self.assertLen([r for r in recs if "solver/train/loss" in r], 2)
+
+
+@pytest.mark.slow
 class EndToEndTest(absltest.TestCase):
 
   def test_short_tiny_run_and_resume_mid_phase(self):

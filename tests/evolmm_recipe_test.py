@@ -7,6 +7,7 @@ import tempfile
 import jax
 import numpy as np
 from absl.testing import absltest
+import pytest
 
 from evejax.recipes import evolmm
 from evejax.recipes import runner
@@ -78,6 +79,20 @@ class SequentialUpdateTest(absltest.TestCase):
     self.assertLess(n_adapter, n_backbone / 5)
 
 
+class ScriptedResumeTest(absltest.TestCase):
+
+  def test_exact_resume_mid_iteration(self):
+    config = short_config(**{
+        "warmstart.enabled": False, "evolmm.iterations": 1, "evolmm.steps_per_iteration": 3,
+        "evolmm.heldout_questions": 4, "evolmm.images_per_step": 2, "evolmm.proposer_group": 2,
+        "evolmm.samples": 3, "log.tensorboard": False})
+    recs = rt.check_resume(self, evolmm.EvoLmm, config, rt.evolmm_roles(), "evolve", 2, (
+        "evolmm/consistency", "evolmm/solver/reward/mean", "evolmm/solver/train/loss",
+        "evolmm/proposer/train/loss", "eval/heldout_accuracy"))
+    self.assertLen([r for r in recs if "evolmm/consistency" in r], 3)
+
+
+@pytest.mark.slow
 class ShortRunTest(absltest.TestCase):
 
   def test_tiny_run_learns_and_resumes_mid_iteration(self):

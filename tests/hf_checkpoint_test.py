@@ -1,25 +1,20 @@
 """HF checkpoint import/export: config forms, shards, key styles, errors, round trip."""
 import os
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + _FLAG
+import dataclasses
+import json
+import shutil
+import tempfile
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from absl.testing import absltest  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import safetensors.numpy  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
-
-from evejax.models import hf, vlm  # noqa: E402
-import testing_hf  # noqa: E402
+from evejax.models import hf, vlm
+import testing_hf
 
 _forward = jax.jit(vlm.forward, static_argnums=1)
 

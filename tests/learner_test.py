@@ -1,10 +1,4 @@
 """Learner: scoring path, exact accumulation, sharding, freezing, skips, losses."""
-import os
-
-os.environ["JAX_PLATFORMS"] = "cpu"
-_flag = "--xla_force_host_platform_device_count=8"  # for the mesh test
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 import functools
 

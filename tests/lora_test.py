@@ -6,11 +6,6 @@ The numerical interchange with peft/transformers is `lora_peft_test.py`.
 """
 import os
 
-os.environ["JAX_PLATFORMS"] = "cpu"
-_flag = "--xla_force_host_platform_device_count=8"  # for the mesh tests
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
-
 import dataclasses
 import functools
 import json

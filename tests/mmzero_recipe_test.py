@@ -6,6 +6,7 @@ import tempfile
 
 import numpy as np
 from absl.testing import absltest
+import pytest
 
 from evejax.data import mmzero_library as library
 from evejax.recipes import mmzero
@@ -104,6 +105,26 @@ class ScriptedPhasesTest(absltest.TestCase):
     self.assertEqual(summary["counts"]["solver/no_data_steps"], 1)
 
 
+class ScriptedResumeTest(absltest.TestCase):
+
+  def test_exact_resume_mid_coder_phase(self):
+    config = short_config(**{
+        "warmstart.enabled": False, "mmzero.iterations": 1, "mmzero.proposer_steps": 1,
+        "mmzero.coder_steps": 2, "mmzero.solver_steps": 2, "mmzero.proposer_prompts": 2,
+        "mmzero.proposer_group": 2, "mmzero.coder_samples": 2, "mmzero.solver_samples": 4,
+        "mmzero.coder_pool": 4, "mmzero.coder_prompts": 2, "mmzero.coder_group": 2,
+        "mmzero.solver_pool": 4, "mmzero.solver_select_samples": 4, "mmzero.solver_prompts": 2,
+        "mmzero.solver_group": 2, "mmzero.heldout_items": 2, "mmzero.heldout_coder_samples": 1,
+        # Keep every rendered item: this test is of wiring and resume, not the filters.
+        "mmzero.coder_band": (0.0, 1.0), "mmzero.solver_hard_band": (0.0, 1.0),
+        "mmzero.solver_easy_min": 0.0, "log.tensorboard": False})
+    recs = rt.check_resume(self, mmzero.MmZero, config, rt.mmzero_roles(), "coder", 1, (
+        "coder/reward/mean", "coder/train/loss", "solver/reward/mean", "solver/train/loss",
+        "coevolution/render_success", "eval/coder_render_success"))
+    self.assertLen([r for r in recs if "coder/train/loss" in r], 2)
+
+
+@pytest.mark.slow
 class ShortRunTest(absltest.TestCase):
 
   def test_tiny_run_renders_trains_all_roles_and_resumes_mid_phase(self):

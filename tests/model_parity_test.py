@@ -1,21 +1,15 @@
 """evejax Qwen2.5-VL vs transformers on tiny random checkpoints (fp32, CPU)."""
-import os
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + _FLAG
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from absl.testing import absltest  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
-
-from evejax.models import hf, vlm  # noqa: E402
-from evejax.models.inputs import ModelInputs  # noqa: E402
-from evejax.processing.patch_layout import patch_layout  # noqa: E402
-import testing_hf  # noqa: E402
+from evejax.models import hf, vlm
+from evejax.models.inputs import ModelInputs
+from evejax.processing.patch_layout import patch_layout
+import testing_hf
 
 TOL = 1e-4
 _forward = jax.jit(vlm.forward, static_argnums=1)

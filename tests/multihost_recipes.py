@@ -23,19 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evejax.data import mmzero_library
-from evejax.data import transforms
 from evejax.recipes import eve
-from evejax.recipes import eve_tasks
 from evejax.recipes import evolmm
 from evejax.recipes import mmzero
-from evejax.recipes import mmzero_tasks
 
+import recipe_testing as rt
 import runner_test
-
-# Families whose replies fit the tiny preset's buckets beside the prompt.
-_FAMILIES = ("flip", "mask_cell", "spotlight", "zoom", "slice_shift")
-
 
 def _dump_host_state(run, recipe_state) -> None:
   """What the tests compare across processes: the checkpointed host state."""
@@ -99,74 +92,19 @@ class SharedToy(_Harness, runner_test.Toy):
     run.log(metrics, prefix=stage.role)
 
 
-def _library_challenger(size):
-  library = transforms.library()
-
-  def reply(prompt_index, member, rng):
-    fam = library[_FAMILIES[rng.integers(len(_FAMILIES))]]
-    return eve_tasks.challenger_sft_target(fam, fam.sample(rng, *size),
-                                           think_text=fam.description)
-  return _scripted(reply)
-
-
-def _scripted(reply):
-  return lambda role: role.scripted(reply)
-
-
-_guessing_solver = _scripted(
-    lambda i, g, rng: f"The answer is \\boxed{{{'ABCD'[rng.integers(4)]}}}.")
-
-
-_ITEMS = [mmzero_library.make_item("bar_chart", np.random.default_rng(k), n=3)
-          for k in range(3)]
-_BROKEN_SVG = "```svg\n<svg xmlns='http://www.w3.org/2000/svg'><rect\n```"
-
-
-def _mmzero_roles():
-  """Proposals of library items (some unparseable), codes that render or not,
-  answers drawn among the item's own and a wrong one."""
-  def proposer(i, g, rng):
-    k = rng.integers(len(_ITEMS) + 1)
-    return mmzero_tasks.proposal_text(_ITEMS[k]) if k < len(_ITEMS) else "no tags here"
-
-  def coder(i, g, rng):
-    k = rng.integers(len(_ITEMS) + 1)
-    return mmzero_tasks.coder_target(_ITEMS[k].svg) if k < len(_ITEMS) else _BROKEN_SVG
-
-  def solver(i, g, rng):
-    item = _ITEMS[rng.integers(len(_ITEMS))]
-    answer = (item.easy_answer, item.hard_answer, "7")[rng.integers(3)]
-    return f"<think>x</think>\\boxed{{{answer}}}"
-  return {"proposer": _scripted(proposer), "coder": _scripted(coder),
-          "solver": _scripted(solver)}
-
-
-def _evolmm_roles():
-  questions = ("What colour is the square?", "How many shapes are there?")
-  colours = ("red", "blue", "green")
-  return {
-      "proposer": _scripted(lambda i, g, rng: (
-          f"<question>{questions[rng.integers(2)]}</question> a question"
-          if rng.random() < 0.8 else "no tag")),
-      "solver": _scripted(lambda i, g, rng: (
-          f"<answer>{colours[rng.integers(1 + i % 3)]}</answer>")),
-  }
-
-
 class ScriptedMmZero(_Harness, mmzero.MmZero):
-  scripted_roles = _mmzero_roles()
+  scripted_roles = rt.mmzero_roles()
 
 
 class ScriptedEvoLmm(_Harness, evolmm.EvoLmm):
-  scripted_roles = _evolmm_roles()
+  scripted_roles = rt.evolmm_roles()
 
 
 class ScriptedEve(_Harness, eve.Eve):
 
   @classmethod
   def scripted_roles_for(cls, config):
-    return {"challenger": _library_challenger((config.data.size,) * 2),
-            "solver": _guessing_solver}
+    return rt.eve_roles(config)
 
 
 def toy():

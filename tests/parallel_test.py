@@ -1,19 +1,13 @@
 """Tests for evejax.parallel: mesh construction, rule table, shardings."""
-import os
 
-os.environ["JAX_PLATFORMS"] = "cpu"
-if "--xla_force_host_platform_device_count=8" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_force_host_platform_device_count=8").strip()
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import AxisType, PartitionSpec as P
 
-from absl.testing import absltest  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import AxisType, PartitionSpec as P  # noqa: E402
-
-from evejax import parallel  # noqa: E402
+from evejax import parallel
 
 
 def _synthetic_params():

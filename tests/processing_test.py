@@ -5,14 +5,9 @@ processor (`Qwen2VLImageProcessorPil`; the torchvision one is not installed),
 its tokenizer's `apply_chat_template` with Qwen2.5-VL's template, and
 `get_rope_index` of a tiny random Qwen2.5-VL model.
 """
-import os
-
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8")
-
 import io
 import itertools
+import os
 import tempfile
 
 from absl.testing import absltest

@@ -1,26 +1,21 @@
 """Qwen3-VL checkpoints: config.json forms and pitfalls, shards, errors, export."""
 import os
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + _FLAG
+import dataclasses
+import json
+import shutil
+import tempfile
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+import transformers
 
-from absl.testing import absltest  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import safetensors.numpy  # noqa: E402
-import transformers  # noqa: E402
-
-from evejax import parallel  # noqa: E402
-from evejax.models import hf, vlm  # noqa: E402
-import testing_hf  # noqa: E402
+from evejax import parallel
+from evejax.models import hf, vlm
+import testing_hf
 
 _forward = jax.jit(vlm.forward, static_argnums=1)
 

@@ -10,27 +10,21 @@ weights are scaled (`hf_parity.QWEN3_VL_GAINS`) so that the pitfalls the
 parity could miss at default init (exact vs tanh GELU) move the logits well
 past the tolerance: `test_parity_sees_the_pitfalls` proves it.
 """
-import os
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + _FLAG
+from unittest import mock
 
-from unittest import mock  # noqa: E402
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from absl.testing import absltest  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from evejax import parallel  # noqa: E402
-from evejax.models import hf, vlm  # noqa: E402
-from evejax.models.inputs import ModelInputs  # noqa: E402
-from evejax.models.qwen3_vl import text as qwen3_text  # noqa: E402
-from evejax.models.qwen3_vl import vision as qwen3_vision  # noqa: E402
-from evejax.processing.patch_layout import patch_layout  # noqa: E402
-import testing_hf  # noqa: E402
+from evejax import parallel
+from evejax.models import hf, vlm
+from evejax.models.inputs import ModelInputs
+from evejax.models.qwen3_vl import text as qwen3_text
+from evejax.models.qwen3_vl import vision as qwen3_vision
+from evejax.processing.patch_layout import patch_layout
+import testing_hf
 
 TOL = 1e-4
 _forward = jax.jit(vlm.forward, static_argnums=1)

@@ -7,26 +7,20 @@ and without images; sampled log-probs equal the learner's scoring path; an
 layout do; one GRPO step moves every part of the model, DeepStack mergers
 included.
 """
-import os
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + _FLAG
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
 
-from absl.testing import absltest  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from evejax import parallel  # noqa: E402
-from evejax import sampling  # noqa: E402
-from evejax.models import hf  # noqa: E402
-from evejax.processing import batching  # noqa: E402
-from evejax.rl import learner as learner_lib  # noqa: E402
-from evejax.rl import rollouts  # noqa: E402
-import testing_hf  # noqa: E402
+from evejax import parallel
+from evejax import sampling
+from evejax.models import hf
+from evejax.processing import batching
+from evejax.rl import learner as learner_lib
+from evejax.rl import rollouts
+import testing_hf
 
 N = 8  # new tokens per completion
 

@@ -1,15 +1,22 @@
-"""Helpers shared by the recipe tests: short configs, recording scripted roles,
+"""Helpers shared by the recipe tests: short configs, scripted and recording roles,
 and resuming a run from a copy of its checkpoints up to a schedule position."""
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import numpy as np
 
 from evejax import config_utils
 from evejax import observe
+from evejax.data import mmzero_library
+from evejax.data import transforms
+from evejax.recipes import eve_tasks
+from evejax.recipes import mmzero_tasks
 from evejax.recipes import role as role_lib
+from evejax.recipes import runner
+from evejax.recipes import schedule
 
 
 def short_config(spec: str, **overrides):
@@ -69,3 +76,84 @@ def assert_same_by_step(test, full: list[dict], resumed: list[dict], keys) -> No
     test.assertEqual(sorted(a), sorted(b), key)
     np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)],
                                rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+# -- scripted roles: replies a trained model might give, drawn so that every filter
+# of a recipe keeps some rows and drops others ----------------------------------
+
+# EVE families whose replies fit the tiny preset's buckets beside the prompt.
+EVE_FAMILIES = ("flip", "mask_cell", "spotlight", "zoom", "slice_shift")
+_BROKEN_SVG = "```svg\n<svg xmlns='http://www.w3.org/2000/svg'><rect\n```"
+
+
+def scripted(reply):
+  """A role wrapper: the role replying from `reply(prompt_id, member, rng)`."""
+  return lambda role: role.scripted(reply)
+
+
+def eve_roles(config, families=EVE_FAMILIES):
+  """A Challenger writing library programs with fresh arguments (what a pretrained
+  Challenger would write) and a Solver guessing letters (pass rates spread)."""
+  library = transforms.library()
+  size = (config.data.size,) * 2   # built-in scenes are square
+
+  def challenger(i, g, rng):
+    fam = library[families[rng.integers(len(families))]]
+    return eve_tasks.challenger_sft_target(fam, fam.sample(rng, *size),
+                                           think_text=fam.description)
+  return {"challenger": scripted(challenger),
+          "solver": scripted(lambda i, g, rng: f"The answer is \\boxed{{{'ABCD'[rng.integers(4)]}}}.")}
+
+
+def mmzero_roles():
+  """Proposals of library items (some unparseable), codes that render or not,
+  answers drawn among the item's own and a wrong one."""
+  items = [mmzero_library.make_item("bar_chart", np.random.default_rng(k), n=3)
+           for k in range(3)]
+
+  def proposer(i, g, rng):
+    k = rng.integers(len(items) + 1)
+    return mmzero_tasks.proposal_text(items[k]) if k < len(items) else "no tags here"
+
+  def coder(i, g, rng):
+    k = rng.integers(len(items) + 1)
+    return mmzero_tasks.coder_target(items[k].svg) if k < len(items) else _BROKEN_SVG
+
+  def solver(i, g, rng):
+    item = items[rng.integers(len(items))]
+    answer = (item.easy_answer, item.hard_answer, "7")[rng.integers(3)]
+    return f"<think>x</think>\\boxed{{{answer}}}"
+  return {"proposer": scripted(proposer), "coder": scripted(coder), "solver": scripted(solver)}
+
+
+def evolmm_roles():
+  """Questions (some without their tag) and answers that agree more or less."""
+  questions = ("What colour is the square?", "How many shapes are there?")
+  colours = ("red", "blue", "green")
+  return {
+      "proposer": scripted(lambda i, g, rng: (
+          f"<question>{questions[rng.integers(2)]}</question> a question"
+          if rng.random() < 0.8 else "no tag")),
+      "solver": scripted(lambda i, g, rng: f"<answer>{colours[rng.integers(1 + i % 3)]}</answer>"),
+  }
+
+
+def check_resume(test, recipe_cls, config, roles, kind: str, step: int, keys) -> list[dict]:
+  """Runs `recipe_cls` with `roles`, checkpointing only at (first `kind` stage,
+  `step`) and stage ends; resumes a copy of its checkpoints up to there; asserts
+  the resumed run logs `keys` as the uninterrupted one did. Returns its records."""
+  stages = recipe_cls.stages(config)
+  index = next(i for i, s in enumerate(stages) if s.kind == kind)
+  position = schedule.Schedule(stages).units_done((index, step))
+  config.checkpoint.every = position
+  config.checkpoint.keep = 1000
+  root = tempfile.mkdtemp()
+  full, part = os.path.join(root, "full"), os.path.join(root, "part")
+  runner.run_recipe(recipe_cls, config, full, role_wrappers=roles)
+  copy_checkpoints(full, part, position)
+  with runner.Runner(recipe_cls, config, part, role_wrappers=roles) as resumed:
+    test.assertEqual(resumed.run.cursor, (index, step))
+    resumed.run_schedule()
+  full_records = records(full)
+  assert_same_by_step(test, full_records, records(part), keys)
+  return full_records

@@ -13,16 +13,13 @@ import shutil
 import tempfile
 from unittest import mock
 
-import jax
 import ml_collections
 import numpy as np
 from absl.testing import absltest
 
 from evejax import config_utils as cu
-from evejax import observe
 from evejax.data import sources
 from evejax import loading
-from evejax.recipes import role as role_lib
 from evejax.recipes import runner
 from evejax.recipes import schedule
 from evejax.recipes.schedule import Stage

@@ -6,12 +6,6 @@ tests pin that this is a change of layout only: the same logits (fp32, 1e-5)
 as the scanned params, the same greedy and sampled tokens from the `Sampler`,
 on one device and on an 8-device mesh.
 """
-import os
-
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 import dataclasses
 

@@ -5,12 +5,6 @@ evejax.models.vlm) makes the loop logic exact and cheap to test; the real
 tiny VLM (with images) checks log-probs against the scoring path and that an
 8-device mesh gives the same outputs as one device.
 """
-import os
-
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 import dataclasses
 import tempfile

@@ -320,20 +320,25 @@ class Run:
     """
     if not self.is_writer:
       return
-    it = stage.iteration
-    if it not in self._galleries:
-      self._galleries[it] = observe.Gallery(
-          title=f"{self.gallery_title}, iteration {it}", max_cards=self.config.log.gallery_tasks,
-          cards_dir=os.path.join(self.workdir, "gallery", f"iter{it}.cards"))
-    gallery = self._galleries[it]
+    gallery = self._gallery(stage.iteration)
     key = f"{stage.kind}_{key}"
     if gallery.has_room(key):
       gallery.add({"title": f"{stage.name} {key}", **build()}, key=key)
 
+  def _gallery(self, iteration: int) -> observe.Gallery:
+    if iteration not in self._galleries:
+      self._galleries[iteration] = observe.Gallery(
+          title=f"{self.gallery_title}, iteration {iteration}",
+          max_cards=self.config.log.gallery_tasks,
+          cards_dir=os.path.join(self.workdir, "gallery", f"iter{iteration}.cards"))
+    return self._galleries[iteration]
+
   def write_gallery(self, iteration: int) -> str | None:
-    if not self.is_writer or iteration not in self._galleries:
+    """The iteration's gallery page (every iteration of self-evolution has one,
+    with no cards if it made no task worth showing)."""
+    if not self.is_writer or (iteration == 0 and iteration not in self._galleries):
       return None
-    path = self._galleries[iteration].write(
+    path = self._gallery(iteration).write(
         os.path.join(self.workdir, "gallery", f"iter{iteration}.html"))
     logging.info("Gallery of iteration %d: %s", iteration, path)
     return path
