@@ -46,18 +46,18 @@ def _base() -> ml_collections.ConfigDict:
   ))
 
   c.eve = ml_collections.ConfigDict(dict(
-      iterations=5,
-      challenger_steps=10,
-      solver_steps=10,
+      iterations=5,                # I
+      challenger_steps=10,         # GRPO steps of a Challenger phase
+      solver_steps=10,             # GRPO steps of a Solver phase
       share_params=False,          # True: one set of weights plays both roles
       challenger_prompts=128,      # prompts per Challenger step
-      challenger_group=4,          # programs per prompt
+      challenger_group=4,          # G_C: programs per prompt
       solver_prompts=128,          # questions per Solver step
-      solver_group=8,
-      difficulty_samples=6,        # frozen-Solver answers per question
+      solver_group=8,              # G_S: replies per question
+      difficulty_samples=6,        # S: frozen-Solver answers per question (p_q)
       question_types=(0, 1),       # type 2 is implemented, off by default
       type2_partial_credit=True,   # type 2 graded per matched position (else all or nothing)
-      num_args=4,
+      num_args=4,                  # |args_list|
       transforms="",               # extra transformation library "pkg.mod:attr"
       heldout_eval_questions=256,  # Solver accuracy on held-out families
       pipeline_chunks=4,           # sandbox runs chunk i while chunk i+1 samples
@@ -76,10 +76,10 @@ def _base() -> ml_collections.ConfigDict:
       examples_per_prompt=(1, 2),  # each half the time
   ))
   c.reward = ml_collections.ConfigDict(dict(
-      format=0.2, validity=0.4, difficulty=0.4, diversity=0.3,
+      format=0.2, validity=0.4, difficulty=0.4, diversity=0.3,   # R_C weights of f, v, d, c_hat
       difficulty_quirk=False,      # published code: d = d1 when either p in [0.25, 1)
       diversity_tail_chars=1000, diversity_threshold=0.5,
-      solver_format=0.2, solver_accuracy=0.8,
+      solver_format=0.2, solver_accuracy=0.8,   # R_S weights of fmt, acc
       extra=(),                    # extra reward fns by import path, added to R_C
   ))
   c.solver_data = ml_collections.ConfigDict(dict(

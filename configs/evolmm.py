@@ -41,8 +41,8 @@ def _base() -> ml_collections.ConfigDict:
       proposer_group=1,           # questions per image (grpo mode: a group)
       samples=5,                  # N Solver answers per question
       proposer_every=5,           # a Proposer update every 5th step
-      gamma=0.7, length_penalty=0.1, tau=6.0,   # Solver: p^gamma with the length penalty
-      mu=0.9, sigma=0.35,                       # Proposer: entropy band-pass
+      gamma=0.7, length_penalty=0.1, tau=6.0,   # gamma, lambda, tau of r_i (Solver)
+      mu=0.9, sigma=0.35,                       # mu, sigma of r_q's entropy band-pass
       fallback_question="What is shown in this image?",   # no <question> tag (counted)
       style="full",               # prompt wording: "full" or "compact" (tiny models)
       heldout_questions=128,      # ground-truth scene questions the Solver is scored on

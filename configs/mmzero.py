@@ -33,8 +33,8 @@ def _base() -> ml_collections.ConfigDict:
       batch_buckets=(8, 16),
   ))
   c.mmzero = ml_collections.ConfigDict(dict(
-      iterations=6,
-      proposer_steps=20, coder_steps=20, solver_steps=20,
+      iterations=6,                # I
+      proposer_steps=20, coder_steps=20, solver_steps=20,   # GRPO steps per phase
       share_params=False,          # True: one set of weights plays all three roles
       backend="svg",               # svg (the published pipeline) | plot (plotting Python)
       style="full",                # prompt wording: "full" or "compact" (tiny models)
@@ -43,14 +43,14 @@ def _base() -> ml_collections.ConfigDict:
              "circles", "text_cards", "shape_count", "dot_sequence"),  # warm start, held out
       pipeline_chunks=4,           # the sandbox renders chunk k while chunk k+1 samples
       # Proposer phase: G proposals per topic prompt, N codes per proposal by the
-      # frozen Coder, n answers per question by the frozen Solver.
-      proposer_prompts=18, proposer_group=4, coder_samples=4, solver_samples=5,
+      # frozen Coder, n answers per question by the frozen Solver (s and c).
+      proposer_prompts=18, proposer_group=4, coder_samples=4, solver_samples=5,  # -, G, N, n
       # Coder phase: a pool of Proposer_i's proposals filtered by render success.
-      coder_pool=720, coder_band=(0.25, 0.75), coder_prompts=32, coder_group=4,
+      coder_pool=720, coder_band=(0.25, 0.75), coder_prompts=32, coder_group=4,  # G_C = 4
       coder_scored_by_coder=False,  # the published code's "Solver" is the Coder's checkpoint
       # Solver phase: one render per proposal, answered 10 times by Solver_{i-1}.
       solver_pool=5000, solver_select_samples=10, solver_easy_min=0.5,
-      solver_hard_band=(0.25, 0.75), solver_prompts=64, solver_group=8,
+      solver_hard_band=(0.25, 0.75), solver_prompts=64, solver_group=8,  # G_S = 8
       heldout_items=64, heldout_coder_samples=4,   # evaluation on held-out library items
   ))
   c.reward = ml_collections.ConfigDict(dict(

@@ -16,12 +16,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import pytest
 
 try:
   import nbclient
   import nbformat
 except ImportError:  # The test extra is not installed.
   nbclient = nbformat = None
+
+pytestmark = pytest.mark.slow   # the notebooks run end to end
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COLABS = ROOT / "colabs"

@@ -14,14 +14,14 @@ import tempfile
 
 import numpy as np
 from absl.testing import absltest
+import pytest
 
 from evejax import config_utils
 from evejax import observe
-from evejax.data import transforms
 from evejax.recipes import eve
-from evejax.recipes import eve_tasks
-from evejax.recipes import role as role_lib
 from evejax.recipes import runner
+
+import recipe_testing as rt
 
 # Non-seed, non-held-out families whose function text is not a near-duplicate
 # of any seed (sentence-BLEU <= 0.25), so each one's first program may enter.
@@ -45,24 +45,14 @@ def pipeline_config():
   return c
 
 
-def library_challenger(role: role_lib.Role) -> role_lib.Role:
-  """A Challenger whose replies are library programs with fresh arguments."""
-  library = transforms.library()
-  size = (pipeline_config().data.size,) * 2   # built-in scenes are square
-
-  def reply(prompt_index, member, rng):
-    fam = library[_FAMILIES[rng.integers(len(_FAMILIES))]]
-    return eve_tasks.challenger_sft_target(fam, fam.sample(rng, *size),
-                                           think_text=fam.description)
-  return role.scripted(reply)
-
-
+@pytest.mark.slow
 class PipelineTest(absltest.TestCase):
 
   def test_valid_programs_are_admitted_and_train_the_solver(self):
     workdir = tempfile.mkdtemp()
     summary = runner.run_recipe(eve.Eve, pipeline_config(), workdir,
-                                role_wrappers={"challenger": library_challenger})
+                                role_wrappers={"challenger": rt.eve_roles(
+                                    pipeline_config(), _FAMILIES)["challenger"]})
     recs = observe.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     challenger = [r for r in recs if "challenger/valid_rate" in r]
     self.assertLen(challenger, 2)
@@ -85,10 +75,11 @@ class PipelineTest(absltest.TestCase):
     self.assertNotIn("solver/no_data_steps", summary["counts"])
     # The Solver phase rebuilds logged questions exactly as they were scored.
     with runner.Runner(eve.Eve, pipeline_config(), workdir) as again:   # restores the run's end
-      recs = again.recipe.solver_data.records[:6]
+      recs = dict(enumerate(again.recipe.solver_data.records[:6]))
       rebuilt = again.recipe._logged_questions(again.recipe._rerun_programs(recs))
     self.assertNotEmpty(recs)
-    for rec, q in zip(recs, rebuilt):
+    self.assertEqual(sorted(rebuilt), sorted(recs))
+    for rec, q in ((recs[i], rebuilt[i]) for i in recs):
       self.assertEqual((q.qtype, q.answer, q.meta["order"]), (rec["qtype"], rec["answer"], rec["order"]))
     # The gallery shows executed tasks with their programs.
     html = open(os.path.join(workdir, "gallery", "iter1.html")).read()

@@ -20,6 +20,7 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 import time
 
 from absl.testing import absltest
+import pytest
 import jax
 import numpy as np
 import PIL.Image
@@ -33,6 +34,8 @@ from evejax.processing import images
 from evejax.processing import tokenizer
 from evejax.rl import advantages
 from evejax.rl import learner as learner_lib
+
+pytestmark = pytest.mark.slow   # a learning claim: many train steps
 
 # Vocabulary: the built-in tokenizer's first 64 ids, which hold the special
 # tokens, punctuation and capital letters; a small vocabulary keeps the

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 
 from absl.testing import absltest
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +31,8 @@ from evejax.models import hf
 from evejax.models import lora
 from evejax.models import vlm
 import testing_hf
+
+pytestmark = pytest.mark.slow   # a torch/peft parity suite
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 _jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)

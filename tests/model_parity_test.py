@@ -1,6 +1,7 @@
 """evejax Qwen2.5-VL vs transformers on tiny random checkpoints (fp32, CPU)."""
 
 from absl.testing import absltest
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +11,8 @@ from evejax.models import hf, vlm
 from evejax.models.inputs import ModelInputs
 from evejax.processing.patch_layout import patch_layout
 import testing_hf
+
+pytestmark = pytest.mark.slow   # a torch parity suite
 
 TOL = 1e-4
 _forward = jax.jit(vlm.forward, static_argnums=1)

@@ -14,6 +14,7 @@ past the tolerance: `test_parity_sees_the_pitfalls` proves it.
 from unittest import mock
 
 from absl.testing import absltest
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +26,8 @@ from evejax.models.qwen3_vl import text as qwen3_text
 from evejax.models.qwen3_vl import vision as qwen3_vision
 from evejax.processing.patch_layout import patch_layout
 import testing_hf
+
+pytestmark = pytest.mark.slow   # a torch parity suite
 
 TOL = 1e-4
 _forward = jax.jit(vlm.forward, static_argnums=1)

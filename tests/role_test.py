@@ -26,14 +26,14 @@ def samples_of_prompt(prompt_id: int, texts, total_rows=None):
   toks = [np.arange(3, dtype=np.int32) for _ in texts]
   return role_lib.Samples(kept=[0], group=len(texts), prompts=[None], tokens=toks,
                           logprobs=[np.zeros(3, np.float32)] * len(texts), texts=list(texts),
-                          total_rows=total_rows, ids=[prompt_id])
+                          total_rows=total_rows, prompt_ids=[prompt_id])
 
 
 class SamplesTest(absltest.TestCase):
 
   def test_rows_gather_in_id_order_and_come_back_out(self):
     mine = samples_of_prompt(1, ["x", "y"], total_rows=4)   # row ids 2, 3; process 1: 0, 1
-    self.assertEqual(mine.row_ids, [2, 3])
+    self.assertEqual(mine.ids_of(), [2, 3])
     patches = as_process_0_of_2([[0, "u"], [1, "v"]], [0, 1])
     with patches[0], patches[1], patches[2]:
       self.assertEqual(mine.gather(mine.texts), ["u", "v", "x", "y"])
@@ -56,13 +56,13 @@ class SamplesTest(absltest.TestCase):
     patches = as_process_0_of_2(0)   # process 1 selects nothing
     with patches[0], patches[1], patches[2]:
       one = mine.select([2])
-    self.assertEqual((one.texts, one.group, one.row_ids, one.total_rows), (["r"], 1, [14], 1))
+    self.assertEqual((one.texts, one.group, one.ids_of(), one.total_rows), (["r"], 1, [14], 1))
 
   def test_chunks_concatenate_in_order(self):
     a, b = samples_of_prompt(0, ["a"]), samples_of_prompt(1, ["b"])
     b.kept = [1]
     both = role_lib.Samples.concat([a, b])
-    self.assertEqual((both.kept, both.texts, both.row_ids, both.total_rows),
+    self.assertEqual((both.kept, both.texts, both.ids_of(), both.total_rows),
                      ([0, 1], ["a", "b"], [0, 1], 2))
 
 

@@ -11,10 +11,13 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from absl.testing import absltest
+import pytest
 import numpy as np
 import psutil
 
 from evejax.sandbox import EveJob, SandboxConfig, SandboxPool
+
+pytestmark = pytest.mark.slow   # the sandbox soak
 
 N_JOBS = int(os.environ.get("EVEJAX_SANDBOX_SOAK", "2000"))
 

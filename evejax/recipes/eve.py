@@ -88,7 +88,7 @@ class Eve(runner.Recipe):
         seeds=[(n, self.library[n].program(self.library[n].sample(seed_rng,
                                                                   *self.source.size_of(0))))
                for n in seeds if n in self.library])
-    # One home for the function-length rule: the queue's, shared by the checks.
+    # One home for the function-length rule: the queue's, which the checks use too.
     self.pool = run.open_sandbox(max_function_chars=c.queue.max_function_chars)
     self.extra_rewards = [reward_registry.resolve(n) for n in c.reward.extra]
     self.logged: list[dict] = []        # Challenger-phase questions for the Solver
@@ -125,10 +125,9 @@ class Eve(runner.Recipe):
       steps = w.challenger_steps + w.solver_steps
     elif policy == "solver":
       lr, schedule_name = w.solver_lr or lr, w.solver_schedule or schedule_name
-    return dict(lr=lr, schedule=schedule_name, total_steps=max(steps, 1),
-                warmup_steps=min(w.warmup_steps, max(steps - 1, 0)))
+    return runner.warmstart_optimizer(lr, schedule_name, steps, w.warmup_steps)
 
-  def warmstart_step(self, stage: Stage, step: int) -> None:
+  def warmstart_step(self, stage: Stage, step: int) -> dict | None:
     """SFT on the built-in library: Challenger on programs, Solver on their questions."""
     c, run = self.config, self.run
     rng = np.random.default_rng(run.seed(stage.name, step))
@@ -136,39 +135,35 @@ class Eve(runner.Recipe):
     if stage.role == "solver":
       n = max(1, (c.warmstart.solver_batch_size or n) // max(1, len(c.eve.question_types)))
     indices = rng.integers(0, len(self.source), n)
-    mine = run.share(n)
-    pairs = (self._challenger_sft_pairs(indices, mine, rng) if stage.role == "challenger"
-             else self._solver_sft_pairs(indices, mine, rng, step))
-    metrics = self.roles[stage.role].sft([p for p, _ in pairs],
-                                         [run.completion(t) for _, t in pairs])
-    if metrics is not None:
-      run.log(metrics, prefix=f"warmstart/{stage.role}")
+    pairs = (self._challenger_sft_pairs(indices, rng) if stage.role == "challenger"
+             else self._solver_sft_pairs(indices, rng, step))
+    return self.roles[stage.role].sft([p for p, _ in pairs],
+                                      [run.completion(t) for _, t in pairs])
 
-  def _challenger_sft_pairs(self, indices, mine: range, rng):
-    """Pairs of the images `mine` owns; every image's draws are made (sizes suffice)."""
+  def _challenger_sft_pairs(self, indices, rng):
+    """Pairs of this process's images; every image's draws are made (sizes suffice)."""
     c = self.config
     names = list(c.warmstart.challenger_families) or self.train_families
-    pairs = []
-    for j, i in enumerate(indices):
+    drawn = []
+    for i in indices:
       fam = self.library[names[rng.integers(len(names))]]
       examples = [e.program for e in self.queue.sample_examples(rng)]
-      text, target = eve_tasks.challenger_sft_pair(
+      drawn.append(eve_tasks.challenger_sft_pair(
           fam, rng, self.source.size_of(i), examples, style=c.eve.instructions,
           think_text=fam.description if c.warmstart.short_think else None,
-          limits=self._program_limits)
-      if j in mine:
-        pairs.append((self.run.prompt(text, [self._image(i)]), target))
-    return pairs
+          limits=self._program_limits))
+    return list(self.run.owned(len(indices), lambda j: (
+        self.run.prompt(drawn[j][0], [self._image(indices[j])]), drawn[j][1])).values())
 
-  def _solver_sft_pairs(self, indices, mine: range, rng, step):
+  def _solver_sft_pairs(self, indices, rng, step):
     fams = [self.library[self.train_families[k]]
             for k in rng.integers(len(self.train_families), size=len(indices))]
     programs = [f.program(f.sample(rng, *self.source.size_of(i))) for f, i in zip(fams, indices)]
-    images = {j: self._image(indices[j]) for j in mine}
-    results = self.run.sandbox_results([self._submit(programs[j], images[j]) for j in mine])
+    images = self.run.owned(len(indices), lambda j: self._image(indices[j]))
+    results = self.run.sandbox_results([self._submit(programs[j], im) for j, im in images.items()])
     pairs = []
-    for j, res in zip(mine, results):
-      task = self._task(indices[j], images[j], programs[j], res, seed=self.run.seed(indices[j], step))
+    for (j, image), res in zip(images.items(), results):
+      task = self._task(indices[j], image, programs[j], res, seed=self.run.seed(indices[j], step))
       for q in task.questions if task else ():
         _, target = eve_tasks.solver_sft_pair(q, reasoning=self.config.warmstart.solver_reasoning)
         pairs.append((self.run.prompt(q.text, q.images), target))
@@ -190,18 +185,16 @@ class Eve(runner.Recipe):
         w_format=r.solver_format, w_accuracy=r.solver_accuracy,
         partial_credit=self.config.eve.type2_partial_credit)
 
-  def _pass_rates(self, questions: list[eve_tasks.Question], seed: int, ids: list[int]
-                  ) -> list[float | None]:
-    """The frozen Solver's mean accuracy over S samples per question (None: dropped)."""
+  def _pass_rates(self, questions: dict[int, eve_tasks.Question], seed: int
+                  ) -> dict[int, float]:
+    """The frozen Solver's mean accuracy over S samples per question {id: question}
+    (a question whose prompt does not fit has none)."""
     S = self.config.eve.difficulty_samples
     samples = self.run.frozen["solver"].generate(
-        [self.run.prompt(q.text, q.images) for q in questions], S, seed, ids=ids)
+        {i: self.run.prompt(q.text, q.images) for i, q in questions.items()}, S, seed)
     acc = [self._solver_reward(questions[samples.prompt_of(r)], t).parts["accuracy"]
            for r, t in enumerate(samples.texts)]
-    rates: list[float | None] = [None] * len(questions)
-    for j, i in enumerate(samples.kept):
-      rates[i] = float(np.mean(acc[j * S:(j + 1) * S]))
-    return rates
+    return {i: float(np.mean(acc[j * S:(j + 1) * S])) for j, i in enumerate(samples.kept)}
 
   # -- the sandbox ---------------------------------------------------------------
 
@@ -228,8 +221,7 @@ class Eve(runner.Recipe):
     indices = [self.source.index_at(p) for p in self.source.reserve(P)]
     rng = np.random.default_rng(run.seed(stage.name, step))
     examples = [[e.program for e in self.queue.sample_examples(rng)] for _ in range(P)]
-    mine = list(run.share(P))
-    images = [self._image(indices[j]) for j in mine]
+    images = run.owned(P, lambda j: self._image(indices[j]))
     programs = []   # per row, (code or None, its sandbox run)
 
     def run_programs(part):   # the sandbox runs chunk k while the device samples chunk k+1
@@ -238,16 +230,16 @@ class Eve(runner.Recipe):
         programs.append((code, code and self._submit(code, images[part.prompt_of(r)])))
 
     samples = self.roles["challenger"].generate(
-        [run.prompt(eve_tasks.challenger_instructions(examples[j], im.size, c.eve.instructions,
-                                                      **self._program_limits), [im])
-         for j, im in zip(mine, images)], c.eve.challenger_group, run.seed(stage.name, step),
-        ids=mine, chunks=c.eve.pipeline_chunks, on_chunk=run_programs)
+        {j: run.prompt(eve_tasks.challenger_instructions(examples[j], im.size, c.eve.instructions,
+                                                         **self._program_limits), [im])
+         for j, im in images.items()}, c.eve.challenger_group, run.seed(stage.name, step),
+        chunks=c.eve.pipeline_chunks, on_chunk=run_programs)
     if not samples.total_rows:
       return
     run.counts["challenger/no_code_block"] += sum(code is None for code, _ in programs)
     results = run.sandbox_results([future for _, future in programs])
-    tasks = [self._task(indices[mine[samples.prompt_of(r)]], images[samples.prompt_of(r)], code,
-                        res, seed=run.seed(stage.name, step, samples.row_id(r)))
+    tasks = [self._task(indices[samples.prompt_of(r)], images[samples.prompt_of(r)], code, res,
+                        seed=run.seed(stage.name, step, samples.id_of(r)))
              for r, ((code, _), res) in enumerate(zip(programs, results))]
     rates = self._task_pass_rates(tasks, samples, run.seed(stage.name, step, "solver"))
     extras = [[float(fn(text=t, task=task, pass_rates=pr)) for fn in self.extra_rewards]
@@ -261,7 +253,7 @@ class Eve(runner.Recipe):
     offers = self._admit_and_log(batch, rewards)
     for r, (task, rate, reward) in enumerate(zip(tasks, rates, samples.mine(rewards))):
       if rate is not None:
-        run.add_card(stage, f"step{step:05d}_row{samples.row_id(r):04d}", lambda r=r, task=task,
+        run.add_card(stage, f"step{step:05d}_row{samples.id_of(r):04d}", lambda r=r, task=task,
                      rate=rate, reward=reward: self._card(task, samples.texts[r], rate, reward))
     valid = [x["rates"] is not None for x in batch]
     run.log({
@@ -277,18 +269,15 @@ class Eve(runner.Recipe):
     run.log_counts()
 
   def _task_pass_rates(self, tasks, samples, seed) -> list[list[float] | None]:
-    """Each valid task's questions' pass rates (by type), or None for an invalid row."""
-    questions = [(r, k, q) for r, t in enumerate(tasks) if t for k, q in enumerate(t.questions)]
+    """Each valid task's questions' pass rates (by type), or None for an invalid row.
+    Question k of row r has id r's id times the number of question types, plus k."""
     slots = max(1, len(self.config.eve.question_types))
-    rates = self._pass_rates([q for *_, q in questions], seed,
-                             [samples.row_id(r) * slots + k for r, k, _ in questions])
-    by_row = collections.defaultdict(dict)
-    for (r, _, q), p in zip(questions, rates):
-      if p is not None:
-        by_row[r][q.qtype] = p
-    return [[by_row[r][k] for k in sorted(by_row[r])]
-            if t is not None and len(by_row[r]) == len(t.questions) else None
-            for r, t in enumerate(tasks)]
+    questions = {samples.id_of(r) * slots + k: q for r, t in enumerate(tasks) if t
+                 for k, q in enumerate(t.questions)}
+    rates = self._pass_rates(questions, seed)
+    return [[rates[samples.id_of(r) * slots + k] for k in range(len(t.questions))]
+            if t and all(samples.id_of(r) * slots + k in rates for k in range(len(t.questions)))
+            else None for r, t in enumerate(tasks)]
 
   def _challenger_rewards(self, batch: list[dict]):
     """Every row's reward (the diversity penalty spans the batch), in row order."""
@@ -346,30 +335,31 @@ class Eve(runner.Recipe):
     self.logged = []
     return keep
 
-  def _rerun_programs(self, recs: list[dict]):
-    """Submits the distinct programs of logged questions to the sandbox again.
+  def _rerun_programs(self, recs: dict[int, dict]):
+    """Submits the distinct programs of logged questions {id: record} to the sandbox again.
 
     Programs are deterministic, so re-running them rebuilds each question exactly
     as the frozen Solver saw it; nothing is kept between steps, so host memory
     does not grow with the Solver data.
     """
-    images = {i: self._image(i) for i in {r["image"] for r in recs}}
-    keys = list(dict.fromkeys((r["image"], r["program"]) for r in recs))
+    images = {r["image"]: self._image(r["image"]) for r in recs.values()}
+    keys = list(dict.fromkeys((r["image"], r["program"]) for r in recs.values()))
     return recs, images, keys, [self._submit(code, images[i]) for i, code in keys]
 
-  def _logged_questions(self, work) -> list[eve_tasks.Question | None]:
+  def _logged_questions(self, work) -> dict[int, eve_tasks.Question]:
     """Each logged question rebuilt with its logged k and shuffle seed (the options
-    order and answer it was scored with)."""
+    order and answer it was scored with); one whose program fails now is left out."""
     recs, images, keys, futures = work
     tasks = {key: self._task(key[0], images[key[0]], key[1], res, seed=0, types=())
              for key, res in zip(keys, self.run.sandbox_results(futures))}
-    questions = []
-    for rec in recs:
+    questions = {}
+    for i, rec in recs.items():
       task = tasks[(rec["image"], rec["program"])]
       qs = task and eve_tasks.build_questions(
           images[rec["image"]], task.function_text, task.args, task.outputs,
           types=(rec["qtype"],), ks=None if rec["k"] is None else [rec["k"]], seed=rec["seed"])
-      questions.append(qs[0] if qs else None)
+      if qs:
+        questions[i] = qs[0]
     return questions
 
   def solver_step(self, stage: Stage, step: int) -> None:
@@ -377,9 +367,10 @@ class Eve(runner.Recipe):
     work = self.solver_data.for_step(stage, step)
     if work is None:
       return
-    questions = [q for q in self._logged_questions(work) if q is not None]
-    samples = self.roles["solver"].generate([run.prompt(q.text, q.images) for q in questions],
-                                            self.config.eve.solver_group, run.seed(stage.name, step))
+    questions = self._logged_questions(work)
+    samples = self.roles["solver"].generate(
+        {i: run.prompt(q.text, q.images) for i, q in questions.items()},
+        self.config.eve.solver_group, run.seed(stage.name, step))
     if not samples.total_rows:
       return
     with run.timer("rewards"):
@@ -395,38 +386,36 @@ class Eve(runner.Recipe):
       c, run = self.config, self.run
       rng = np.random.default_rng(run.seed("heldout"))
       per = max(1, -(-c.eve.heldout_eval_questions // (2 * max(1, len(self.heldout)))))
-      programs = []   # every process draws them all, and runs its own share
+      programs = []   # every process draws them all, and runs its own
       for name in self.heldout:
         fam = self.library[name]
         for _ in range(per):
           index = int(rng.integers(len(self.eval_source)))
           programs.append((index, fam.program(fam.sample(rng, *self.eval_source.size_of(index)))))
-      mine = [(self.eval_source.item(programs[j][0])[1], programs[j][1], j)
-              for j in run.share(len(programs))]
-      results = run.sandbox_results([self._submit(code, image) for image, code, _ in mine])
+      mine = run.owned(len(programs), lambda j: (self.eval_source.item(programs[j][0])[1],
+                                                 programs[j][1]))
+      results = run.sandbox_results([self._submit(code, image) for image, code in mine.values()])
       tasks = [self._task(-1, image, code, res, seed=run.seed("eval", j), types=(0, 1))
-               for (image, code, j), res in zip(mine, results)]
+               for (j, (image, code)), res in zip(mine.items(), results)]
       self._eval_tasks = [t for t in tasks if t is not None]
     return self._eval_tasks
 
   def eval_step(self, stage: Stage, step: int) -> dict | None:
     """Greedy Solver accuracy on the held-out families."""
+    run = self.run
     questions = [q for t in self._heldout_tasks() for q in t.questions]
-    samples = self.roles["solver"].generate([self.run.prompt(q.text, q.images) for q in questions],
+    samples = self.roles["solver"].generate([run.prompt(q.text, q.images) for q in questions],
                                             1, seed=0, greedy=True)
     if not samples.total_rows:
       return None
-    rewards = [self._solver_reward(questions[samples.prompt_of(r)], t)
-               for r, t in enumerate(samples.texts)]
-    graded = samples.gather([(questions[samples.prompt_of(r)].qtype, x.parts["accuracy"],
-                              x.parts["format"] > 0) for r, x in enumerate(rewards)])
-    acc = collections.defaultdict(list)
-    for qtype, a, _ in graded:
-      acc[qtype].append(a)
-    return {"heldout_accuracy": float(np.mean([a for _, a, _ in graded])),
-            **{f"heldout_accuracy_type{k}": float(np.mean(v)) for k, v in sorted(acc.items())},
+    graded = [(questions[samples.prompt_of(r)].qtype,
+               self._solver_reward(questions[samples.prompt_of(r)], t).parts)
+              for r, t in enumerate(samples.texts)]
+    return {"heldout_accuracy": run.mean([x["accuracy"] for _, x in graded]),
+            **{f"heldout_accuracy_type{k}": run.mean([x["accuracy"] for qt, x in graded if qt == k])
+               for k in (0, 1)},
             "heldout_questions": samples.total_rows,
-            "boxed_rate": float(np.mean([boxed for *_, boxed in graded]))}
+            "boxed_rate": run.mean([x["format"] > 0 for _, x in graded])}
 
   def summary(self) -> dict[str, Any]:
     return {"queue": self.queue.stats()}

@@ -32,14 +32,14 @@ Coder's own checkpoint; the paper's text says Solver_{i-1}, the default).
 
 Ids: a code is its proposal's row id times N plus its member, a question its
 render's id times 2 plus easy (0) or hard (1), so every sample's randomness and
-every gathered row's place is the same on any number of processes.
+every row's place in its batch is the same on any number of processes.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -146,26 +146,25 @@ class MmZero(runner.Recipe):
   # -- the three services: propose, code and render, answer ----------------------
 
   def _propose(self, role, n: int, group: int, seed: int):
-    """(topics, samples, proposals) of this process's topic prompts of the `n`:
-    proposals[r] is row r's Proposal or None."""
+    """(samples, {row: Proposal} of the rows that parse, topics) of this process's
+    topic prompts of the step's `n` (topics[samples.prompt_of(r)] is row r's)."""
     rng = np.random.default_rng(seed)
     topics = [self.topics[i] for i in rng.integers(len(self.topics), size=n)]
-    mine = list(self.run.share(n))
-    samples = role.generate(
-        [self.run.prompt(tasks.proposer_prompt(tasks.TOPICS[topics[j]], self.config.mmzero.style))
-         for j in mine], group, seed, ids=mine)
-    parsed = [rewards.parse_proposer_output(t) for t in samples.texts]
-    for p, why in parsed:
-      if p is None:
+    samples = role.generate(self.run.owned(n, lambda j: self.run.prompt(tasks.proposer_prompt(
+        tasks.TOPICS[topics[j]], self.config.mmzero.style))), group, seed)
+    proposals = {}
+    for r, text in enumerate(samples.texts):
+      proposal, why = rewards.parse_proposer_output(text)
+      if proposal is None:
         self.run.counts[f"proposer/{why.split('=')[0]}"] += 1
-    return ([topics[mine[samples.prompt_of(r)]] for r in range(len(samples))], samples,
-            [p for p, _ in parsed])
+      else:
+        proposals[r] = proposal
+    return samples, proposals, topics
 
-  def _draw(self, role, proposals: Sequence, ids: Sequence[int], n: int, seed: int
-            ) -> list[list[Render]]:
-    """`n` code samples of `role` per proposal (ids: the proposals' ids), rendered in
-    the sandbox while the device samples the next chunk. A proposal whose prompt
-    does not fit gets no samples (counted by the role)."""
+  def _draw(self, role, proposals: Mapping[int, Any], n: int, seed: int
+            ) -> dict[int, list[Render]]:
+    """`n` code samples of `role` per proposal {id: Proposal}, rendered in the sandbox
+    while the device samples the next chunk. Code k of proposal i has id i * n + k."""
     m = self.config.mmzero
     pending = []
 
@@ -174,28 +173,28 @@ class MmZero(runner.Recipe):
                       self.pool.submit(tasks.render_job(text, m.backend)))
                      for r, text in enumerate(part.texts))
 
-    role.generate([self.run.prompt(tasks.coder_prompt(p, m.backend, m.style)) for p in proposals],
-                  n, seed, ids=ids, chunks=m.pipeline_chunks, on_chunk=render)
-    out: list[list[Render]] = [[] for _ in proposals]
-    results = self.run.sandbox_results([f for *_, f in pending])
-    for (i, code, _), result in zip(pending, results):
+    role.generate({i: self.run.prompt(tasks.coder_prompt(p, m.backend, m.style))
+                   for i, p in proposals.items()}, n, seed, chunks=m.pipeline_chunks,
+                  on_chunk=render)
+    out: dict[int, list[Render]] = {i: [] for i in proposals}
+    for (i, code, _), result in zip(pending, self.run.sandbox_results([f for *_, f in pending])):
       out[i].append(_render(code, result))
     return out
 
-  def _answer(self, role, renders: list[Render], ids: Sequence[int],
-              questions: list[tuple[str, str]], n: int, seed: int) -> None:
-    """`role` answers each rendered item's (easy, hard) questions `n` times (in place)."""
+  def _answer(self, role, items: Mapping[int, tuple[Render, Any]], n: int, seed: int) -> None:
+    """`role` answers `n` times the easy and hard questions of each rendered item
+    {id: (render, proposal)} (in place). Question q of item i has id 2 i + q."""
     style = self.config.mmzero.style
-    items = [(r, q, int(i)) for r, q, i in zip(renders, questions, ids) if r.rendered]
+    items = {i: (r, p) for i, (r, p) in items.items() if r.rendered}
     samples = role.generate(
-        [self.run.prompt(tasks.solver_prompt(text, style), [Image.fromarray(r.image)])
-         for r, qs, _ in items for text in qs], n, seed,
-        ids=[2 * i + q for _, _, i in items for q in (0, 1)])
+        {2 * i + q: self.run.prompt(tasks.solver_prompt(text, style), [Image.fromarray(r.image)])
+         for i, (r, p) in items.items()
+         for q, text in enumerate((p.easy_question, p.hard_question))}, n, seed)
     boxed = collections.defaultdict(list)
     for row, text in enumerate(samples.texts):
       boxed[samples.prompt_of(row)].append(answers.extract_boxed(text))
-    for k, (r, _, _) in enumerate(items):
-      r.easy_answers, r.hard_answers = boxed.get(2 * k, []), boxed.get(2 * k + 1, [])
+    for i, (r, _) in items.items():
+      r.easy_answers, r.hard_answers = boxed[2 * i], boxed[2 * i + 1]
 
   @staticmethod
   def _outcome(r: Render, proposal) -> rewards.RenderOutcome:
@@ -211,56 +210,51 @@ class MmZero(runner.Recipe):
     w = self.config.warmstart
     steps = (sum(w[f"{r}_steps"] for r in ("proposer", "coder", "solver"))
              if self.config.mmzero.share_params else w[f"{policy}_steps"])
-    return dict(lr=w[f"{policy}_lr"] or w.lr, schedule=w.schedule, total_steps=max(steps, 1),
-                warmup_steps=min(w.warmup_steps, max(steps - 1, 0)))
+    return runner.warmstart_optimizer(w[f"{policy}_lr"] or w.lr, w.schedule, steps,
+                                      w.warmup_steps)
 
-  def warmstart_step(self, stage: Stage, step: int) -> None:
+  def warmstart_step(self, stage: Stage, step: int) -> dict | None:
     """SFT on library items: proposals for topics, their code, answers about their pictures."""
     c, run = self.config, self.run
     rng = np.random.default_rng(run.seed(stage.name, step))
     items = library.sample_items(rng, c.warmstart.batch_size, kinds=tuple(c.mmzero.kinds))
     style, backend = c.mmzero.style, c.mmzero.backend
-    pairs = []
-    for k in run.share(len(items)):
-      if stage.role == "proposer":
-        text, target = tasks.proposer_sft_pair(items[k], style=style)
-        pairs.append((run.prompt(text), target))
-      elif stage.role == "coder":
-        text, target = tasks.coder_sft_pair(items[k], backend, style)
-        pairs.append((run.prompt(text), target))
-      else:
+
+    def pair(k):   # (prompt, target)
+      if stage.role == "solver":
         text, target = tasks.solver_sft_pair(items[k], ("easy", "hard")[k % 2], style)
-        pairs.append((run.prompt(text, [library.render_trusted(items[k].svg)]), target))
-    metrics = self.roles[stage.role].sft([p for p, _ in pairs],
-                                         [run.completion(t) for _, t in pairs])
-    if metrics is not None:
-      run.log(metrics, prefix=f"warmstart/{stage.role}")
+        return run.prompt(text, [library.render_trusted(items[k].svg)]), target
+      text, target = (tasks.proposer_sft_pair(items[k], style=style) if stage.role == "proposer"
+                      else tasks.coder_sft_pair(items[k], backend, style))
+      return run.prompt(text), target
+
+    pairs = run.owned(len(items), pair).values()
+    return self.roles[stage.role].sft([p for p, _ in pairs],
+                                      [run.completion(t) for _, t in pairs])
 
   # -- Proposer phase ------------------------------------------------------------
 
   def proposer_step(self, stage: Stage, step: int) -> None:
     m, run = self.config.mmzero, self.run
     seed = run.seed(stage.name, step)
-    topics, samples, proposals = self._propose(self.roles["proposer"], m.proposer_prompts,
+    samples, proposals, topics = self._propose(self.roles["proposer"], m.proposer_prompts,
                                                m.proposer_group, seed)
     if not samples.total_rows:
       return
-    parsed = [i for i, p in enumerate(proposals) if p is not None]
-    renders = self._draw(run.frozen["coder"], [proposals[i] for i in parsed],
-                         [samples.row_id(i) for i in parsed], m.coder_samples,
+    by_id = {samples.id_of(r): p for r, p in proposals.items()}
+    renders = self._draw(run.frozen["coder"], by_id, m.coder_samples,
                          run.seed(stage.name, step, "coder"))
-    flat = [(i, k, r) for i, rs in zip(parsed, renders) for k, r in enumerate(rs)]
-    self._answer(run.frozen["solver"], [r for *_, r in flat],
-                 [samples.row_id(i) * m.coder_samples + k for i, k, _ in flat],
-                 [(proposals[i].easy_question, proposals[i].hard_question) for i, *_ in flat],
+    self._answer(run.frozen["solver"], {i * m.coder_samples + k: (rd, by_id[i])
+                                        for i, rs in renders.items() for k, rd in enumerate(rs)},
                  m.solver_samples, run.seed(stage.name, step, "solver"))
-    outcomes = {i: [self._outcome(r, proposals[i]) for r in rs] for i, rs in zip(parsed, renders)}
+    outcomes = {r: [self._outcome(rd, p) for rd in renders[samples.id_of(r)]]
+                for r, p in proposals.items()}
     # The rewards span the batch (diversity clusters, content-type shares).
     batch = samples.gather([(t, [dataclasses.astuple(o) for o in outcomes.get(r, [])])
                             for r, t in enumerate(samples.texts)])
     batch_outcomes = [[rewards.RenderOutcome(*o) for o in os_] for _, os_ in batch]
+    r = self.config.reward.proposer
     with run.timer("rewards"):
-      r = self.config.reward.proposer
       rs = rewards.proposer_rewards(
           [t for t, _ in batch], batch_outcomes, unparseable_reward=r.unparseable,
           solvability_cap=r.solvability_cap, easy_threshold=r.easy_threshold,
@@ -283,53 +277,49 @@ class MmZero(runner.Recipe):
       self.curve_inputs[k].append(metrics[k])
     run.log(metrics, prefix="proposer")
     run.log_counts()
-    for i, rlist in zip(parsed, renders):
-      shown = [r for r in rlist if r.rendered]
+    for r, p in proposals.items():
+      shown = [x for x in renders[samples.id_of(r)] if x.rendered]
       if shown:
-        run.add_card(stage, f"step{step:05d}_row{samples.row_id(i):04d}",
-                     lambda i=i, shown=shown, rlist=rlist: {
+        run.add_card(stage, f"step{step:05d}_row{samples.id_of(r):04d}",
+                     lambda r=r, p=p, shown=shown: {
             "images": {f"render {k}": x.image for k, x in enumerate(shown)},
-            "topic": tasks.TOPICS[topics[i]],
-            "proposal": {f: getattr(proposals[i], f) for f in tasks.PROPOSAL_TAGS},
-            "code": shown[0].code,
-            "easy answers": [str(a) for a in shown[0].easy_answers],
+            "topic": tasks.TOPICS[topics[samples.prompt_of(r)]],
+            "proposal": {f: getattr(p, f) for f in tasks.PROPOSAL_TAGS},
+            "code": shown[0].code, "easy answers": [str(a) for a in shown[0].easy_answers],
             "hard answers": [str(a) for a in shown[0].hard_answers],
             "hard majority": str(rewards.consistency(shown[0].hard_answers)[1]),
-            "render reasons": [x.reason for x in rlist], "reply": samples.texts[i]})
+            "render reasons": [x.reason for x in renders[samples.id_of(r)]],
+            "reply": samples.texts[r]})
 
   # -- Coder phase -----------------------------------------------------------------
 
-  def _build_coder_data(self, stage: Stage) -> list[dict]:
+  def _build_coder_data(self, stage: Stage) -> dict[int, dict | None]:
     """Proposer_i's proposals whose render success over N Coder samples is in the band."""
     m, run = self.config.mmzero, self.run
-    seed = run.seed(stage.name, "data")
-    _, samples, proposals = self._propose(run.frozen["proposer"], m.coder_pool, 1, seed)
-    parsed = [r for r, p in enumerate(proposals) if p is not None]
-    renders = self._draw(run.frozen["coder"], [proposals[r] for r in parsed],
-                         [samples.row_id(r) for r in parsed], m.coder_samples,
+    samples, proposals, _ = self._propose(run.frozen["proposer"], m.coder_pool, 1,
+                                          run.seed(stage.name, "data"))
+    by_id = {samples.id_of(r): p for r, p in proposals.items()}
+    renders = self._draw(run.frozen["coder"], by_id, m.coder_samples,
                          run.seed(stage.name, "data", "coder"))
-    records = []
-    for r, rs in zip(parsed, renders):
-      kept, rate = in_coder_band(rs, m.coder_band)
-      records.append(kept and {f: getattr(proposals[r], f) for f in tasks.PROPOSAL_TAGS}
-                     | {"render_rate": rate})
-    everyone = samples.select(parsed).gather(records)
-    keep = [rec for rec in everyone if rec]
-    run.log({"pool": len(everyone), "kept": len(keep)}, prefix="coder_data")
-    self.curve_inputs["coder_data"].append(float(len(keep)))
-    return keep
+    data = {}
+    for i, p in by_id.items():
+      kept, rate = in_coder_band(renders[i], m.coder_band)
+      data[i] = ({f: getattr(p, f) for f in tasks.PROPOSAL_TAGS} | {"render_rate": rate}
+                 if kept else None)
+    return data
 
   def coder_step(self, stage: Stage, step: int) -> None:
     m, run = self.config.mmzero, self.run
     recs = self.coder_data.for_step(stage, step)
+    if step == 0:
+      self.curve_inputs["coder_data"].append(float(len(self.coder_data.records)))
     if recs is None:
       return
-    proposals = [_proposal(r) for r in recs]
-    seed = run.seed(stage.name, step)
+    proposals = {i: _proposal(rec) for i, rec in recs.items()}
     coder = self.roles["coder"]
-    samples = coder.generate([run.prompt(tasks.coder_prompt(p, m.backend, m.style))
-                              for p in proposals], m.coder_group, seed,
-                             ids=list(run.share(m.coder_prompts)))
+    samples = coder.generate({i: run.prompt(tasks.coder_prompt(p, m.backend, m.style))
+                              for i, p in proposals.items()}, m.coder_group,
+                             run.seed(stage.name, step))
     if not samples.total_rows:
       return
     futures = [self.pool.submit(tasks.render_job(t, m.backend)) for t in samples.texts]
@@ -337,14 +327,13 @@ class MmZero(runner.Recipe):
                for t, result in zip(samples.texts, run.sandbox_results(futures))]
     # The published Coder phase serves its "Solver" from the Coder's checkpoint.
     scorer = run.frozen["coder" if m.coder_scored_by_coder else "solver"]
-    questions = [(proposals[samples.prompt_of(r)].easy_question,
-                  proposals[samples.prompt_of(r)].hard_question) for r in range(len(renders))]
-    self._answer(scorer, renders, samples.row_ids, questions, m.solver_samples,
+    self._answer(scorer, {samples.id_of(r): (rd, proposals[samples.prompt_of(r)])
+                          for r, rd in enumerate(renders)}, m.solver_samples,
                  run.seed(stage.name, step, "solver"))
     r = self.config.reward.coder
     with run.timer("rewards"):
-      outcomes = [self._outcome(rend, proposals[samples.prompt_of(row)])
-                  for row, rend in enumerate(renders)]
+      outcomes = [self._outcome(rd, proposals[samples.prompt_of(row)])
+                  for row, rd in enumerate(renders)]
       rs = [rewards.coder_reward(t, o.rendered, o.solvability, o.consistency,
                                  no_render_penalty=r.no_render, empty_penalty=r.empty,
                                  non_svg_penalty=r.non_svg, floor=r.floor)
@@ -356,35 +345,29 @@ class MmZero(runner.Recipe):
 
   # -- Solver phase ----------------------------------------------------------------
 
-  def _build_solver_data(self, stage: Stage) -> list[dict]:
+  def _build_solver_data(self, stage: Stage) -> dict[int, dict | None]:
     """Proposer_i's proposals, one render by Coder_i, answered by Solver_{i-1}; the band."""
     m, run = self.config.mmzero, self.run
-    seed = run.seed(stage.name, "data")
-    _, samples, proposals = self._propose(run.frozen["proposer"], m.solver_pool, 1, seed)
-    rows = [r for r, p in enumerate(proposals) if p is not None]
-    parsed, ids = [proposals[r] for r in rows], [samples.row_id(r) for r in rows]
-    renders = [rs[0] if rs else Render("", None, "dropped")
-               for rs in self._draw(run.frozen["coder"], parsed, ids, 1,
-                                    run.seed(stage.name, "data", "coder"))]
-    self._answer(run.frozen["solver"], renders, ids,
-                 [(p.easy_question, p.hard_question) for p in parsed], m.solver_select_samples,
-                 run.seed(stage.name, "data", "solver"))
-    records = []
-    for p, r in zip(parsed, renders):
-      kept, silver, easy_c, hard_c = solver_item(r, m.solver_easy_min, m.solver_hard_band)
-      records.append((r.rendered, kept and {
-          "question": p.hard_question, "code": r.code, "silver": silver,
-          "easy_consistency": easy_c, "hard_consistency": hard_c}))
-    everyone = samples.select(rows).gather(records)
-    keep = [rec for _, rec in everyone if rec]
-    run.log({"pool": len(everyone), "rendered": sum(x[0] for x in everyone),
-             "kept": len(keep)}, prefix="solver_data")
-    return keep
+    samples, proposals, _ = self._propose(run.frozen["proposer"], m.solver_pool, 1,
+                                          run.seed(stage.name, "data"))
+    by_id = {samples.id_of(r): p for r, p in proposals.items()}
+    renders = {i: rs[0] if rs else Render("", None, "dropped") for i, rs in self._draw(
+        run.frozen["coder"], by_id, 1, run.seed(stage.name, "data", "coder")).items()}
+    self._answer(run.frozen["solver"], {i: (renders[i], p) for i, p in by_id.items()},
+                 m.solver_select_samples, run.seed(stage.name, "data", "solver"))
+    run.counts["solver_data/rendered"] += sum(r.rendered for r in renders.values())
+    data = {}
+    for i, p in by_id.items():
+      kept, silver, easy_c, hard_c = solver_item(renders[i], m.solver_easy_min,
+                                                 m.solver_hard_band)
+      data[i] = {"question": p.hard_question, "code": renders[i].code, "silver": silver,
+                 "easy_consistency": easy_c, "hard_consistency": hard_c} if kept else None
+    return data
 
-  def _rerender(self, recs: list[dict]):
+  def _rerender(self, recs: dict[int, dict]):
     """Submits the stored codes of Solver items again (renders are deterministic)."""
     job = sandbox_lib.SvgJob if self.config.mmzero.backend == "svg" else sandbox_lib.PlotJob
-    return recs, [self.pool.submit(job(r["code"])) for r in recs]
+    return recs, {i: self.pool.submit(job(r["code"])) for i, r in recs.items()}
 
   def solver_step(self, stage: Stage, step: int) -> None:
     m, run = self.config.mmzero, self.run
@@ -392,18 +375,17 @@ class MmZero(runner.Recipe):
     if work is None:
       return
     recs, futures = work
-    renders = [_render(rec["code"], res) for rec, res in zip(recs, run.sandbox_results(futures))]
-    items = [(rec, r, i) for rec, r, i in zip(recs, renders, run.share(m.solver_prompts))
-             if r.rendered]
+    renders = {i: _render(recs[i]["code"], result)
+               for i, result in zip(futures, run.sandbox_results(list(futures.values())))}
     samples = self.roles["solver"].generate(
-        [run.prompt(tasks.solver_prompt(rec["question"], m.style), [Image.fromarray(r.image)])
-         for rec, r, _ in items], m.solver_group, run.seed(stage.name, step),
-        ids=[i for *_, i in items])
+        {i: run.prompt(tasks.solver_prompt(recs[i]["question"], m.style),
+                       [Image.fromarray(r.image)]) for i, r in renders.items() if r.rendered},
+        m.solver_group, run.seed(stage.name, step))
     if not samples.total_rows:
       return
+    w = self.config.reward.solver
     with run.timer("rewards"):
-      w = self.config.reward.solver
-      rs = [rewards.solver_reward(t, items[samples.prompt_of(row)][0]["silver"],
+      rs = [rewards.solver_reward(t, recs[samples.prompt_of(row)]["silver"],
                                   w_accuracy=w.accuracy, w_format=w.format)
             for row, t in enumerate(samples.texts)]
     run.log(self.roles["solver"].update(samples, samples.gather_rewards(rs)), prefix="solver")
@@ -415,27 +397,22 @@ class MmZero(runner.Recipe):
     m, run = self.config.mmzero, self.run
     items = library.sample_items(np.random.default_rng(run.seed("heldout")), m.heldout_items,
                                  split="heldout", kinds=tuple(m.kinds))
-    mine = list(run.share(len(items)))   # this process's items
-    renders = self._draw(self.roles["coder"], [tasks.proposal_of(items[j]) for j in mine], mine,
-                         m.heldout_coder_samples, run.seed("eval", "coder"))
-    prompts, golds, ids = [], [], []
-    for j in mine:
-      image = library.render_trusted(items[j].svg)
+    renders = self._draw(self.roles["coder"], run.owned(len(items), lambda j: tasks.proposal_of(
+        items[j])), m.heldout_coder_samples, run.seed("eval", "coder"))
+    golds = {}
+    for j in renders:
       for q, question in enumerate((items[j].easy, items[j].hard)):
-        prompts.append(run.prompt(tasks.solver_prompt(question.question, m.style), [image]))
-        golds.append(question.answer)
-        ids.append(2 * j + q)
-    samples = self.roles["solver"].generate(prompts, 1, seed=0, greedy=True, ids=ids)
-    correct = samples.gather([answers.answers_equal(answers.extract_boxed(t) or "",
-                                                    golds[samples.prompt_of(r)])
-                              for r, t in enumerate(samples.texts)])
-    _, proposer, proposals = self._propose(self.roles["proposer"], len(self.topics), 2,
+        golds[2 * j + q] = (run.prompt(tasks.solver_prompt(question.question, m.style),
+                                       [library.render_trusted(items[j].svg)]), question.answer)
+    samples = self.roles["solver"].generate({i: p for i, (p, _) in golds.items()}, 1, seed=0,
+                                            greedy=True)
+    proposer, proposals, _ = self._propose(self.roles["proposer"], len(self.topics), 2,
                                            run.seed("eval", "proposer"))
-    rendered = run.gather([r.rendered for rs in renders for r in rs])
-    parsed = proposer.gather([p is not None for p in proposals])
-    return {"proposer_parse_rate": float(np.mean(parsed)) if parsed else 0.0,
-            "coder_render_success": float(np.mean(rendered)) if rendered else 0.0,
-            "solver_accuracy": float(np.mean(correct)) if correct else 0.0,
+    return {"proposer_parse_rate": run.mean([r in proposals for r in range(len(proposer))]),
+            "coder_render_success": run.mean([r.rendered for rs in renders.values() for r in rs]),
+            "solver_accuracy": run.mean([answers.answers_equal(
+                answers.extract_boxed(t) or "", golds[samples.prompt_of(r)][1])
+                for r, t in enumerate(samples.texts)]),
             "items": len(items)}
 
   def end_stage(self, stage: Stage) -> None:

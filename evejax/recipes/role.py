@@ -29,7 +29,7 @@ works on one piece while the device samples the next.
 
 Several processes: every method takes and returns this process's rows (its
 prompts, its completions) and every process calls it in step. Rows are
-numbered alike on any number of processes (`Samples.row_id`); what spans the
+numbered alike on any number of processes (`Samples.id_of`); what spans the
 batch is decided from rows gathered in that order (`Samples.gather`), and
 `update` takes the rewards of the whole batch, in that order.
 """
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -68,11 +68,12 @@ class Samples:
   """Completions of a `generate` call, rows prompt-major and group-minor.
 
   Only prompts that fit are sampled: `kept[j]` is the index (into the prompts
-  given) of the j-th sampled prompt, and row r belongs to kept[r // group].
-  `ids[j]` is that prompt's id over every process (`generate`'s `ids`, else
-  its place in the call), and `row_id(r) = ids[r // group] * group + r % group`
-  numbers rows as one process would: `gather` returns every process's rows
-  in that order, `mine` takes this process's rows back out of such a list.
+  given; with a dict of prompts, the key) of the j-th sampled prompt, and row
+  r belongs to kept[r // group]. `prompt_ids[j]` is that prompt's id over every
+  process (the key, `generate`'s `ids`, else its place in the call), and
+  `id_of(r) = prompt_ids[r // group] * group + r % group` numbers rows as one
+  process would: `gather` returns every process's rows in that order, `mine`
+  takes this process's rows back out of such a list.
   With several processes these are this process's rows; `total_rows` counts
   every process's (decide "nothing was sampled" from it, never from len).
   """
@@ -83,14 +84,14 @@ class Samples:
   logprobs: list[np.ndarray]        # per row, the sampler's log-prob of each token
   texts: list[str]                  # per row, decoded without special tokens
   total_rows: int | None = None     # rows over every process (None: len(self))
-  ids: list[int] | None = None      # per sampled prompt, its id (None: `kept`)
+  prompt_ids: list[int] | None = None   # per sampled prompt, its id (None: `kept`)
   _places: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
   def __post_init__(self):
     if self.total_rows is None:
       self.total_rows = len(self.tokens)
-    if self.ids is None:
-      self.ids = list(self.kept)
+    if self.prompt_ids is None:
+      self.prompt_ids = list(self.kept)
 
   def __len__(self) -> int:
     return len(self.tokens)
@@ -99,13 +100,18 @@ class Samples:
     """Index into the prompts given to generate of the prompt of `row`."""
     return self.kept[row // self.group]
 
-  def row_id(self, row: int) -> int:
+  def id_of(self, row: int) -> int:
     """`row`'s number over every process: its prompt's id times group, plus its member."""
-    return int(self.ids[row // self.group]) * self.group + row % self.group
+    return int(self.prompt_ids[row // self.group]) * self.group + row % self.group
+
+  def ids_of(self, rows: Sequence[int] | None = None) -> list[int]:
+    """The ids of `rows` (default: every row of this process)."""
+    return [self.id_of(r) for r in (range(len(self.tokens)) if rows is None else rows)]
 
   @property
-  def row_ids(self) -> list[int]:
-    return [self.row_id(r) for r in range(len(self.tokens))]
+  def batch_ids(self) -> list[int]:
+    """Every process's row ids, in order: the batch's rows as `gather` lists them."""
+    return sorted(distributed.gather_rows(self.ids_of()))
 
   @property
   def row_prompts(self) -> list[batching.Example]:
@@ -115,7 +121,7 @@ class Samples:
 
   def gather(self, per_row: Sequence[Any]) -> list[Any]:
     """Every process's `per_row` values (JSON-able), in row-id order."""
-    return distributed.gather_by_id(self.row_ids, per_row)
+    return distributed.gather_by_id(self.ids_of(), per_row)
 
   def gather_rewards(self, rewards: Sequence[Reward]) -> list[Reward]:
     """Every process's rows' rewards (JSON-able parts), in row-id order."""
@@ -131,9 +137,8 @@ class Samples:
   def _batch_places(self) -> np.ndarray:
     """Each of this process's rows' place in the batch's row-id order."""
     if self._places is None:
-      everyone = sorted(distributed.gather_rows(self.row_ids))
-      place = {i: k for k, i in enumerate(everyone)}
-      self._places = np.asarray([place[i] for i in self.row_ids], np.int64)
+      place = {i: k for k, i in enumerate(self.batch_ids)}
+      self._places = np.asarray([place[i] for i in self.ids_of()], np.int64)
     return self._places
 
   def _places_order(self) -> np.ndarray:
@@ -148,7 +153,7 @@ class Samples:
         prompts=[self.prompts[r // self.group] for r in rows],
         tokens=[self.tokens[r] for r in rows], logprobs=[self.logprobs[r] for r in rows],
         texts=[self.texts[r] for r in rows], total_rows=distributed.total(len(rows)),
-        ids=[self.row_id(r) for r in rows])
+        prompt_ids=self.ids_of(rows))
 
   @classmethod
   def concat(cls, parts: Sequence["Samples"]) -> "Samples":
@@ -161,7 +166,7 @@ class Samples:
                logprobs=[x for p in parts for x in p.logprobs],
                texts=[x for p in parts for x in p.texts],
                total_rows=sum(p.total_rows for p in parts),
-               ids=[i for p in parts for i in p.ids])
+               prompt_ids=[i for p in parts for i in p.prompt_ids])
 
 
 def reward_metrics(rewards: Sequence[Reward | float]) -> dict[str, float]:
@@ -381,18 +386,24 @@ class Role:
 
   # -- sampling --------------------------------------------------------------
 
-  def generate(self, prompts: Sequence[batching.Example], group: int, seed: int, *,
-               greedy: bool = False, ids: Sequence[int] | None = None, chunks: int = 1,
+  def generate(self, prompts: Sequence[batching.Example] | Mapping[int, batching.Example],
+               group: int, seed: int, *, greedy: bool = False,
+               ids: Sequence[int] | None = None, chunks: int = 1,
                on_chunk: Callable[[Samples], None] | None = None) -> Samples:
     """`group` completions of each prompt that fits; the others are counted drops.
 
-    `ids` number the prompts over every process (distinct; default: process
-    order): a row's randomness is a function of (seed, its row id), so a run
-    gives the same rows on any number of processes when callers give the same
-    ids. `chunks` > 1 samples this process's prompts in that many pieces (every
-    process the same number) and calls `on_chunk` with each piece's Samples as
-    it is done; the return value holds every piece's rows.
+    `prompts`: this process's prompts, a list (numbered by `ids`, distinct over
+    every process; default: process order) or a dict {id: prompt} (as
+    `Run.owned` builds). A row's randomness is a function of (seed, its id), so
+    a run gives the same rows on any number of processes when callers give the
+    same ids. `chunks` > 1 samples this process's prompts in that many pieces
+    (every process the same number) and calls `on_chunk` with each piece's
+    Samples as it is done; the return value holds every piece's rows.
     """
+    if isinstance(prompts, Mapping):
+      keys, ids, prompts = list(prompts), list(prompts), list(prompts.values())
+    else:
+      keys = list(range(len(prompts)))
     kept = [i for i, p in enumerate(prompts) if self.fits(p)]
     dropped = len(prompts) - len(kept)
     if dropped:
@@ -402,6 +413,7 @@ class Role:
     parts = []
     for piece in pieces:
       part = self._generate(prompts, [int(i) for i in piece], group, seed, greedy, all_ids)
+      part.kept = [keys[i] for i in part.kept]
       parts.append(part)
       if on_chunk is not None and part.total_rows:
         on_chunk(part)
@@ -412,13 +424,14 @@ class Role:
     ids = [int(all_ids[i]) for i in kept]
     total = distributed.total(len(chosen))
     if not total:
-      return Samples(kept, group, [], [], [], [], total_rows=0, ids=ids)
+      return Samples(kept, group, [], [], [], [], total_rows=0, prompt_ids=ids)
     toks, lps = self.replies(self, chosen, group, seed, greedy, np.asarray(ids, np.int64))
     run = self.run
     run.counts[f"{self.name}/completion_with_vision_token"] += sum(
         rollouts.has_vision_tokens(run.model_config, t) for t in toks)
     texts = run.tokenizer.decode_batch(toks, skip_special_tokens=True) if toks else []
-    return Samples(kept, group, chosen, toks, lps, texts, total_rows=total * group, ids=ids)
+    return Samples(kept, group, chosen, toks, lps, texts, total_rows=total * group,
+                   prompt_ids=ids)
 
   # -- learning --------------------------------------------------------------
 

@@ -87,6 +87,12 @@ def stable_seed(*parts: Any) -> int:
   return int.from_bytes(h.digest()[:4], "little") & 0x7FFFFFFF
 
 
+def warmstart_optimizer(lr: float, schedule: str, steps: int, warmup_steps: int) -> dict:
+  """`config.train.optimizer` overrides of a warm start whose schedule spans its `steps`."""
+  return dict(lr=lr, schedule=schedule, total_steps=max(steps, 1),
+              warmup_steps=min(warmup_steps, max(steps - 1, 0)))
+
+
 @dataclasses.dataclass(frozen=True)
 class RoleSpec:
   """A role a recipe plays: sampling with `config.sampling.<sampling or name>`,
@@ -111,28 +117,43 @@ class RoleSpec:
 class PhaseData:
   """The records a phase trains on, in the run's host state.
 
-  Built by `build(stage)` at the phase's first step (an empty list skips every
-  step, counted as `<role>/no_data_steps`); step s takes records
-  (s * per_step + i) mod len for i in this process's share of `per_step`;
-  `prepare(records)` turns them into the step's work (e.g. sandbox futures)
-  and runs one step ahead, while the device works on the current step.
+  Built by `build(stage)` at the phase's first step: a list that every process
+  holds alike, or this process's candidates {id: record, or None when it is
+  not kept}, gathered into every process's kept records in id order (and
+  logged as `<name>/pool` and `<name>/kept`). No records skip every step,
+  counted as `<role>/no_data_steps`. Step s takes records {i: records[(s *
+  per_step + i) mod len]} for i in this process's share of `per_step`;
+  `prepare(records)` turns them into the step's work (e.g. sandbox futures) and
+  runs one step ahead, while the device works on the current step.
   """
 
-  def __init__(self, run: "Run", per_step: int, build: Callable[[Stage], list],
-               prepare: Callable[[list], Any] | None = None):
-    self.run, self.per_step = run, int(per_step)
+  def __init__(self, run: "Run", name: str, per_step: int,
+               build: Callable[[Stage], list | dict],
+               prepare: Callable[[dict[int, Any]], Any] | None = None):
+    self.run, self.name, self.per_step = run, name, int(per_step)
     self.build, self.prepare = build, prepare or (lambda records: records)
     self.records: list = []
     self._ahead: tuple[int, Any] | None = None
 
-  def _records(self, step: int) -> list:
+  def _build(self, stage: Stage) -> list:
+    built = self.build(stage)
+    if not isinstance(built, Mapping):
+      return list(built)
+    pool = distributed.gather_by_id(list(built), list(built.values()))
+    kept = [r for r in pool if r]
+    self.run.log({"pool": len(pool), "kept": len(kept)}, prefix=self.name)
+    return kept
+
+  def _records(self, step: int) -> dict[int, Any]:
     n = self.per_step
-    return [self.records[(step * n + i) % len(self.records)] for i in self.run.share(n)]
+    return {i: self.records[(step * n + i) % len(self.records)] for i in distributed.share(n)}
 
   def for_step(self, stage: Stage, step: int) -> Any | None:
     """The step's prepared work, or None when the phase has no data."""
     if step == 0:
-      self.records = self.build(stage)
+      self.records = self._build(stage)
+      if not self.records:
+        logging.warning("%s: no %s; its steps are skipped.", stage.name, self.name)
     if not self.records:
       self.run.counts[f"{stage.role}/no_data_steps"] += 1
       return None
@@ -230,6 +251,10 @@ class Run:
     """The items of range(n) this process owns (a contiguous block; all with one)."""
     return distributed.share(n)
 
+  def owned(self, n: int, build: Callable[[int], Any]) -> dict[int, Any]:
+    """{i: build(i)} for the items i of a step's n that this process owns."""
+    return {i: build(i) for i in distributed.share(n)}
+
   def gather(self, rows) -> list:
     """Every process's JSON-able rows, in process order (blocks of `share`, in order)."""
     return distributed.gather_rows(rows)
@@ -277,10 +302,10 @@ class Run:
         self.counts[f"sandbox/{r.reason}"] += 1
     return results
 
-  def phase_data(self, name: str, per_step: int, build: Callable[[Stage], list],
-                 prepare: Callable[[list], Any] | None = None) -> PhaseData:
+  def phase_data(self, name: str, per_step: int, build: Callable[[Stage], list | dict],
+                 prepare: Callable[[dict[int, Any]], Any] | None = None) -> PhaseData:
     """A phase's data (see `PhaseData`), saved in checkpoints under `name`."""
-    self.phases[name] = PhaseData(self, per_step, build, prepare)
+    self.phases[name] = PhaseData(self, name, per_step, build, prepare)
     return self.phases[name]
 
   # -- seeds, prompts, metrics, galleries -------------------------------------
@@ -388,7 +413,11 @@ class Recipe:
     raise NotImplementedError
 
   def step(self, stage: Stage, step: int) -> dict | None:
-    """Runs step `step` of `stage` by calling `self.<stage.kind>_step`."""
+    """Runs step `step` of `stage` by calling `self.<stage.kind>_step`.
+
+    An evaluation step returns its numbers (recorded and logged as `eval/...`),
+    a warm-start step its SFT metrics (logged as `<kind>/<role>/...`), if any.
+    """
     fn = getattr(self, f"{stage.kind}_step", None)
     if fn is None:
       raise NotImplementedError(f"{type(self).__name__} has no {stage.kind}_step for "
@@ -580,6 +609,8 @@ class Runner:
           result = self.recipe.step(stage, step)
           if not stage.trains and result is not None:
             self._record_evaluation(index, result)
+          elif stage.optimizer == "sft" and result is not None:
+            run.log(result, prefix=f"{stage.kind}/{stage.role}")
           self._log_memory()
           run.cursor = (index, step + 1)
           if stage.trains:

@@ -90,3 +90,22 @@ def proposer_reward(replies: Sequence[str], *, mu: float = 0.9,
   value = math.exp(-((h - mu) ** 2) / (2.0 * sigma ** 2))
   return Reward(value, "ok" if replies else "no_solver_samples",
                 {"entropy": h})
+
+
+def majority_rewards(replies: Sequence[str], tag: str = "answer") -> list[Reward]:
+  """The paper's baseline: 1 for an answer equal to the group's majority, else 0."""
+  normed = [extract_answer(r, tag) for r in replies]
+  top = collections.Counter(a for a in normed if a).most_common(1)
+  majority = top[0][0] if top else None
+  return [Reward(float(bool(a) and a == majority), "ok" if a else "no_answer", {"answer": a})
+          for a in normed]
+
+
+def answer_statistics(replies: Sequence[str], tag: str = "answer") -> dict[str, float]:
+  """How far a question's N answers agree: the mean share of an answer, whether all
+  agree, how many distinct ones, their entropy, and the share with no answer."""
+  normed = [extract_answer(r, tag) for r in replies]
+  return {"consistency": float(sum(answer_shares(normed)) / max(len(normed), 1)),
+          "unanimous": float(len(set(normed)) == 1), "distinct_answers": float(len(set(normed))),
+          "entropy": answer_entropy(normed),
+          "no_answer": float(sum(not a for a in normed) / max(len(normed), 1))}
