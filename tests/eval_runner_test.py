@@ -53,7 +53,7 @@ def eval_config(**overrides):
   return config
 
 
-def write_tiny_hf_checkpoint(out_dir: str) -> str:
+def write_tiny_hf_checkpoint(out_dir: str, seed: int = 7) -> str:
   """A random tiny Qwen2.5-VL written by transformers, with evejax's built-in tokenizer.
 
   Its weights have O(1) activations (hf_parity's), so greedy replies differ
@@ -62,7 +62,7 @@ def write_tiny_hf_checkpoint(out_dir: str) -> str:
   from evejax.tools import hf_parity  # pylint: disable=g-import-not-at-top
   from evejax.processing import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   # Untied embeddings: with tied ones every greedy reply at this size is a run of newlines.
-  hf_parity.make_tiny_hf_checkpoint(out_dir, seed=7, vocab=2048, tie=False)
+  hf_parity.make_tiny_hf_checkpoint(out_dir, seed=seed, vocab=2048, tie=False)
   tok = tokenizer_lib.builtin_tokenizer()
   with open(os.path.join(out_dir, "config.json")) as f:
     cfg = json.load(f)

@@ -102,7 +102,7 @@ class LocalJudge:
                                                       loaded.params)
     self.max_new_tokens = int(max_new_tokens)
     self.sampler = Sampler(loaded.model_config, mesh=loaded.mesh, rules=loaded.rules,
-                           length_buckets=tuple(length_buckets), patch_buckets=(),
+                           length_buckets=tuple(length_buckets), patch_buckets=(0,),
                            batch_buckets=tuple(batch_buckets),
                            max_cache=max(length_buckets) + self.max_new_tokens,
                            prompt_pad_id=loaded.tokenizer.pad_id)
