@@ -9,7 +9,6 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 
 from absl.testing import absltest
 import numpy as np
@@ -46,11 +45,7 @@ class JudgedEvaluationTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
-    cls.data = os.path.join(cls.tmp, "data")
-    os.makedirs(cls.data)
-    runner_test.write_mmstar(os.path.join(cls.data, "MMStar.tsv"))
-    cls.hf_dir = runner_test.write_tiny_hf_checkpoint(os.path.join(cls.tmp, "tiny_hf"))
+    cls.tmp, cls.data, cls.hf_dir = runner_test.workspace()
     cls.judge_dir = runner_test.write_tiny_hf_checkpoint(os.path.join(cls.tmp, "judge_hf"),
                                                          seed=11)
     cls.config = runner_test.eval_config(**{

@@ -108,16 +108,21 @@ def read_rows(out_dir: str) -> dict[str, dict]:
                                                               runner.RESULTS_FILE))}
 
 
+def workspace() -> tuple[str, str, str]:
+  """(a temporary folder, its data dir holding MMStar.tsv, a tiny HF checkpoint in it)."""
+  tmp = tempfile.mkdtemp()
+  data = os.path.join(tmp, "data")
+  os.makedirs(data)
+  write_mmstar(os.path.join(data, "MMStar.tsv"))
+  return tmp, data, write_tiny_hf_checkpoint(os.path.join(tmp, "tiny_hf"))
+
+
 class EvalRunnerTest(absltest.TestCase):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
-    cls.data = os.path.join(cls.tmp, "data")
-    os.makedirs(cls.data)
-    write_mmstar(os.path.join(cls.data, "MMStar.tsv"))
-    cls.hf_dir = write_tiny_hf_checkpoint(os.path.join(cls.tmp, "tiny_hf"))
+    cls.tmp, cls.data, cls.hf_dir = workspace()
     cls.config = eval_config(**{"eval.data_dir": cls.data, "mesh.devices": 1,
                                 "eval.chunk_size": 4, "init.hf_dir": cls.hf_dir})
     cls.out = os.path.join(cls.tmp, "one_device")
