@@ -3,9 +3,10 @@
 tests/eval_corpus.json holds replies (refusals, several letters, option text for
 a letter, units, percent, commas, truncated and empty replies, the quirks of
 each rule) with the verdict the reference's own code gave each (its `_source`
-says which code, which version, which function). Every case must agree: a
-departure from a reference is a documented decision (profiles.DEPARTURES),
-and none of them is a rule verdict.
+says which code, which version, which function). Every case must agree. The
+departures from a reference are documented decisions (profiles.DEPARTURES);
+the one that touches a rule's output, MMMU's seeded random pick, is compared
+as what it is: undecided.
 """
 import collections
 import json
