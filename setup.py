@@ -51,5 +51,10 @@ setuptools.setup(
         ],
         # Source images from any TFDS dataset by name (array_record, no TensorFlow).
         "tfds": ["tensorflow-datasets>=4.9", "array-record>=0.5"],
+        # `python -m lmms_eval --model evejax` (evejax/eval/lmms_plugin.py). lmms-eval 0.7.3
+        # imports filelock._api, gone in filelock 4; its wandb pin needs protobuf < 7 (README).
+        "lmms": ["lmms-eval==0.7.3", "filelock<4"],
     },
+    # lmms-eval finds its `--model evejax` here.
+    entry_points={"lmms_eval.models": ["evejax = evejax.eval.lmms_plugin:manifests"]},
 )

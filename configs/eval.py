@@ -11,12 +11,15 @@ Presets: a benchmark (mathvista, mmstar, hallusion, chartqa, ai2d, mmmu) with th
 of the paper that reported it, a profile (eve, evolmm, mmzero) with its paper's
 benchmarks, and `tiny` (the random tiny model on small buckets, for tests). Any value
 can be overridden: --config.eval.profile=mmzero --config.eval.limit=100.
+A judge model for what the rules leave undecided (the papers used an LLM):
+  --config.eval.judge.hf_dir=/models/Qwen2.5-VL-7B-Instruct
 Files are local: eval.data_dir/<Name>.tsv (VLMEvalKit), <Name>/ or <Name>.parquet
 (HF datasets), or <Name>.jsonl + images; a missing one fails before the model loads.
 """
 import ml_collections
 
 from evejax import config_utils as cu
+from evejax.eval import judge as judge_lib
 
 # The benchmarks each paper reports, among those scored by rules (reference/EVALUATION.md).
 PAPER_BENCHMARKS = {
@@ -57,8 +60,10 @@ def _base() -> ml_collections.ConfigDict:
       chunk_size=64,           # items per generate call (and per resume unit)
       max_new_tokens=0,        # 0 = the profile's (per benchmark)
       min_pixels=0, max_pixels=0,  # 0 = the profile's
-      judge="",                # "pkg.mod:fn" re-grading what the rules left undecided
   ))
+  # The judge of what the rules leave undecided (every item under mmzero):
+  # judge.hf_dir = a local checkpoint evejax loads; judge.fn = 'pkg.mod:fn' instead.
+  c.eval.judge = judge_lib.config_block()
   c.log = ml_collections.ConfigDict(dict(progress=True))
   return c
 

@@ -53,7 +53,7 @@ def eval_config(**overrides):
   return config
 
 
-def write_tiny_hf_checkpoint(out_dir: str) -> str:
+def write_tiny_hf_checkpoint(out_dir: str, seed: int = 7) -> str:
   """A random tiny Qwen2.5-VL written by transformers, with evejax's built-in tokenizer.
 
   Its weights have O(1) activations (hf_parity's), so greedy replies differ
@@ -62,7 +62,7 @@ def write_tiny_hf_checkpoint(out_dir: str) -> str:
   from evejax.tools import hf_parity  # pylint: disable=g-import-not-at-top
   from evejax.processing import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   # Untied embeddings: with tied ones every greedy reply at this size is a run of newlines.
-  hf_parity.make_tiny_hf_checkpoint(out_dir, seed=7, vocab=2048, tie=False)
+  hf_parity.make_tiny_hf_checkpoint(out_dir, seed=seed, vocab=2048, tie=False)
   tok = tokenizer_lib.builtin_tokenizer()
   with open(os.path.join(out_dir, "config.json")) as f:
     cfg = json.load(f)
@@ -108,16 +108,21 @@ def read_rows(out_dir: str) -> dict[str, dict]:
                                                               runner.RESULTS_FILE))}
 
 
+def workspace() -> tuple[str, str, str]:
+  """(a temporary folder, its data dir holding MMStar.tsv, a tiny HF checkpoint in it)."""
+  tmp = tempfile.mkdtemp()
+  data = os.path.join(tmp, "data")
+  os.makedirs(data)
+  write_mmstar(os.path.join(data, "MMStar.tsv"))
+  return tmp, data, write_tiny_hf_checkpoint(os.path.join(tmp, "tiny_hf"))
+
+
 class EvalRunnerTest(absltest.TestCase):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
-    cls.data = os.path.join(cls.tmp, "data")
-    os.makedirs(cls.data)
-    write_mmstar(os.path.join(cls.data, "MMStar.tsv"))
-    cls.hf_dir = write_tiny_hf_checkpoint(os.path.join(cls.tmp, "tiny_hf"))
+    cls.tmp, cls.data, cls.hf_dir = workspace()
     cls.config = eval_config(**{"eval.data_dir": cls.data, "mesh.devices": 1,
                                 "eval.chunk_size": 4, "init.hf_dir": cls.hf_dir})
     cls.out = os.path.join(cls.tmp, "one_device")

@@ -38,15 +38,26 @@ def main(argv, config):
   cli.run(config, _WORKDIR.value)
 
 
+def _check_judge_override(overrides) -> None:
+  """`--config.eval.judge=pkg:fn` (a string before the judge became a block): one clear error."""
+  for o in overrides:
+    if o.split("=", 1)[0] == "eval.judge":
+      raise config_utils.ConfigError(
+          "eval.judge is a block: name a judge model with --config.eval.judge.hf_dir=DIR, or a "
+          f"Python callable with --config.eval.judge.fn={o.split('=', 1)[-1]}")
+
+
 def _run():
-  from evejax.eval import readers, restore, runner  # pylint: disable=g-import-not-at-top
+  from evejax.eval import judge, readers, restore, runner  # pylint: disable=g-import-not-at-top
   from evejax import loading  # pylint: disable=g-import-not-at-top
-  user_errors = (readers.DataError, restore.RestoreError, runner.EvalError, loading.SetupError)
+  user_errors = (readers.DataError, restore.RestoreError, runner.EvalError, loading.SetupError,
+                 judge.JudgeError)
   spec, overrides, rest = config_utils.split_overrides(sys.argv)
   try:
     if spec is None:
       raise config_utils.ConfigError(
           "--config is required, e.g. --config configs/eval.py:mmstar")
+    _check_judge_override(overrides)
     config = config_utils.load_config(spec, overrides)
     config.lock()
     app.run(lambda argv: main(argv, config), argv=rest)

@@ -14,12 +14,13 @@ Each benchmark of `eval.benchmarks` is read from `eval.data_dir` (nothing is
 downloaded), sampled with `eval.profile` through one `Sampler` built from
 `processing` (the buckets and batching training uses) on `mesh`, and written
 to WORKDIR/<benchmark>/ (runner.py). WORKDIR/summary.json and summary.md hold
-all of them.
+all of them. `eval.judge.hf_dir` adds a judge model (judge.py) on the same
+mesh for what the rules leave undecided; the summaries then hold the
+rule-only and the judged scores side by side.
 """
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import os
 from typing import Any
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 from evejax import parallel
 from evejax.eval import benchmarks as benchmarks_lib
 from evejax.eval import evaluator as evaluator_lib
+from evejax.eval import judge as judge_lib
 from evejax.eval import profiles as profiles_lib
 from evejax.eval import readers
 from evejax.eval import report
@@ -42,23 +44,6 @@ from evejax.rl import learner as learner_lib
 from evejax.sampling import Sampler
 
 from evejax import loading
-
-
-def resolve_judge(path: str):
-  """The judge callable named by eval.judge ('pkg.module:function'), or None."""
-  if not path:
-    return None
-  module_name, _, attr = path.partition(":")
-  if not attr:
-    module_name, _, attr = path.rpartition(".")
-  try:
-    fn = getattr(importlib.import_module(module_name), attr)
-  except (ImportError, AttributeError, ValueError) as e:
-    raise runner.EvalError(f"eval.judge={path!r} cannot be imported ({e}); write it as "
-                           "'package.module:function'.") from None
-  if not callable(fn):
-    raise runner.EvalError(f"eval.judge={path!r} is not callable.")
-  return fn
 
 
 def _with_run_model(config, run_dir: str):
@@ -149,8 +134,9 @@ def run(config, workdir: str) -> list[dict[str, Any]]:
                            f"{len(benches)}; evaluate one benchmark, or use eval.data_dir.")
   # Every file is located before the model loads: a missing one fails in a second.
   files = [readers.locate(e.data_dir, b.stems, e.path) for b in benches]
-  judge = resolve_judge(e.judge)
+  judge_lib.check(config)   # an unusable judge block fails before the model loads
   loaded, model_info = load(config)
+  judge = judge_lib.from_config(config)
   family = profiles_lib.model_family(loaded.model_config)
   budget = max(profile.settings(family, b.name, max_new_tokens=e.max_new_tokens).max_new_tokens
                for b in benches)

@@ -20,10 +20,19 @@ aspect ratio over 200), `prompt_too_long` (tokens or patches over the largest
 bucket: never truncated), `no_options` (a multiple-choice benchmark item
 without options).
 
-A result row: id, prompt, reply, extracted (what the rule read), gold, score,
+The benchmark is scored by the reference rule of the profile's harness
+(scoring.py); with a judge (judge.py), the items the rule leaves undecided
+(every item, under MM-Zero) are re-graded by it, in one batched judge call
+per `run`.
+
+A result row: id, prompt, reply, answer (the profile's reading of the reply),
+extracted (what the rule read), gold, rule (which reference rule), rule_score,
+score (the judged score where a judge re-graded the item, else rule_score),
 decided (False when the rule fell back), category, subcategory, reason and
-detail (failures), judged (re-graded by the judge hook), group
-(HallusionBench's set/figure/question ids).
+detail (failures), group (HallusionBench's set/figure/question ids); judged
+items add judged, judge (which model, standing in for which reference
+judge), judge_output and judge_extracted; an item whose judge prompt did not
+fit the judge's buckets has judge_skipped.
 """
 from __future__ import annotations
 
@@ -35,13 +44,16 @@ import numpy as np
 
 from evejax.eval import benchmarks as benchmarks_lib
 from evejax.eval import graders
+from evejax.eval import judge as judge_lib
 from evejax.eval import profiles as profiles_lib
+from evejax.eval import scoring
 from evejax.eval.records import Item, Skipped
 from evejax.processing import batching
 from evejax.processing import images as images_lib
 from evejax.processing import prompts
 from evejax.sampling import SamplingParams
 
+# A judge: judge.LocalJudge, judge.CallableJudge, or a plain callable
 # judge(item, reply, grade) -> a score in [0, 1], or None to keep the rule's.
 Judge = Callable[[Item, str, graders.Grade], "float | None"]
 
@@ -69,9 +81,9 @@ def _message(error: Exception) -> str:
 
 def failure_row(item_id: str, reason: str, detail: str = "", *, prompt: str = "",
                 gold: str = "", category: str = "", subcategory: str = "") -> dict[str, Any]:
-  return {"id": item_id, "prompt": prompt, "reply": "", "extracted": "", "gold": gold,
-          "score": 0.0, "decided": True, "category": category, "subcategory": subcategory,
-          "reason": reason, "detail": detail}
+  return {"id": item_id, "prompt": prompt, "reply": "", "answer": "", "extracted": "",
+          "gold": gold, "rule_score": 0.0, "score": 0.0, "decided": True, "category": category,
+          "subcategory": subcategory, "reason": reason, "detail": detail}
 
 
 class Evaluator:
@@ -85,12 +97,13 @@ class Evaluator:
     sampler: an `evejax.sampling.Sampler` (its buckets bound the prompts).
     max_new_tokens, min_pixels, max_pixels: overrides of the profile's values
       (0 keeps the profile's).
-    judge: optional callable re-grading what the rule could not decide.
+    judge: optional judge (judge.LocalJudge, judge.CallableJudge or a callable)
+      re-grading what the rule could not decide.
   """
 
   def __init__(self, benchmark, profile, *, model_config, tokenizer, sampler,
                max_new_tokens: int = 0, min_pixels: int = 0, max_pixels: int = 0,
-               judge: Judge | None = None):
+               judge: Any = None):
     self.benchmark = (benchmarks_lib.get_benchmark(benchmark) if isinstance(benchmark, str)
                       else benchmark)
     self.profile = profiles_lib.get_profile(profile) if isinstance(profile, str) else profile
@@ -111,11 +124,20 @@ class Evaluator:
         max_new_tokens=s.max_new_tokens, greedy=s.greedy,
         temperature=s.temperature if not s.greedy else 1.0, top_k=s.top_k, top_p=s.top_p,
         group_size=1, eos_ids=tuple(tokenizer.stop_ids), pad_id=tokenizer.pad_id)
+    self.scorer = scoring.scorer_for(self.benchmark.name, self.profile.harness,
+                                     self.benchmark.harness)
+    if judge is not None and not hasattr(judge, "describe"):
+      judge = judge_lib.CallableJudge(judge, getattr(judge, "__name__", "callable"))
     self.judge = judge
 
   def describe(self) -> dict[str, Any]:
-    """The profile with the values used: written into every summary."""
-    return self.profile.describe(self.family, self.settings)
+    """The profile with the values used, the rule and the judge: in every summary."""
+    out = self.profile.describe(self.family, self.settings)
+    out["rule"] = self.scorer.name
+    out["judge"] = None if self.judge is None else {
+        **self.judge.describe(), "stands_in_for": self.scorer.judge_label or None,
+        "scope": "every item" if self.scorer.judge_all else "items the rule leaves undecided"}
+    return out
 
   # ------------------------------------------------------------------ host
   def prepare_one(self, item: Item) -> Prepared:
@@ -166,33 +188,67 @@ class Evaluator:
 
   # ----------------------------------------------------------------- grade
   def grade(self, p: Prepared, reply: str | None) -> dict[str, Any]:
+    """The rule's row of one item (no judge yet)."""
     item = p.item
     if p.failure is not None or reply is None:
       failure = p.failure or Skipped(item.id, "not_sampled")
       row = failure_row(item.id, failure.reason, failure.detail, prompt=p.prompt,
                         gold=item.answer, category=item.category, subcategory=item.subcategory)
     else:
-      extracted = self.profile.answer(reply)
-      g = self.benchmark.grade(extracted, item)
-      row = {"id": item.id, "prompt": p.prompt, "reply": reply, "extracted": g.extracted,
-             "gold": item.answer, "score": float(g.score), "decided": bool(g.decided),
+      answer = self.profile.answer(reply, self.family)
+      g = self.scorer.rule(answer, item)
+      row = {"id": item.id, "prompt": p.prompt, "reply": reply, "answer": answer,
+             "extracted": g.extracted, "gold": item.answer, "rule": self.scorer.name,
+             "rule_score": float(g.score), "score": float(g.score), "decided": bool(g.decided),
              "category": item.category, "subcategory": item.subcategory, "reason": ""}
-      if self.judge is not None and not g.decided:
-        judged = self.judge(item, reply, g)
-        if judged is not None:
-          row["score"], row["judged"] = float(judged), True
     if self.benchmark.name == "hallusion":
       ids = graders.hallusion_ids(item.id, item.extra)
       if ids is not None:
         row["group"] = list(ids)
     return row
 
+  def _needs_judge(self, row: dict[str, Any]) -> bool:
+    if row["reason"] or self.judge is None:
+      return False
+    if isinstance(self.judge, judge_lib.CallableJudge):
+      return not row["decided"]
+    return self.scorer.needs_judge(graders.Grade(row["extracted"], row["score"], row["decided"]))
+
+  def judge_rows(self, prepared: Sequence[Prepared], rows: list[dict[str, Any]],
+                 seed: int = 0) -> None:
+    """Re-grades, in place, the rows the judge is due to see (one batched judge call)."""
+    due = [k for k, row in enumerate(rows) if self._needs_judge(row)]
+    if not due:
+      return
+    if isinstance(self.judge, judge_lib.CallableJudge):
+      for k in due:
+        row = rows[k]
+        score = self.judge.fn(prepared[k].item, row["reply"],
+                              graders.Grade(row["extracted"], row["score"], row["decided"]))
+        if score is not None:
+          row.update(score=float(score), judged=True, judge=self.judge.name)
+      return
+    requests = [self.scorer.ask_judge(prepared[k].item, rows[k]["prompt"], rows[k]["answer"],
+                                      rows[k]["reply"]) for k in due]
+    outputs = self.judge.complete(requests, seed)
+    label = self.judge.name + (f" (for {self.scorer.judge_label})" if self.scorer.judge_label
+                               else "")
+    for k, output in zip(due, outputs):
+      if output is None:
+        rows[k]["judge_skipped"] = "prompt_too_long"
+        continue
+      verdict = self.scorer.read_judge(prepared[k].item, output)
+      rows[k].update(score=float(verdict.score), judged=True, judge=label,
+                     judge_output=output, judge_extracted=verdict.extracted)
+
   def run(self, params, prepared: Sequence[Prepared], seed: int = 0) -> list[dict[str, Any]]:
-    """Samples every askable item in one `generate` call and grades all of them."""
+    """Samples every askable item in one `generate` call, grades, then judges."""
     replies = self.sample(params, prepared, seed)
-    return [self.grade(p, r) for p, r in zip(prepared, replies)]
+    rows = [self.grade(p, r) for p, r in zip(prepared, replies)]
+    self.judge_rows(prepared, rows, seed)
+    return rows
 
   def evaluate(self, params, items: Sequence[Item], seed: int = 0) -> dict[str, Any]:
     """prepare + run + summarise: the summary dict (score, per category, counts)."""
     rows = self.run(params, self.prepare(items), seed)
-    return benchmarks_lib.summarise(self.benchmark, rows)
+    return benchmarks_lib.summarise(self.benchmark, rows, judged=self.judge is not None)

@@ -157,7 +157,7 @@ def evaluate_benchmark(evaluator: evaluator_lib.Evaluator, params, loaded: reade
 
   order = [s.id for s in skipped] + [it.id for it in items]
   rows = [done[i] for i in order if i in done]
-  summary = benchmarks_lib.summarise(bench, rows)
+  summary = benchmarks_lib.summarise(bench, rows, judged=evaluator.judge is not None)
   summary.update({
       "profile": evaluator.describe(), "model": model or {},
       "data": {"path": os.path.abspath(loaded.path), "format": loaded.format,
