@@ -97,7 +97,7 @@ class Samples:
     return len(self.tokens)
 
   def prompt_of(self, row: int) -> int:
-    """Index into the prompts given to generate of the prompt of `row`."""
+    """Which prompt given to generate `row` answers: its index (with a dict, its key)."""
     return self.kept[row // self.group]
 
   def id_of(self, row: int) -> int:
