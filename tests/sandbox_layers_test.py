@@ -8,6 +8,9 @@ the pool must say which layers are missing, and nothing may be left behind.
 import os
 import secrets
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -188,6 +191,32 @@ class RlimitsOnlyTest(absltest.TestCase):
     res = run(self.pool, LEFTOVER)
     self.assertTrue(res.ok, res.detail)
     self.assertEqual(descendants(self.pool), [2])  # zygote and its spare
+
+
+class FailedPrivateRootTest(absltest.TestCase):
+  """A private root that cannot be built leaves nothing in the jobs directory."""
+
+  def test_mount_point_is_discarded(self):
+    jobs_root = tempfile.mkdtemp()
+    self.addCleanup(os.rmdir, jobs_root)
+    script = f"""
+import os, sys
+from evejax.sandbox import jail
+jail.unshare(jail.CLONE_NEWNS)
+root = os.path.join({jobs_root!r}, "root")
+os.mkdir(root)
+jail.mount(None, "/", None, jail.MS_REC | jail.MS_PRIVATE)
+jail.mount("tmpfs", root, "tmpfs", 0, "size=1m")
+open(os.path.join(root, "half-built"), "w").close()
+jail.discard_mount_point(root)
+print(sorted(os.listdir({jobs_root!r})))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, check=False)
+    if "Operation not permitted" in proc.stderr:
+      self.skipTest("no mount namespace here")
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    self.assertEqual(proc.stdout.strip(), "[]")
 
 
 if __name__ == "__main__":

@@ -144,6 +144,19 @@ def mount(src: str | None, target: str, fstype: str | None, flags: int,
          f"mount {src or fstype} on {target}")
 
 
+MNT_DETACH = 2
+
+
+def discard_mount_point(path: str) -> None:
+  """Best effort: detach whatever a failed `build_private_root` mounted on
+  `path` (in this mount namespace only) and remove the empty directory."""
+  _libc.umount2(path.encode(), MNT_DETACH)
+  try:
+    os.rmdir(path)
+  except OSError:
+    pass
+
+
 def python_ro_paths() -> list[str]:
   """Directories holding this interpreter, its stdlib and installed packages.
 

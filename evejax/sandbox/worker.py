@@ -139,6 +139,7 @@ class Zygote:
           self.jobs_root = "/tmp"
           layers.private_root = True
         except OSError as e:
+          jail.discard_mount_point(root)  # jobs_root holds job dirs only
           layers.warnings.append(
               f"private root unavailable ({e}): jobs see the host filesystem "
               "(read access limited only by file permissions)")
