@@ -15,3 +15,11 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(os.path.expanduser("~"), ".cache", "evejax", "xla-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+
+
+def pytest_configure(config):
+  # `pytest -m "not slow"` is the fast tier (under 10 minutes on 2 cores): every
+  # module's behaviour and every recipe's wiring and exact resume through scripted
+  # roles. The slow tier adds the learning claims of end-to-end runs, the sandbox
+  # soak, the notebooks and the torch parity suites.
+  config.addinivalue_line("markers", "slow: long runs; deselect with -m 'not slow'")
