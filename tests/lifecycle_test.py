@@ -80,6 +80,21 @@ class PreemptionTest(absltest.TestCase):
       self.assertIsNone(off.due(7))
     self.assertEqual(lifecycle.from_config(None).watchdog.timeout_s, 3600.0)
 
+  def test_every_process_stops_at_the_same_unit_and_jax_keeps_sigterm_where_it_runs(self):
+    preemption = lifecycle.Preemption()
+    with mock.patch.object(lifecycle.distributed, "is_multiprocess", return_value=True), \
+         mock.patch.object(lifecycle.distributed, "allgather",
+                           side_effect=lambda x: [None, x, "SIGTERM"]) as gather:
+      self.assertEqual(preemption.due(4), "SIGTERM")   # another process was signalled
+      self.assertEqual(gather.call_args.args, (None,))
+    with mock.patch.object(lifecycle, "_jax_preemption_service", return_value=True):
+      preemption.install()
+      try:
+        self.assertIsNot(signal.getsignal(signal.SIGTERM), preemption._on_signal)   # pylint: disable=protected-access
+        self.assertEqual(signal.getsignal(signal.SIGINT), preemption._on_signal)   # pylint: disable=protected-access
+      finally:
+        preemption.uninstall()
+
 
 class WatchdogTest(absltest.TestCase):
 

@@ -52,6 +52,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
@@ -732,7 +733,7 @@ def run_recipe(recipe_cls: type[Recipe], config, workdir: str, **kwargs) -> dict
     with Runner(recipe_cls, config, workdir, **kwargs) as runner:
       return runner.run_schedule()
   except lifecycle.Preempted as e:
-    command = " ".join(sys.orig_argv) if "evejax.main" in " ".join(sys.orig_argv) else ""
+    command = shlex.join(sys.orig_argv) if "evejax.main" in sys.orig_argv else ""
     print(f"evejax: {e}" + (f"\n  {command}" if command else ""), file=sys.stderr, flush=True)
     return {"preempted": e.reason, "unit": e.unit}
   except STOPPING_ERRORS as e:
