@@ -23,6 +23,7 @@ from unittest import mock
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import pytest  # noqa: E402
 from absl.testing import absltest  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
@@ -282,6 +283,7 @@ def _hf_config(hf_dir: str) -> ml_collections.ConfigDict:
   return c
 
 
+@pytest.mark.slow   # about 9 s: a tiny checkpoint written and loaded 7 times
 class HfDirectoryTest(absltest.TestCase):
 
   @classmethod

@@ -16,6 +16,7 @@ from unittest import mock
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import pytest  # noqa: E402
 from absl.testing import absltest  # noqa: E402
 import psutil  # noqa: E402
 
@@ -59,6 +60,7 @@ def kill_during_jobs(pool, times: int, into_job_s: float = 0.7) -> threading.Thr
 
 class WorkerKilledFromOutsideTest(absltest.TestCase):
 
+  @pytest.mark.slow   # about 6 s
   def test_the_job_is_retried_on_a_new_worker_and_the_death_counted(self):
     src = source_image()
     with SandboxPool(SandboxConfig(**FAST)) as pool:

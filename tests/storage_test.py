@@ -13,6 +13,7 @@ from unittest import mock
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 
+import pytest  # noqa: E402
 from absl.testing import absltest  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -111,6 +112,7 @@ class MetricsOnAFullDiskTest(absltest.TestCase):
     with open(path) as f:
       self.assertLen(f.read().splitlines(), 2)
 
+  @pytest.mark.slow   # about 6 s
   def test_tensorboard_refused_on_a_full_disk_and_after_its_thread_died(self):
     root = faults.tmpfs(self, 1024)
     writer = observe.MetricsWriter(root)
