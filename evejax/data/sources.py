@@ -22,10 +22,11 @@ Malformed data. Any image is made RGB: CMYK, 16-bit and float (scaled, not
 clipped to white), palette or grey with transparency (onto white), animated
 (the first frame), EXIF-rotated (upright). An item that cannot be read at all
 (a missing, empty, truncated or non-image file, a decompression bomb, an
-aspect ratio over MAX_ASPECT) is skipped: `item(i)` serves the next readable item in natural order instead,
-resized to the size `size_of(i)` reports (so every process plans alike), logs
-the file once and counts the skip by reason (`skipped`, and `take_skips()`,
-which the recipe runner adds to its counts as `data/skipped_<reason>`). A
+aspect ratio over MAX_ASPECT) is skipped: `item(i)` serves the next readable
+item in natural order instead, resized to the size `size_of(i)` reports (so
+every process plans alike), logs the file once and counts the skip by reason
+(`skipped`, and `take_skips()`, which the recipe runner adds to its counts as
+`data/skipped_<reason>`). A
 manifest's bad lines and a folder's non-image files are skipped and reported
 when the source is built. What cannot go on (a missing folder or manifest, no
 readable item at all, an unknown TFDS dataset) is one `SourceError` naming the
@@ -74,7 +75,7 @@ class SourceError(ValueError):
 
 class ImageReadError(SourceError):
   """One image that cannot be read (`reason`: missing, empty, not_an_image, too_large,
-  unreadable)."""
+  extreme_aspect, unreadable)."""
 
   def __init__(self, message: str, reason: str = "unreadable"):
     super().__init__(message)
