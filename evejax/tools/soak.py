@@ -24,6 +24,8 @@ Phases hold very different transient memory (an EVE Challenger step holds
 its programs' images, a Solver step does not), so RSS is compared at the
 same point of each iteration. A leak shows as a phase slope that stays
 positive, or counts that grow; BENCHMARKS.md ("Soak") has the numbers.
+The report is rewritten after every RL step; SIGTERM or Ctrl-C stops the run
+at the next step boundary (as in any run) with the report of what it measured.
 """
 from __future__ import annotations
 
@@ -92,33 +94,46 @@ def configure(spec: str, overrides: list[str], steps: int):
 
 def soak(config, workdir: str, warmup: int = 20) -> dict[str, Any]:
   """Runs `config`'s recipe in `workdir`, sampling after every RL step; the report."""
+  from evejax import lifecycle  # pylint: disable=g-import-not-at-top
   from evejax import recipes  # pylint: disable=g-import-not-at-top
   from evejax.recipes import runner as runner_lib  # pylint: disable=g-import-not-at-top
   before = snapshot()
   samples: list[dict[str, float]] = []
   t0 = time.perf_counter()
+
+  def report(stopped: str | None = None) -> dict[str, Any]:
+    """Written after every RL step, so a soak cut short still says what it measured."""
+    out = {"recipe": config.recipe, "preset": config.get("preset_name", ""),
+           "wall_s": time.perf_counter() - t0, "before_run": before,
+           "planned_rl_steps": planned, "stopped": stopped, **summarise(samples, warmup)}
+    with open(os.path.join(workdir, "soak.json"), "w") as f:
+      json.dump(out, f, indent=1)
+    return out
+
   with runner_lib.Runner(recipes.resolve(config.recipe), config, workdir) as runner:
-    rl_steps = sum(st.steps for st in runner.schedule.stages if is_rl(st))
+    planned = sum(st.steps for st in runner.schedule.stages if is_rl(st))
     run_step = runner.recipe.step
 
     def step(stage, k):
       out = run_step(stage, k)
       if is_rl(stage):
         samples.append({"rl_step": len(samples) + 1, "stage": stage.name, **snapshot()})
-        print(f"soak: RL step {len(samples)}/{rl_steps} {stage.name} "
-              f"rss {samples[-1]['rss_mib']:.0f} MiB", flush=True)
+        s = samples[-1]
+        print(f"soak: RL step {len(samples)}/{planned} {stage.name} rss {s['rss_mib']:.0f} "
+              f"MiB, fds {s['fds']}, threads {s['threads']}, children {s['children']}",
+              flush=True)
+        report("running")
       return out
 
     runner.recipe.step = step
-    runner.run_schedule()
+    try:
+      runner.run_schedule()
+      stopped = None
+    except lifecycle.Preempted as e:   # SIGTERM / Ctrl-C: report what was measured
+      stopped = e.reason
   if not samples:
     raise SystemExit("soak: the schedule has no RL steps; raise the recipe's iterations.")
-  report = {"recipe": config.recipe, "preset": config.get("preset_name", ""),
-            "wall_s": time.perf_counter() - t0, "before_run": before,
-            **summarise(samples, warmup)}
-  with open(os.path.join(workdir, "soak.json"), "w") as f:
-    json.dump(report, f, indent=1)
-  return report
+  return report(stopped)
 
 
 def summarise(samples: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
@@ -137,6 +152,8 @@ def summarise(samples: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
                                                            [e["rss_mib"] for e in settled])}
   slopes = [p["slope_per_100_steps"] for p in by_phase.values()
             if p["slope_per_100_steps"] is not None]
+  if not samples:
+    return {"rl_steps": 0, "warmup": warmup}
   return {
       "rl_steps": len(samples), "warmup": warmup,
       "rss_mib": {"first": rss[0], "last": rss[-1], "max": max(rss),
@@ -153,7 +170,9 @@ def summary_line(report: dict[str, Any]) -> str:
   fmt = lambda x: "n/a" if x is None else f"{round(x, 1) + 0.0:+.1f}"  # noqa: E731 (no -0.0)
   phases = ", ".join(f"{name} {fmt(p['slope_per_100_steps'])}"
                      for name, p in r["phases"].items())
-  return (f"{report['recipe']} {report['preset']}: {report['rl_steps']} RL steps in "
+  cut = f" (of {report['planned_rl_steps']}, stopped by {report['stopped']})" if report.get(
+      "stopped") else ""
+  return (f"{report['recipe']} {report['preset']}: {report['rl_steps']} RL steps{cut} in "
           f"{report['wall_s'] / 60:.1f} min; RSS {r['first']:.0f} -> {r['last']:.0f} MiB "
           f"(max {r['max']:.0f}); slope per phase end, MiB/100 RL steps: {phases}; fds "
           f"{report['fds']['first']} -> {report['fds']['last']}, threads "
