@@ -15,6 +15,12 @@ renames it), so a run killed mid-save leaves the previous steps intact; a
 damaged latest step (deleted/zeroed files, missing commit marker) is skipped
 with a warning and the previous one is used.
 
+A full disk, an exceeded quota or an unwritable directory is one
+`storage.StorageError` naming the directory, the bytes a save needs (the
+latest checkpoint's size on disk) and the step that stays intact: checked
+before each save on every process together, and recognised in orbax's errors
+when a save fails all the same (from `maybe_save`, `wait` or `close`).
+
 Several processes: every process calls save and restore together on one
 directory they all reach; each writes its own shards of the arrays, process 0
 the JSON items (so those must be the same on every process: the recipe
@@ -25,6 +31,7 @@ HF safetensors import/export is not here: see `evejax.models.hf`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import contextlib
 import json
 import os
 import time
@@ -36,6 +43,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from evejax import distributed
+from evejax import storage
 
 _COMMIT_MARKER = "commit_success.txt"  # written by orbax when a step commits
 _FORMAT = 1
@@ -142,8 +150,12 @@ class Checkpointer:
         # Temporary directories of saves killed mid-write are removed on start.
         cleanup_tmp_directories=True,
     )
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "extra", "meta"))
+    try:
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options, item_names=("state", "extra", "meta"))
+    except OSError as e:
+      raise (storage.from_error(e, self.directory, "checkpoints") or e) from None
+    self._failure: storage.StorageError | None = None   # raised once; close() stays quiet
 
   # --- saving -------------------------------------------------------------
 
@@ -167,13 +179,59 @@ class Checkpointer:
     # Host numpy leaves may be mutated in place by the caller during the write.
     data = jax.tree.map(lambda x: x.copy() if isinstance(x, np.ndarray) else x, data)
     meta = {"format": _FORMAT, "keys": impls, "time": time.time()}
-    saved = self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(data),
-        extra=ocp.args.JsonSave(extra),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    self._check_free(step, data, extra)
+    with self._storage_errors(f"checkpoint step {step}"):
+      saved = self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(data),
+          extra=ocp.args.JsonSave(extra),
+          meta=ocp.args.JsonSave(meta)), force=True)
     if saved:
       logging.info("Checkpoint step %d: saving to %s", step, self.directory)
     return saved
+
+  def committed_steps(self) -> list[int]:
+    """Steps whose directories are complete on disk (without asking orbax)."""
+    try:
+      names = os.listdir(self.directory)
+    except OSError:
+      return []
+    return sorted(int(n) for n in names if n.isdigit()
+                  and os.path.exists(os.path.join(self.directory, n, _COMMIT_MARKER)))
+
+  def _intact(self) -> str:
+    steps = self.committed_steps()
+    return (f"The previous checkpoint (step {steps[-1]}) is intact." if steps
+            else "No earlier checkpoint exists.")
+
+  def _check_free(self, step: int, data: Any, extra: Any) -> None:
+    """Refuses a save that cannot fit, on every process together, before writing."""
+    steps = self.committed_steps()
+    needed = storage.tree_bytes(os.path.join(self.directory, str(steps[-1]))) if steps else 0
+    if not needed:   # the first save: raw bytes, an upper bound (orbax compresses)
+      needed = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(data))
+      needed += len(json.dumps(extra))
+    try:
+      storage.check_free(self.directory, needed, f"checkpoint step {step}", self._intact())
+      problem = None
+    except storage.StorageError as e:
+      problem = str(e)
+    if distributed.is_multiprocess():
+      problem = next((p for p in distributed.allgather(problem) if p), None)
+    if problem:
+      self._failure = storage.StorageError(problem, self.directory, needed)
+      raise self._failure
+
+  @contextlib.contextmanager
+  def _storage_errors(self, what: str):
+    """Turns orbax's failures on a full / unwritable directory into one StorageError."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 -- orbax wraps OS errors in many types.
+      error = storage.from_error(e, self.directory, what, after=self._intact())
+      if error is None:
+        raise
+      self._failure = error
+      raise error from None
 
   # --- restoring ----------------------------------------------------------
 
@@ -290,11 +348,19 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until pending saves are committed (and old ones pruned)."""
-    self._manager.wait_until_finished()
+    with self._storage_errors("a checkpoint (saved in the background)"):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves and closes; after a StorageError was raised, quietly."""
+    reported = self._failure
+    try:
+      self.wait()
+      self._manager.close()
+    except Exception:  # noqa: BLE001
+      if reported is None:
+        raise
+      logging.warning("Checkpointer closed after a failed save: %s", reported)
 
   def __enter__(self) -> "Checkpointer":
     return self

@@ -169,4 +169,15 @@ def sandbox(*, workers: int = 2, timeout_s: float = 10.0) -> ml_collections.Conf
 
 
 def checkpoint(every: int = 10, keep: int = 3) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(every=every, keep=keep, async_save=True))
+  """Checkpoints, and what keeps a run's work when the machine stops (evejax.lifecycle)."""
+  return ml_collections.ConfigDict(dict(
+      every=every,          # schedule units (steps and stage ends) between checkpoints
+      keep=keep,            # newest checkpoints kept
+      async_save=True,      # write in the background while the next unit runs
+      # SIGTERM, SIGINT or a jax preemption notice: finish the unit in flight, save a
+      # checkpoint on every process, exit 0. False: the signal ends the run at once.
+      on_preemption=True,
+      # A unit (step, stage end, save) without progress for this long: log every thread's
+      # stack and where the run is, exit 75. 0 = off. Covers the first step's compiles.
+      watchdog_s=3600.0,
+  ))

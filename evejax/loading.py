@@ -4,9 +4,15 @@
 a local HF checkpoint directory (`init.hf_dir`, read tensor by tensor onto the
 mesh) or a named preset initialised from `config.seed`. Recipes, the evaluator
 and the tools all start here.
+
+A checkpoint directory that cannot be loaded (an architecture evejax does not
+implement, a damaged config.json, a shard listed in the index but missing, a
+truncated safetensors file, tensors that do not match the config, no
+tokenizer.json) is one `SetupError` naming the directory and the fix.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any
@@ -46,7 +52,8 @@ def model_config_from(config) -> presets.ModelConfig:
           f"config.init.hf_dir={config.init.hf_dir!r} has no config.json; point it at a "
           "local Hugging Face Qwen2.5-VL or Qwen3-VL directory (config.json, *.safetensors, "
           "tokenizer.json).")
-    return hf.config_from_hf(config.init.hf_dir).replace(**overrides)
+    with _checkpoint_errors(config.init.hf_dir):
+      return hf.config_from_hf(config.init.hf_dir).replace(**overrides)
   try:
     return presets.get_preset(config.model.preset, **overrides)
   except ValueError as e:
@@ -57,7 +64,8 @@ def tokenizer_from(config) -> tokenizer_lib.Tokenizer:
   path = config.init.tokenizer_dir or config.init.hf_dir
   if not path:
     return tokenizer_lib.builtin_tokenizer()
-  return tokenizer_lib.load_tokenizer(path)
+  with _checkpoint_errors(path):
+    return tokenizer_lib.load_tokenizer(path)
 
 
 def make_mesh(config) -> jax.sharding.Mesh:
@@ -83,9 +91,25 @@ def load_model(config) -> LoadedModel:
                                      shapes_tree=abstract)
   if config.init.hf_dir:
     logging.info("Loading %s onto mesh %s", config.init.hf_dir, dict(mesh.shape))
-    params = hf.load_params(config.init.hf_dir, model_config, shardings=shardings, dtype=dtype)
+    with _checkpoint_errors(config.init.hf_dir):
+      params = hf.load_params(config.init.hf_dir, model_config, shardings=shardings,
+                              dtype=dtype)
   else:
     logging.info("Random init of model preset %r", config.model.preset)
     params = jax.jit(lambda k: vlm.init_params(model_config, k, dtype),
                      out_shardings=shardings)(jax.random.PRNGKey(config.seed))
   return LoadedModel(model_config, tokenizer, mesh, rules, params)
+
+
+@contextlib.contextmanager
+def _checkpoint_errors(path: str):
+  """A checkpoint directory that cannot be read becomes one SetupError naming it."""
+  import safetensors  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except (OSError, ValueError, KeyError, safetensors.SafetensorError) as e:
+    detail = " ".join(str(e).split())
+    raise SetupError(
+        f"cannot load the checkpoint in {path}: {type(e).__name__}: {detail} "
+        "(config.init.hf_dir / init.tokenizer_dir must be a complete local Hugging Face "
+        "Qwen2.5-VL or Qwen3-VL directory: re-download the missing or damaged files).") from None

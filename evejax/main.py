@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 
 from evejax import config_utils
+from evejax import storage
 
 _XLA_CACHE = flags.DEFINE_string(
     "compilation_cache", os.path.join(os.path.expanduser("~"), ".cache", "evejax", "xla"),
@@ -54,11 +55,15 @@ def default_workdir(config) -> str:
 
 
 class _QuietLibraries(logging_lib.Filter):
-  """Drops INFO chatter of checkpointing libraries (orbax logs every save step)."""
+  """Drops INFO chatter of checkpointing libraries (orbax logs every save step), and
+  the tracebacks orbax logs for a full or unwritable disk (evejax reports those in
+  one message: `evejax.storage`)."""
 
   def filter(self, record):
-    return record.levelno >= logging_lib.WARNING or not any(
-        f"/{lib}/" in record.pathname for lib in ("orbax", "etils"))
+    library = any(f"/{lib}/" in record.pathname for lib in ("orbax", "etils"))
+    if library and record.exc_info and storage.from_error(record.exc_info[1], "", "") is not None:
+      record.exc_info, record.exc_text = None, None
+    return record.levelno >= logging_lib.WARNING or not library
 
 
 def main(argv, config):

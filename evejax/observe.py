@@ -3,6 +3,12 @@
 Everything here is host-side and resume-aware: a run resumed from a checkpoint
 at step s truncates metric records after s (they belong to the lost future of
 the killed run) and its progress bar starts at s. Only process 0 writes.
+
+Every file is written so that a full disk or an unwritable workdir is one
+`storage.StorageError` naming the file and leaves no torn record or page:
+JSONL records go out in one write each (cut back if it fails), pages are
+renamed into place, and TensorBoard is refused before its writer thread
+could die on a full disk (after which tensorboardX blocks forever).
 """
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ from absl.logging import converter as absl_converter
 import numpy as np
 from PIL import Image
 import tqdm
+
+from evejax import storage
 
 METRICS_FILE = "metrics.jsonl"
 TEXT_FILE = "text.jsonl"
@@ -75,11 +83,7 @@ def _truncate_jsonl(path: str, last_step: int, position: int | None = None) -> i
     return r.get("step", -1) > last_step
 
   keep = [r for r in records if not after(r)]
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for r in keep:
-      f.write(json.dumps(r) + "\n")
-  os.replace(tmp, path)
+  storage.write_atomic(path, "".join(json.dumps(r) + "\n" for r in keep), "metrics")
   return len(records) - len(keep)
 
 
@@ -137,14 +141,16 @@ class MetricsWriter:
     os.makedirs(workdir, exist_ok=True)
     if jsonl:
       paths = [os.path.join(workdir, METRICS_FILE), os.path.join(workdir, TEXT_FILE)]
+      for p in paths:
+        if storage.drop_torn_tail(p):
+          logging.warning("Dropped a torn last record (a killed write) from %s", p)
       if resume_step is not None:
         for p in paths:
           dropped = _truncate_jsonl(p, resume_step, resume_position)
           if dropped:
             logging.info("Dropped %d records after step %d from %s", dropped, resume_step, p)
-      # Line-buffered: every record reaches the OS as soon as it is written.
-      self._jsonl = open(paths[0], "a", buffering=1)
-      self._text = open(paths[1], "a", buffering=1)
+      # Unbuffered: every record reaches the OS, whole, as soon as it is written.
+      self._jsonl, self._text = _JsonlFile(paths[0]), _JsonlFile(paths[1])
     if tensorboard:
       import tensorboardX  # pylint: disable=g-import-not-at-top
       self._tb = tensorboardX.SummaryWriter(
@@ -166,8 +172,9 @@ class MetricsWriter:
       head = {"step": int(step), "time": time.time()}
       if position is not None:
         head["position"] = int(position)
-      self._jsonl.write(json.dumps({**head, **values}) + "\n")
+      self._jsonl.write({**head, **values})
     if self._tb is not None:
+      self._check_tensorboard()
       for k, v in values.items():
         self._tb.add_scalar(k, v, int(step))
 
@@ -175,6 +182,7 @@ class MetricsWriter:
     """Logs name -> image (uint8 HxWx3, or anything `to_uint8_image` takes)."""
     if not self._active or self._tb is None:
       return
+    self._check_tensorboard()
     for k, img in images.items():
       self._tb.add_image(self._name(k, prefix), to_uint8_image(img)[..., :3], int(step),
                          dataformats="HWC")
@@ -184,16 +192,34 @@ class MetricsWriter:
       return
     texts = {self._name(k, prefix): str(v) for k, v in texts.items()}
     if self._text is not None:
-      self._text.write(json.dumps({"step": int(step), "time": time.time(), **texts}) + "\n")
+      self._text.write({"step": int(step), "time": time.time(), **texts})
     if self._tb is not None:
+      self._check_tensorboard()
       for k, v in texts.items():
         self._tb.add_text(k, v, int(step))
+
+  def _check_tensorboard(self) -> None:
+    """Refuses to queue events where they cannot be written.
+
+    tensorboardX writes from a thread that dies on its first failed write;
+    its bounded queue then blocks the next `add_*` forever. Checked before
+    each record: enough free space for it, and a living writer thread.
+    """
+    logdir = os.path.join(self.workdir, "tb")
+    storage.check_free(logdir, 4096, "TensorBoard events")
+    writer = getattr(getattr(self._tb, "file_writer", None), "event_writer", None)
+    thread = getattr(writer, "_worker", None)
+    if thread is not None and not thread.is_alive():
+      raise storage.StorageError(
+          f"cannot write TensorBoard events to {logdir}: its writer thread stopped on a "
+          f"failed write ({storage.human(storage.free_bytes(logdir))} free). Fix: free space "
+          "there or make it writable (or set config.log.tensorboard=False), then run the "
+          "same command again to resume from the last checkpoint.", logdir)
 
   def flush(self) -> None:
     for f in (self._jsonl, self._text):
       if f is not None:
         f.flush()
-        os.fsync(f.fileno())
     if self._tb is not None:
       self._tb.flush()
 
@@ -213,6 +239,28 @@ class MetricsWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+class _JsonlFile:
+  """An append-only JSONL file: each record reaches the OS in one write, whole or not
+  at all (`storage.append`)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    try:
+      self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise (storage.from_error(e, path, os.path.basename(path)) or e) from None
+
+  def write(self, record: Mapping[str, Any]) -> None:
+    storage.append(self._fd, (json.dumps(record) + "\n").encode(), self.path,
+                   f"a record of {os.path.basename(self.path)}")
+
+  def flush(self) -> None:
+    os.fsync(self._fd)
+
+  def close(self) -> None:
+    os.close(self._fd)
 
 
 class Progress:
@@ -488,7 +536,7 @@ class Gallery:
     parts.append("</div>")
     self._cards[key] = card = "".join(parts)
     if self.cards_dir:
-      _write_atomic(os.path.join(self.cards_dir, key + ".html"), card)
+      storage.write_atomic(os.path.join(self.cards_dir, key + ".html"), card, "a gallery card")
 
   def html(self) -> str:
     title = html.escape(self.title)
@@ -503,16 +551,8 @@ class Gallery:
       if self.directory is None:
         raise ValueError("Gallery.write needs a path (no directory was given).")
       path = os.path.join(self.directory, "gallery.html")
-    _write_atomic(path, self.html())
+    storage.write_atomic(path, self.html(), "the gallery page")
     return path
-
-
-def _write_atomic(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def _fmt(x: Any) -> str:

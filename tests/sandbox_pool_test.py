@@ -332,7 +332,7 @@ class PoolLifecycleTest(absltest.TestCase):
     self.assertEqual({p.pid for p in me.children(recursive=True)}, before)
     self.assertFalse(os.path.exists(tmp))
 
-  def test_dead_worker_is_replaced(self):
+  def test_dead_worker_is_replaced_and_its_job_retried(self):
     with SandboxPool(SandboxConfig(workers=1, grace_s=2.0)) as pool:
       src = source_image()
       launcher = psutil.Process(pool.stats()[0]["launcher_pid"])
@@ -340,9 +340,11 @@ class PoolLifecycleTest(absltest.TestCase):
       time.sleep(1.0)  # the job is running
       launcher.children()[0].kill()  # the zygote
       res = slow.result(timeout=60)
-      self.assertEqual(res.reason, "sandbox_error")
+      self.assertTrue(res.ok, res.detail)   # run again on the new worker
+      self.assertEqual(res.stats["worker_deaths"], 1)
       self.assertTrue(pool.map([EveJob(colored(2), src)])[0].ok)
       self.assertEqual(pool.stats()[0]["restarts"], 1)
+      self.assertEqual(pool.worker_deaths, 1)
 
   def test_a_job_cannot_touch_the_next_spare(self):
     with SandboxPool(SandboxConfig(workers=1)) as pool:

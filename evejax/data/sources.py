@@ -18,6 +18,20 @@ more pixels (decompression bombs); `max_pixels` / `min_pixels` then rescale
 each image, keeping its aspect ratio, into that pixel range (host RAM and image
 tokens per image).
 
+Malformed data. Any image is made RGB: CMYK, 16-bit and float (scaled, not
+clipped to white), palette or grey with transparency (onto white), animated
+(the first frame), EXIF-rotated (upright). An item that cannot be read at all
+(a missing, empty, truncated or non-image file, a decompression bomb, an
+aspect ratio over MAX_ASPECT) is skipped: `item(i)` serves the next readable
+item in natural order instead, resized to the size `size_of(i)` reports (so
+every process plans alike), logs the file once and counts the skip by reason
+(`skipped`, and `take_skips()`, which the recipe runner adds to its counts as
+`data/skipped_<reason>`). A
+manifest's bad lines and a folder's non-image files are skipped and reported
+when the source is built. What cannot go on (a missing folder or manifest, no
+readable item at all, an unknown TFDS dataset) is one `SourceError` naming the
+path and the fix.
+
 Built-in scenes need no files or network: coloured shapes and digits on
 gradient or textured backgrounds, so that edits are visible and questions about
 them answerable. Photos shipped inside installed packages (matplotlib's or
@@ -27,20 +41,25 @@ required.
 from __future__ import annotations
 
 import abc
+import collections
 import colorsys
 import importlib
 import importlib.util
 import json
 import os
 import pathlib
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from absl import logging
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 # Refuse images larger than this before decoding them (decompression bombs).
 DEFAULT_MAX_DECODE_PIXELS = 40_000_000
+# The Qwen-VL image processors refuse images more elongated than this.
+MAX_ASPECT = 200
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Photos in installed packages, by (package, folder inside it, file names).
 _BUNDLED_PHOTOS = (
@@ -50,14 +69,48 @@ _BUNDLED_PHOTOS = (
 )
 
 
-class ImageReadError(ValueError):
-  """An image file that cannot be read, or one that is too large to decode."""
+class SourceError(ValueError):
+  """An image source that cannot serve images; the message names the path and the fix."""
+
+
+class ImageReadError(SourceError):
+  """One image that cannot be read (`reason`: missing, empty, not_an_image, too_large,
+  extreme_aspect, unreadable)."""
+
+  def __init__(self, message: str, reason: str = "unreadable"):
+    super().__init__(message)
+    self.reason = reason
+
+
+# Skipped reads of every source since the last `take_skips()`, by reason.
+_SKIPS: collections.Counter = collections.Counter()
+_SKIPS_LOCK = threading.Lock()
+
+
+def take_skips() -> dict[str, int]:
+  """Items skipped (by reason) since the last call; what a run adds to its counts."""
+  with _SKIPS_LOCK:
+    out = dict(_SKIPS)
+    _SKIPS.clear()
+  return out
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+  """16-bit, 32-bit and float grey as 8-bit grey (PIL's convert would clip them to white)."""
+  a = np.asarray(image, np.float64)
+  if image.mode == "F":
+    a = a * 255.0 if a.size and np.nanmax(a) <= 1.0 else a
+  elif image.mode.startswith("I;16") or (a.size and a.max() > 255):
+    a = a / 257.0
+  return Image.fromarray(np.clip(np.nan_to_num(a), 0, 255).round().astype(np.uint8), "L")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-  """RGB copy of `image`; transparent pixels become white, not black."""
+  """RGB copy of `image`, upright; transparent pixels become white, not black."""
   image = ImageOps.exif_transpose(image)
-  if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+  if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+    image = _to_8bit(image)
+  if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
     rgba = image.convert("RGBA")
     return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
   return image.convert("RGB")
@@ -96,6 +149,11 @@ def cover(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 def read_image(path: str | os.PathLike,
                max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS) -> Image.Image:
   """Reads one image file as RGB; a clear ImageReadError names a bad or huge file."""
+  if not os.path.isfile(path):
+    raise ImageReadError(f"Image {path} does not exist. Fix the path or remove the entry.",
+                         "missing")
+  if os.path.getsize(path) == 0:
+    raise ImageReadError(f"Image {path} is an empty file. Remove it or copy it again.", "empty")
   try:
     with Image.open(path) as im:
       w, h = im.size  # from the header: nothing is decoded yet
@@ -103,12 +161,19 @@ def read_image(path: str | os.PathLike,
         raise ImageReadError(
             f"Image {path} declares {w}x{h} = {w * h} pixels, more than max_decode_pixels="
             f"{max_decode_pixels} (a guard against decompression bombs). Downscale the file, "
-            "or raise max_decode_pixels in the image source config if it is genuine.")
+            "or raise max_decode_pixels in the image source config if it is genuine.",
+            "too_large")
       return to_rgb(im)
   except ImageReadError:
     raise
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise ImageReadError(f"Cannot read image {path}: {e}. Fix or remove the file.") from e
+  except Image.DecompressionBombError as e:
+    raise ImageReadError(f"Image {path}: {e}. Downscale the file.", "too_large") from None
+  except Image.UnidentifiedImageError:
+    raise ImageReadError(f"{path} is not an image PIL can read. Remove it or convert it.",
+                         "not_an_image") from None
+  except Exception as e:  # noqa: BLE001 -- a damaged file fails in many ways inside PIL.
+    raise ImageReadError(f"Cannot read image {path} ({type(e).__name__}: {e}); it is "
+                         "truncated or damaged. Fix or remove the file.") from None
 
 
 # ---------------------------------------------------------------------------
@@ -132,6 +197,8 @@ class ImageSource(abc.ABC):
     self.max_decode_pixels = int(max_decode_pixels)
     self._position = 0
     self._order_cache: tuple[int, np.ndarray] | None = None
+    self.skipped: collections.Counter = collections.Counter()   # by reason
+    self._unreadable: dict[int, ImageReadError] = {}   # this process's failed reads
 
   @abc.abstractmethod
   def __len__(self) -> int:
@@ -141,18 +208,62 @@ class ImageSource(abc.ABC):
   def _read(self, index: int) -> tuple[str, Image.Image]:
     """Item `index` in natural order: its id and image (any mode)."""
 
+  def _item(self, index: int) -> tuple[str, Image.Image]:
+    if index in self._unreadable:
+      raise self._unreadable[index]
+    try:
+      key, image = self._read(index)
+      w, h = image.size
+      if min(w, h) < 1:
+        raise ImageReadError(f"Image {key} is {w}x{h}: it has no pixels.", "empty")
+      if w * h > self.max_decode_pixels:
+        raise ImageReadError(f"Image {key} has {w}x{h} pixels, more than max_decode_pixels="
+                             f"{self.max_decode_pixels}. Raise it in the source config.",
+                             "too_large")
+      if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
+        raise ImageReadError(f"Image {key} is {w}x{h}, more elongated than the image "
+                             f"processors take (aspect ratio {MAX_ASPECT}); crop it.",
+                             "extreme_aspect")
+      return key, fit_pixels(to_rgb(image), self.max_pixels, self.min_pixels)
+    except ImageReadError as e:
+      logging.warning("Skipping an image (counted as data/skipped_%s): %s", e.reason, e)
+      self._unreadable[index] = e
+      raise
+
   def item(self, index: int) -> tuple[str, Image.Image]:
-    """Item `index` in natural order, as RGB, rescaled into [min_pixels, max_pixels]."""
-    key, image = self._read(index)
-    w, h = image.size
-    if w * h > self.max_decode_pixels:
-      raise ImageReadError(f"Image {key} has {w}x{h} pixels, more than max_decode_pixels="
-                           f"{self.max_decode_pixels}. Raise it in the source config.")
-    return key, fit_pixels(to_rgb(image), self.max_pixels, self.min_pixels)
+    """Item `index` in natural order, as RGB, rescaled into [min_pixels, max_pixels].
+
+    An unreadable item is replaced by the next readable one and counted once,
+    by its reason (see the module docstring); a source without any readable
+    item is a SourceError.
+    """
+    return self._serve(index, count=True)
+
+  def _serve(self, index: int, count: bool) -> tuple[str, Image.Image]:
+    n = len(self)
+    for offset in range(n):
+      try:
+        key, image = self._item((index + offset) % n)
+      except ImageReadError as e:
+        if offset == 0 and count:
+          self.skipped[e.reason] += 1
+          with _SKIPS_LOCK:
+            _SKIPS[e.reason] += 1
+        continue
+      size = self.declared_size(index) if offset else None
+      return key, (cover(image, size) if size and size != image.size else image)
+    first = "; ".join(str(e) for e in list(self._unreadable.values())[:3])
+    raise SourceError(f"None of the {n} images of this source can be read ({first}). "
+                      "Fix the files or point the source at readable ones.")
+
+  def declared_size(self, index: int) -> tuple[int, int] | None:
+    """(width, height) `item(index)` will have, told without decoding; None where a
+    source cannot tell it so."""
+    return None
 
   def size_of(self, index: int) -> tuple[int, int]:
     """(width, height) of `item(index)`; sources that can tell it without decoding do."""
-    return self.item(index)[1].size
+    return self.declared_size(index) or self._serve(index, count=False)[1].size
 
   def order(self, epoch: int) -> np.ndarray:
     """The permutation of item indices visited in `epoch`."""
@@ -307,7 +418,7 @@ class BuiltinSource(ImageSource):
   def __len__(self) -> int:
     return self.n + len(self.photos)
 
-  def size_of(self, index: int) -> tuple[int, int]:
+  def declared_size(self, index: int) -> tuple[int, int]:
     return fitted_size(self.size, self.max_pixels, self.min_pixels)   # photos are covered to it
 
   def _read(self, index: int) -> tuple[str, Image.Image]:
@@ -342,7 +453,7 @@ class FileListSource(ImageSource):
     key, path = self.entries[index]
     return key, read_image(path, self.max_decode_pixels)
 
-  def size_of(self, index: int) -> tuple[int, int]:
+  def declared_size(self, index: int) -> tuple[int, int] | None:
     """From the file's header (EXIF rotation included); nothing is decoded."""
     path = self.entries[index][1]
     try:
@@ -351,8 +462,10 @@ class FileListSource(ImageSource):
         # EXIF orientations 5-8 are quarter turns: exif_transpose swaps the sides.
         if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
           w, h = h, w
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-      return super().size_of(index)   # read_image names the problem
+    except Exception:  # noqa: BLE001 -- no readable header: the item names the problem
+      return None
+    if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
+      return None   # skipped when read: its stand-in keeps its own shape
     return fitted_size((w, h), self.max_pixels, self.min_pixels)
 
 
@@ -360,12 +473,19 @@ def folder_images(path: str | os.PathLike, **kw) -> FileListSource:
   """Every image file under `path` (recursively), ids = paths relative to it."""
   root = pathlib.Path(path).expanduser()
   if not root.is_dir():
-    raise ValueError(f"Image folder {root} does not exist or is not a directory.")
-  files = sorted(p for p in root.rglob("*")
-                 if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    raise SourceError(f"Image folder {root} does not exist or is not a directory; set "
+                      "data.path to a folder of images.")
+  every = [p for p in root.rglob("*") if p.is_file()]
+  files = sorted(p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS)
   if not files:
-    raise ValueError(f"Image folder {root} holds no files ending in {IMAGE_EXTENSIONS}.")
-  return FileListSource([(str(p.relative_to(root)), p) for p in files], **kw)
+    raise SourceError(f"Image folder {root} holds no files ending in {IMAGE_EXTENSIONS}.")
+  source = FileListSource([(str(p.relative_to(root)), p) for p in files], **kw)
+  if others := sorted(str(p.relative_to(root)) for p in every if p not in set(files)):
+    source.skipped["not_an_image"] += len(others)
+    logging.warning("Image folder %s: ignoring %d files that are not images by their "
+                    "extension (%s%s)", root, len(others), ", ".join(others[:5]),
+                    ", ..." if len(others) > 5 else "")
+  return source
 
 
 def jsonl_images(path: str | os.PathLike, image_key: str = "image", **kw) -> FileListSource:
@@ -376,22 +496,33 @@ def jsonl_images(path: str | os.PathLike, image_key: str = "image", **kw) -> Fil
   """
   path = pathlib.Path(path).expanduser()
   if not path.is_file():
-    raise ValueError(f"Image list {path} does not exist.")
-  entries = []
-  for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    raise SourceError(f"Image list {path} does not exist; set data.path to a JSONL file "
+                      f'with one {{"{image_key}": "path/to/image.png"}} per line.')
+  entries, bad = [], []
+  text = path.read_bytes().decode("utf-8-sig", errors="replace")
+  for lineno, line in enumerate(text.splitlines(), start=1):
     if not line.strip():
       continue
     try:
       record = json.loads(line)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{lineno} is not valid JSON ({e}).") from e
+      bad.append(f"{path}:{lineno} is not valid JSON ({e})")
+      continue
     if not isinstance(record, dict) or not isinstance(record.get(image_key), str):
-      raise ValueError(f"{path}:{lineno} needs a string field {image_key!r} holding an "
-                       "image path (relative to the JSONL file).")
+      bad.append(f"{path}:{lineno} has no string field {image_key!r} holding an image path")
+      continue
     entries.append((str(record.get("id", record[image_key])), path.parent / record[image_key]))
   if not entries:
-    raise ValueError(f"Image list {path} has no entries.")
-  return FileListSource(entries, **kw)
+    raise SourceError(f"Image list {path} has no usable entries"
+                      + (f" ({'; '.join(bad[:3])})" if bad else "") + f". Each line must be "
+                      f'a JSON object with a string field "{image_key}" (a path relative to '
+                      "the JSONL file).")
+  source = FileListSource(entries, **kw)
+  if bad:
+    source.skipped["bad_manifest_line"] += len(bad)
+    logging.warning("Image list %s: skipping %d bad lines: %s%s", path, len(bad),
+                    "; ".join(bad[:5]), "; ..." if len(bad) > 5 else "")
+  return source
 
 
 # ---------------------------------------------------------------------------
@@ -407,7 +538,7 @@ class TfdsSource(ImageSource):
     try:
       tfds = importlib.import_module("tensorflow_datasets")
     except ImportError as e:
-      raise ImportError(
+      raise SourceError(
           f"Image source kind 'tfds' (dataset {name!r}) needs tensorflow_datasets and "
           "array_record: pip install tensorflow-datasets array-record. TensorFlow itself "
           "is not needed.") from e
@@ -415,9 +546,10 @@ class TfdsSource(ImageSource):
     try:
       self._data = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises many kinds; all mean the same to the user.
-      raise ValueError(
-          f"Cannot open TFDS dataset {name!r} split {split!r} in data_dir={data_dir!r}: {e}. "
-          "Prepare it first (tfds build, with file_format=array_record).") from e
+      raise SourceError(
+          f"Cannot open TFDS dataset {name!r} split {split!r} in data_dir={data_dir!r}: "
+          f"{' '.join(str(e).split())[:400]}. Check data.name and data.split, and prepare "
+          "it first (tfds build, with file_format=array_record).") from None
 
   def __len__(self) -> int:
     return len(self._data)
@@ -425,12 +557,17 @@ class TfdsSource(ImageSource):
   def _read(self, index: int) -> tuple[str, Image.Image]:
     example = self._data[index]
     if self.image_key not in example:
-      raise ValueError(f"TFDS dataset {self.name!r} has no feature {self.image_key!r}; "
-                       f"it has {sorted(example)}. Set image_key in the source config.")
+      raise SourceError(f"TFDS dataset {self.name!r} has no feature {self.image_key!r}; "
+                        f"it has {sorted(example)}. Set image_key in the source config.")
+    key = f"tfds:{self.name}/{self.split}/{index}"
     array = np.asarray(example[self.image_key])
     if array.ndim == 3 and array.shape[-1] == 1:
       array = array[..., 0]
-    return f"tfds:{self.name}/{self.split}/{index}", Image.fromarray(array)
+    try:
+      return key, Image.fromarray(array)
+    except (TypeError, ValueError) as e:
+      raise ImageReadError(f"{key}: an image array of shape {array.shape} and dtype "
+                           f"{array.dtype} ({e}).") from None
 
 
 def tfds_images(name: str, split: str = "train", data_dir: str | None = None, **kw) -> TfdsSource:
@@ -464,11 +601,11 @@ def make_source(cfg: Mapping[str, Any]) -> ImageSource:
   cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
   kind = cfg.pop("kind", None)
   if kind not in _KINDS:
-    raise ValueError(f"Image source kind {kind!r} is unknown; use one of {sorted(_KINDS)}.")
+    raise SourceError(f"Image source kind {kind!r} is unknown; use one of {sorted(_KINDS)}.")
   known = _COMMON_KEYS.union(*_KIND_KEYS.values())
   if unknown := sorted(set(cfg) - known):
-    raise ValueError(f"Image source config has unknown keys {unknown}; valid keys are "
-                     f"{sorted(known)}.")
+    raise SourceError(f"Image source config has unknown keys {unknown}; valid keys are "
+                      f"{sorted(known)}.")
   kw = {k: v for k, v in cfg.items() if k in _COMMON_KEYS | _KIND_KEYS[kind]}
   if kind == "builtin":
     if "num_images" in kw:
@@ -476,9 +613,9 @@ def make_source(cfg: Mapping[str, Any]) -> ImageSource:
     if isinstance(kw.get("size"), int):
       kw["size"] = (kw["size"], kw["size"])
   elif kind in ("folder", "jsonl") and not kw.get("path"):
-    raise ValueError(f"Image source kind {kind!r} needs a path (set data.path).")
+    raise SourceError(f"Image source kind {kind!r} needs a path (set data.path).")
   elif kind == "tfds":
     if not kw.get("name"):
-      raise ValueError("Image source kind 'tfds' needs a dataset name (set data.name).")
+      raise SourceError("Image source kind 'tfds' needs a dataset name (set data.name).")
     kw["data_dir"] = kw.get("data_dir") or None
   return _KINDS[kind](**kw)

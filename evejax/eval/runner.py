@@ -35,6 +35,7 @@ from typing import Any, Sequence
 from absl import logging
 
 from evejax import observe
+from evejax import storage
 from evejax.eval import benchmarks as benchmarks_lib
 from evejax.eval import evaluator as evaluator_lib
 from evejax.eval import readers
@@ -63,16 +64,6 @@ def unique_ids(items: Sequence[Item]) -> list[Item]:
 def chunk_seed(seed: int, benchmark: str, chunk: int) -> int:
   h = hashlib.sha256(json.dumps([seed, benchmark, chunk]).encode()).digest()
   return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
-
-
-def _drop_torn_tail(path: str) -> None:
-  """Cuts a last line without its newline (a killed write), so appends start clean."""
-  if not os.path.exists(path) or os.path.getsize(path) == 0:
-    return
-  with open(path, "rb+") as f:
-    data = f.read()
-    if not data.endswith(b"\n"):
-      f.truncate(data.rfind(b"\n") + 1)
 
 
 def _check_run(out_dir: str, identity: dict[str, Any]) -> None:
@@ -118,7 +109,7 @@ def evaluate_benchmark(evaluator: evaluator_lib.Evaluator, params, loaded: reade
               "num_skipped_rows": len(skipped), "model": model or {}, "seed": seed}
   _check_run(out_dir, identity)
   results_path = os.path.join(out_dir, RESULTS_FILE)
-  _drop_torn_tail(results_path)
+  storage.drop_torn_tail(results_path)   # a row a killed run left half-written
   done = {r["id"]: r for r in observe.read_jsonl(results_path)}
   chunk_size = max(1, int(chunk_size))
   chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]

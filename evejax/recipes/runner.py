@@ -52,6 +52,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -60,10 +62,13 @@ from absl import logging
 
 from evejax import checkpoint as checkpoint_lib
 from evejax import distributed
+from evejax import lifecycle
 from evejax import loading
 from evejax import observe
 from evejax import parallel
 from evejax import sandbox as sandbox_lib
+from evejax import storage
+from evejax.data import sources
 from evejax.eval import restore as restore_lib
 from evejax.eval import validation as validation_lib
 from evejax.models import lora as lora_lib
@@ -271,6 +276,8 @@ class Run:
 
   def sync_counts(self) -> None:
     """Makes `counts` every process's counts summed (each counts its own rows)."""
+    for reason, n in sources.take_skips().items():   # unreadable images, served by stand-ins
+      self.counts[f"data/skipped_{reason}"] += n
     if not distributed.is_multiprocess():
       return
     base = self._counts_everywhere
@@ -300,6 +307,8 @@ class Run:
     for r in results:
       if r is not None and not r.ok:
         self.counts[f"sandbox/{r.reason}"] += 1
+      if r is not None and r.stats.get("worker_deaths"):   # killed from outside, replaced
+        self.counts["sandbox/worker_deaths"] += r.stats["worker_deaths"]
     return results
 
   def phase_data(self, name: str, per_step: int, build: Callable[[Stage], list | dict],
@@ -482,6 +491,7 @@ class Runner:
         os.path.join(workdir, "checkpoints"), save_every=c.checkpoint.every,
         keep=c.checkpoint.keep, async_save=c.checkpoint.async_save)
     self._closed = False
+    self.guard = lifecycle.from_config(c.checkpoint)   # [lifecycle] preemption, watchdog
     restored = self._restore()
     self.run.writer = observe.MetricsWriter(
         workdir, tensorboard=c.log.tensorboard,
@@ -500,9 +510,12 @@ class Runner:
     if self._closed:
       return
     self._closed = True
-    self.ckpt.close()
-    self.recipe.close()
-    self.run.close()
+    try:
+      self.ckpt.close()
+      self.recipe.close()
+      self.run.close()
+    finally:
+      self.guard.stop()   # [lifecycle] after the last save is written
 
   # -- checkpoints -----------------------------------------------------------
 
@@ -568,6 +581,18 @@ class Runner:
     self.ckpt.maybe_save(self.schedule.units_done(self.run.cursor), self._state(),
                          host, force=force)
 
+  def _stop_if_preempted(self, where: str) -> None:
+    """At a unit boundary: after a stop request, a checkpoint here on every process, then
+    `Preempted` (exit 0 through run_recipe)."""
+    unit = self.schedule.units_done(self.run.cursor)
+    reason = self.guard.preemption.due(unit)
+    if reason is None:
+      return
+    self._save(force=True)
+    self.ckpt.wait()
+    logging.warning("%s: checkpoint %d saved after %s; stopping.", reason, unit, where)
+    raise lifecycle.Preempted(reason, unit, where, self.ckpt.directory)
+
   def _check_same_everywhere(self, host: dict[str, Any]) -> None:
     """Stops a multi-process run whose processes' host states differ (process 0's is saved)."""
     if not distributed.is_multiprocess():
@@ -596,6 +621,7 @@ class Runner:
   def run_schedule(self) -> dict[str, Any]:
     """Runs (or resumes) the schedule to its end; returns the summary."""
     run, show = self.run, bool(self.config.log.progress)
+    self.guard.start()   # [lifecycle]
     try:
       while run.cursor[0] < len(self.schedule):
         index, start = run.cursor
@@ -606,6 +632,7 @@ class Runner:
         if show:
           steps = observe.progress(stage.steps, desc=stage.name, initial=start)
         for step in steps:
+          self.guard.beat(f"{stage.name} step {step}", self.schedule.units_done(run.cursor))
           result = self.recipe.step(stage, step)
           if not stage.trains and result is not None:
             self._record_evaluation(index, result)
@@ -616,9 +643,12 @@ class Runner:
           if stage.trains:
             self._validate()
           self._save()
+          self._stop_if_preempted(f"{stage.name} step {step}")   # [lifecycle]
+        self.guard.beat(f"{stage.name} end", self.schedule.units_done(run.cursor))
         self._end_stage(index)
         run.cursor = (index + 1, 0)
         self._save(force=True)
+        self._stop_if_preempted(f"the end of {stage.name}")   # [lifecycle]
       return self._summary()
     finally:
       self.close()
@@ -723,10 +753,24 @@ def _write_config(config, workdir: str, roles: Mapping[str, str]) -> None:
     json.dump(dict(roles), f, indent=2)
 
 
+# What ends a run with one message instead of a traceback: a user's mistake, a
+# full or unwritable disk, a sandbox that cannot replace its workers, unreadable data.
+STOPPING_ERRORS = (loading.SetupError, storage.StorageError, sandbox_lib.SandboxBroken,
+                   sources.SourceError, checkpoint_lib.CheckpointError)
+
+
 def run_recipe(recipe_cls: type[Recipe], config, workdir: str, **kwargs) -> dict[str, Any]:
-  """Runs (or resumes) `recipe_cls` in `workdir`; a user's mistake ends in one message."""
+  """Runs (or resumes) `recipe_cls` in `workdir`; a user's mistake ends in one message.
+
+  A stop request (SIGTERM, SIGINT, a preemption notice) returns after the
+  checkpoint is saved, with {"preempted": reason, "unit": n} (exit 0 from main).
+  """
   try:
     with Runner(recipe_cls, config, workdir, **kwargs) as runner:
       return runner.run_schedule()
-  except loading.SetupError as e:
+  except lifecycle.Preempted as e:
+    command = shlex.join(sys.orig_argv) if "evejax.main" in sys.orig_argv else ""
+    print(f"evejax: {e}" + (f"\n  {command}" if command else ""), file=sys.stderr, flush=True)
+    return {"preempted": e.reason, "unit": e.unit}
+  except STOPPING_ERRORS as e:
     raise SystemExit(f"evejax: {e}") from None

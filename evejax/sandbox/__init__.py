@@ -10,7 +10,7 @@ import importlib
 
 _EXPORTS = {
     "SandboxPool": "pool", "SandboxConfig": "pool",
-    "SandboxUnavailable": "pool", "CheckConfig": "checks",
+    "SandboxUnavailable": "pool", "SandboxBroken": "pool", "CheckConfig": "checks",
     "EveJob": "jobs", "SvgJob": "jobs", "PlotJob": "jobs",
     "JobResult": "jobs", "Reason": "jobs",
 }

@@ -13,6 +13,15 @@ raises in the caller: whatever the program does comes back as a `JobResult`.
 The parent reads each job's result stream straight from the job's pipe into
 one buffer, bounded by `result_mb`, and judges it with `programs.assemble`
 (the host trusts only pixels and exit statuses, never a job's own claims).
+
+Workers that die from outside (the OOM killer, a SIGKILL) while a job runs:
+the slot replaces its worker and runs the job once more on the new one (jobs
+are pure functions of their inputs, so the retry gives the answer the first
+try would have); a second death classifies the job `crashed`. Every death is
+counted (`worker_deaths`, and `stats["worker_deaths"]` on the job's result).
+A worker that cannot be replaced (fork fails, process or memory limits)
+breaks the pool: every job then raises `SandboxBroken`, one message saying
+what failed and what to change, instead of each job failing quietly.
 """
 
 from __future__ import annotations
@@ -139,6 +148,14 @@ class SandboxUnavailable(RuntimeError):
   """A required isolation layer cannot be provided on this machine."""
 
 
+class SandboxBroken(RuntimeError):
+  """The pool cannot start or replace its workers; no job can run any more."""
+
+
+# Attempts (and the pause before each retry) to replace a dead worker.
+_RESTART_BACKOFF_S = (0.0, 0.5, 2.0)
+
+
 def _worker_env() -> dict[str, str]:
   # Nothing of the trainer's environment (tokens, keys) reaches the worker.
   # Absolute paths: the worker runs from "/", so "" (the current directory, as
@@ -205,11 +222,11 @@ class _Slot:
     try:
       msg, _, _ = wire.recv_frame(self.sock, 0)
     except (EOFError, OSError, wire.ProtocolError) as e:
-      raise RuntimeError(f"sandbox worker {self.index} failed to start: "
-                         f"{type(e).__name__}: {e}") from None
+      raise SandboxBroken(f"sandbox worker {self.index} failed to start: "
+                          f"{type(e).__name__}: {e}") from None
     if msg.get("op") != "ready":
-      raise RuntimeError(f"sandbox worker {self.index} failed to start: "
-                         f"{msg.get('error', msg)}")
+      raise SandboxBroken(f"sandbox worker {self.index} failed to start: "
+                          f"{msg.get('error', msg)}")
     self.layers = msg["layers"]
     self.zygote_pid = msg["pid"]
 
@@ -233,6 +250,7 @@ class _Slot:
       self.host_tmp = None
 
   def restart(self, timeout: float) -> None:
+    """Replaces the worker, trying a few times; raises SandboxBroken if it cannot."""
     self.restarts += 1
     if self.proc is not None:
       _kill_tree(self.proc)
@@ -241,8 +259,22 @@ class _Slot:
       self.sock.close()
       self.sock = None
     self.stop()
-    self.launch()
-    self.await_ready(timeout)
+    errors = []
+    for pause in _RESTART_BACKOFF_S:
+      time.sleep(pause)
+      try:
+        self.launch()
+        self.await_ready(timeout)
+        return
+      except (OSError, RuntimeError) as e:  # fork/exec failures, a worker dying at start
+        errors.append(f"{type(e).__name__}: {e}")
+        self.stop()
+    raise SandboxBroken(
+        f"sandbox worker {self.index} died and could not be replaced after "
+        f"{len(errors)} attempts ({errors[-1]}). The machine is out of something a "
+        "worker needs: processes (ulimit -u, the cgroup's pids.max), memory, or space "
+        "in /tmp. Lower config.sandbox.workers or free those, then run the same "
+        "command again to resume from the last checkpoint.")
 
   def stats(self) -> dict:
     self.sock.settimeout(self.config.grace_s)
@@ -397,11 +429,18 @@ class SandboxPool:
                    for i in range(config.workers)]
     self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
     self._closed = False
+    self._broken: SandboxBroken | None = None
+    self.worker_deaths = 0   # workers that died from outside while running a job
     self._lock = threading.Lock()
     self._finalizer = weakref.finalize(self, _emergency_stop, self._slots)
     try:
       for slot in self._slots:
-        slot.launch()
+        try:
+          slot.launch()
+        except OSError as e:   # fork or exec refused: process or memory limits
+          raise SandboxBroken(
+              f"cannot start sandbox worker {slot.index}: {e}. Lower config.sandbox.workers "
+              "or raise the process limit (ulimit -u) and free memory.") from None
       for slot in self._slots:
         slot.await_ready(config.start_timeout_s)
     except BaseException:
@@ -434,6 +473,8 @@ class SandboxPool:
     """
     if self._closed:
       raise RuntimeError("SandboxPool is closed")
+    if self._broken is not None:
+      raise self._broken
     fut: concurrent.futures.Future = concurrent.futures.Future()
     prep = programs.prepare(job, self.config.checks)
     if isinstance(prep, JobResult):
@@ -508,13 +549,23 @@ class SandboxPool:
         fut, prep = item
         if not fut.set_running_or_notify_cancel():
           continue
+        if self._broken is not None:
+          fut.set_exception(self._broken)
+          continue
         with slot.busy:
           try:
-            stream, status = slot.run(prep)
-          except Exception as e:  # pylint: disable=broad-except
-            fut.set_result(self._recover(slot, prep, e))
+            outcome, deaths = self._run(slot, prep)
+          except SandboxBroken as e:
+            self._broken = e
+            log.error("evejax sandbox: %s", e)
+            fut.set_exception(e)
             continue
-        judged.put((fut, prep, stream, status))
+        if isinstance(outcome, JobResult):
+          if deaths:
+            outcome.stats["worker_deaths"] = deaths
+          fut.set_result(outcome)
+          continue
+        judged.put((fut, prep, *outcome, deaths))
     finally:
       judged.put(None)
       judge.join()
@@ -524,9 +575,11 @@ class SandboxPool:
       item = judged.get()
       if item is None:
         return
-      fut, prep, stream, status = item
+      fut, prep, stream, status, deaths = item
       try:
         result = programs.assemble(prep, stream, status, self.config.checks)
+        if deaths:
+          result.stats["worker_deaths"] = deaths
       except Exception as e:  # pylint: disable=broad-except
         log.exception("evejax sandbox: judging a result failed")
         result = failure(Reason.SANDBOX_ERROR, "judging the result failed: "
@@ -534,18 +587,31 @@ class SandboxPool:
                          function_source=prep.function_source)
       fut.set_result(result)
 
-  def _recover(self, slot: _Slot, prep: programs.Prepared,
-               error: Exception) -> JobResult:
-    """The worker broke protocol or hung: replace it, classify the job."""
-    log.warning("evejax sandbox: worker %d failed (%s: %s); restarting",
-                slot.index, type(error).__name__, error)
-    try:
-      slot.restart(self.config.start_timeout_s)
-    except Exception as e:  # pylint: disable=broad-except
-      log.error("evejax sandbox: worker %d could not restart: %s",
-                slot.index, e)
-    reason = Reason.TIMEOUT if isinstance(error, TimeoutError) else \
-        Reason.SANDBOX_ERROR
-    return failure(reason, f"worker failed: {type(error).__name__}: {error}",
-                   prep.kind, args=prep.args,
-                   function_source=prep.function_source)
+  def _run(self, slot: _Slot, prep: programs.Prepared):
+    """Runs a job on `slot`, replacing a worker that dies under it and retrying once.
+
+    Returns ((stream, status) or a JobResult, worker deaths) and raises
+    SandboxBroken when a dead worker cannot be replaced.
+    """
+    deaths, last = 0, ""
+    for _ in range(2):
+      try:
+        if slot.sock is None:
+          raise EOFError("no worker (an earlier restart failed)")
+        return slot.run(prep), deaths
+      except Exception as e:  # pylint: disable=broad-except
+        hung = isinstance(e, TimeoutError)
+        last = f"{type(e).__name__}: {e}"
+        log.warning("evejax sandbox: worker %d %s (%s); replacing it", slot.index,
+                    "stopped answering" if hung else "died", last)
+        if not hung:
+          deaths += 1
+          self.worker_deaths += 1
+        slot.restart(self.config.start_timeout_s)
+        if hung:   # the job itself may be what wedged it: no retry
+          return failure(Reason.TIMEOUT, f"worker failed: {last}", prep.kind, args=prep.args,
+                         function_source=prep.function_source), deaths
+    return failure(Reason.CRASHED,
+                   "the sandbox worker died twice while running this job (killed from "
+                   f"outside, e.g. by the OOM killer; {last})", prep.kind, args=prep.args,
+                   function_source=prep.function_source), deaths
