@@ -332,8 +332,9 @@ class Sampler:
     """One chunk's prefill and decode programs, compiled ahead of time, not run.
 
     The arguments are `memory_analysis`'s; returns {"prefill", "decode"}
-    (`jax.stages.Compiled`, for their memory and cost analyses) and
-    "inference_params". On a mesh of compile-only devices (a TPU topology)
+    (`jax.stages.Compiled`, for their memory and cost analyses),
+    "inference_params" and "seconds" (each one's compile time; 0 when this
+    sampler had compiled it already). On a mesh of compile-only devices (a TPU topology)
     this is the target compiler's program.
     """
     rows = prompts or self.batch_buckets[-1]
@@ -358,17 +359,21 @@ class Sampler:
         inputs, None if self.mesh is None else self._input_shardings(inputs))
     ends = loop_lib.stage_ends(sampling.max_new_tokens, self.first_stage_tokens)
     cache_size = length + ends[0]
+    start = time.perf_counter()
     prefill = self._prefill_program(params, inputs, sampling.group_size,
                                     cache_size)
+    took = time.perf_counter() - start
     logits, cache = prefill.out_info  # ShapeDtypeStructs of its outputs
     by_batch = lambda x: parallel.abstract_tree(
         x, None if self.mesh is None else self._batch_sharding(x.ndim))
     logits, cache = by_batch(logits), abstract(cache, self._cache_axes)
     row_ids = by_batch(jax.ShapeDtypeStruct((logits.shape[0],), jnp.int32))
     key = jax.eval_shape(lambda: jax.random.key(0))
+    start = time.perf_counter()
     decode = self._decode_program(params, logits, cache, row_ids, key,
                                   sampling, ends, cache_size)
-    return {"prefill": prefill, "decode": decode, "inference_params": params}
+    return {"prefill": prefill, "decode": decode, "inference_params": params,
+            "seconds": {"prefill": took, "decode": time.perf_counter() - start}}
 
   # --------------------------------------------------------------- generate
   def generate(self, params, prompts: Sequence[Any], sampling: SamplingParams,

@@ -56,6 +56,9 @@ CHIPS = {
     "h100": Chip("NVIDIA H100 80GB", "gpu", 80 * 10**9, 989e12, 3.35e12, "H100"),
     # H200 SXM: 141 GB HBM3e at 4.8 TB/s, 989 TFLOP/s dense bf16.
     "h200": Chip("NVIDIA H200", "gpu", 141 * 10**9, 989e12, 4.8e12, "H200"),
+    # A100 SXM 80GB: HBM2e at 2,039 GB/s; 40GB: HBM2 at 1,555 GB/s; 312 TFLOP/s dense bf16.
+    "a100": Chip("NVIDIA A100 80GB", "gpu", 80 * 10**9, 312e12, 2039e9, "A100"),
+    "a100_40gb": Chip("NVIDIA A100 40GB", "gpu", 40 * 10**9, 312e12, 1555e9, "A100"),
 }
 
 
@@ -94,7 +97,7 @@ _PLANES = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "
 TOPOLOGIES: dict[str, Topology] = {
     **_tpu("v4", _CUBES, 2), **_tpu("v5p", _CUBES, 2),
     **_tpu("v5e", _PLANES, 1), **_tpu("v6e", _PLANES, 1),
-    **{f"{g}x{n}": Topology(f"{g}x{n}", CHIPS[g], n) for g in ("h100", "h200")
+    **{f"{g}x{n}": Topology(f"{g}x{n}", CHIPS[g], n) for g in ("h100", "h200", "a100")
        for n in (1, 2, 4, 8, 16, 32)},
 }
 
@@ -128,6 +131,24 @@ INSTALL_TPU = ("pip install -e '.[tpu]' -c constraints.txt   (x86_64 Linux: the 
 def _quiet_libtpu() -> None:
   """No TPU metadata server to ask on a host without TPUs."""
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+
+
+def setup_host() -> None:
+  """Compile-only targets: jax must describe them, never start their runtime.
+
+  Call before anything starts a jax backend.
+  """
+  _quiet_libtpu()
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_platforms", "cpu")
+
+
+def no_persistent_cache():
+  """A context without jax's persistent compilation cache: compile-only
+  executables can be written there but not read back (no TPU client loads
+  them), so every entry would be a wasted write and a warning."""
+  from jax._src import config as jax_config  # pylint: disable=g-import-not-at-top
+  return jax_config.enable_compilation_cache(False)
 
 
 def devices(top: Topology, gpu_target_config: str = "") -> list:
