@@ -51,5 +51,9 @@ setuptools.setup(
         ],
         # Source images from any TFDS dataset by name (array_record, no TensorFlow).
         "tfds": ["tensorflow-datasets>=4.9", "array-record>=0.5"],
+        # The TPU compiler on a machine without TPUs (evejax.tools.aot_compile,
+        # plan_memory --target): jax's own tpu extra, i.e. the libtpu that this
+        # jax version needs (x86_64 Linux wheels only).
+        "tpu": ["jax[tpu]; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     },
 )

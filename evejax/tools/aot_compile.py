@@ -43,6 +43,8 @@ from absl import flags
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file path.py:preset (a recipe's or "
                               "configs/eval.py's).")
+_SET = flags.DEFINE_multi_string("set", [], "A config override a.b=value (repeatable), as "
+                                  "--config.a.b=value is for evejax.main.")
 _TARGET = flags.DEFINE_string("target", "tpu:v5p-8", "tpu:<slice> (v4-8, v5p-16, v5e-8, "
                               "v6e-16, ...) or gpu:<node> (h100x8).")
 _MESH = flags.DEFINE_string("mesh", "", "Mesh, e.g. 'fsdp=16' or 'data=2,fsdp=8' (default: "
@@ -95,10 +97,12 @@ def _machine() -> str:
 def _hbm_error(message: str) -> int:
   """Bytes the compiler said a program needs, from its out-of-memory message (or 0)."""
   import re  # pylint: disable=g-import-not-at-top
-  m = re.search(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm", message)
-  if not m:
-    return 0
-  return int(float(m.group(1)) * 1024 ** "KMGT".index(m.group(2)) * 1024)
+  for pattern in (r"Used ([\d.]+)([KMGT]) of [\d.]+[KMGT] hbm",
+                  r"HLO temporaries \(([\d.]+)([KMGT])\) exceeds"):
+    m = re.search(pattern, message)
+    if m:
+      return int(float(m.group(1)) * 1024 ** ("KMGT".index(m.group(2)) + 1))
+  return 0
 
 
 def compile_all(progs, chip, *, log=print) -> list[dict[str, Any]]:
@@ -207,8 +211,8 @@ def make_target_mesh(mesh_spec: dict[str, int], devices):
   return parallel.make_mesh(axes, devices=devices)
 
 
-def run(config_spec: str, target: str, *, mesh_spec: str = "", largest: bool = False,
-        only: str = "", workdir: str = "", gpu_target_config: str = "",
+def run(config_spec: str, target: str, *, overrides=(), mesh_spec: str = "",
+        largest: bool = False, only: str = "", workdir: str = "", gpu_target_config: str = "",
         log=print) -> dict[str, Any]:
   """Compiles every program of `config_spec` for `target`; returns (and writes) the plan."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -216,7 +220,7 @@ def run(config_spec: str, target: str, *, mesh_spec: str = "", largest: bool = F
   from evejax.tools import aot_programs, targets  # pylint: disable=g-import-not-at-top
   top = targets.topology(target)
   devices = targets.devices(top, gpu_target_config)
-  config = config_utils.load_config(config_spec)
+  config = config_utils.load_config(config_spec, list(overrides))
   spec = _parse_mesh(mesh_spec) if mesh_spec else {k: config.mesh[k] for k in ("data", "fsdp",
                                                                                 "tensor")}
   mesh = make_target_mesh(spec, devices)
@@ -237,7 +241,7 @@ def run(config_spec: str, target: str, *, mesh_spec: str = "", largest: bool = F
     libtpu = metadata.version("libtpu")
   except Exception:  # pylint: disable=broad-except
     libtpu = "none"
-  plan = {"config": config_spec, "target": top.target, "chip": top.chip.name,
+  plan = {"config": config_spec, "overrides": list(overrides), "target": top.target, "chip": top.chip.name,
           "devices": mesh.devices.size, "mesh": dict(mesh.shape),
           "hbm_gib": top.chip.hbm_bytes / GiB, "peak_tflops": top.chip.peak_flops / 1e12,
           "hbm_gbps": top.chip.hbm_bytes_per_s / 1e9, "commit": _commit(),
@@ -275,12 +279,13 @@ def main(argv):
   del argv
   if not _CONFIG.value:
     raise app.UsageError("--config is required, e.g. --config configs/eve.py:qwen3_vl_8b.")
+  from evejax import config_utils  # pylint: disable=g-import-not-at-top
   from evejax.tools import targets  # pylint: disable=g-import-not-at-top
   targets.setup_host()
   try:
-    plan = run(_CONFIG.value, _TARGET.value, mesh_spec=_MESH.value, largest=_LARGEST.value,
+    plan = run(_CONFIG.value, _TARGET.value, overrides=_SET.value, mesh_spec=_MESH.value, largest=_LARGEST.value,
                only=_ONLY.value, workdir=_WORKDIR.value, gpu_target_config=_GPU_CONFIG.value)
-  except targets.TargetError as e:
+  except (targets.TargetError, config_utils.ConfigError) as e:
     sys.exit(f"aot_compile: {e}")
   print(f"\nwrote {plan['workdir']}/aot_plan.json and aot_plan.md")
   bad = failures(plan)
