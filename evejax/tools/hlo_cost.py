@@ -195,9 +195,12 @@ def _start(defs, operand: str, index: int, bounds: dict[str, tuple[int, int]]) -
 
 def loop_aware_cost(compiled: jax.stages.Compiled) -> Cost:
   """FLOPs and bytes of one run of `compiled`, loops counted by trip count (docstring)."""
-  raw = compiled.cost_analysis() or {}
+  raw = compiled.cost_analysis()
   if isinstance(raw, list):   # older jax: one dict per module
-    raw = raw[0] if raw else {}
+    raw = raw[0] if raw else None
+  # jax's GPU compile-only executables report no cost analysis: the host's model stands in.
+  target_has_cost = bool(raw)
+  raw = raw or {}
   tpu_flops, tpu_bytes = float(raw.get("flops", 0.0)), float(raw.get("bytes accessed", 0.0))
   # Stack frame ids point into a table the text does not carry.
   text = _FRAME.sub("", compiled.as_text())
@@ -270,6 +273,9 @@ def loop_aware_cost(compiled: jax.stages.Compiled) -> Cost:
 
   host_once_flops, host_once_bytes = once(entry)
   flops, host_bytes = full(entry)
+  if not target_has_cost:
+    return Cost(flops=flops, bytes_accessed=host_bytes, flops_once=host_once_flops,
+                bytes_once=host_once_bytes, loops=trips, unknown_loops=unknown)
   # The host model matches the TPU's FLOPs; its bytes differ, so scale the TPU's.
   scale = host_bytes / host_once_bytes if host_once_bytes else 1.0
   if abs(host_once_flops - tpu_flops) > 1e-3 * max(tpu_flops, 1.0):

@@ -10,9 +10,11 @@ sells them (v4-8, v5p-16, v5e-8, v6e-16, ...) and GPU nodes as `h100x8`.
                 without TPUs: `jit(...).lower(...).compile()` on a mesh of them
                 runs the real TPU compiler. Needs libtpu (`pip install -e
                 '.[tpu]' -c constraints.txt`, x86_64 Linux).
-  gpu:<node>    compile-only CUDA devices from a GPU target config (a text
-                `GpuTargetConfigProto`, `--gpu_target_config`) and jax's CUDA
-                plugin; see `gpu_devices` for what that needs.
+  gpu:<node>    compile-only CUDA devices (h100x8, h200x8, a100x8, ...) from a
+                GPU target config (a text `GpuTargetConfigProto`: built in
+                for those GPUs, or `--gpu_target_config=FILE` dumped on a GPU
+                host) through jax's CUDA plugin, which must be installed (no
+                GPU, driver or CUDA library is needed); see `gpu_devices`.
 
 The host must not start a TPU runtime: run with JAX_PLATFORMS=cpu (the
 tools set it before jax starts a backend), so the topology is only described.
@@ -117,6 +119,7 @@ def topology(target: str) -> Topology:
 
 
 def version_of(top: Topology) -> str:
+  """v5p for v5p-16, h100x8 for h100x8."""
   return top.name.split("-")[0]
 
 
@@ -177,27 +180,102 @@ def tpu_devices(top: Topology) -> list:
   return list(desc.devices)
 
 
-def gpu_devices(top: Topology, target_config: str = "") -> list:
-  """Compile-only CUDA devices for a GPU node, from a GPU target config file.
+# What XLA's GPU compiler needs to know of a GPU it compiles for without one
+# (a `GpuTargetConfigProto`'s device description): CUDA deviceQuery facts of
+# the SXM parts (compute capability, SMs, shared memory and registers per SM
+# and block, L2, clock, usable memory), and the cuDNN / CUDA versions the
+# jax-cuda12 plugin is built with. `gpu_target_config.py` writes the same
+# description from a real GPU on a lent host; --gpu_target_config takes it.
+GPU_DEVICES = {
+    "h100": dict(description="NVIDIA H100 80GB HBM3", capability=(9, 0), sms=132,
+                 smem_per_sm=233472, smem_optin=232448, l2=50 * 2**20, clock_ghz=1.98,
+                 memory=84929347584),
+    "h200": dict(description="NVIDIA H200", capability=(9, 0), sms=132, smem_per_sm=233472,
+                 smem_optin=232448, l2=60 * 2**20, clock_ghz=1.98, memory=150_000_000_000),
+    "a100": dict(description="NVIDIA A100-SXM4-80GB", capability=(8, 0), sms=108,
+                 smem_per_sm=167936, smem_optin=166912, l2=40 * 2**20, clock_ghz=1.41,
+                 memory=85_100_000_000),
+}
 
-  jax's CUDA plugin (`jax[cuda12]`, same version as jaxlib) can describe a
-  GPU topology without a GPU when given the target's device description (a
-  text `GpuTargetConfigProto`: compute capability, cores, shared memory, ...),
-  which `evejax/tools/gpu_target_config.py` dumps on a GPU host.
+
+def gpu_target_config(chip_key: str, *, cudnn=(9, 8), cuda=(12, 8), **overrides) -> str:
+  """The text GpuTargetConfigProto of a GPU in `GPU_DEVICES` (`overrides`: its keys,
+  and smem_per_block, threads_per_sm, regs_per_sm, regs_per_block, bandwidth)."""
+  d = dict(smem_per_block=49152, threads_per_sm=2048, regs_per_sm=65536,
+           regs_per_block=65536, bandwidth=int(CHIPS[chip_key].hbm_bytes_per_s),
+           **GPU_DEVICES[chip_key])
+  d.update({k: v for k, v in overrides.items() if v is not None})
+  major, minor = d["capability"]
+  return f"""gpu_device_info {{
+  threads_per_block_limit: 1024
+  threads_per_warp: 32
+  shared_memory_per_block: {d["smem_per_block"]}
+  shared_memory_per_core: {d["smem_per_sm"]}
+  threads_per_core_limit: {d["threads_per_sm"]}
+  core_count: {d["sms"]}
+  fpus_per_core: {128 if major >= 8 else 64}
+  block_dim_limit_x: 2147483647
+  block_dim_limit_y: 65535
+  block_dim_limit_z: 65535
+  memory_bandwidth: {d["bandwidth"]}
+  l2_cache_size: {d["l2"]}
+  clock_rate_ghz: {d["clock_ghz"]}
+  device_memory_size: {d["memory"]}
+  shared_memory_per_block_optin: {d["smem_optin"]}
+  cuda_compute_capability {{
+    major: {major}
+    minor: {minor}
+  }}
+  registers_per_core_limit: {d["regs_per_sm"]}
+  registers_per_block_limit: {d["regs_per_block"]}
+}}
+platform_name: "CUDA"
+dnn_version_info {{
+  major: {cudnn[0]}
+  minor: {cudnn[1]}
+}}
+runtime_version {{
+  major: {cuda[0]}
+  minor: {cuda[1]}
+}}
+device_description_str: "{d["description"]}"
+"""
+
+
+def cuda_plugin_installed() -> bool:
+  return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+
+
+def gpu_devices(top: Topology, target_config: str = "") -> list:
+  """Compile-only CUDA devices for a GPU node: no GPU, no driver, no CUDA libraries.
+
+  jax's CUDA plugin (the jax-cuda12-plugin and jax-cuda12-pjrt wheels of the
+  pinned jax; the nvidia-* library wheels are not needed to compile) describes
+  a GPU topology from a target config: the text `GpuTargetConfigProto` in
+  `target_config` (a file), else the built-in one of the node's GPU.
   """
-  if not target_config:
+  if not cuda_plugin_installed():
     raise TargetError(
-        f"target {top.target}: compiling for a GPU without one needs its target config "
-        "(--gpu_target_config=FILE, dumped on a GPU host with the same jaxlib by "
-        "`python -m evejax.tools.gpu_target_config --out FILE`) and jax's CUDA plugin "
-        "(pip install 'jax[cuda12]' with the pinned jax). See BENCHMARKS.md, 'TPU compiler "
-        "plans', for what was possible on the CPU machines this was written on.")
-  if importlib.util.find_spec("jax_plugins") is None or not any(
-      importlib.util.find_spec(f"jax_plugins.{m}") for m in ("xla_cuda12", "xla_cuda13")):
-    raise TargetError(f"target {top.target}: jax's CUDA plugin is not installed "
-                      "(pip install 'jax[cuda12]' with the pinned jax version).")
-  with open(target_config) as f:
-    text = f.read()
+        f"target {top.target} compiles with XLA's GPU compiler, which comes with jax's CUDA "
+        "plugin; it is not installed. Install the plugin of the pinned jax (no GPU or CUDA "
+        "libraries needed to compile):\n  pip install --no-deps jax-cuda12-plugin==0.10.2 "
+        "jax-cuda12-pjrt==0.10.2\n(in a separate environment: with the plugin installed, "
+        "jax tries a CUDA backend whenever JAX_PLATFORMS is unset).")
+  key = version_of(top).split("x")[0]
+  if target_config:
+    with open(target_config) as f:
+      text = f.read()
+  elif key in GPU_DEVICES:
+    text = gpu_target_config(key)
+  else:
+    raise TargetError(f"target {top.target}: no built-in GPU description; pass "
+                      "--gpu_target_config=FILE (tools/gpu_target_config.py on a GPU host).")
+  # Sharded autotuning needs the other hosts; autotuning needs a GPU.
+  flags = os.environ.get("XLA_FLAGS", "")
+  for flag in ("--xla_gpu_shard_autotuning=false", "--xla_gpu_autotune_level=0"):
+    if flag.split("=")[0] not in flags:
+      flags += " " + flag
+  os.environ["XLA_FLAGS"] = flags.strip()
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   try:
     desc = topologies.get_topology_desc(platform="cuda", topology_name=top.name,
