@@ -132,8 +132,12 @@ INSTALL_TPU = ("pip install -e '.[tpu]' -c constraints.txt   (x86_64 Linux: the 
 
 
 def _quiet_libtpu() -> None:
-  """No TPU metadata server to ask on a host without TPUs."""
+  """No TPU metadata server to ask on a host without TPUs, and no lock on chips
+  there are none of: libtpu's lockfile (/tmp/libtpu_lockfile) would refuse a
+  second compiling process ("Internal error when accessing libtpu multi-process
+  lockfile")."""
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def setup_host() -> None:
