@@ -95,7 +95,10 @@ def _base() -> ml_collections.ConfigDict:
       challenger=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=4096),
       solver=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=1024),
   ))
-  c.train = cu.grpo(lr=1e-6, kl_coef=1e-3)
+  # 512 Challenger rows (1,024 Solver rows) of 8192 tokens per step: 64
+  # micro-batches keep one (two) rows per device per micro-batch on 8 devices,
+  # which the TPU compiler fits (BENCHMARKS.md, "TPU compiler plans").
+  c.train = cu.grpo(lr=1e-6, kl_coef=1e-3, micro_batches=64)
   c.sandbox = cu.sandbox(workers=16)
   c.checkpoint = cu.checkpoint(every=5, keep=3)
   c.warmstart = ml_collections.ConfigDict(dict(
@@ -191,8 +194,9 @@ def qwen3_vl_8b() -> ml_collections.ConfigDict:
   c.data.update(size=448, min_pixels=64 * 64, max_pixels=448 * 448)
   # With both roles' train states resident (33 GiB per device on 8 devices), a
   # chunk of 8 prompts x G=4 Challenger programs of 4096 tokens fits an H100
-  # (BENCHMARKS.md, "Memory plans"); 16 prompts do not.
-  c.processing.batch_buckets = (4, 8)
+  # (BENCHMARKS.md, "Memory plans"); 16 prompts do not. Buckets are multiples
+  # of the 8 devices the batch is split over.
+  c.processing.batch_buckets = (8,)
   return c
 
 

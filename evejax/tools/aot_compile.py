@@ -51,8 +51,9 @@ _MESH = flags.DEFINE_string("mesh", "", "Mesh, e.g. 'fsdp=16' or 'data=2,fsdp=8'
                             "the config's; -1 takes the target's remaining devices).")
 _LARGEST = flags.DEFINE_bool("largest", False, "Per sampling call, only the largest bucket "
                              "combination (else every combination the buckets allow).")
-_ONLY = flags.DEFINE_string("only", "", "Comma-separated program kinds to compile "
-                            "(train,score,prefill,decode,vision); default all.")
+_ONLY = flags.DEFINE_string("only", "", "Comma-separated program kinds (train, score, "
+                            "prefill, decode, vision) or name prefixes (train/solver, "
+                            "prefill/challenger) to compile; default all.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where aot_plan.json and aot_plan.md go "
                                "(default: aot/<config>_<target>).")
 _GPU_CONFIG = flags.DEFINE_string("gpu_target_config", "", "GPU targets: a GpuTargetConfigProto "
@@ -230,9 +231,9 @@ def run(config_spec: str, target: str, *, overrides=(), mesh_spec: str = "",
   log(f"{config_spec} on {top.target}: {len(devices)} x {devices[0].device_kind}, mesh "
       f"{dict(mesh.shape)}", flush=True)
   progs, resident = aot_programs.programs(config, mesh, largest=largest)
-  kinds = set(filter(None, only.split(",")))
-  if kinds:
-    progs = [p for p in progs if p.kind in kinds]
+  wanted = tuple(filter(None, only.split(",")))
+  if wanted:
+    progs = [p for p in progs if p.kind in wanted or p.name.startswith(wanted)]
   log(f"{len(progs)} programs; resident per device: " + ", ".join(
       f"{k} {v / GiB:.2f} GiB" for k, v in resident.items()), flush=True)
   results = compile_all(progs, top.chip, log=log)
