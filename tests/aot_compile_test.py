@@ -1,12 +1,13 @@
 """The TPU compiler in the loop: the tiny presets compiled for tpu:v5p-8 on this CPU host.
 
 Needs libtpu (`pip install -e '.[tpu]'`, which CI installs); skipped without it.
-One program of each kind of each recipe is compiled (the largest bucket
-combination): the SFT warm start, GRPO, LoRA GRPO, the reference passes (full
-copy and LoRA backbone), prefill and decode (plain and LoRA-adapted), the
-vision tower and the evaluator's chunk, with splash attention as the Mosaic
-kernel. The compiler's argument bytes of each train step are set against the
-train state computed from the shapes.
+Each kind of program is compiled once over the three recipes (the largest
+bucket combination; a tiny train step takes the TPU compiler 20-60 s on 2
+cores): EVE's SFT warm start, GRPO step and vision tower, MM-Zero's reference
+pass, EvoLMM's LoRA step and LoRA-adapted sampling chunk (prefill + decode),
+the evaluator's chunk, all with splash attention as the Mosaic kernel. The
+compiler's argument bytes of each train step are set against the train state
+computed from the shapes.
 """
 import math
 
@@ -82,8 +83,8 @@ class TinyPresetsOnV5pTest(absltest.TestCase):
       state = learner.abstract_state()
       params = parallel.per_device_bytes(state.params)
       adam = parallel.per_device_bytes(state.opt_state)
-      # AdamW: two moments per trainable parameter, in the params' dtype.
-      self.assertEqual(adam, 2 * params)
+      # AdamW: two moments per trainable parameter, in the params' dtype (and step counts).
+      self.assertBetween(adam - 2 * params, 0, 64)
       args = parallel.per_device_bytes(state) + (
           parallel.per_device_bytes(learner.backbone) if learner.backbone is not None else 0)
       self.assertGreaterEqual(r["argument_bytes"], args, name)
@@ -95,10 +96,11 @@ class TinyPresetsOnV5pTest(absltest.TestCase):
       self.assertEqual(r["resident_bytes"] + _state_of(learner),
                        sum(resident.values()), name)
 
-  def test_eve_sft_grpo_sampling_vision(self):
-    config, results, resident = self._compile("configs/eve.py:tiny")
-    kinds = {r["kind"] for r in results.values()}
-    self.assertEqual(kinds, {"train", "prefill", "decode", "vision"})
+  def test_eve_sft_grpo_and_vision(self):
+    config, results, resident = self._compile(
+        "configs/eve.py:tiny", select=lambda ps: [p for p in _one_of_each(ps)
+                                                 if p.kind in ("train", "vision")])
+    self.assertEqual({r["kind"] for r in results.values()}, {"train", "vision"})
     self.assertIn("train/challenger/sft", results)
     self.assertIn("train/challenger/grpo", results)
     self._check_train_state(config, results, resident)
@@ -108,24 +110,31 @@ class TinyPresetsOnV5pTest(absltest.TestCase):
     self.assertGreater(step["mfu_bound"], 0)
     self.assertLessEqual(step["roofline_s"], 10.0)
 
-  def test_mmzero_with_a_reference_pass(self):
+  def test_mmzero_reference_pass(self):
+    from evejax import recipes  # pylint: disable=g-import-not-at-top
+    from evejax.recipes import runner  # pylint: disable=g-import-not-at-top
     config, results, resident = self._compile(
         "configs/mmzero.py:tiny", ["train.loss.kl_coef=0.01"],
-        select=lambda ps: [p for p in ps if p.name in ("train/proposer/grpo",
-                                                        "score/proposer/reference")])
-    self.assertLen(results, 2)
-    self._check_train_state(config, results, resident)
+        select=lambda ps: [p for p in ps if p.name == "score/proposer/reference"])
+    ref = results["score/proposer/reference"]
+    self.assertLen(resident, 3)   # proposer, coder, solver
+    learner = runner.abstract_policies(recipes.resolve("mmzero").RECIPE, config,
+                                       self.mesh)["proposer"]
+    ref_bytes = parallel.per_device_bytes(learner.reference_params)
+    # Its argument is the reference copy; every train state stays resident beside it.
+    self.assertGreaterEqual(ref["argument_bytes"], ref_bytes)
+    self.assertLess(ref["argument_bytes"], _tiled_bytes(learner.reference_params) + 64 * 2**20)
+    self.assertEqual(ref["resident_bytes"], sum(resident.values()) - ref_bytes)
 
-  def test_evolmm_lora_step_reference_and_adapted_sampling(self):
+  def test_evolmm_lora_step_and_adapted_sampling(self):
     config, results, resident = self._compile(
         "configs/evolmm.py:tiny", ["warmstart.enabled=False"],
-        select=lambda ps: [p for p in ps if p.name.startswith(("train/solver", "score/solver"))
-                           or p.kind == "decode"][:4])
+        select=lambda ps: [p for p in ps if p.name == "train/solver/grpo"]
+        + [p for p in ps if p.name.startswith("decode/solver")][:1])
     self.assertIn("train/solver/grpo", results)
-    self.assertIn("score/solver/reference", results)   # the backbone, adapters off
     self.assertTrue(any(r["kind"] == "decode" for r in results.values()))
     self._check_train_state(config, results, resident)
-    self.assertIn("backbone", resident)
+    self.assertIn("backbone", resident)   # held once for both adapters
 
   def test_evaluator(self):
     _, results, resident = self._compile(

@@ -62,22 +62,6 @@ _GPU_CONFIG = flags.DEFINE_string("gpu_target_config", "", "GPU targets: a GpuTa
 GiB = 1024 ** 3
 
 
-def _peak(stats) -> int:
-  """Arguments + outputs (minus donated aliases) + temporaries: the program's high-water mark."""
-  return (stats.argument_size_in_bytes + stats.output_size_in_bytes
-          - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
-
-
-def _parse_mesh(spec: str) -> dict[str, int]:
-  out = {}
-  for part in filter(None, spec.split(",")):
-    name, _, size = part.partition("=")
-    if not size.lstrip("-").isdigit():
-      raise app.UsageError(f"--mesh part {part!r}: use axis=size, e.g. fsdp=8.")
-    out[name.strip()] = int(size)
-  return out
-
-
 def _commit() -> str:
   try:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -126,7 +110,7 @@ def compile_all(progs, chip, *, log=print) -> list[dict[str, Any]]:
       row.update(argument_bytes=stats.argument_size_in_bytes,
                  output_bytes=stats.output_size_in_bytes,
                  alias_bytes=stats.alias_size_in_bytes, temp_bytes=stats.temp_size_in_bytes,
-                 program_bytes=_peak(stats))
+                 program_bytes=targets.program_bytes(stats))
       row["peak_bytes"] = row["program_bytes"] + prog.resident
       cost = hlo_cost.loop_aware_cost(compiled)
       row.update(flops=cost.flops, bytes_accessed=cost.bytes_accessed,
@@ -222,8 +206,8 @@ def run(config_spec: str, target: str, *, overrides=(), mesh_spec: str = "",
   top = targets.topology(target)
   devices = targets.devices(top, gpu_target_config)
   config = config_utils.load_config(config_spec, list(overrides))
-  spec = _parse_mesh(mesh_spec) if mesh_spec else {k: config.mesh[k] for k in ("data", "fsdp",
-                                                                                "tensor")}
+  spec = (targets.parse_mesh(mesh_spec) if mesh_spec
+          else {k: config.mesh[k] for k in ("data", "fsdp", "tensor")})
   mesh = make_target_mesh(spec, devices)
   with config.unlocked():
     for k, v in mesh.shape.items():
@@ -242,7 +226,8 @@ def run(config_spec: str, target: str, *, overrides=(), mesh_spec: str = "",
     libtpu = metadata.version("libtpu")
   except Exception:  # pylint: disable=broad-except
     libtpu = "none"
-  plan = {"config": config_spec, "overrides": list(overrides), "target": top.target, "chip": top.chip.name,
+  plan = {"config": config_spec, "overrides": list(overrides), "target": top.target,
+          "chip": top.chip.name,
           "devices": mesh.devices.size, "mesh": dict(mesh.shape),
           "hbm_gib": top.chip.hbm_bytes / GiB, "peak_tflops": top.chip.peak_flops / 1e12,
           "hbm_gbps": top.chip.hbm_bytes_per_s / 1e9, "commit": _commit(),
@@ -284,7 +269,8 @@ def main(argv):
   from evejax.tools import targets  # pylint: disable=g-import-not-at-top
   targets.setup_host()
   try:
-    plan = run(_CONFIG.value, _TARGET.value, overrides=_SET.value, mesh_spec=_MESH.value, largest=_LARGEST.value,
+    plan = run(_CONFIG.value, _TARGET.value, overrides=_SET.value, mesh_spec=_MESH.value,
+               largest=_LARGEST.value,
                only=_ONLY.value, workdir=_WORKDIR.value, gpu_target_config=_GPU_CONFIG.value)
   except (targets.TargetError, config_utils.ConfigError) as e:
     sys.exit(f"aot_compile: {e}")

@@ -39,10 +39,10 @@ import ml_collections
 
 from evejax import loading
 from evejax import parallel
-from evejax.models.inputs import ModelInputs
 from evejax.models import lora as lora_lib
 from evejax.models import vlm
 from evejax.rl import learner as learner_lib
+from evejax.rl import synthetic
 from evejax.tools import flops as flops_lib
 
 
@@ -149,17 +149,12 @@ def patches_fitting(model_config, length: int, patch_buckets) -> list[int]:
 
 def abstract_batch(model_config, rows: int, length: int, patches: int
                    ) -> learner_lib.TrainBatch:
-  """ShapeDtypeStructs of a train batch of `rows` x `length` tokens with `patches` rows."""
-  s = jax.ShapeDtypeStruct
-  i32, f32 = jnp.int32, jnp.float32
-  inputs = ModelInputs(
-      tokens=s((rows, length), i32), mask=s((rows, length), i32),
-      positions=s((3, rows, length), i32),
-      patches=s((rows, patches, model_config.vision.patch_dim), f32),
-      patch_coords=s((rows, patches, 2), i32), patch_image=s((rows, patches), i32),
-      patch_window=s((rows, patches), i32))
-  return learner_lib.TrainBatch(inputs=inputs, targets=s((rows, length), i32),
-                                loss_mask=s((rows, length), f32))
+  """ShapeDtypeStructs of the batch `Role.update` builds: `rows` x `length` tokens,
+  `patches` patch rows each, the sampler's log-probs (a metric) and no old_logp
+  (on-policy); the learner adds the fields its algorithm reads."""
+  full = synthetic.abstract_batch(model_config, rows, length, patches=patches)
+  return learner_lib.TrainBatch(inputs=full.inputs, targets=full.targets,
+                                loss_mask=full.loss_mask, sampler_logp=full.loss_mask)
 
 
 def _model_flops(model_config, rows, length, patches, passes: int, devices: int) -> float:
@@ -234,7 +229,8 @@ def _train_programs(config, mesh, recipe_mod, policies, roles, resident_total, l
       # The reference is resident but not an argument of the step.
       others += parallel.per_device_bytes(learner.reference_params)
     passes = 3 + (1 if alg.reference == "params" else 0)
-    shape = f"{rows} x {length} tokens, {patches} patches, {learner.cfg.micro_batches} micro-batch(es)"
+    shape = (f"{rows} x {length} tokens, {patches} patches, "
+             f"{learner.cfg.micro_batches} micro-batch(es)")
     out.append(Program(
         f"train/{policy}/{step_kind}", "train", role, shape,
         lambda l=learner, k=step_kind, b=batch, t=temperature: l.lower_step(

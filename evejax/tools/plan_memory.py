@@ -89,13 +89,11 @@ GiB = 1024 ** 3
 
 
 def _parse_mesh(spec: str) -> dict[str, int]:
-  out = {}
-  for part in filter(None, spec.split(",")):
-    name, _, size = part.partition("=")
-    if not size.lstrip("-").isdigit():
-      raise app.UsageError(f"--mesh part {part!r}: use axis=size, e.g. fsdp=8.")
-    out[name.strip()] = int(size)
-  return out
+  from evejax.tools import targets  # pylint: disable=g-import-not-at-top
+  try:
+    return targets.parse_mesh(spec)
+  except targets.TargetError as e:
+    raise app.UsageError(str(e)) from None
 
 
 def _load(spec: str) -> tuple[str, ml_collections.ConfigDict | None]:
@@ -123,14 +121,8 @@ def _gib(n: float) -> str:
 
 
 def _peak(stats) -> int:
-  """Arguments + outputs (minus donated aliases) + XLA's temp allocation.
-
-  XLA packs all temporaries into one buffer sized for the most alive at once,
-  so this is the program's high-water mark. (CPU's peak_memory_in_bytes
-  leaves temporaries out, so it is not used.)
-  """
-  return (stats.argument_size_in_bytes + stats.output_size_in_bytes
-          - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+  from evejax.tools import targets  # pylint: disable=g-import-not-at-top
+  return targets.program_bytes(stats)
 
 
 def main(argv):

@@ -104,6 +104,28 @@ TOPOLOGIES: dict[str, Topology] = {
 }
 
 
+def parse_mesh(spec: str) -> dict[str, int]:
+  """'fsdp=8' or 'data=2,fsdp=4' -> {'fsdp': 8} (a --mesh flag)."""
+  out = {}
+  for part in filter(None, spec.split(",")):
+    name, _, size = part.partition("=")
+    if not size.lstrip("-").isdigit():
+      raise TargetError(f"--mesh part {part!r}: use axis=size, e.g. fsdp=8.")
+    out[name.strip()] = int(size)
+  return out
+
+
+def program_bytes(stats) -> int:
+  """Arguments + outputs (minus donated aliases) + temporaries of a compiled program.
+
+  XLA packs all temporaries into one buffer sized for the most alive at once,
+  so this is the program's high-water mark. (The CPU's peak_memory_in_bytes
+  leaves temporaries out, so it is not used.)
+  """
+  return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+          - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+
+
 class TargetError(ValueError):
   """A target that cannot be built here: the message says why and what to do."""
 
