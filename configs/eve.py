@@ -186,7 +186,14 @@ def qwen2_5_vl_7b() -> ml_collections.ConfigDict:
 
 
 def qwen3_vl_8b() -> ml_collections.ConfigDict:
-  """The published setup: Qwen3-VL-8B-Instruct with its prompt conventions."""
+  """The published setup: Qwen3-VL-8B-Instruct with its prompt conventions.
+
+  Fits a TPU v5p-16 slice (8 chips, `mesh.fsdp=-1` = 8) per the TPU compiler
+  (`python -m evejax.tools.aot_compile --config configs/eve.py:qwen3_vl_8b
+  --target tpu:v5p-16 --largest`): the Solver's GRPO step peaks at 84 GiB of
+  95 per chip with both roles' states resident (BENCHMARKS.md, "TPU compiler
+  plans").
+  """
   c = _base()
   c.model = cu.model("qwen3_vl_8b", dtype="bfloat16", param_dtype="float32", remat=True)
   c.eve.update(coordinates="relative", think_tag="thinking")
