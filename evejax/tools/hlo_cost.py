@@ -38,7 +38,7 @@ _WHILE = re.compile(r"%([\w.\-]+) = .*? while\(%([\w.\-]+)\), condition=%([\w.\-
 _CALLS = re.compile(r"(?:calls|to_apply|body|condition|branch_computations|async_execution_thread"
                     r"|called_computations)=\{?(%[\w.\-]+(?:, %[\w.\-]+)*)\}?")
 _NAME = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = ")
-_FRAME = re.compile(r" stack_frame_id=\d+")
+_METADATA = re.compile(r", metadata=\{[^{}]*\}")
 
 
 @dataclasses.dataclass
@@ -87,9 +87,23 @@ def _strip_header(header: str) -> str:
   return header.replace("is_scheduled=true", "").replace(", ,", ",").rstrip(", ")
 
 
-def _module_with_entry(header, order, comps, entry, new_entry) -> str:
+def _reachable(root: str, callees: dict[str, set[str]]) -> set[str]:
+  seen, stack = set(), [root]
+  while stack:
+    c = stack.pop()
+    if c not in seen:
+      seen.add(c)
+      stack += list(callees.get(c, ()))
+  return seen
+
+
+def _module_with_entry(header, order, comps, entry, new_entry, callees) -> str:
+  """The module's text with `new_entry` as its entry and only what it calls."""
+  keep = _reachable(new_entry, callees)
   parts = [_strip_header(header)]
   for name in order:
+    if name not in keep:
+      continue
     body = list(comps[name])
     first = body[0]
     if name == entry:
@@ -202,8 +216,9 @@ def loop_aware_cost(compiled: jax.stages.Compiled) -> Cost:
   target_has_cost = bool(raw)
   raw = raw or {}
   tpu_flops, tpu_bytes = float(raw.get("flops", 0.0)), float(raw.get("bytes accessed", 0.0))
-  # Stack frame ids point into a table the text does not carry.
-  text = _FRAME.sub("", compiled.as_text())
+  # Metadata (op names, stack frame ids into a table the text does not carry)
+  # is most of a large program's text and no part of its cost.
+  text = _METADATA.sub("", compiled.as_text())
   header, order, comps, entry = _computations(text)
 
   # Which loops sit directly in which computation (through calls, fusions and
@@ -214,25 +229,24 @@ def loop_aware_cost(compiled: jax.stages.Compiled) -> Cost:
       m = _WHILE.search(line)
       if m:
         loops.setdefault(name, []).append(m.groups())
+  # Calls through fusions, branches and reductions (`callees`), and the same
+  # with loop bodies and conditions (`everything`: what a module needs).
   callees: dict[str, set[str]] = {}
+  everything: dict[str, set[str]] = {}
   for name in order:
-    found = set()
+    found, all_found = set(), set()
     for line in comps[name]:
-      if " while(" in line:
-        continue
       for group in _CALLS.findall(line):
-        found.update(c.strip().lstrip("%") for c in group.split(","))
-    callees[name] = found
+        called = {c.strip().lstrip("%") for c in group.split(",")}
+        all_found |= called
+        if " while(" not in line:
+          found |= called
+    callees[name], everything[name] = found, all_found
 
   def owned(root: str) -> list[tuple[str, str, str, str]]:
-    seen, stack, out = set(), [root], []
-    while stack:
-      c = stack.pop()
-      if c in seen or c not in comps:
-        continue
-      seen.add(c)
+    out = []
+    for c in _reachable(root, callees):
       out += loops.get(c, [])
-      stack += list(callees.get(c, ()))
     return out
 
   bounds: dict[str, tuple[int, int]] = {}
@@ -249,7 +263,8 @@ def loop_aware_cost(compiled: jax.stages.Compiled) -> Cost:
 
   def once(c: str) -> tuple[float, float]:
     if c not in once_cache:
-      once_cache[c] = _cost_once(_module_with_entry(header, order, comps, entry, c))
+      once_cache[c] = _cost_once(_module_with_entry(header, order, comps, entry, c,
+                                                    everything))
     return once_cache[c]
 
   trips: list[tuple[str, int]] = []
