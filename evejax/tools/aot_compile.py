@@ -24,7 +24,10 @@ Per program, per device:
   roofline   max(FLOPs / peak FLOP/s, bytes / HBM bandwidth): a compiler
              ESTIMATE of the step time, not a measurement (no collectives,
              no overlap, no kernel efficiency); the MFU bound is the model
-             FLOPs `bench_train` counts (per device) over that time and peak
+             FLOPs `bench_train` counts (per device) over that time and peak.
+             A decode loop counts every stage's bound (its exit is data
+             dependent): an upper bound, up to about 2x where a later stage's
+             start cannot be read from the program
 JSON and a markdown table go to --workdir; the exit status is 1, with the
 program and its bytes named, when a program does not fit or does not compile.
 """
@@ -146,9 +149,10 @@ def _line(r: dict[str, Any]) -> str:
   if "error" in r:
     return head + f"FAILED: {r['error']}"
   mfu = f", MFU bound {r['mfu_bound']:.0%}" if "mfu_bound" in r else ""
+  at_least = ">=" if r["unknown_loops"] else ""   # a loop counted once: its bound was not read
   return (head + f"program {_gib(r['program_bytes'])} + resident {_gib(r['resident_bytes'])} "
           f"= {_gib(r['peak_bytes'])} GiB ({r['peak_bytes'] / r['hbm_bytes']:.0%} of HBM, "
-          f"{'fits' if r['fits'] else 'DOES NOT FIT'}); {r['flops'] / 1e12:.3g} TFLOP, "
+          f"{'fits' if r['fits'] else 'DOES NOT FIT'}); {at_least}{r['flops'] / 1e12:.3g} TFLOP, "
           f"{r['bytes_accessed'] / 1e9:.3g} GB; roofline {r['roofline_s'] * 1e3:.3g} ms "
           f"({r['bound']}){mfu}")
 
@@ -178,7 +182,8 @@ def markdown(plan: dict[str, Any]) -> str:
     lines.append(
         f"| `{r['name']}` | {r['shape']} | {r['compile_s']:.1f} | {_gib(r['program_bytes'])} | "
         f"{_gib(r['peak_bytes'])} | {r['peak_bytes'] / r['hbm_bytes']:.0%} | "
-        f"{'yes' if r['fits'] else '**no**'} | {r['flops'] / 1e12:.3g} | "
+        f"{'yes' if r['fits'] else '**no**'} | {'≥' if r['unknown_loops'] else ''}"
+        f"{r['flops'] / 1e12:.3g} | "
         f"{r['bytes_accessed'] / 1e9:.3g} | {r['roofline_s'] * 1e3:.3g} | {r['bound']} | {mfu} |")
   return "\n".join(lines) + "\n"
 

@@ -14,12 +14,12 @@ that body as the entry computation, and combines them:
 
     F(C) = once(C) + sum over loops w directly in C of trip(w) * F(body(w)) - once(body(w))
 
-Trip counts come from each loop's condition (`counter < constant`, the form
-`lax.scan`/`fori_loop` lower to) and the counter's initial value (a constant,
-or the bound of the loop whose result it continues: the decode stages). A
-data-dependent exit (the decode loop stops when every row has finished)
-counts its bound: the worst case. A loop whose bound cannot be read counts
-once and is reported.
+Trip counts come from each loop's condition (`counters + offset < constant`
+terms, in the condition or a fusion it calls: `lax.scan` lowers to `i < n`)
+and the counters' initial values (constants, or where the loop it continues
+left its counter: the decode stages). A data-dependent exit (the decode loop
+stops when every row has finished) counts its bound: the worst case. A loop
+whose bound cannot be read counts once and is reported.
 
 Bytes: XLA's host cost model counts bytes differently from the TPU's (tiled
 layouts, memory spaces), so the TPU compiler's own number is scaled by the
@@ -158,33 +158,79 @@ def _defs(lines: list[str]) -> dict[str, tuple[str, str, str]]:
   return out
 
 
-def _bound(cond_lines: list[str]) -> tuple[int, int] | None:
-  """(tuple index of the counter, bound) of a `counter < constant` condition."""
-  defs = _defs(cond_lines)
-  for _, (op, args, attrs) in defs.items():
-    if op != "compare" or "direction=LT" not in attrs:
-      continue
-    a, _, b = args.partition(", ")
-    a, b = a.strip().lstrip("%"), b.strip().lstrip("%")
-    ga, cb = defs.get(a), defs.get(b)
-    if ga and cb and ga[0] == "get-tuple-element" and cb[0] == "constant":
-      index = re.search(r"index=(\d+)", ga[2])
+def _operands(args: str) -> list[str]:
+  return [a.strip().lstrip("%") for a in re.sub(r"/\*index=\d+\*/", "", args).split(",")]
+
+
+def _bounds(cond: str, comps: dict[str, list[str]]) -> list[tuple[tuple[int, ...], int, int]]:
+  """The condition's `sum of counters + offset < limit` terms, as (tuple indices, offset, limit).
+
+  A compare may sit in the condition or in a fusion it calls; fusion
+  parameters are followed back to the condition's operands. The loop runs
+  while every term holds: `lax.scan` lowers to `i < n`, a decode stage to
+  `step + 1 < end` (and its `any(running)`, which has no bound).
+  """
+  defs = _defs(comps.get(cond, []))
+
+  def term(name, resolve, depth=0):
+    """(tuple indices, constant) of a sum of counters and constants, or None."""
+    d = resolve(name)
+    if d is None or depth > 4:
+      return None
+    if d[0] == "get-tuple-element":
+      index = re.search(r"index=(\d+)", d[2])
+      return ((int(index.group(1)),), 0) if index else None
+    if d[0] == "constant":
       try:
-        return int(index.group(1)), int(cb[1])
-      except (AttributeError, ValueError):
+        return (), int(d[1])
+      except ValueError:
         return None
-  return None
+    if d[0] == "add":
+      parts = [term(a, resolve, depth + 1) for a in _operands(d[1])[:2]]
+      if all(parts):
+        return parts[0][0] + parts[1][0], parts[0][1] + parts[1][1]
+    return None
+
+  def compares(lines_defs, resolve):
+    out = []
+    for _, (op, args, attrs) in lines_defs.items():
+      if op != "compare" or "direction=LT" not in attrs:
+        continue
+      a, b = _operands(args)[:2]
+      lhs, rhs = term(a, resolve), term(b, resolve)
+      if lhs and rhs and lhs[0] and not rhs[0]:
+        out.append((lhs[0], lhs[1], rhs[1]))
+    return out
+
+  found = compares(defs, defs.get)
+  for _, (op, args, attrs) in defs.items():
+    called = re.search(r"calls=%([\w.\-]+)", attrs)
+    if op != "fusion" or not called:
+      continue
+    outer = _operands(args)
+    inner = _defs(comps.get(called.group(1), []))
+
+    def resolve(name, inner=inner, outer=outer):
+      d = inner.get(name)
+      if d and d[0] == "parameter" and d[1].strip().isdigit() and int(d[1]) < len(outer):
+        return defs.get(outer[int(d[1])])
+      return d
+
+    found += compares(inner, resolve)
+  return found
 
 
-def _start(defs, operand: str, index: int, bounds: dict[str, tuple[int, int]]) -> int:
-  """The counter's initial value: element `index` of the loop's operand tuple."""
+def _start(defs, operand: str, index: int, final) -> int:
+  """Element `index` of a loop's initial tuple: a constant, or where the loop it
+  continues left its counter (`final(loop, index)`); else 0 (the trip count is
+  then an upper bound)."""
   op = defs.get(operand.lstrip("%"))
   if not op or op[0] != "tuple":
     return 0
-  elements = [e.strip() for e in re.sub(r"/\*index=\d+\*/", "", op[1]).split(",")]
+  elements = _operands(op[1])
   if index >= len(elements):
     return 0
-  name = elements[index].lstrip("%")
+  name = elements[index]
   for _ in range(8):   # through copies and bitcasts
     d = defs.get(name)
     if d is None:
@@ -195,13 +241,10 @@ def _start(defs, operand: str, index: int, bounds: dict[str, tuple[int, int]]) -
       except ValueError:
         return 0
     if d[0] == "get-tuple-element":
-      source = d[1].strip().lstrip("%")
       i = re.search(r"index=(\d+)", d[2])
-      if source in bounds and i and int(i.group(1)) == bounds[source][0]:
-        return bounds[source][1]
-      return 0
+      return final(_operands(d[1])[0], int(i.group(1))) if i else 0
     if d[0] in ("copy", "bitcast"):
-      name = d[1].strip().lstrip("%")
+      name = _operands(d[1])[0]
       continue
     return 0
   return 0
@@ -244,20 +287,38 @@ def loop_aware_cost(compiled: jax.stages.Compiled) -> Cost:
     callees[name], everything[name] = found, all_found
 
   def owned(root: str) -> list[tuple[str, str, str, str]]:
-    out = []
-    for c in _reachable(root, callees):
-      out += loops.get(c, [])
-    return out
+    """Loops directly under `root` (through calls, fusions and branches)."""
+    reach = _reachable(root, callees)
+    return [w for c in order if c in reach for w in loops.get(c, [])]
 
-  bounds: dict[str, tuple[int, int]] = {}
-  for name in order:
-    for w, _, cond, _ in loops.get(name, []):
-      b = _bound(comps.get(cond, []))
-      if b is not None:
-        bounds[w] = b
+  bounds = {w: _bounds(cond, comps) for name in order for w, _, cond, _ in loops.get(name, [])}
+  operands = {w: operand for name in order for w, operand, _, _ in loops.get(name, [])}
   all_defs = {}
   for name in order:
     all_defs.update(_defs(comps[name]))
+  trips_of: dict[str, int | None] = {}
+
+  def trip_of(w: str, depth: int = 0) -> int | None:
+    """Iterations of loop `w` (None: its bound could not be read)."""
+    if w not in trips_of:
+      trip = None
+      for indices, offset, limit in bounds.get(w) or []:
+        starts = sum(_start(all_defs, operands[w], i,
+                            lambda v, k: final(v, k, depth + 1)) for i in indices)
+        n = max(limit - offset - starts, 0)
+        trip = n if trip is None else min(trip, n)
+      trips_of[w] = trip
+    return trips_of[w]
+
+  def final(w: str, index: int, depth: int) -> int:
+    """The value loop `w` leaves in its counter `index` (0 when unknown)."""
+    if depth > 16 or w not in bounds:
+      return 0
+    for indices, _, _ in bounds[w]:
+      if indices == (index,):
+        start = _start(all_defs, operands[w], index, lambda v, k: final(v, k, depth + 1))
+        return start + (trip_of(w, depth) or 0)
+    return 0
 
   once_cache: dict[str, tuple[float, float]] = {}
 
@@ -272,11 +333,9 @@ def loop_aware_cost(compiled: jax.stages.Compiled) -> Cost:
 
   def full(c: str) -> tuple[float, float]:
     f, b = once(c)
-    for w, operand, _, body in owned(c):
-      if w in bounds:
-        index, limit = bounds[w]
-        trip = max(limit - _start(all_defs, operand, index, bounds), 0)
-      else:
+    for w, _, _, body in owned(c):
+      trip = trip_of(w)
+      if trip is None:
         trip = 1
         unknown.append(w)
       trips.append((w, trip))
