@@ -54,6 +54,10 @@ setuptools.setup(
         # `python -m lmms_eval --model evejax` (evejax/eval/lmms_plugin.py). lmms-eval 0.7.3
         # imports filelock._api, gone in filelock 4; its wandb pin needs protobuf < 7 (README).
         "lmms": ["lmms-eval==0.7.3", "filelock<4"],
+        # The TPU compiler on a machine without TPUs (evejax.tools.aot_compile,
+        # plan_memory --target): jax's own tpu extra, i.e. the libtpu that this
+        # jax version needs (x86_64 Linux wheels only).
+        "tpu": ["jax[tpu]; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     },
     # lmms-eval finds its `--model evejax` here.
     entry_points={"lmms_eval.models": ["evejax = evejax.eval.lmms_plugin:manifests"]},

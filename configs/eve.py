@@ -95,7 +95,10 @@ def _base() -> ml_collections.ConfigDict:
       challenger=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=4096),
       solver=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=1024),
   ))
-  c.train = cu.grpo(lr=1e-6, kl_coef=1e-3)
+  # 512 Challenger rows (1,024 Solver rows) of 8192 tokens per step: 64
+  # micro-batches keep one (two) rows per device per micro-batch on 8 devices,
+  # which the TPU compiler fits (BENCHMARKS.md, "TPU compiler plans").
+  c.train = cu.grpo(lr=1e-6, kl_coef=1e-3, micro_batches=64)
   c.sandbox = cu.sandbox(workers=16)
   c.checkpoint = cu.checkpoint(every=5, keep=3)
   c.warmstart = ml_collections.ConfigDict(dict(
@@ -183,7 +186,14 @@ def qwen2_5_vl_7b() -> ml_collections.ConfigDict:
 
 
 def qwen3_vl_8b() -> ml_collections.ConfigDict:
-  """The published setup: Qwen3-VL-8B-Instruct with its prompt conventions."""
+  """The published setup: Qwen3-VL-8B-Instruct with its prompt conventions.
+
+  Fits a TPU v5p-16 slice (8 chips, `mesh.fsdp=-1` = 8) per the TPU compiler
+  (`python -m evejax.tools.aot_compile --config configs/eve.py:qwen3_vl_8b
+  --target tpu:v5p-16 --largest`): the Solver's GRPO step peaks at 84 GiB of
+  95 per chip with both roles' states resident (BENCHMARKS.md, "TPU compiler
+  plans").
+  """
   c = _base()
   c.model = cu.model("qwen3_vl_8b", dtype="bfloat16", param_dtype="float32", remat=True)
   c.eve.update(coordinates="relative", think_tag="thinking")
@@ -191,8 +201,9 @@ def qwen3_vl_8b() -> ml_collections.ConfigDict:
   c.data.update(size=448, min_pixels=64 * 64, max_pixels=448 * 448)
   # With both roles' train states resident (33 GiB per device on 8 devices), a
   # chunk of 8 prompts x G=4 Challenger programs of 4096 tokens fits an H100
-  # (BENCHMARKS.md, "Memory plans"); 16 prompts do not.
-  c.processing.batch_buckets = (4, 8)
+  # (BENCHMARKS.md, "Memory plans"); 16 prompts do not. Buckets are multiples
+  # of the 8 devices the batch is split over.
+  c.processing.batch_buckets = (8,)
   return c
 
 

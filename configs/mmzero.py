@@ -66,7 +66,10 @@ def _base() -> ml_collections.ConfigDict:
       coder=dict(temperature=0.7, top_p=0.95, top_k=0, max_new_tokens=4096),
       solver=dict(temperature=1.0, top_p=0.99, top_k=0, max_new_tokens=2048),
   ))
-  c.train = cu.grpo(lr=1e-6, kl_coef=0.01, clip_high=0.3)
+  # Up to 512 Solver rows of 2048 tokens per step: 8 micro-batches keep about
+  # 8192 tokens per device per micro-batch on 16 devices (BENCHMARKS.md, "TPU
+  # compiler plans").
+  c.train = cu.grpo(lr=1e-6, kl_coef=0.01, clip_high=0.3, micro_batches=8)
   # Sandbox: SVG renders take a 30 s budget in the published pool.
   c.sandbox = cu.sandbox(workers=16, timeout_s=30.0)
   c.checks = ml_collections.ConfigDict(dict(max_side=16384, max_aspect=100.0))

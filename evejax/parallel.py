@@ -15,6 +15,7 @@ Two properties let one table serve every model size:
 from __future__ import annotations
 
 from collections.abc import Sequence
+import contextlib
 import math
 from typing import Any
 
@@ -254,6 +255,34 @@ def batch_shards(mesh: Mesh, rules: Rules = LOGICAL_RULES) -> int:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+class OnMesh:
+  """A jitted function that is traced (called or lowered) with `mesh` in context.
+
+  Kernels that must run per shard find the mesh there: splash attention wraps
+  its Pallas call in `jax.shard_map` over the mesh in context
+  (`evejax.models.attention`), and the TPU compiler refuses a Mosaic kernel it
+  would have to partition itself ("Mosaic kernels cannot be automatically
+  partitioned"). With Auto axes nothing else changes: every other sharding in
+  evejax is explicit.
+  """
+
+  def __init__(self, jitted: Any, mesh: Mesh | None):
+    self.jitted = jitted
+    self.mesh = mesh
+
+  def __call__(self, *args, **kwargs):
+    with _mesh_context(self.mesh):
+      return self.jitted(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    with _mesh_context(self.mesh):
+      return self.jitted.lower(*args, **kwargs)
+
+
+def _mesh_context(mesh: Mesh | None):
+  return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
 def shard_tree(tree: Any, shardings: Any) -> Any:

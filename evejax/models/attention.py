@@ -56,6 +56,7 @@ What each kernel is given, and why:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -126,8 +127,30 @@ def within_segments(ids: jax.Array, implementation: str
   return Segments(ids, ids, implementation=implementation)
 
 
+# The platform programs are being compiled for, when it is not the backend's:
+# set by `compiling_for` (ahead-of-time compiles for compile-only TPU or GPU
+# devices from a CPU host, `evejax.tools.aot_compile`).
+_TARGET_PLATFORM: list[str] = []
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str):
+  """Resolves attention, and builds kernels, for `platform` ("tpu", "gpu", "cpu")
+  while tracing in this context, whatever backend the host runs.
+
+  For ahead-of-time compiles on compile-only devices: with `JAX_PLATFORMS=cpu`
+  the default backend is the CPU, yet `auto` must pick splash (not xla) and
+  splash must be the Mosaic kernel (not Pallas interpret mode) for a TPU target.
+  """
+  _TARGET_PLATFORM.append(platform)
+  try:
+    yield
+  finally:
+    _TARGET_PLATFORM.pop()
+
+
 def _platform() -> str:
-  return jax.default_backend()
+  return _TARGET_PLATFORM[-1] if _TARGET_PLATFORM else jax.default_backend()
 
 
 def resolve(name: str) -> str:
@@ -322,7 +345,7 @@ def _sharded(per_shard, qs, ks, vs, sq, skv):
   """per_shard under `jax.shard_map` over the mesh in context, if any."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or math.prod(mesh.shape.values()) == 1:
-    if jax.device_count() > 1 and _platform() == "tpu":
+    if _platform() == "tpu" and jax.device_count() > 1:
       _log_once("attention: splash without a mesh in context (jax.set_mesh) "
                 "cannot run per shard; XLA may gather its operands")
     return per_shard(qs, ks, vs, sq, skv)
@@ -344,4 +367,4 @@ def _sharded(per_shard, qs, ks, vs, sq, skv):
 
 
 __all__ = ["Segments", "attend", "causal_text", "within_segments", "resolve",
-           "ATTENTION_IMPLEMENTATIONS"]
+           "compiling_for", "ATTENTION_IMPLEMENTATIONS"]

@@ -328,7 +328,9 @@ class Learner:
                ref_params: PyTree | None = None, keep_reference: bool = True,
                seed: int = 0, compiler_options: dict[str, Any] | None = None):
     self.model_config = model_config
-    self._jit = functools.partial(jax.jit, compiler_options=compiler_options)
+    # Every program is traced with the mesh in context (splash attention's shard_map).
+    self._jit = lambda fn, **kw: parallel.OnMesh(
+        jax.jit(fn, compiler_options=compiler_options, **kw), self._mesh)
     self.cfg = c = merge_config(cfg)
     if c.micro_batches < 1:
       raise ValueError(f"config.train.micro_batches={c.micro_batches} must be >= 1.")

@@ -36,9 +36,12 @@ def _check(config: ModelConfig, length: int, images: int, side: int) -> int:
 
 
 def abstract_batch(config: ModelConfig, rows: int, length: int, *, images: int = 0,
-                   image_side: int = 448) -> TrainBatch:
-  """ShapeDtypeStructs of a GRPO batch (nothing allocated)."""
-  p = _check(config, length, images, image_side)
+                   image_side: int = 448, patches: int | None = None) -> TrainBatch:
+  """ShapeDtypeStructs of a GRPO batch (nothing allocated).
+
+  `patches`: patch rows per row (a patch bucket), instead of images x side.
+  """
+  p = _check(config, length, images, image_side) if patches is None else patches
   s = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
   i32, f32 = jnp.int32, jnp.float32
   inputs = ModelInputs(

@@ -266,8 +266,8 @@ class Sampler:
         out = jax.eval_shape(prefill, params, inputs)
         out_shardings = (self._batch_sharding(2),
                          self._shardings(axes, out[1]))
-      return jax.jit(prefill, out_shardings=out_shardings).lower(
-          params, inputs).compile()
+      return parallel.OnMesh(jax.jit(prefill, out_shardings=out_shardings),
+                             self.mesh).lower(params, inputs).compile()
     return self._compiled(key, build)
 
   def _grow_cache(self, cache, extra: int):
@@ -300,7 +300,7 @@ class Sampler:
       # One stage returns its cache, so the donated one is updated in place;
       # with several, the first (small) cache is copied once into the loop.
       donate = (2,) if len(ends) == 1 else ()
-      return jax.jit(decode, donate_argnums=donate).lower(
+      return parallel.OnMesh(jax.jit(decode, donate_argnums=donate), self.mesh).lower(
           params, logits, cache, row_ids, key_).compile()
     return self._compiled(key, build)
 
@@ -320,6 +320,22 @@ class Sampler:
       {"prefill": ..., "decode": ...} (`CompiledMemoryStats`; with a mesh,
       per device) and "inference_params": the abstract params the programs
       run on (with the unrolled layout, the second copy `generate` holds).
+    """
+    chunk = self.compile_chunk(params, sampling, length=length, patches=patches,
+                               prompts=prompts)
+    return {"prefill": chunk["prefill"].memory_analysis(),
+            "decode": chunk["decode"].memory_analysis(),
+            "inference_params": chunk["inference_params"]}
+
+  def compile_chunk(self, params, sampling: SamplingParams, *, length: int,
+                    patches: int = 0, prompts: int | None = None) -> dict:
+    """One chunk's prefill and decode programs, compiled ahead of time, not run.
+
+    The arguments are `memory_analysis`'s; returns {"prefill", "decode"}
+    (`jax.stages.Compiled`, for their memory and cost analyses),
+    "inference_params" and "seconds" (each one's compile time; 0 when this
+    sampler had compiled it already). On a mesh of compile-only devices (a TPU topology)
+    this is the target compiler's program.
     """
     rows = prompts or self.batch_buckets[-1]
     abstract = lambda tree, axes: parallel.abstract_tree(
@@ -343,18 +359,21 @@ class Sampler:
         inputs, None if self.mesh is None else self._input_shardings(inputs))
     ends = loop_lib.stage_ends(sampling.max_new_tokens, self.first_stage_tokens)
     cache_size = length + ends[0]
+    start = time.perf_counter()
     prefill = self._prefill_program(params, inputs, sampling.group_size,
                                     cache_size)
+    took = time.perf_counter() - start
     logits, cache = prefill.out_info  # ShapeDtypeStructs of its outputs
     by_batch = lambda x: parallel.abstract_tree(
         x, None if self.mesh is None else self._batch_sharding(x.ndim))
     logits, cache = by_batch(logits), abstract(cache, self._cache_axes)
     row_ids = by_batch(jax.ShapeDtypeStruct((logits.shape[0],), jnp.int32))
     key = jax.eval_shape(lambda: jax.random.key(0))
+    start = time.perf_counter()
     decode = self._decode_program(params, logits, cache, row_ids, key,
                                   sampling, ends, cache_size)
-    return {"prefill": prefill.memory_analysis(),
-            "decode": decode.memory_analysis(), "inference_params": params}
+    return {"prefill": prefill, "decode": decode, "inference_params": params,
+            "seconds": {"prefill": took, "decode": time.perf_counter() - start}}
 
   # --------------------------------------------------------------- generate
   def generate(self, params, prompts: Sequence[Any], sampling: SamplingParams,

@@ -32,6 +32,7 @@ from evejax.models import presets
 from evejax.models import vlm
 from evejax.rl import learner as learner_lib
 from evejax.rl import synthetic
+from evejax.tools.flops import forward_flops
 
 _PRESET = flags.DEFINE_string("preset", "qwen2_5_vl_3b", "Model preset.")
 _LAYERS = flags.DEFINE_integer("layers", 0, "Override the text decoder depth (0: preset's).")
@@ -69,43 +70,6 @@ def _parse_mesh(spec: str) -> dict[str, int]:
     name, _, size = part.partition("=")
     out[name.strip()] = int(size)
   return out
-
-
-def forward_flops(config: presets.ModelConfig, rows: int, seq: int, images: int,
-                  side: int) -> float:
-  """Matmul FLOPs of one forward pass over the batch (2 per multiply-add).
-
-  The dense matmuls are counted from the model's own kernels (any family):
-  every text-layer kernel and the LM head once per token, every vision-block
-  kernel and the patch embedding once per patch, the mergers' once per merged
-  token. Attention adds its score and value products (causal: half the square).
-  """
-  t, v = config.text, config.vision
-  shapes = jax.eval_shape(lambda: vlm.init_params(config, jax.random.PRNGKey(0)))
-  kernels = lambda tree: sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(tree)
-                             if getattr(path[-1], "key", None) == "kernel")
-  q = t.num_heads * t.head_dim
-  tokens = rows * seq
-  text = 2 * tokens * (kernels(shapes["text"]["layers"]) + t.hidden_size * t.vocab_size)
-  text += 2 * 2 * rows * (seq * seq / 2) * q * t.num_layers
-  if not images:
-    return text
-  g = side // v.patch_size
-  p = g * g                                    # patches per image
-  n = rows * images * p                        # patches in the batch
-  vision_params = shapes["vision"]
-  per_patch = kernels(vision_params["blocks"]) + kernels(vision_params["patch_embed"])
-  per_merged = kernels(vision_params) - per_patch
-  vision = 2 * n * per_patch + 2 * (n // v.merge_unit) * per_merged
-  # Keys each patch attends to: its window, or its whole image in full blocks.
-  if v.window_merged is None:
-    keys = v.depth * p
-  else:
-    full = len(v.fullatt_block_indexes)
-    window = min(p, (v.window_merged * v.spatial_merge_size) ** 2)
-    keys = full * p + (v.depth - full) * window
-  vision += 2 * 2 * n * v.hidden_size * keys
-  return text + vision
 
 
 def main(argv):

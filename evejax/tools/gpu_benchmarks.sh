@@ -12,8 +12,10 @@
 #   bash evejax/tools/gpu_benchmarks.sh --only train_cudnn   # one of them
 #
 # Each benchmark's output goes to $OUT/<name>.log when OUT is set (else
-# ./gpu_benchmarks/), with env.txt (GPU, driver, jax) and summary.txt (exit
-# status and seconds per benchmark; 124 = hit its timeout). Run from the
+# ./gpu_benchmarks/), with env.txt (GPU, driver, jax), gpu_target_config.txtpb
+# (this GPU described for compiling without it: `aot_compile --target gpu:h100x8
+# --gpu_target_config FILE`) and summary.txt (exit status and seconds per
+# benchmark; 124 = hit its timeout). Run from the
 # repository root. The device image lacks ml_collections (bench_train) and
 # imagehash with PyWavelets (bench_sandbox); carry them as wheels in .whl/,
 # fetched where pip works (see /work/.library/device/README.md):
@@ -31,7 +33,7 @@ while (($#)); do
   case "$1" in
     --dry_run) DRY_RUN=1 ;;
     --only) ONLY="${2:?--only needs a benchmark name}"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "gpu_benchmarks.sh: unknown argument $1 (use --dry_run, --only NAME)" >&2
        exit 2 ;;
   esac
@@ -79,6 +81,8 @@ fi
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
   $PYTHON -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1
   git rev-parse --short HEAD 2>/dev/null || echo "commit: unknown (no .git)"
+  # This GPU as a target config, for `aot_compile --target gpu:... --gpu_target_config`.
+  timeout 60 $PYTHON -m evejax.tools.gpu_target_config --out "$OUT_DIR/gpu_target_config.txtpb" 2>&1
 } >"$OUT_DIR/env.txt"
 cat "$OUT_DIR/env.txt"
 

@@ -15,15 +15,24 @@ the two fits.
       --mesh fsdp=4 --batch 32 --seq 4096
 
 `--config` is a model preset name or a config file (`path.py[:arg]`), whose
-model, mesh and train blocks are then used. The estimate comes from the CPU
-compiler: GPU/TPU compilers fuse differently (and may use flash attention),
-so treat temp memory as an order-of-magnitude guide; params, optimizer and
-reference bytes are exact. The CPU compiler also runs bf16 matmuls in f32
-(an f32 copy of each weight it multiplies), so with bf16 weights the
-temporaries are an upper bound.
+model, mesh and train blocks are then used. Which compiler plans:
+
+  default           the CPU compiler on fake CPU devices: GPU/TPU compilers
+                    fuse differently (and use flash attention), so treat temp
+                    memory as an order-of-magnitude guide; params, optimizer
+                    and reference bytes are exact. The CPU compiler also runs
+                    bf16 matmuls in f32 (an f32 copy of each weight it
+                    multiplies), so with bf16 weights the temporaries are an
+                    upper bound.
+  --target tpu:v5p-16   the TPU compiler itself, on compile-only devices of that
+                    slice (libtpu: `pip install -e '.[tpu]'`; no TPU needed),
+                    splash attention as the Mosaic kernel: the same path as
+                    `evejax.tools.aot_compile`, which compiles every program of
+                    a run rather than one step and one chunk.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 from absl import app
@@ -72,23 +81,19 @@ _SAMPLE_NEW = flags.DEFINE_integer(
     "max_new_tokens of the config's sampling roles, else 1024).")
 _CHUNK = flags.DEFINE_integer("logprob_chunk", None, "Log-softmax chunk (default: config's, "
                               "or 1024).")
+_TARGET = flags.DEFINE_string("target", "", "Plan with the target's own compiler on its "
+                              "compile-only devices, e.g. tpu:v5p-16 (default: the CPU "
+                              "compiler on fake CPU devices).")
 
-# Memory per device, GiB (HBM as the vendors list it).
-HARDWARE = {
-    "H100 80GB": 80, "H200 141GB": 141, "A100 80GB": 80, "A100 40GB": 40,
-    "TPU v5p (95GB)": 95, "TPU v5e (16GB)": 16, "TPU v4 (32GB)": 32, "TPU v6e (32GB)": 32,
-}
 GiB = 1024 ** 3
 
 
 def _parse_mesh(spec: str) -> dict[str, int]:
-  out = {}
-  for part in filter(None, spec.split(",")):
-    name, _, size = part.partition("=")
-    if not size.lstrip("-").isdigit():
-      raise app.UsageError(f"--mesh part {part!r}: use axis=size, e.g. fsdp=8.")
-    out[name.strip()] = int(size)
-  return out
+  from evejax.tools import targets  # pylint: disable=g-import-not-at-top
+  try:
+    return targets.parse_mesh(spec)
+  except targets.TargetError as e:
+    raise app.UsageError(str(e)) from None
 
 
 def _load(spec: str) -> tuple[str, ml_collections.ConfigDict | None]:
@@ -116,14 +121,8 @@ def _gib(n: float) -> str:
 
 
 def _peak(stats) -> int:
-  """Arguments + outputs (minus donated aliases) + XLA's temp allocation.
-
-  XLA packs all temporaries into one buffer sized for the most alive at once,
-  so this is the program's high-water mark. (CPU's peak_memory_in_bytes
-  leaves temporaries out, so it is not used.)
-  """
-  return (stats.argument_size_in_bytes + stats.output_size_in_bytes
-          - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+  from evejax.tools import targets  # pylint: disable=g-import-not-at-top
+  return targets.program_bytes(stats)
 
 
 def main(argv):
@@ -136,9 +135,38 @@ def main(argv):
   if any(v == -1 for v in mesh_axes.values()):
     raise app.UsageError("--mesh: give every axis size explicitly (no -1) for a plan.")
   devices = math.prod(known)
-  # Fake CPU devices: must be set before the backend starts.
+  # Fake CPU devices, or a target's compile-only ones: set before the backend starts.
   jax.config.update("jax_platforms", "cpu")
-  jax.config.update("jax_num_cpu_devices", devices)
+  target_devices, platform = None, "cpu"
+  if _TARGET.value:
+    from evejax.tools import targets  # pylint: disable=g-import-not-at-top
+    targets.setup_host()
+    try:
+      top = targets.topology(_TARGET.value)
+      target_devices = targets.devices(top)
+    except targets.TargetError as e:
+      raise app.UsageError(str(e)) from None
+    if devices > len(target_devices):
+      raise app.UsageError(f"--mesh {mesh_axes} needs {devices} devices; {top.target} has "
+                           f"{len(target_devices)}.")
+    target_devices, platform = target_devices[:devices], top.chip.platform
+    print(f"TPU compiler plan: compile-only devices of {top.target} "
+          f"({devices} x {target_devices[0].device_kind})")
+  else:
+    jax.config.update("jax_num_cpu_devices", devices)
+    from evejax.tools import targets  # pylint: disable=g-import-not-at-top
+    print("CPU compiler plan (fake CPU devices; an upper bound for bf16)"
+          + (": libtpu is installed, --target tpu:<slice> plans with the TPU compiler"
+             if targets.libtpu_installed() else ""))
+  from evejax.models import attention  # pylint: disable=g-import-not-at-top
+  cache = contextlib.nullcontext() if target_devices is None else targets.no_persistent_cache()
+  with attention.compiling_for(platform), cache:
+    _plan(preset, config, mesh_axes, devices, target_devices)
+
+
+def _plan(preset, config, mesh_axes, devices, target_devices):
+  """Compiles and prints the plan (see the module docstring)."""
+  from evejax.tools import targets  # pylint: disable=g-import-not-at-top
 
   # Imported here so that nothing touches a backend before the lines above.
   from evejax import parallel  # pylint: disable=g-import-not-at-top
@@ -161,7 +189,7 @@ def main(argv):
   train.logprob_chunk = (_CHUNK.value if _CHUNK.value is not None
                          else train.logprob_chunk or 1024)
 
-  mesh = parallel.make_mesh(mesh_axes)
+  mesh = parallel.make_mesh(mesh_axes, devices=target_devices)
   rules = parallel.rules_from_config(config.mesh) if config is not None else None
   data_shards = math.prod(
       mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape)
@@ -194,7 +222,7 @@ def main(argv):
   needs_ref = (_KIND.value == "reinforce" or train.loss.kl_coef > 0)
   ref_b = param_b if needs_ref and not train.ref_on_host and learner.owns_reference else 0
 
-  print("compiling the step on CPU (a few minutes for large presets) ...", flush=True)
+  print("compiling the step (a few minutes for large presets) ...", flush=True)
   step = learner.lower_step(_KIND.value, batch).compile().memory_analysis()
   step_peak = _peak(step)
   # The reference params stay resident through the step unless kept on host
@@ -220,16 +248,18 @@ def main(argv):
   print(f"  step: peak           {_gib(step_peak)}")
   if score_peak:
     print(f"  reference pass peak  {_gib(score_peak)}  (with the train state resident)")
-  print(f"  estimated peak       {_gib(total)}  (CPU compiler: an upper bound for bf16)")
+  print(f"  estimated peak       {_gib(total)}  ("
+        + ("TPU compiler)" if target_devices else "CPU compiler: an upper bound for bf16)"))
   if _SAMPLE.value:
     weights = learner.backbone if learner.backbone is not None else state.params
     sample_peak = _plan_sampling(config, model_config, mesh, rules, weights,
                                  seq, param_b + opt_b + ref_b + others)
     total = max(total, sample_peak)
   print("\nfits (the larger peak under 90% of device memory):")
-  for name, mem in HARDWARE.items():
-    verdict = "yes" if total < 0.9 * mem * GiB else "no"
-    print(f"  {name:16s} {verdict:3s}  ({total / (mem * GiB):5.0%} of memory)")
+  for chip in targets.CHIPS.values():
+    verdict = "yes" if total < 0.9 * chip.hbm_bytes else "no"
+    print(f"  {chip.name:18s} {chip.hbm_bytes / GiB:5.0f} GiB {verdict:3s}  "
+          f"({total / chip.hbm_bytes:5.0%} of memory)")
 
 
 def _plan_roles(config, model_config, mesh, planned) -> int:
@@ -290,7 +320,7 @@ def _plan_sampling(config, model_config, mesh, rules, params, seq: int,
       model_config, mesh=mesh, rules=rules, length_buckets=(length,),
       patch_buckets=(patches,), batch_buckets=(prompts,), max_cache=length + new)
   sp = sampling.SamplingParams(max_new_tokens=new, group_size=group)
-  print(f"\ncompiling one generate chunk on CPU: {prompts} prompts x G={group} = "
+  print(f"\ncompiling one generate chunk: {prompts} prompts x G={group} = "
         f"{prompts * group} rows, prompt {length} tokens ({_IMAGES.value} image(s)), "
         f"up to {new} new tokens ...", flush=True)
   plan = sampler.memory_analysis(params, sp, length=length, patches=patches)
