@@ -26,6 +26,8 @@ from typing import Any, Callable
 from evejax.models.presets import ModelConfig
 from evejax.models.qwen2_5_vl import checkpoint as qwen2_5_vl_checkpoint
 from evejax.models.qwen2_5_vl.model import Qwen2_5_VL
+from evejax.models.qwen3_5 import checkpoint as qwen3_5_checkpoint
+from evejax.models.qwen3_5.model import Qwen3_5
 from evejax.models.qwen3_vl import checkpoint as qwen3_vl_checkpoint
 from evejax.models.qwen3_vl.model import Qwen3VL
 
@@ -73,6 +75,17 @@ FAMILIES: dict[str, Family] = {
         config_to_hf=qwen3_vl_checkpoint.config_to_hf,
         tensor_table=qwen3_vl_checkpoint.tensor_table,
         alt_names=qwen3_vl_checkpoint.alt_names,
+        image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+        min_pixels=256 * 256, max_pixels=4096 * 4096,
+        default_system=None),
+    "qwen3_5": Family(
+        name="qwen3_5", module=Qwen3_5,
+        hf_model_type=qwen3_5_checkpoint.HF_MODEL_TYPE,
+        hf_architecture=qwen3_5_checkpoint.HF_ARCHITECTURE,
+        config_from_hf=qwen3_5_checkpoint.config_from_hf,
+        config_to_hf=qwen3_5_checkpoint.config_to_hf,
+        tensor_table=qwen3_5_checkpoint.tensor_table,
+        alt_names=qwen3_5_checkpoint.alt_names,
         image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
         min_pixels=256 * 256, max_pixels=4096 * 4096,
         default_system=None),

@@ -179,6 +179,110 @@ class Qwen3TextConfig:
                        f"multiple of num_kv_heads={self.num_kv_heads}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class Qwen3_5VisionConfig(Qwen3VisionConfig):
+  """Qwen3.5's vision tower: Qwen3-VL's without DeepStack."""
+  FAMILY: ClassVar[str] = "qwen3_5"
+  deepstack_visual_indexes: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.deepstack_visual_indexes:
+      raise ValueError(
+          f"Qwen3_5VisionConfig.deepstack_visual_indexes="
+          f"{self.deepstack_visual_indexes}: Qwen3.5 has no DeepStack mergers.")
+
+
+LINEAR_ATTENTION, FULL_ATTENTION = "linear_attention", "full_attention"
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3_5TextConfig:
+  """Qwen3.5's hybrid decoder: Gated DeltaNet layers and gated full attention.
+
+  `layer_types[i]` is LINEAR_ATTENTION or FULL_ATTENTION; left empty, layer i
+  is full iff (i + 1) % full_attention_interval == 0 (transformers' rule).
+  """
+  FAMILY: ClassVar[str] = "qwen3_5"
+  vocab_size: int = 248320
+  hidden_size: int = 4096
+  intermediate_size: int = 12288
+  num_layers: int = 32
+  layer_types: tuple[str, ...] = ()
+  full_attention_interval: int = 4
+  # Gated full attention: the query projection also emits a per-head gate.
+  num_heads: int = 16
+  num_kv_heads: int = 4
+  head_dim: int = 256
+  rope_theta: float = 10_000_000.0
+  # Rotary on the first head_dim * factor channels only (64 of 256).
+  partial_rotary_factor: float = 0.25
+  mrope_section: tuple[int, ...] = (11, 11, 10)
+  rms_norm_eps: float = 1e-6
+  # Gated DeltaNet: Hk key heads of dk, Hv value heads of dv (Hv % Hk == 0).
+  linear_num_key_heads: int = 16
+  linear_num_value_heads: int = 32
+  linear_key_head_dim: int = 128
+  linear_value_head_dim: int = 128
+  linear_conv_kernel_dim: int = 4
+  # Tokens per chunk of the chunked delta rule (scoring, training, prefill).
+  chunk_size: int = 64
+  tie_word_embeddings: bool = False
+
+  def __post_init__(self):
+    types = tuple(self.layer_types) or tuple(
+        FULL_ATTENTION if (i + 1) % self.full_attention_interval == 0
+        else LINEAR_ATTENTION for i in range(self.num_layers))
+    object.__setattr__(self, "layer_types", types)
+    bad = sorted(set(types) - {LINEAR_ATTENTION, FULL_ATTENTION})
+    if bad or len(types) != self.num_layers:
+      raise ValueError(
+          f"Qwen3_5TextConfig.layer_types has {len(types)} entries {bad or ''} "
+          f"for {self.num_layers} layers; give one of {LINEAR_ATTENTION!r}, "
+          f"{FULL_ATTENTION!r} per layer.")
+    if len(self.mrope_section) != 3 or sum(self.mrope_section) > self.rotary_dim // 2:
+      raise ValueError(
+          f"Qwen3_5TextConfig.mrope_section={self.mrope_section} needs three "
+          f"sizes summing to at most rotary_dim / 2 = {self.rotary_dim // 2}.")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"Qwen3_5TextConfig: num_heads={self.num_heads} is not a "
+                       f"multiple of num_kv_heads={self.num_kv_heads}.")
+    if self.linear_num_value_heads % self.linear_num_key_heads:
+      raise ValueError(
+          f"Qwen3_5TextConfig: linear_num_value_heads="
+          f"{self.linear_num_value_heads} is not a multiple of "
+          f"linear_num_key_heads={self.linear_num_key_heads}.")
+
+  @property
+  def rotary_dim(self) -> int:
+    return int(self.head_dim * self.partial_rotary_factor)
+
+  @property
+  def value_heads_per_key_head(self) -> int:
+    return self.linear_num_value_heads // self.linear_num_key_heads
+
+  @property
+  def linear_group_width(self) -> int:
+    """Channels of in_qkv per key head: its q, its k, its r value heads."""
+    return (2 * self.linear_key_head_dim
+            + self.value_heads_per_key_head * self.linear_value_head_dim)
+
+  @property
+  def period(self) -> int:
+    """The shortest repeat of layer_types (num_layers when irregular)."""
+    n, t = self.num_layers, self.layer_types
+    return next(p for p in range(1, n + 1)
+                if n % p == 0 and all(t[i] == t[i % p] for i in range(n)))
+
+  @property
+  def full_layers(self) -> tuple[int, ...]:
+    return tuple(i for i, k in enumerate(self.layer_types) if k == FULL_ATTENTION)
+
+  @property
+  def linear_layers(self) -> tuple[int, ...]:
+    return tuple(i for i, k in enumerate(self.layer_types) if k == LINEAR_ATTENTION)
+
+
 # `ModelConfig.attention` values (see `evejax.models.attention`).
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 
@@ -188,8 +292,8 @@ class ModelConfig:
   # The architecture; `evejax.models.families` maps it to modules, processing
   # and checkpoint names. The vision/text configs must be that family's.
   family: str = "qwen2_5_vl"
-  vision: VisionConfig | Qwen3VisionConfig = VisionConfig()
-  text: TextConfig | Qwen3TextConfig = TextConfig()
+  vision: VisionConfig | Qwen3VisionConfig | Qwen3_5VisionConfig = VisionConfig()
+  text: TextConfig | Qwen3TextConfig | Qwen3_5TextConfig = TextConfig()
   image_token_id: int = 151655
   video_token_id: int = 151656
   vision_start_token_id: int = 151652
