@@ -244,6 +244,9 @@ class Qwen3_5TextConfig:
       raise ValueError(
           f"Qwen3_5TextConfig.mrope_section={self.mrope_section} needs three "
           f"sizes summing to at most rotary_dim / 2 = {self.rotary_dim // 2}.")
+    if self.chunk_size < 1 or self.chunk_size & (self.chunk_size - 1):
+      raise ValueError(f"Qwen3_5TextConfig.chunk_size={self.chunk_size} must be "
+                       "a power of 2 (64 as in the reference).")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"Qwen3_5TextConfig: num_heads={self.num_heads} is not a "
                        f"multiple of num_kv_heads={self.num_kv_heads}.")

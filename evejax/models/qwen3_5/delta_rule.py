@@ -16,9 +16,9 @@ j <= i (0 above the diagonal):
     U = L^-1 diag(beta) V,  P = L^-1 diag(beta e^G) K
     V' = U - P S,  O = (Q e^G) S + ((Q K^T) * D) V'
     S <- e^{G_last} S + (K e^{G_last - G})^T V'
-Everything that does not depend on S (D, the two triangular solves, Q K^T)
-is computed for all chunks at once before the scan; the scan does three
-small matmuls per chunk. Lengths are zero-padded to whole chunks: a padded
+Everything that does not depend on S (D, L^-1 by `unit_lower_inverse`,
+Q K^T) is computed for all chunks at once before the scan; the scan does
+four small matmuls per chunk. Lengths are zero-padded to whole chunks: a padded
 token has k = v = 0 and g = 0, so it changes neither outputs nor state.
 All of it runs in fp32 at full matmul precision (TPUs would otherwise run
 fp32 dots in bf16 passes); `chunk_size` 64 as transformers' reference uses.
@@ -55,6 +55,36 @@ def prepare(q, k, v, beta, g, value_heads_per_key_head: int):
           g.astype(jnp.float32))
 
 
+def unit_lower_inverse(a: jax.Array) -> jax.Array:
+  """(I + a)^-1 for strictly lower triangular a [..., C, C], C a power of 2.
+
+  Built up from the diagonal by the 2x2 block rule
+  [[X, 0], [Y, Z]]^-1 = [[X^-1, 0], [-Z^-1 Y X^-1, Z^-1]]: level s pairs
+  neighbouring blocks of size s into blocks of 2s, log2(C) levels of batched
+  matmuls. Exact (forward substitution, regrouped), unlike a Neumann series,
+  and made of matmuls only: XLA:CPU's triangular solve deadlocked in
+  multi-device programs (the 8-device mesh test), and matmuls suit TPUs.
+  """
+  c = a.shape[-1]
+  if c & (c - 1):
+    raise ValueError(f"unit_lower_inverse: size {c} is not a power of 2.")
+  lead = a.shape[:-2]
+  inv = jnp.broadcast_to(jnp.eye(c, dtype=a.dtype), a.shape)
+  s = 1
+  while s < c:
+    n = c // (2 * s)
+    blocks = lambda m: m.reshape(*lead, n, 2, s, n, 2, s)
+    pairs = jnp.arange(n)
+    lower = blocks(a)[..., pairs, 1, :, pairs, 0, :]      # [n, ..., s, s]
+    first = blocks(inv)[..., pairs, 0, :, pairs, 0, :]
+    second = blocks(inv)[..., pairs, 1, :, pairs, 1, :]
+    new = -_dot("...ij,...jk,...kl->...il", second, lower, first)
+    inv = blocks(inv).at[..., pairs, 1, :, pairs, 0, :].set(new)
+    inv = inv.reshape(a.shape)
+    s *= 2
+  return inv
+
+
 def chunked(q, k, v, beta, g, state=None, chunk_size: int = 64):
   """The gated delta rule over T tokens in chunks.
 
@@ -89,11 +119,12 @@ def chunked(q, k, v, beta, g, state=None, chunk_size: int = 64):
   decay = jnp.exp(jnp.where(lower, cum[..., :, None] - cum[..., None, :],
                             -jnp.inf))                       # [B, H, N, C, C]
   k_beta = k * beta[..., None]
-  system = _dot("bhnid,bhnjd->bhnij", k_beta, k) * decay
-  solve = lambda rhs: jax.lax.linalg.triangular_solve(
-      system, rhs, left_side=True, lower=True, unit_diagonal=True)
-  u = solve(v * beta[..., None])                             # [B, H, N, C, dv]
-  p = solve(k_beta * jnp.exp(cum)[..., None])                # [B, H, N, C, dk]
+  strict = jnp.tril(jnp.ones((c, c), bool), -1)
+  inverse = unit_lower_inverse(jnp.where(
+      strict, _dot("bhnid,bhnjd->bhnij", k_beta, k) * decay, 0.0))
+  u = _dot("bhnij,bhnjd->bhnid", inverse, v * beta[..., None])   # [.., C, dv]
+  p = _dot("bhnij,bhnjd->bhnid", inverse,
+           k_beta * jnp.exp(cum)[..., None])                     # [.., C, dk]
   scores = _dot("bhnid,bhnjd->bhnij", q, k) * decay
   q_decayed = q * jnp.exp(cum)[..., None]
   k_decayed = k * jnp.exp(cum[..., -1:] - cum)[..., None]

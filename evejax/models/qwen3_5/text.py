@@ -54,6 +54,15 @@ gated_norm_gate = jax.nn.silu
 attention_gate = jax.nn.sigmoid
 
 
+def mask_padding(h: jax.Array, token_mask: jax.Array | None) -> jax.Array:
+  """Zeroes pad tokens before a DeltaNet layer's projections. Without it the
+  conv mixes the last pads into the first real tokens, and the state carries
+  that to the end (8.0 logits on a left-padded row in the reference)."""
+  if token_mask is None:
+    return h
+  return h * token_mask[..., None].astype(h.dtype)
+
+
 class GatedRMSNorm(nn.Module):
   """rms_norm(x) * w * silu(gate) per value head; w is plain (init 1) and
   kept fp32 whatever the param dtype (rounding it to bf16 moved logits by
@@ -96,8 +105,7 @@ class LinearAttentionLayer(nn.Module):
                      c.linear_group_width)
     b, t = x.shape[:2]
     h = layers.CenteredRMSNorm(c.rms_norm_eps, **kw, name="input_norm")(x)
-    if token_mask is not None:
-      h = h * token_mask[..., None].astype(h.dtype)
+    h = mask_padding(h, token_mask)
     proj = lambda out, axes, name: layers.Linear(
         (d,), out, ("embed",), axes, **kw, name=name)(h)
     qkv = proj((hk, width), ("linear_heads", None), "in_qkv")
