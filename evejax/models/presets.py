@@ -1,7 +1,8 @@
 """Model shapes: `ModelConfig` and the named presets of every family.
 
 A ModelConfig is a frozen dataclass, hashable, so it can be a static argument of
-`jax.jit`. Its `family` names the architecture ("qwen2_5_vl", "qwen3_vl");
+`jax.jit`. Its `family` names the architecture ("qwen2_5_vl", "qwen3_vl",
+"qwen3_5");
 `evejax.models.families` maps that name to the family's modules, processing
 and checkpoint names. Each family has its own vision and text config classes
 (fields are what its modules read, nothing else); the fields shared by both
@@ -417,6 +418,57 @@ def _qwen3_vl(text_hidden: int, layers: int, heads: int, intermediate: int,
                            tie_word_embeddings=tie))
 
 
+def qwen3_5_tiny(vocab_size: int = 2048) -> ModelConfig:
+  """The Qwen3.5 counterpart of `tiny`, on the built-in tokenizer.
+
+  Exercises what the family adds: three DeltaNet layers before one gated
+  attention layer, 2 value heads per key head, rotary on a quarter of each
+  64-channel head, a 4x4 position table, no DeepStack.
+  """
+  special = {t: i for i, t in enumerate(BUILTIN_SPECIAL_TOKENS)}
+  return ModelConfig(
+      family="qwen3_5",
+      vision=Qwen3_5VisionConfig(depth=2, hidden_size=64, intermediate_size=128,
+                                 num_heads=4, out_hidden_size=128,
+                                 num_position_embeddings=16),
+      text=Qwen3_5TextConfig(vocab_size=vocab_size, hidden_size=128,
+                             intermediate_size=256, num_layers=4, num_heads=4,
+                             num_kv_heads=2, head_dim=64, mrope_section=(3, 3, 2),
+                             linear_num_key_heads=2, linear_num_value_heads=4,
+                             linear_key_head_dim=32, linear_value_head_dim=32,
+                             tie_word_embeddings=True),
+      image_token_id=special["<|image_pad|>"],
+      video_token_id=special["<|video_pad|>"],
+      vision_start_token_id=special["<|vision_start|>"],
+      vision_end_token_id=special["<|vision_end|>"],
+  )
+
+
+# Qwen3.5's three vision towers: (depth, hidden, MLP, heads).
+_QWEN3_5_TOWERS = {"small": (12, 768, 3072, 12), "medium": (24, 1024, 4096, 16),
+                   "large": (27, 1152, 4304, 16)}
+
+
+def _qwen3_5(hidden: int, layers: int, heads: int, kv_heads: int,
+             intermediate: int, value_heads: int, tie: bool,
+             tower: str) -> ModelConfig:
+  """A released Qwen3.5 shape: head_dim 256, 16 DeltaNet key heads of 128,
+  one full-attention layer in four, vocab 248320 (reference section 10)."""
+  depth, width, mlp, vision_heads = _QWEN3_5_TOWERS[tower]
+  return ModelConfig(
+      family="qwen3_5",
+      vision=Qwen3_5VisionConfig(depth=depth, hidden_size=width,
+                                 intermediate_size=mlp, num_heads=vision_heads,
+                                 out_hidden_size=hidden),
+      text=Qwen3_5TextConfig(hidden_size=hidden, num_layers=layers,
+                             num_heads=heads, num_kv_heads=kv_heads,
+                             intermediate_size=intermediate,
+                             linear_num_value_heads=value_heads,
+                             tie_word_embeddings=tie),
+      image_token_id=248056, video_token_id=248057,
+      vision_start_token_id=248053, vision_end_token_id=248054)
+
+
 def _vision(out_hidden: int, **kw) -> VisionConfig:
   return VisionConfig(depth=32, hidden_size=1280, intermediate_size=3420,
                       num_heads=16, out_hidden_size=out_hidden,
@@ -451,6 +503,13 @@ PRESETS = {
     "qwen3_vl_4b": lambda: _qwen3_vl(2560, 36, 32, 9728, True, False),
     "qwen3_vl_8b": lambda: _qwen3_vl(4096, 36, 32, 12288, False, True),
     "qwen3_vl_32b": lambda: _qwen3_vl(5120, 64, 64, 25600, False, True),
+    "qwen3_5_tiny": qwen3_5_tiny,
+    # Published shapes (9B from the hub config; others partly third-party).
+    "qwen3_5_0_8b": lambda: _qwen3_5(1024, 24, 8, 2, 3584, 16, True, "small"),
+    "qwen3_5_2b": lambda: _qwen3_5(2048, 24, 8, 2, 6144, 16, True, "medium"),
+    "qwen3_5_4b": lambda: _qwen3_5(2560, 32, 16, 4, 9216, 32, True, "medium"),
+    "qwen3_5_9b": lambda: _qwen3_5(4096, 32, 16, 4, 12288, 32, False, "large"),
+    "qwen3_5_27b": lambda: _qwen3_5(5120, 64, 24, 4, 17408, 48, False, "large"),
 }
 
 
