@@ -55,34 +55,56 @@ def prepare(q, k, v, beta, g, value_heads_per_key_head: int):
           g.astype(jnp.float32))
 
 
+@jax.custom_vjp
 def unit_lower_inverse(a: jax.Array) -> jax.Array:
   """(I + a)^-1 for strictly lower triangular a [..., C, C], C a power of 2.
 
   Built up from the diagonal by the 2x2 block rule
-  [[X, 0], [Y, Z]]^-1 = [[X^-1, 0], [-Z^-1 Y X^-1, Z^-1]]: level s pairs
-  neighbouring blocks of size s into blocks of 2s, log2(C) levels of batched
-  matmuls. Exact (forward substitution, regrouped), unlike a Neumann series,
-  and made of matmuls only: XLA:CPU's triangular solve deadlocked in
-  multi-device programs (the 8-device mesh test), and matmuls suit TPUs.
+  [[X, 0], [Y, Z]]^-1 = [[X^-1, 0], [-Z^-1 Y X^-1, Z^-1]]: the inverse is
+  kept as its diagonal blocks ([..., C/s, s, s]), and each of log2(C) levels
+  pairs neighbours into blocks of 2s with two batched matmuls. Exact
+  (forward substitution, regrouped), unlike a Neumann series, and made of
+  matmuls, reshapes and concatenations only: XLA:CPU's triangular solve
+  deadlocked in multi-device programs (the 8-device mesh test), and matmuls
+  suit TPUs. The gradient is the inverse's own (custom VJP):
+  d a = -(X^T g X^T) below the diagonal, so the backward pass stores X only.
   """
   c = a.shape[-1]
   if c & (c - 1):
     raise ValueError(f"unit_lower_inverse: size {c} is not a power of 2.")
   lead = a.shape[:-2]
-  inv = jnp.broadcast_to(jnp.eye(c, dtype=a.dtype), a.shape)
+  inv = jnp.ones(lead + (c, 1, 1), a.dtype)       # blocks of size 1: 1
   s = 1
   while s < c:
     n = c // (2 * s)
-    blocks = lambda m: m.reshape(*lead, n, 2, s, n, 2, s)
-    pairs = jnp.arange(n)
-    lower = blocks(a)[..., pairs, 1, :, pairs, 0, :]      # [n, ..., s, s]
-    first = blocks(inv)[..., pairs, 0, :, pairs, 0, :]
-    second = blocks(inv)[..., pairs, 1, :, pairs, 1, :]
-    new = -_dot("...ij,...jk,...kl->...il", second, lower, first)
-    inv = blocks(inv).at[..., pairs, 1, :, pairs, 0, :].set(new)
-    inv = inv.reshape(a.shape)
+    # The diagonal blocks of size 2s of a, [..., n, 2s, 2s]; their lower
+    # left quarter couples the two blocks being joined.
+    tiles = a.reshape(lead + (n, 2 * s, n, 2 * s))
+    diag = jnp.einsum("...piqj,pq->...pij", tiles, jnp.eye(n, dtype=a.dtype),
+                      precision=_HIGHEST)
+    lower = diag[..., s:, :s]
+    pairs = inv.reshape(lead + (n, 2, s, s))
+    first, second = pairs[..., 0, :, :], pairs[..., 1, :, :]
+    joined = -_dot("...ij,...jk,...kl->...il", second, lower, first)
+    top = jnp.concatenate([first, jnp.zeros_like(first)], axis=-1)
+    bottom = jnp.concatenate([joined, second], axis=-1)
+    inv = jnp.concatenate([top, bottom], axis=-2)  # [..., n, 2s, 2s]
     s *= 2
-  return inv
+  return inv.reshape(a.shape)
+
+
+def _inverse_forward(a):
+  x = unit_lower_inverse(a)
+  return x, x
+
+
+def _inverse_backward(x, g):
+  strict = jnp.tril(jnp.ones(x.shape[-2:], bool), -1)
+  xt = jnp.swapaxes(x, -1, -2)
+  return (jnp.where(strict, -_dot("...ij,...jk,...kl->...il", xt, g, xt), 0.0),)
+
+
+unit_lower_inverse.defvjp(_inverse_forward, _inverse_backward)
 
 
 def chunked(q, k, v, beta, g, state=None, chunk_size: int = 64):
