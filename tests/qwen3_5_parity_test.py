@@ -33,7 +33,9 @@ from evejax.models.qwen3_5 import text as qwen3_5_text  # noqa: E402
 import testing_hf  # noqa: E402
 
 TOL = 1e-4
-_forward = jax.jit(vlm.forward, static_argnums=1)
+# XLA's backend optimisations off: the compiles dominate this file's time.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+_forward = jax.jit(vlm.forward, static_argnums=1, compiler_options=FAST_COMPILE)
 
 
 def _device(inputs: ModelInputs) -> ModelInputs:
@@ -134,7 +136,8 @@ class Qwen3_5ParityTest(absltest.TestCase):
     for name, (owner, attr, wrong) in pitfalls.items():
       with mock.patch.object(owner, attr, wrong):
         # A fresh jit: the patched function is read while tracing.
-        fresh = jax.jit(lambda p, x, c=self.a.config: vlm.forward(p, c, x))
+        fresh = jax.jit(lambda p, x, c=self.a.config: vlm.forward(p, c, x),
+                        compiler_options=FAST_COMPILE)
         ours = self._ours(self.params_a, self.a.config, self.ex_a, self.pos_a,
                           pad="left", forward=lambda p, c, x: fresh(p, x))
       self.assertGreater(self._worst(ours, self.ref_a), 5 * TOL, name)
@@ -155,8 +158,10 @@ class Qwen3_5ParityTest(absltest.TestCase):
     steps = 3
     new = np.random.default_rng(0).integers(0, 120, (b, steps)).astype(np.int32)
     fast = vlm.inference_params(params, config)
-    prefill = jax.jit(vlm.prefill, static_argnums=(1, 3))
-    decode = jax.jit(vlm.decode_step, static_argnums=1)
+    prefill = jax.jit(vlm.prefill, static_argnums=(1, 3),
+                      compiler_options=FAST_COMPILE)
+    decode = jax.jit(vlm.decode_step, static_argnums=1,
+                     compiler_options=FAST_COMPILE)
     start = np.asarray(prompts.positions).max(axis=(0, 2)) + 1
     gen_pos = start[None, :, None] + np.arange(steps)[None, None, :]
     full = prompts.replace(

@@ -31,6 +31,9 @@ from evejax.rl import rollouts  # noqa: E402
 import testing_hf  # noqa: E402
 
 N = 8  # new tokens per completion
+# XLA's backend optimisations off for the learner's programs: compiles
+# dominate this file's time.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _example(ex: dict) -> batching.Example:
@@ -142,7 +145,8 @@ class Qwen3_5SamplingTest(absltest.TestCase):
     cfg = learner_lib.default_train_config()
     cfg.optimizer.lr = 1e-3
     cfg.loss.kl_coef = 0.0  # no reference model: one program fewer to compile
-    learner = learner_lib.Learner(self.config, cfg, self.params)
+    learner = learner_lib.Learner(self.config, cfg, self.params,
+                                  compiler_options=FAST_COMPILE)
     metrics = learner.step(learner.algorithm.name, self._batch())
     self.assertTrue(all(np.isfinite(v) for v in metrics.values()), metrics)
     after = jax.device_get(learner.params)
@@ -167,7 +171,8 @@ class Qwen3_5SamplingTest(absltest.TestCase):
     cfg.loss.kl_coef = 0.0
     cfg.lora.update(rank=4, alpha=8.0, targets=(
         lora.TEXT_PROJECTIONS, lora.LINEAR_ATTENTION_PROJECTIONS))
-    learner = learner_lib.Learner(self.config, cfg, self.params)
+    learner = learner_lib.Learner(self.config, cfg, self.params,
+                                  compiler_options=FAST_COMPILE)
     metrics = learner.step(learner.algorithm.name, self._batch())
     self.assertTrue(all(np.isfinite(v) for v in metrics.values()), metrics)
     adapter = jax.device_get(learner.params)

@@ -17,6 +17,11 @@ registry, or calls `vlm`, `hf` and `processing`, which do.
 | image mean, std | CLIP | 0.5, 0.5 |
 | default pixels | 56^2 .. 28^2 * 1280 | 256^2 .. 4096^2 |
 | default system message | "You are a helpful assistant." | none |
+
+Qwen3.5 (`qwen3_5`) processes images as Qwen3-VL does (the same tower, patch
+16, mean = std = 0.5, 256^2 .. 4096^2 pixels) with its own vocabulary ids
+(image pad 248056, ...), no default system message, and a think switch in
+its chat template (`Family.thinking`).
 """
 from __future__ import annotations
 
@@ -53,6 +58,10 @@ class Family:
   min_pixels: int
   max_pixels: int
   default_system: str | None       # inserted when a chat has no system message
+  # The chat template's think switch (enable_thinking) and its default: None
+  # when the template has none; True opens <think> after the generation
+  # prompt, False closes an empty think block (`processing.chat`).
+  thinking: bool | None = None
 
 
 FAMILIES: dict[str, Family] = {
@@ -88,7 +97,10 @@ FAMILIES: dict[str, Family] = {
         alt_names=qwen3_5_checkpoint.alt_names,
         image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
         min_pixels=256 * 256, max_pixels=4096 * 4096,
-        default_system=None),
+        default_system=None,
+        # The released templates think unless enable_thinking is false (the
+        # 0.8B's reportedly defaults to off: pass thinking=False there).
+        thinking=True),
 }
 
 
