@@ -196,8 +196,23 @@ def qwen3_vl_8b() -> ml_collections.ConfigDict:
   return c
 
 
+def qwen3_5_9b() -> ml_collections.ConfigDict:
+  """Qwen3.5-9B, the successor of the published Qwen3-VL-8B setup.
+
+  Qwen3-family prompts: relative 0-1000 coordinates; the reasoning block is
+  Qwen3.5's own <think> (prompts close the template's empty think block, the
+  reply writes its own: `families`, Family.thinking). The hybrid decoder keeps
+  KV for 8 of 32 layers, so a sampling chunk's cache is a quarter of
+  Qwen3-VL-8B's; the plan (BENCHMARKS.md, "Memory plans") fits fsdp=8 H100s.
+  """
+  c = qwen3_vl_8b()
+  c.model = cu.model("qwen3_5_9b", dtype="bfloat16", param_dtype="float32", remat=True)
+  c.eve.update(coordinates="relative", think_tag="think")
+  return c
+
+
 PRESETS = {"tiny": tiny, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b,
-           "qwen3_vl_8b": qwen3_vl_8b}
+           "qwen3_vl_8b": qwen3_vl_8b, "qwen3_5_9b": qwen3_5_9b}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -3,8 +3,9 @@ tokenizer's ids, prompts and M-RoPE positions against transformers.
 
 Qwen3.5 uses Qwen3-VL's processor (`Qwen3VLProcessor`, patch 16, mean = std
 = 0.5) and its template, plus `enable_thinking` after the generation prompt:
-on, the prompt opens `<think>\\n`; off, it closes an empty think block. The
-template below is Qwen3-VL's with that switch (the reference's section 6).
+on, the prompt opens `<think>\\n`; off, it closes an empty think block (the
+family's default for evejax prompts: `families` says why). The template
+below is Qwen3-VL's with that switch (the reference's section 6).
 """
 import os
 
@@ -88,11 +89,11 @@ class Qwen3_5ProcessingTest(absltest.TestCase):
                                min_pixels=LO, max_pixels=HI, thinking=thinking)
       content = [{"type": "image"} for _ in ims] + [{"type": "text",
                                                      "text": text}]
-      kw = {} if thinking is None else {"enable_thinking": thinking}
+      # The family's default (None) is enable_thinking=False.
       rendered = self.processor.apply_chat_template(
           [{"role": "user", "content": content}], tokenize=False,
-          add_generation_prompt=True, **kw)
-      self.assertEqual(rendered.endswith("<think>\n"), thinking is not False)
+          add_generation_prompt=True, enable_thinking=bool(thinking))
+      self.assertEqual(rendered.endswith("<think>\n"), bool(thinking))
       want = self.processor(text=[rendered], images=ims or None,
                             return_tensors="np")
       np.testing.assert_array_equal(ex.tokens, want["input_ids"][0])

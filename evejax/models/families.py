@@ -99,8 +99,11 @@ FAMILIES: dict[str, Family] = {
         min_pixels=256 * 256, max_pixels=4096 * 4096,
         default_system=None,
         # The released templates think unless enable_thinking is false (the
-        # 0.8B's reportedly defaults to off: pass thinking=False there).
-        thinking=True),
+        # 0.8B's reportedly defaults to off). evejax's recipes ask for their
+        # own <think>...</think> in the reply and their format rewards parse
+        # it there, so prompts close the template's block by default, as
+        # enable_thinking=False does; thinking=True opens it (native).
+        thinking=False),
 }
 
 
