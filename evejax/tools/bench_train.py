@@ -78,7 +78,10 @@ def forward_flops(config: presets.ModelConfig, rows: int, seq: int, images: int,
   The dense matmuls are counted from the model's own kernels (any family):
   every text-layer kernel and the LM head once per token, every vision-block
   kernel and the patch embedding once per patch, the mergers' once per merged
-  token. Attention adds its score and value products (causal: half the square).
+  token. Attention adds its score and value products (causal: half the square)
+  in every attention layer; Qwen3.5's DeltaNet layers (`full_layers` names its
+  attention ones) add no quadratic term, and their chunked recurrence (linear
+  in the length) is not counted.
   """
   t, v = config.text, config.vision
   shapes = jax.eval_shape(lambda: vlm.init_params(config, jax.random.PRNGKey(0)))
@@ -87,7 +90,8 @@ def forward_flops(config: presets.ModelConfig, rows: int, seq: int, images: int,
   q = t.num_heads * t.head_dim
   tokens = rows * seq
   text = 2 * tokens * (kernels(shapes["text"]["layers"]) + t.hidden_size * t.vocab_size)
-  text += 2 * 2 * rows * (seq * seq / 2) * q * t.num_layers
+  attention_layers = len(getattr(t, "full_layers", range(t.num_layers)))
+  text += 2 * 2 * rows * (seq * seq / 2) * q * attention_layers
   if not images:
     return text
   g = side // v.patch_size
@@ -113,7 +117,10 @@ def main(argv):
   overrides = dict(dtype=_DTYPE.value, remat=_REMAT.value, attention=_ATTENTION.value)
   config = presets.get_preset(_PRESET.value, **overrides)
   if _LAYERS.value:
-    config = config.replace(text=dataclasses.replace(config.text, num_layers=_LAYERS.value))
+    depth = dict(num_layers=_LAYERS.value)
+    if hasattr(config.text, "layer_types"):  # rebuilt for the new depth
+      depth["layer_types"] = ()
+    config = config.replace(text=dataclasses.replace(config.text, **depth))
   if _VISION_DEPTH.value:
     config = config.replace(vision=config.vision.with_depth(_VISION_DEPTH.value))
   mesh = parallel.make_mesh(_parse_mesh(_MESH.value))

@@ -2,6 +2,7 @@ r"""Compares evejax and transformers logits on one checkpoint of any family.
 
     python -m evejax.tools.hf_parity --hf_dir /tmp/tiny_qwen --make_tiny
     python -m evejax.tools.hf_parity --hf_dir /tmp/tiny_qwen3 --make_tiny --family qwen3_vl
+    python -m evejax.tools.hf_parity --hf_dir /tmp/tiny_qwen35 --make_tiny --family qwen3_5
     python -m evejax.tools.hf_parity --hf_dir ~/ckpt/Qwen2.5-VL-3B-Instruct
     python -m evejax.tools.hf_parity --hf_dir ~/ckpt/Qwen3-VL-8B-Instruct
 
