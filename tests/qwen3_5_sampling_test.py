@@ -19,7 +19,6 @@ from absl.testing import absltest  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from evejax import parallel  # noqa: E402
 from evejax import sampling  # noqa: E402
@@ -36,20 +35,6 @@ N = 8  # new tokens per completion
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
-def _example(ex: dict) -> batching.Example:
-  """An HF-processed prompt as a batching.Example (patches split per image)."""
-  images = []
-  if "pixel_values" in ex:
-    start = 0
-    for grid in ex["image_grid_thw"]:
-      n = int(np.prod(grid))
-      images.append((ex["pixel_values"][start:start + n],
-                     tuple(int(g) for g in grid)))
-      start += n
-  return batching.Example(tokens=ex["input_ids"].astype(np.int32),
-                          images=images)
-
-
 class Qwen3_5SamplingTest(absltest.TestCase):
 
   @classmethod
@@ -63,7 +48,7 @@ class Qwen3_5SamplingTest(absltest.TestCase):
     cls.hf_examples = testing_hf.build_examples(
         cls.config, [[3, (64, 96), 2], [5], [2, (96, 64), 1, (32, 64), 2], [7]],
         seed=6)
-    cls.prompts = [_example(e) for e in cls.hf_examples]
+    cls.prompts = [testing_hf.as_example(e) for e in cls.hf_examples]
     cls.kw = dict(length_buckets=(32,), patch_buckets=(0, 64),
                   batch_buckets=(4,), max_cache=48)
     cls.sampler = sampling.Sampler(cls.config, **cls.kw)
@@ -76,28 +61,16 @@ class Qwen3_5SamplingTest(absltest.TestCase):
     super().tearDownClass()
 
   def test_greedy_matches_transformers_generate(self):
-    c = self.config
-    length = max(e.num_tokens for e in self.prompts)
-    ids = np.zeros((4, length), np.int64)
-    attn = np.zeros_like(ids)
-    for i, e in enumerate(self.prompts):
-      ids[i, length - e.num_tokens:] = e.tokens
-      attn[i, length - e.num_tokens:] = 1
-    with torch.no_grad():
-      ref = self.ckpt.model.generate(
-          input_ids=torch.tensor(ids), attention_mask=torch.tensor(attn),
-          pixel_values=torch.tensor(np.concatenate(
-              [p for e in self.prompts for p, _ in e.images])),
-          image_grid_thw=torch.tensor(
-              [g for e in self.prompts for _, g in e.images]),
-          mm_token_type_ids=torch.tensor(
-              ((ids == c.image_token_id) & (attn == 1)).astype(np.int64)),
-          max_new_tokens=N, do_sample=False, eos_token_id=None,
-          pad_token_id=0)[:, length:].numpy()
+    ref = testing_hf.hf_greedy(self.ckpt.model, self.config, self.prompts, N)
     sp = sampling.SamplingParams(max_new_tokens=N, greedy=True)
     out = self.sampler.generate(self.params, self.prompts, sp, seed=0)
     np.testing.assert_array_equal(out.tokens, ref)
     self.assertGreater(len(np.unique(ref)), 4)  # varied paths, not one token
+    # A batch without any image (transformers' text-only path).
+    text = [p for p in self.prompts if not p.images]
+    ref = testing_hf.hf_greedy(self.ckpt.model, self.config, text, N)
+    out = self.sampler.generate(self.params, text, sp, seed=0)
+    np.testing.assert_array_equal(out.tokens, ref)
 
   def test_logprobs_match_the_learner_scoring_path(self):
     out = self.sampled

@@ -109,14 +109,8 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict:
   """config.json (the hub's nested form) for a Qwen3.5 ModelConfig."""
   t, v = config.text, config.vision
   return {
-      "architectures": [HF_ARCHITECTURE],
-      "model_type": HF_MODEL_TYPE,
-      "dtype": torch_dtype,
-      "image_token_id": config.image_token_id,
-      "video_token_id": config.video_token_id,
-      "vision_start_token_id": config.vision_start_token_id,
-      "vision_end_token_id": config.vision_end_token_id,
-      "tie_word_embeddings": t.tie_word_embeddings,
+      **qwen3_vl_checkpoint.hf_header(config, torch_dtype, HF_ARCHITECTURE,
+                                      HF_MODEL_TYPE),
       "text_config": {
           "model_type": "qwen3_5_text",
           "vocab_size": t.vocab_size,

@@ -97,14 +97,7 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict:
   """config.json (transformers>=5 nested form) for a Qwen3-VL ModelConfig."""
   t, v = config.text, config.vision
   return {
-      "architectures": [HF_ARCHITECTURE],
-      "model_type": HF_MODEL_TYPE,
-      "dtype": torch_dtype,
-      "image_token_id": config.image_token_id,
-      "video_token_id": config.video_token_id,
-      "vision_start_token_id": config.vision_start_token_id,
-      "vision_end_token_id": config.vision_end_token_id,
-      "tie_word_embeddings": t.tie_word_embeddings,
+      **hf_header(config, torch_dtype, HF_ARCHITECTURE, HF_MODEL_TYPE),
       "text_config": {
           "model_type": "qwen3_vl_text",
           "vocab_size": t.vocab_size,
@@ -125,6 +118,21 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict:
                               "mrope_interleaved": True},
       },
       "vision_config": vision_to_hf(v, "qwen3_vl_vision"),
+  }
+
+
+def hf_header(config: ModelConfig, torch_dtype: str, architecture: str,
+              model_type: str) -> dict:
+  """config.json's top-level keys of a Qwen3-family VLM (tying lives here)."""
+  return {
+      "architectures": [architecture],
+      "model_type": model_type,
+      "dtype": torch_dtype,
+      "image_token_id": config.image_token_id,
+      "video_token_id": config.video_token_id,
+      "vision_start_token_id": config.vision_start_token_id,
+      "vision_end_token_id": config.vision_end_token_id,
+      "tie_word_embeddings": config.text.tie_word_embeddings,
   }
 
 
