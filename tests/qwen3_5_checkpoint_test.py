@@ -107,6 +107,9 @@ class Qwen3_5CheckpointTest(absltest.TestCase):
     bf16 = self.config.replace(dtype="bfloat16")
     fast = vlm.inference_params(params, bf16)
     self.assertEqual(set(_pinned(fast).values()), {jnp.dtype(jnp.float32)})
+    np.testing.assert_array_equal(  # not rounded through bf16 on the way
+        fast["text"]["layers_0"]["linear_0"]["A_log"],
+        self.params["text"]["layers"]["linear_0"]["A_log"][0])
     fresh = jax.eval_shape(lambda: vlm.init_params(
         self.config, jax.random.key(0), jnp.bfloat16))
     self.assertEqual(set(_pinned(fresh).values()), {jnp.dtype(jnp.float32)})

@@ -9,7 +9,8 @@
 Qwen3-VL or Qwen3.5); every function here takes any and callers never branch
 on it. The cache is a pytree whose every leaf has the batch axis first
 (`cache_axes` names them): a `KVCache`, or Qwen3.5's `HybridCache` (KV for
-attention layers, a conv window and a recurrent state for DeltaNet layers). The params tree is {"vision": ..., "text": ...} for every family.
+attention layers, a conv window and a recurrent state for DeltaNet layers).
+The params tree is {"vision": ..., "text": ...} for every family.
 
 For sampling, convert the params once with `fast = inference_params(params,
 config)` (text weights in the compute dtype, one array per layer) and pass
@@ -137,12 +138,14 @@ def _inference_dtypes(config: ModelConfig) -> dict:
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _take_layer(stacked, i, dtype) -> dict:
+def _take_layer(stacked, i, dtypes: tuple) -> dict:
   # `i` is traced, so one small program serves every layer (one program
   # slicing out all 28 layers took 4 s to compile on CPU). The outputs are
   # sharded like the inputs minus the unsharded 'layers' axis: XLA propagates
-  # the input shardings through the slice.
-  return jax.tree.map(lambda x: x[i].astype(dtype), stacked)
+  # the input shardings through the slice. `dtypes`: each leaf's, in order.
+  leaves, treedef = jax.tree.flatten(stacked)
+  return jax.tree.unflatten(treedef, [x[i].astype(d)
+                                      for x, d in zip(leaves, dtypes)])
 
 
 def inference_params(params, config: ModelConfig) -> dict:
@@ -154,15 +157,16 @@ def inference_params(params, config: ModelConfig) -> dict:
   generation: it copies the decoder layers (and casts whatever is not yet in
   the compute dtype) but passes every other array through as it is.
   """
-  dtype = jnp.dtype(config.dtype)
+  # Leaves the model declares fp32 (Qwen3.5's A_log) stay fp32, never
+  # rounded on the way. Outside jit, astype to an array's own dtype returns
+  # that same array.
+  dtypes = _inference_dtypes(config)["text"]
   text = params["text"]
   if "layers" in text:  # else already unrolled
+    block = tuple(str(d.dtype) for d in jax.tree.leaves(dtypes["layers_0"]))
     text = decoder.unstack_layers(
         text, _num_blocks(config),
-        lambda stacked, i: _take_layer(stacked, i, dtype))
-  # Leaves the model declares fp32 (Qwen3.5's A_log) stay fp32. Outside jit,
-  # astype to an array's own dtype returns that same array.
-  dtypes = _inference_dtypes(config)["text"]
+        lambda stacked, i: _take_layer(stacked, i, block))
   return {**params, "text": jax.tree.map(lambda x, d: x.astype(d.dtype), text,
                                          dtypes)}
 
