@@ -207,8 +207,24 @@ def qwen3_vl_8b() -> ml_collections.ConfigDict:
   return c
 
 
+def qwen3_5_9b() -> ml_collections.ConfigDict:
+  """Qwen3.5-9B, the successor of the published Qwen3-VL-8B setup.
+
+  Qwen3-family prompts: relative 0-1000 coordinates; the reasoning block is
+  Qwen3.5's own <think> (prompts close the template's empty think block, the
+  reply writes its own: `families`, Family.thinking). The hybrid decoder keeps
+  KV for 8 of 32 layers, so 8 prompts x G=8 sample in 15 GiB per device; the
+  GRPO step's DeltaNet temporaries put the plan (BENCHMARKS.md, "Memory
+  plans") at 123 GiB per device on fsdp=8: 8 x H200 (141 GB), not H100.
+  """
+  c = qwen3_vl_8b()
+  c.model = cu.model("qwen3_5_9b", dtype="bfloat16", param_dtype="float32", remat=True)
+  c.eve.update(coordinates="relative", think_tag="think")
+  return c
+
+
 PRESETS = {"tiny": tiny, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b,
-           "qwen3_vl_8b": qwen3_vl_8b}
+           "qwen3_vl_8b": qwen3_vl_8b, "qwen3_5_9b": qwen3_5_9b}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

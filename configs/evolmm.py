@@ -107,7 +107,20 @@ def qwen3_vl_8b() -> ml_collections.ConfigDict:
   return c
 
 
-PRESETS = {"tiny": tiny, "qwen2_5_vl_7b": qwen2_5_vl_7b, "qwen3_vl_8b": qwen3_vl_8b}
+def qwen3_5_9b() -> ml_collections.ConfigDict:
+  """Qwen3.5-9B with the published LoRA (r 16 on q, k, v, o, gate, up, down:
+  on Qwen3.5 the 8 attention layers' projections and every MLP, as PEFT's
+  target_modules of those names adapt; add lora.LINEAR_ATTENTION_PROJECTIONS
+  to adapt the DeltaNet layers too). One backbone, two adapters, meant for
+  fsdp=8 H200s like the other Qwen3.5 presets; its plan is still to run
+  (BENCHMARKS.md, "Memory plans")."""
+  c = _base()
+  c.model = cu.model("qwen3_5_9b", dtype="bfloat16", param_dtype="float32", remat=True)
+  return c
+
+
+PRESETS = {"tiny": tiny, "qwen2_5_vl_7b": qwen2_5_vl_7b, "qwen3_vl_8b": qwen3_vl_8b,
+           "qwen3_5_9b": qwen3_5_9b}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

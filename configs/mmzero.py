@@ -142,8 +142,18 @@ def qwen2_5_vl_7b() -> ml_collections.ConfigDict:
   return c
 
 
+def qwen3_5_9b() -> ml_collections.ConfigDict:
+  """Qwen3.5-9B in the published Qwen3-VL-8B setup (same hyperparameters; the
+  Solver's <think>...</think> format is Qwen3.5's own tag). Three 9.4B roles
+  plan at 107 GiB per device on fsdp=16 with 2048-token steps (BENCHMARKS.md,
+  "Memory plans"): 16 x H200 (141 GB), not H100."""
+  c = _base()
+  c.model = cu.model("qwen3_5_9b", dtype="bfloat16", param_dtype="float32", remat=True)
+  return c
+
+
 PRESETS = {"tiny": tiny, "qwen3_vl_8b": qwen3_vl_8b, "qwen3_vl_4b": qwen3_vl_4b,
-           "qwen2_5_vl_7b": qwen2_5_vl_7b}
+           "qwen2_5_vl_7b": qwen2_5_vl_7b, "qwen3_5_9b": qwen3_5_9b}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

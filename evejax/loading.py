@@ -50,8 +50,8 @@ def model_config_from(config) -> presets.ModelConfig:
     if not os.path.isfile(os.path.join(config.init.hf_dir, "config.json")):
       raise SetupError(
           f"config.init.hf_dir={config.init.hf_dir!r} has no config.json; point it at a "
-          "local Hugging Face Qwen2.5-VL or Qwen3-VL directory (config.json, *.safetensors, "
-          "tokenizer.json).")
+          "local Hugging Face Qwen2.5-VL, Qwen3-VL or Qwen3.5 directory (config.json, "
+          "*.safetensors, tokenizer.json).")
     with _checkpoint_errors(config.init.hf_dir):
       return hf.config_from_hf(config.init.hf_dir).replace(**overrides)
   try:

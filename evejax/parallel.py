@@ -41,6 +41,8 @@ LOGICAL_RULES: Rules = (
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
+    # Gated DeltaNet (Qwen3.5) key and value heads, like attention heads.
+    ("linear_heads", "tensor"),
     ("vocab", "tensor"),
     ("head_dim", None),
     ("qkv", None),

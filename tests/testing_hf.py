@@ -46,3 +46,43 @@ class TinyCheckpoint:
 
 def max_diff(a, b) -> float:
   return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+
+
+def as_example(ex: dict):
+  """An HF-processed prompt (`build_examples`) as a batching.Example, its
+  patches split per image."""
+  from evejax.processing import batching  # pylint: disable=g-import-not-at-top
+  images, start = [], 0
+  for grid in ex.get("image_grid_thw", ()):
+    n = int(np.prod(grid))
+    images.append((ex["pixel_values"][start:start + n],
+                   tuple(int(g) for g in grid)))
+    start += n
+  return batching.Example(tokens=ex["input_ids"].astype(np.int32),
+                          images=images)
+
+
+def hf_greedy(model, config, prompts, new_tokens: int) -> np.ndarray:
+  """transformers' greedy `generate` of left-padded batching.Examples (EOS
+  off): int [B, new_tokens]."""
+  import torch  # pylint: disable=g-import-not-at-top
+  length = max(e.num_tokens for e in prompts)
+  ids = np.zeros((len(prompts), length), np.int64)
+  attn = np.zeros_like(ids)
+  for i, e in enumerate(prompts):
+    ids[i, length - e.num_tokens:] = e.tokens
+    attn[i, length - e.num_tokens:] = 1
+  kw = {}
+  if any(e.images for e in prompts):
+    kw = dict(pixel_values=torch.tensor(np.concatenate(
+                  [p for e in prompts for p, _ in e.images])),
+              image_grid_thw=torch.tensor(
+                  [g for e in prompts for _, g in e.images]))
+  with torch.no_grad():
+    out = model.generate(
+        input_ids=torch.tensor(ids), attention_mask=torch.tensor(attn),
+        mm_token_type_ids=torch.tensor(
+            ((ids == config.image_token_id) & (attn == 1)).astype(np.int64)),
+        max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+        pad_token_id=0, **kw)
+  return out[:, length:].numpy()

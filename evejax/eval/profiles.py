@@ -10,9 +10,9 @@ is written into every summary, with the values actually used.
           or to the end of a reply cut inside it, a wrapping \text{} peeled).
           Qwen2.5-VL entry: near-greedy (T 0.01, top_p 0.001: greedy here),
           <= 8192 new tokens, pixels 1280*28^2 .. 16384*28^2; its reply is
-          first cut after a last </think> and stripped. Qwen3-VL entry: T 1.0,
-          top_k 40, presence_penalty 2.0, <= 16384 tokens, qwen-vl-utils'
-          pixel defaults. Scored by VLMEvalKit's rules; its GPT matcher and
+          first cut after a last </think> and stripped. Qwen3-VL entry (also
+          Qwen3.5's): T 1.0, top_k 40, presence_penalty 2.0, <= 16384 tokens,
+          qwen-vl-utils' pixel defaults. Scored by VLMEvalKit's rules; its GPT matcher and
           MathVista extractor are the judge (eval.judge).
   evolmm  lmms-eval task prompts, greedy, system "You are a helpful assistant.",
           pixels 256*28^2 .. 12845056, per-task token limits (ChartQA, AI2D,
@@ -116,6 +116,17 @@ class Profile:
 
 _QWEN2_5_PIXELS = dict(min_pixels=1280 * 28 * 28, max_pixels=16384 * 28 * 28)
 
+# The Qwen3-family entries: Qwen3-VL's, and Qwen3.5's (no paper evaluated
+# it; it shares Qwen3-VL's processor, so the Qwen3-VL settings carry over).
+_EVE_QWEN3 = Sampling(greedy=False, temperature=1.0, top_p=1.0, top_k=40,
+                      presence_penalty=2.0, max_new_tokens=16384,
+                      min_pixels=4 * 32 * 32, max_pixels=16384 * 32 * 32)
+_EVOLMM_QWEN3 = Sampling(greedy=True, max_new_tokens=1024,
+                         min_pixels=256 * 32 * 32, max_pixels=12845056)
+_MMZERO_QWEN3 = Sampling(greedy=False, temperature=0.6, top_p=0.95,
+                         max_new_tokens=4096, min_pixels=64 * 64,
+                         max_pixels=1280 * 1280)
+
 PROFILES: dict[str, Profile] = {
     "eve": Profile(
         name="eve", template="vlmevalkit", harness="vlmevalkit",
@@ -124,9 +135,8 @@ PROFILES: dict[str, Profile] = {
         sampling={
             # T 0.01 / top_p 0.001 keep only the top token: argmax.
             "qwen2_5_vl": Sampling(greedy=True, max_new_tokens=8192, **_QWEN2_5_PIXELS),
-            "qwen3_vl": Sampling(greedy=False, temperature=1.0, top_p=1.0, top_k=40,
-                                 presence_penalty=2.0, max_new_tokens=16384,
-                                 min_pixels=4 * 32 * 32, max_pixels=16384 * 32 * 32),
+            "qwen3_vl": _EVE_QWEN3,
+            "qwen3_5": _EVE_QWEN3,
         },
         notes="VLMEvalKit dataset prompts + boxed post-processing (EVE's fork); no "
               "system prompt (Qwen2.5-VL's template adds its default)."),
@@ -136,8 +146,8 @@ PROFILES: dict[str, Profile] = {
         sampling={
             "qwen2_5_vl": Sampling(greedy=True, max_new_tokens=1024,
                                    min_pixels=256 * 28 * 28, max_pixels=12845056),
-            "qwen3_vl": Sampling(greedy=True, max_new_tokens=1024,
-                                 min_pixels=256 * 32 * 32, max_pixels=12845056),
+            "qwen3_vl": _EVOLMM_QWEN3,
+            "qwen3_5": _EVOLMM_QWEN3,
         },
         max_new_tokens_by_benchmark={"chartqa": 16, "ai2d": 16, "mmmu": 16,
                                      "mathvista": 16384},
@@ -149,9 +159,8 @@ PROFILES: dict[str, Profile] = {
             "qwen2_5_vl": Sampling(greedy=False, temperature=0.6, top_p=0.95,
                                    max_new_tokens=4096, min_pixels=56 * 56,
                                    max_pixels=1280 * 1280),
-            "qwen3_vl": Sampling(greedy=False, temperature=0.6, top_p=0.95,
-                                 max_new_tokens=4096, min_pixels=64 * 64,
-                                 max_pixels=1280 * 1280),
+            "qwen3_vl": _MMZERO_QWEN3,
+            "qwen3_5": _MMZERO_QWEN3,
         },
         notes="MM-Zero's prompt and sampling; its boxed rule, and its judge on every "
               "item when eval.judge names one (the paper's: Qwen2.5-14B-Instruct)."),

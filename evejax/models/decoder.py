@@ -98,8 +98,9 @@ class Embed(nn.Module):
 class TextModelBase(nn.Module):
   """Embedding, decoder layers, final norm and (tied) lm head.
 
-  Subclasses set `block` (the decoder layer module) and `scan_in_axes` (its
-  arguments after x, for `nn.scan`), and define `decode`. `scan_layers` picks
+  Subclasses set `block` (the decoder layer module, or a block of several
+  layers with `num_blocks`) and `scan_in_axes` (its arguments after x, for
+  `nn.scan`), and define `decode`. `scan_layers` picks
   the params layout (module docstring); `unstack_layers` turns scanned params
   into unrolled ones.
   """
@@ -111,22 +112,35 @@ class TextModelBase(nn.Module):
 
   block: ClassVar[type]
   scan_in_axes: ClassVar[tuple]
+  # The block takes `remat` and rematerialises its own parts (a block of
+  # several layers), instead of being rematerialised whole.
+  block_remats_itself: ClassVar[bool] = False
+  final_norm: ClassVar[type] = layers.RMSNorm
+
+  @classmethod
+  def num_blocks(cls, config) -> int:
+    """Blocks in the stack: one per layer, unless a block holds several."""
+    return config.num_layers
 
   def setup(self):
     c = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embed = Embed(c.vocab_size, c.hidden_size, **kw)
     block = self.block
-    if self.remat:
+    if self.block_remats_itself:
+      kw["remat"] = self.remat
+    elif self.remat:
       block = nn.remat(block, prevent_cse=False)
+    n = self.num_blocks(c)
     if self.scan_layers:
       self.layers = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=self.scan_in_axes, length=c.num_layers,
+          in_axes=self.scan_in_axes, length=n,
           metadata_params={nn.PARTITION_NAME: "layers"})(c, **kw)
     else:  # Flax names a list's modules layers_0, layers_1, ...
-      self.layers = [block(c, **kw) for _ in range(c.num_layers)]
-    self.norm = layers.RMSNorm(c.rms_norm_eps, **kw)
+      self.layers = [block(c, **kw) for _ in range(n)]
+    kw.pop("remat", None)
+    self.norm = self.final_norm(c.rms_norm_eps, **kw)
     if not c.tie_word_embeddings:
       self.lm_head = layers.Linear((c.hidden_size,), (c.vocab_size,),
                                    ("embed",), ("vocab",),
@@ -142,19 +156,20 @@ class TextModelBase(nn.Module):
     return self.lm_head(h)
 
   def run_layers(self, x, cache, *args, layer_index: bool = False):
-    """x through every layer: `layer(x, cache_i, [i], *args)`.
+    """x through every block: `block(x, cache_i, [i], *args)`.
 
-    With `layer_index`, each layer also gets its index right after its cache
+    With `layer_index`, each block also gets its index right after its cache
     (an int when unrolled, a traced int32 when scanned). Returns (x, per
-    layer (k, v)): x's keys/values, or with `cache` the updated cache.
+    block its cache: (k, v) of x, or with `cache` the updated cache; any
+    pytree a block returns).
     """
-    n = self.config.num_layers
+    n = self.num_blocks(self.config)
     index = (lambda i: (i,)) if layer_index else (lambda i: ())
     if self.scan_layers:
       if cache is not None:  # A copy per call: the fast path is unrolled.
-        cache = tuple(jnp.stack(t) for t in zip(*cache))
-      x, (k, v) = self.layers(x, cache, *index(jnp.arange(n)), *args)
-      return x, [(k[i], v[i]) for i in range(n)]
+        cache = jax.tree.map(lambda *xs: jnp.stack(xs), *cache)
+      x, out = self.layers(x, cache, *index(jnp.arange(n)), *args)
+      return x, [jax.tree.map(lambda t, i=i: t[i], out) for i in range(n)]
     kv = []
     for i, layer in enumerate(self.layers):
       x, kv_i = layer(x, None if cache is None else cache[i], *index(i), *args)

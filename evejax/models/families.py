@@ -17,6 +17,11 @@ registry, or calls `vlm`, `hf` and `processing`, which do.
 | image mean, std | CLIP | 0.5, 0.5 |
 | default pixels | 56^2 .. 28^2 * 1280 | 256^2 .. 4096^2 |
 | default system message | "You are a helpful assistant." | none |
+
+Qwen3.5 (`qwen3_5`) processes images as Qwen3-VL does (the same tower, patch
+16, mean = std = 0.5, 256^2 .. 4096^2 pixels) with its own vocabulary ids
+(image pad 248056, ...), no default system message, and a think switch in
+its chat template (`Family.thinking`).
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from typing import Any, Callable
 from evejax.models.presets import ModelConfig
 from evejax.models.qwen2_5_vl import checkpoint as qwen2_5_vl_checkpoint
 from evejax.models.qwen2_5_vl.model import Qwen2_5_VL
+from evejax.models.qwen3_5 import checkpoint as qwen3_5_checkpoint
+from evejax.models.qwen3_5.model import Qwen3_5
 from evejax.models.qwen3_vl import checkpoint as qwen3_vl_checkpoint
 from evejax.models.qwen3_vl.model import Qwen3VL
 
@@ -51,6 +58,10 @@ class Family:
   min_pixels: int
   max_pixels: int
   default_system: str | None       # inserted when a chat has no system message
+  # The chat template's think switch (enable_thinking) and its default: None
+  # when the template has none; True opens <think> after the generation
+  # prompt, False closes an empty think block (`processing.chat`).
+  thinking: bool | None = None
 
 
 FAMILIES: dict[str, Family] = {
@@ -76,6 +87,23 @@ FAMILIES: dict[str, Family] = {
         image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
         min_pixels=256 * 256, max_pixels=4096 * 4096,
         default_system=None),
+    "qwen3_5": Family(
+        name="qwen3_5", module=Qwen3_5,
+        hf_model_type=qwen3_5_checkpoint.HF_MODEL_TYPE,
+        hf_architecture=qwen3_5_checkpoint.HF_ARCHITECTURE,
+        config_from_hf=qwen3_5_checkpoint.config_from_hf,
+        config_to_hf=qwen3_5_checkpoint.config_to_hf,
+        tensor_table=qwen3_5_checkpoint.tensor_table,
+        alt_names=qwen3_5_checkpoint.alt_names,
+        image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+        min_pixels=256 * 256, max_pixels=4096 * 4096,
+        default_system=None,
+        # The released templates think unless enable_thinking is false (the
+        # 0.8B's reportedly defaults to off). evejax's recipes ask for their
+        # own <think>...</think> in the reply and their format rewards parse
+        # it there, so prompts close the template's block by default, as
+        # enable_thinking=False does; thinking=True opens it (native).
+        thinking=False),
 }
 
 

@@ -25,6 +25,7 @@ import os
 import shutil
 from typing import Any, Iterator
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,16 +79,17 @@ def tensor_table(config: ModelConfig) -> list[TensorEntry]:
   return families.of(config).tensor_table(config)
 
 
-def _to_ours(x: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
-  if kind == "linear":
-    x = x.reshape(x.shape[0], -1).T
+def _to_ours(x: np.ndarray, entry: TensorEntry, shape: tuple[int, ...]
+             ) -> np.ndarray:
+  if entry.kind == "linear":
+    x = entry.rows_to_ours(x.reshape(x.shape[0], -1)).T
   return x.reshape(shape)
 
 
-def _to_theirs(x: np.ndarray, kind: str, hf_shape: tuple[int, ...]
-               ) -> np.ndarray:
-  if kind == "linear":
-    x = x.reshape(-1, hf_shape[0]).T
+def _to_theirs(x: np.ndarray, entry: TensorEntry) -> np.ndarray:
+  hf_shape = entry.hf_shape
+  if entry.kind == "linear":
+    x = entry.rows_to_theirs(x.reshape(-1, hf_shape[0]).T)
   return np.ascontiguousarray(x.reshape(hf_shape))
 
 
@@ -158,6 +160,20 @@ def _check(reader: _Reader, entries: list[TensorEntry], hf_dir: str
   return keys
 
 
+def _log_unused(reader: _Reader, used: set[str], hf_dir: str) -> None:
+  """One log line for the checkpoint's tensors no leaf reads (e.g. Qwen3.5's
+  multi-token-prediction head `mtp.*`, which evejax does not run)."""
+  unused = sorted(set(reader.where) - used)
+  if unused:
+    groups: dict[str, int] = {}
+    for name in unused:
+      prefix = name.split(".layers.")[0].split(".")[0]
+      groups[prefix] = groups.get(prefix, 0) + 1
+    logging.info("%s: skipping %d tensors evejax does not use (%s)", hf_dir,
+                 len(unused), ", ".join(f"{k}.*: {n}" for k, n in
+                                        sorted(groups.items())))
+
+
 def _set(tree: dict, path: tuple[str, ...], value) -> None:
   for k in path[:-1]:
     tree = tree.setdefault(k, {})
@@ -185,20 +201,23 @@ def load_params(hf_dir: str, config: ModelConfig, shardings=None,
     params, a nested dict of jax arrays.
   """
   from evejax.models import vlm  # Local: vlm is the higher-level module.
-  shapes = jax.eval_shape(lambda: vlm.init_params(config, jax.random.key(0)))
+  # Leaves in `dtype`, except those the model keeps fp32 (Qwen3.5's A_log).
+  shapes = jax.eval_shape(
+      lambda: vlm.init_params(config, jax.random.key(0), dtype))
   entries = tensor_table(config)
   reader = _Reader(hf_dir, families.of(config).alt_names)
   keys = _check(reader, entries, hf_dir)
-  np_dtype = np.dtype(dtype)
+  _log_unused(reader, set(keys.values()), hf_dir)
   params: dict = {}
   for entry in entries:
     shape = tuple(_get(shapes, entry.path).shape)
+    np_dtype = np.dtype(_get(shapes, entry.path).dtype)
     if entry.layers:
       leaf = np.empty(shape, np_dtype)
       for i, name in enumerate(entry.names()):
-        leaf[i] = _to_ours(reader.get(keys[name]), entry.kind, shape[1:])
+        leaf[i] = _to_ours(reader.get(keys[name]), entry, shape[1:])
     else:
-      leaf = _to_ours(reader.get(keys[entry.name]), entry.kind,
+      leaf = _to_ours(reader.get(keys[entry.name]), entry,
                       shape).astype(np_dtype)
     if shardings is None:
       value = jnp.asarray(leaf)
@@ -224,9 +243,9 @@ def _tensors(params: dict, config: ModelConfig
                        f"config needs; were params made for this config?") from e
     if entry.layers:
       for i, name in enumerate(entry.names()):
-        yield name, _to_theirs(leaf[i], entry.kind, entry.hf_shape)
+        yield name, _to_theirs(leaf[i], entry)
     else:
-      yield entry.name, _to_theirs(leaf, entry.kind, entry.hf_shape)
+      yield entry.name, _to_theirs(leaf, entry)
 
 
 def save_params(params: dict, config: ModelConfig, out_dir: str,

@@ -14,6 +14,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Axes = tuple[str | None, ...]
 
@@ -48,6 +49,27 @@ class RMSNorm(nn.Module):
     var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     y = (x32 * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
     return y * scale.astype(self.dtype)
+
+
+class CenteredRMSNorm(nn.Module):
+  """RMSNorm with a zero-centred scale: x / rms(x) * (1 + w) (Gemma, Qwen3.5).
+
+  w is stored as trained (0 = identity) in `centered_scale`, initialised to
+  zeros; the whole product runs in fp32 and is cast once at the end (the
+  reference multiplies before casting, unlike `RMSNorm`).
+  """
+  eps: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    w = param(self, "centered_scale", nn.initializers.zeros, (x.shape[-1],),
+              (None,), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(var + self.eps) * (1.0 + w.astype(jnp.float32))
+    return y.astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -143,6 +165,36 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 def inv_frequencies(dim: int, theta: float) -> jax.Array:
   """1 / theta^(2i/dim) for i < dim/2, fp32."""
   return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+
+
+def interleaved_mrope_axes(dim: int, section) -> np.ndarray:
+  """int [dim/2]: which position (0 T, 1 H, 2 W) drives each frequency.
+
+  Frequency j takes H if j % 3 == 1 and j < 3 * section[1], W if j % 3 == 2
+  and j < 3 * section[2], else T (Qwen3-VL's and Qwen3.5's interleaving).
+  """
+  j = np.arange(dim // 2)
+  _, s_h, s_w = section
+  axis = np.zeros_like(j)
+  axis[(j % 3 == 1) & (j < 3 * s_h)] = 1
+  axis[(j % 3 == 2) & (j < 3 * s_w)] = 2
+  return axis
+
+
+def interleaved_mrope_cos_sin(positions: jax.Array, dim: int, theta: float,
+                              section) -> tuple[jax.Array, jax.Array]:
+  """Interleaved M-RoPE tables [B, T, dim] from positions [3, B, T], fp32.
+
+  `dim` is the rotary width: the head_dim (Qwen3-VL) or its rotated part
+  (Qwen3.5: 64 of 256); the frequencies are theta^(-2j/dim). Rotate-half
+  pairs channel j with j + dim/2. Text (three equal positions) gets plain RoPE.
+  """
+  inv = inv_frequencies(dim, theta)
+  freqs = positions.astype(jnp.float32)[..., None] * inv  # [3, B, T, dim/2]
+  axis = interleaved_mrope_axes(dim, section)
+  ang = jnp.where(axis == 1, freqs[1], jnp.where(axis == 2, freqs[2], freqs[0]))
+  ang = jnp.concatenate([ang, ang], axis=-1)
+  return jnp.cos(ang), jnp.sin(ang)
 
 
 def patch_rotary_cos_sin(coords: jax.Array, head_dim: int, theta: float

@@ -1,7 +1,8 @@
 """Model shapes: `ModelConfig` and the named presets of every family.
 
 A ModelConfig is a frozen dataclass, hashable, so it can be a static argument of
-`jax.jit`. Its `family` names the architecture ("qwen2_5_vl", "qwen3_vl");
+`jax.jit`. Its `family` names the architecture ("qwen2_5_vl", "qwen3_vl",
+"qwen3_5");
 `evejax.models.families` maps that name to the family's modules, processing
 and checkpoint names. Each family has its own vision and text config classes
 (fields are what its modules read, nothing else); the fields shared by both
@@ -179,6 +180,113 @@ class Qwen3TextConfig:
                        f"multiple of num_kv_heads={self.num_kv_heads}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class Qwen3_5VisionConfig(Qwen3VisionConfig):
+  """Qwen3.5's vision tower: Qwen3-VL's without DeepStack."""
+  FAMILY: ClassVar[str] = "qwen3_5"
+  deepstack_visual_indexes: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.deepstack_visual_indexes:
+      raise ValueError(
+          f"Qwen3_5VisionConfig.deepstack_visual_indexes="
+          f"{self.deepstack_visual_indexes}: Qwen3.5 has no DeepStack mergers.")
+
+
+LINEAR_ATTENTION, FULL_ATTENTION = "linear_attention", "full_attention"
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3_5TextConfig:
+  """Qwen3.5's hybrid decoder: Gated DeltaNet layers and gated full attention.
+
+  `layer_types[i]` is LINEAR_ATTENTION or FULL_ATTENTION; left empty, layer i
+  is full iff (i + 1) % full_attention_interval == 0 (transformers' rule).
+  """
+  FAMILY: ClassVar[str] = "qwen3_5"
+  vocab_size: int = 248320
+  hidden_size: int = 4096
+  intermediate_size: int = 12288
+  num_layers: int = 32
+  layer_types: tuple[str, ...] = ()
+  full_attention_interval: int = 4
+  # Gated full attention: the query projection also emits a per-head gate.
+  num_heads: int = 16
+  num_kv_heads: int = 4
+  head_dim: int = 256
+  rope_theta: float = 10_000_000.0
+  # Rotary on the first head_dim * factor channels only (64 of 256).
+  partial_rotary_factor: float = 0.25
+  mrope_section: tuple[int, ...] = (11, 11, 10)
+  rms_norm_eps: float = 1e-6
+  # Gated DeltaNet: Hk key heads of dk, Hv value heads of dv (Hv % Hk == 0).
+  linear_num_key_heads: int = 16
+  linear_num_value_heads: int = 32
+  linear_key_head_dim: int = 128
+  linear_value_head_dim: int = 128
+  linear_conv_kernel_dim: int = 4
+  # Tokens per chunk of the chunked delta rule (scoring, training, prefill).
+  chunk_size: int = 64
+  tie_word_embeddings: bool = False
+
+  def __post_init__(self):
+    types = tuple(self.layer_types) or tuple(
+        FULL_ATTENTION if (i + 1) % self.full_attention_interval == 0
+        else LINEAR_ATTENTION for i in range(self.num_layers))
+    object.__setattr__(self, "layer_types", types)
+    bad = sorted(set(types) - {LINEAR_ATTENTION, FULL_ATTENTION})
+    if bad or len(types) != self.num_layers:
+      raise ValueError(
+          f"Qwen3_5TextConfig.layer_types has {len(types)} entries {bad or ''} "
+          f"for {self.num_layers} layers; give one of {LINEAR_ATTENTION!r}, "
+          f"{FULL_ATTENTION!r} per layer.")
+    if len(self.mrope_section) != 3 or sum(self.mrope_section) > self.rotary_dim // 2:
+      raise ValueError(
+          f"Qwen3_5TextConfig.mrope_section={self.mrope_section} needs three "
+          f"sizes summing to at most rotary_dim / 2 = {self.rotary_dim // 2}.")
+    if self.chunk_size < 1 or self.chunk_size & (self.chunk_size - 1):
+      raise ValueError(f"Qwen3_5TextConfig.chunk_size={self.chunk_size} must be "
+                       "a power of 2 (64 as in the reference).")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"Qwen3_5TextConfig: num_heads={self.num_heads} is not a "
+                       f"multiple of num_kv_heads={self.num_kv_heads}.")
+    if self.linear_num_value_heads % self.linear_num_key_heads:
+      raise ValueError(
+          f"Qwen3_5TextConfig: linear_num_value_heads="
+          f"{self.linear_num_value_heads} is not a multiple of "
+          f"linear_num_key_heads={self.linear_num_key_heads}.")
+
+  @property
+  def rotary_dim(self) -> int:
+    return int(self.head_dim * self.partial_rotary_factor)
+
+  @property
+  def value_heads_per_key_head(self) -> int:
+    return self.linear_num_value_heads // self.linear_num_key_heads
+
+  @property
+  def linear_group_width(self) -> int:
+    """Channels of in_qkv per key head: its q, its k, its r value heads."""
+    return (2 * self.linear_key_head_dim
+            + self.value_heads_per_key_head * self.linear_value_head_dim)
+
+  @property
+  def period(self) -> int:
+    """The shortest repeat of layer_types (num_layers when irregular)."""
+    n, t = self.num_layers, self.layer_types
+    return next(p for p in range(1, n + 1)
+                if n % p == 0 and all(t[i] == t[i % p] for i in range(n)))
+
+  @property
+  def full_layers(self) -> tuple[int, ...]:
+    return tuple(i for i, k in enumerate(self.layer_types) if k == FULL_ATTENTION)
+
+  @property
+  def linear_layers(self) -> tuple[int, ...]:
+    return tuple(i for i, k in enumerate(self.layer_types) if k == LINEAR_ATTENTION)
+
+
 # `ModelConfig.attention` values (see `evejax.models.attention`).
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 
@@ -188,8 +296,8 @@ class ModelConfig:
   # The architecture; `evejax.models.families` maps it to modules, processing
   # and checkpoint names. The vision/text configs must be that family's.
   family: str = "qwen2_5_vl"
-  vision: VisionConfig | Qwen3VisionConfig = VisionConfig()
-  text: TextConfig | Qwen3TextConfig = TextConfig()
+  vision: VisionConfig | Qwen3VisionConfig | Qwen3_5VisionConfig = VisionConfig()
+  text: TextConfig | Qwen3TextConfig | Qwen3_5TextConfig = TextConfig()
   image_token_id: int = 151655
   video_token_id: int = 151656
   vision_start_token_id: int = 151652
@@ -310,6 +418,57 @@ def _qwen3_vl(text_hidden: int, layers: int, heads: int, intermediate: int,
                            tie_word_embeddings=tie))
 
 
+def qwen3_5_tiny(vocab_size: int = 2048) -> ModelConfig:
+  """The Qwen3.5 counterpart of `tiny`, on the built-in tokenizer.
+
+  Exercises what the family adds: three DeltaNet layers before one gated
+  attention layer, 2 value heads per key head, rotary on a quarter of each
+  64-channel head, a 4x4 position table, no DeepStack.
+  """
+  special = {t: i for i, t in enumerate(BUILTIN_SPECIAL_TOKENS)}
+  return ModelConfig(
+      family="qwen3_5",
+      vision=Qwen3_5VisionConfig(depth=2, hidden_size=64, intermediate_size=128,
+                                 num_heads=4, out_hidden_size=128,
+                                 num_position_embeddings=16),
+      text=Qwen3_5TextConfig(vocab_size=vocab_size, hidden_size=128,
+                             intermediate_size=256, num_layers=4, num_heads=4,
+                             num_kv_heads=2, head_dim=64, mrope_section=(3, 3, 2),
+                             linear_num_key_heads=2, linear_num_value_heads=4,
+                             linear_key_head_dim=32, linear_value_head_dim=32,
+                             tie_word_embeddings=True),
+      image_token_id=special["<|image_pad|>"],
+      video_token_id=special["<|video_pad|>"],
+      vision_start_token_id=special["<|vision_start|>"],
+      vision_end_token_id=special["<|vision_end|>"],
+  )
+
+
+# Qwen3.5's three vision towers: (depth, hidden, MLP, heads).
+_QWEN3_5_TOWERS = {"small": (12, 768, 3072, 12), "medium": (24, 1024, 4096, 16),
+                   "large": (27, 1152, 4304, 16)}
+
+
+def _qwen3_5(hidden: int, layers: int, heads: int, kv_heads: int,
+             intermediate: int, value_heads: int, tie: bool,
+             tower: str) -> ModelConfig:
+  """A released Qwen3.5 shape: head_dim 256, 16 DeltaNet key heads of 128,
+  one full-attention layer in four, vocab 248320 (reference section 10)."""
+  depth, width, mlp, vision_heads = _QWEN3_5_TOWERS[tower]
+  return ModelConfig(
+      family="qwen3_5",
+      vision=Qwen3_5VisionConfig(depth=depth, hidden_size=width,
+                                 intermediate_size=mlp, num_heads=vision_heads,
+                                 out_hidden_size=hidden),
+      text=Qwen3_5TextConfig(hidden_size=hidden, num_layers=layers,
+                             num_heads=heads, num_kv_heads=kv_heads,
+                             intermediate_size=intermediate,
+                             linear_num_value_heads=value_heads,
+                             tie_word_embeddings=tie),
+      image_token_id=248056, video_token_id=248057,
+      vision_start_token_id=248053, vision_end_token_id=248054)
+
+
 def _vision(out_hidden: int, **kw) -> VisionConfig:
   return VisionConfig(depth=32, hidden_size=1280, intermediate_size=3420,
                       num_heads=16, out_hidden_size=out_hidden,
@@ -344,6 +503,13 @@ PRESETS = {
     "qwen3_vl_4b": lambda: _qwen3_vl(2560, 36, 32, 9728, True, False),
     "qwen3_vl_8b": lambda: _qwen3_vl(4096, 36, 32, 12288, False, True),
     "qwen3_vl_32b": lambda: _qwen3_vl(5120, 64, 64, 25600, False, True),
+    "qwen3_5_tiny": qwen3_5_tiny,
+    # Published shapes (9B from the hub config; others partly third-party).
+    "qwen3_5_0_8b": lambda: _qwen3_5(1024, 24, 8, 2, 3584, 16, True, "small"),
+    "qwen3_5_2b": lambda: _qwen3_5(2048, 24, 8, 2, 6144, 16, True, "medium"),
+    "qwen3_5_4b": lambda: _qwen3_5(2560, 32, 16, 4, 9216, 32, True, "medium"),
+    "qwen3_5_9b": lambda: _qwen3_5(4096, 32, 16, 4, 12288, 32, False, "large"),
+    "qwen3_5_27b": lambda: _qwen3_5(5120, 64, 24, 4, 17408, 48, False, "large"),
 }
 
 

@@ -5,9 +5,12 @@
     last, cache = prefill(params, config, prompts, cache_size=S)
     logits, cache = decode_step(params, config, tokens, cache)
 
-`config.family` picks the architecture (`evejax.models.families`: Qwen2.5-VL
-or Qwen3-VL); every function here takes either and callers never branch on
-it. The params tree is {"vision": ..., "text": ...} for every family.
+`config.family` picks the architecture (`evejax.models.families`: Qwen2.5-VL,
+Qwen3-VL or Qwen3.5); every function here takes any and callers never branch
+on it. The cache is a pytree whose every leaf has the batch axis first
+(`cache_axes` names them): a `KVCache`, or Qwen3.5's `HybridCache` (KV for
+attention layers, a conv window and a recurrent state for DeltaNet layers).
+The params tree is {"vision": ..., "text": ...} for every family.
 
 For sampling, convert the params once with `fast = inference_params(params,
 config)` (text weights in the compute dtype, one array per layer) and pass
@@ -67,6 +70,9 @@ def _boxed_params(config: ModelConfig, rng, dtype):
       rng, _dummy_inputs(config), method="forward")["params"]
 
 
+# Leaves initialised to zeros: biases and zero-centred norm scales (1 + w).
+_ZERO_INIT = ("bias", "centered_scale")
+
 # Below this many random values, init_params draws them in one op: XLA:CPU
 # spends ~1 s compiling each random-normal op, which dominated tiny-model tests.
 _FLAT_INIT_MAX = 1 << 24
@@ -75,30 +81,32 @@ _FLAT_INIT_MAX = 1 << 24
 def init_params(config: ModelConfig, rng, dtype=jnp.float32) -> dict:
   """Random params (plain nested dict); jit-able with config/dtype static.
 
-  Kernels, embeddings and tables ~ N(0, 0.02^2), norm scales 1, biases 0 (the
-  same initializers the modules declare).
+  Kernels, embeddings and tables ~ N(0, 0.02^2), norm scales 1, biases and
+  zero-centred norm scales 0 (the same initializers the modules declare).
+  Leaves are `dtype` except those the model declares fp32 whatever the
+  param dtype (Qwen3.5's A_log and gated-norm scales).
   """
   shapes = jax.eval_shape(
       lambda: nn.meta.unbox(_boxed_params(config, jax.random.key(0), dtype)))
   paths, treedef = jax.tree_util.tree_flatten_with_path(shapes)
   kinds = [str(getattr(path[-1], "key", path[-1])) for path, _ in paths]
   n_random = sum(sd.size for (_, sd), kind in zip(paths, kinds)
-                 if kind not in ("scale", "bias"))
+                 if kind != "scale" and kind not in _ZERO_INIT)
   flat = None
   if n_random <= _FLAT_INIT_MAX:
     flat = jax.random.normal(rng, (n_random,), jnp.float32) * 0.02
   leaves, start = [], 0
   for i, ((_, sd), kind) in enumerate(zip(paths, kinds)):
     if kind == "scale":
-      leaf = jnp.ones(sd.shape, dtype)
-    elif kind == "bias":
-      leaf = jnp.zeros(sd.shape, dtype)
+      leaf = jnp.ones(sd.shape, sd.dtype)
+    elif kind in _ZERO_INIT:
+      leaf = jnp.zeros(sd.shape, sd.dtype)
     elif flat is not None:
-      leaf = flat[start:start + sd.size].reshape(sd.shape).astype(dtype)
+      leaf = flat[start:start + sd.size].reshape(sd.shape).astype(sd.dtype)
       start += sd.size
     else:
       leaf = (jax.random.normal(jax.random.fold_in(rng, i), sd.shape,
-                                jnp.float32) * 0.02).astype(dtype)
+                                jnp.float32) * 0.02).astype(sd.dtype)
     leaves.append(leaf)
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
@@ -115,13 +123,29 @@ def param_axes(config: ModelConfig) -> dict:
                       is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
+def _num_blocks(config: ModelConfig) -> int:
+  """Blocks of the scanned text stack (layers, or groups of layers)."""
+  return families.of(config).module.text_model.num_blocks(config.text)
+
+
+@functools.lru_cache(maxsize=16)
+def _inference_dtypes(config: ModelConfig) -> dict:
+  """ShapeDtypeStructs of the unrolled params in the compute dtype, as the
+  model declares them (a leaf declared fp32 stays fp32)."""
+  model = module(config, param_dtype=jnp.dtype(config.dtype), scan_layers=False)
+  return jax.eval_shape(lambda: nn.meta.unbox(model.init(
+      jax.random.key(0), _dummy_inputs(config), method="forward")["params"]))
+
+
 @functools.partial(jax.jit, static_argnums=2)
-def _take_layer(stacked, i, dtype) -> dict:
+def _take_layer(stacked, i, dtypes: tuple) -> dict:
   # `i` is traced, so one small program serves every layer (one program
   # slicing out all 28 layers took 4 s to compile on CPU). The outputs are
   # sharded like the inputs minus the unsharded 'layers' axis: XLA propagates
-  # the input shardings through the slice.
-  return jax.tree.map(lambda x: x[i].astype(dtype), stacked)
+  # the input shardings through the slice. `dtypes`: each leaf's, in order.
+  leaves, treedef = jax.tree.flatten(stacked)
+  return jax.tree.unflatten(treedef, [x[i].astype(d)
+                                      for x, d in zip(leaves, dtypes)])
 
 
 def inference_params(params, config: ModelConfig) -> dict:
@@ -133,14 +157,18 @@ def inference_params(params, config: ModelConfig) -> dict:
   generation: it copies the decoder layers (and casts whatever is not yet in
   the compute dtype) but passes every other array through as it is.
   """
-  dtype = jnp.dtype(config.dtype)
+  # Leaves the model declares fp32 (Qwen3.5's A_log) stay fp32, never
+  # rounded on the way. Outside jit, astype to an array's own dtype returns
+  # that same array.
+  dtypes = _inference_dtypes(config)["text"]
   text = params["text"]
   if "layers" in text:  # else already unrolled
+    block = tuple(str(d.dtype) for d in jax.tree.leaves(dtypes["layers_0"]))
     text = decoder.unstack_layers(
-        text, config.text.num_layers,
-        lambda stacked, i: _take_layer(stacked, i, dtype))
-  # Outside jit, astype to an array's own dtype returns that same array.
-  return {**params, "text": jax.tree.map(lambda x: x.astype(dtype), text)}
+        text, _num_blocks(config),
+        lambda stacked, i: _take_layer(stacked, i, block))
+  return {**params, "text": jax.tree.map(lambda x, d: x.astype(d.dtype), text,
+                                         dtypes)}
 
 
 def inference_param_axes(config: ModelConfig) -> dict:
@@ -148,7 +176,7 @@ def inference_param_axes(config: ModelConfig) -> dict:
   axes = param_axes(config)
   drop_layers = lambda stacked, i: jax.tree.map(
       lambda names: names[1:], stacked, is_leaf=lambda x: isinstance(x, tuple))
-  text = decoder.unstack_layers(axes["text"], config.text.num_layers,
+  text = decoder.unstack_layers(axes["text"], _num_blocks(config),
                                  drop_layers)
   return {**axes, "text": text}
 
@@ -177,24 +205,15 @@ def unembed(params, config: ModelConfig, hidden: jax.Array) -> jax.Array:
                                      method="unembed")
 
 
-def init_cache(config: ModelConfig, batch: int, size: int, dtype=None
-               ) -> KVCache:
-  """An empty cache of `size` slots (dtype defaults to config.dtype)."""
-  t = config.text
-  dtype = jnp.dtype(dtype or config.dtype)
-  shape = (batch, t.num_kv_heads, size, t.head_dim)
-  empty = tuple(jnp.zeros(shape, dtype) for _ in range(t.num_layers))
-  return KVCache(k=empty, v=empty,
-                 mask=jnp.zeros((batch, size), jnp.int32),
-                 index=jnp.zeros((), jnp.int32),
-                 position=jnp.zeros((batch,), jnp.int32))
+def init_cache(config: ModelConfig, batch: int, size: int, dtype=None):
+  """An empty cache of `size` slots (dtype defaults to config.dtype): a
+  `KVCache`, or the family's own cache pytree (Qwen3.5's `HybridCache`)."""
+  return families.of(config).module.init_cache(config, batch, size, dtype)
 
 
-def cache_axes(config: ModelConfig) -> KVCache:
-  """KVCache-shaped pytree of logical axis tuples."""
-  kv = (("batch", "kv_heads", "length", "head_dim"),) * config.text.num_layers
-  return KVCache(k=kv, v=kv, mask=("batch", "length"), index=(),
-                 position=("batch",))
+def cache_axes(config: ModelConfig):
+  """The cache's pytree of logical axis tuples (batch axis first)."""
+  return families.of(config).module.cache_axes(config)
 
 
 def prefill(params, config: ModelConfig, inputs: ModelInputs, cache_size: int

@@ -9,8 +9,10 @@ A family's module subclasses `VLMBase`, names its vision tower and text model
                                  nothing; Qwen3-VL: its DeepStack features);
   run_decoder(x, visual, positions, mask, cache=None, index=None)
                                  -> (final-normed hidden, per-layer (k, v)).
-Everything else (hidden, unembed, forward, prefill, decode_step) is here, the
-same for every family: `evejax.models.vlm` is the functional face of it.
+Everything else (hidden, unembed, forward, prefill, decode_step, the cache's
+layout) is here, the same for every family whose cache is one `KVCache`
+(Qwen3.5 overrides the cache: `qwen3_5.model`); `evejax.models.vlm` is the
+functional face of it.
 
 Image features are scattered on device: the k-th `image_token_id` token
 (among real tokens) of an example receives merged vision feature k of that
@@ -19,6 +21,7 @@ write index.
 """
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import flax.linen as nn
@@ -52,6 +55,36 @@ def place_features(x: jax.Array, features: jax.Array, is_image: jax.Array,
   return jnp.where(is_image[..., None], picked.astype(x.dtype), x)
 
 
+def kv_slots(x: jax.Array, size: int, dtype) -> jax.Array:
+  """A prompt's keys or values [B, T, K, hd] as cache [B, K, size, hd], the
+  slots after the prompt empty."""
+  t = x.shape[1]
+  return jnp.pad(jnp.swapaxes(x, 1, 2).astype(dtype),
+                 ((0, 0), (0, 0), (0, size - t), (0, 0)))
+
+
+def prompt_bookkeeping(inputs: ModelInputs, cache_size: int) -> dict:
+  """A prefilled cache's mask, index and position (KVCache field names)."""
+  t = inputs.tokens.shape[1]
+  real = inputs.mask != 0
+  position = jnp.max(jnp.where(real[None], inputs.positions, -1),
+                     axis=(0, 2)) + 1
+  return dict(
+      mask=jnp.pad(real.astype(jnp.int32), ((0, 0), (0, cache_size - t))),
+      index=jnp.asarray(t, jnp.int32), position=position.astype(jnp.int32))
+
+
+def decode_bookkeeping(tokens: jax.Array, cache) -> tuple:
+  """(positions [3, B, 1], the cache mask with slot `index` filled, index)
+  of one decode step."""
+  b = tokens.shape[0]
+  positions = jnp.broadcast_to(cache.position[None, :, None], (3, b, 1))
+  i = cache.index
+  mask = jax.lax.dynamic_update_slice(
+      cache.mask, jnp.ones((b, 1), cache.mask.dtype), (0, i))
+  return positions, mask, i
+
+
 class VLMBase(nn.Module):
   """Vision tower + text decoder; methods are `evejax.models.vlm`'s entry points."""
   config: ModelConfig
@@ -72,6 +105,26 @@ class VLMBase(nn.Module):
                                     attention=self.attention)
     self.text = self.text_model(c.text, dtype, self.param_dtype, c.remat,
                                 self.scan_layers)
+
+  @classmethod
+  def init_cache(cls, config: ModelConfig, batch: int, size: int,
+                 dtype=None) -> KVCache:
+    """An empty cache of `size` slots (dtype defaults to config.dtype)."""
+    t = config.text
+    dtype = jnp.dtype(dtype or config.dtype)
+    shape = (batch, t.num_kv_heads, size, t.head_dim)
+    empty = tuple(jnp.zeros(shape, dtype) for _ in range(t.num_layers))
+    return KVCache(k=empty, v=empty,
+                   mask=jnp.zeros((batch, size), jnp.int32),
+                   index=jnp.zeros((), jnp.int32),
+                   position=jnp.zeros((batch,), jnp.int32))
+
+  @classmethod
+  def cache_axes(cls, config: ModelConfig) -> KVCache:
+    """The cache's pytree of logical axis tuples."""
+    kv = (("batch", "kv_heads", "length", "head_dim"),) * config.text.num_layers
+    return KVCache(k=kv, v=kv, mask=("batch", "length"), index=(),
+                   position=("batch",))
 
   @property
   def attention(self) -> str:
@@ -110,28 +163,17 @@ class VLMBase(nn.Module):
     h, kv = self.run_decoder(x, visual, inputs.positions,
                              self.text_mask(inputs.mask))
     last_logits = self.unembed(h[:, -1])
-    cache_dtype = jnp.dtype(self.config.dtype)
-    # [B, T, K, hd] -> the cache's [B, K, S, hd], empty slots after the prompt.
-    pad = lambda x: jnp.pad(jnp.swapaxes(x, 1, 2).astype(cache_dtype),
-                            ((0, 0), (0, 0), (0, cache_size - t), (0, 0)))
-    real = inputs.mask != 0
-    position = jnp.max(jnp.where(real[None], inputs.positions, -1),
-                       axis=(0, 2)) + 1
+    pad = functools.partial(kv_slots, size=cache_size,
+                            dtype=jnp.dtype(self.config.dtype))
     cache = KVCache(
         k=tuple(pad(k) for k, _ in kv), v=tuple(pad(v) for _, v in kv),
-        mask=jnp.pad(real.astype(jnp.int32), ((0, 0), (0, cache_size - t))),
-        index=jnp.asarray(t, jnp.int32),
-        position=position.astype(jnp.int32))
+        **prompt_bookkeeping(inputs, cache_size))
     return last_logits, cache
 
   def decode_step(self, tokens: jax.Array, cache: KVCache
                   ) -> tuple[jax.Array, KVCache]:
-    b = tokens.shape[0]
     x = self.text.embed_tokens(tokens[:, None])
-    positions = jnp.broadcast_to(cache.position[None, :, None], (3, b, 1))
-    i = cache.index
-    mask = jax.lax.dynamic_update_slice(
-        cache.mask, jnp.ones((b, 1), cache.mask.dtype), (0, i))
+    positions, mask, i = decode_bookkeeping(tokens, cache)
     h, kv = self.run_decoder(x, None, positions, (mask != 0)[:, None, :],
                              cache=list(zip(cache.k, cache.v)), index=i)
     return self.unembed(h[:, 0]), cache.replace(

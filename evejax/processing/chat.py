@@ -8,6 +8,9 @@ A conversation renders as (the checkpoints' jinja templates, written out):
         none; `families.Family.default_system`)
     <|im_start|>{role}\\n{content}<|im_end|>\\n   (each message)
     <|im_start|>assistant\\n                      (the generation prompt)
+    <think>\\n  or  <think>\\n\\n</think>\\n\\n       (then, with `thinking` True
+        or False: Qwen3.5's enable_thinking; None adds nothing, as the
+        Qwen2.5-VL and Qwen3-VL templates do)
 
 Content is a string or a list of parts: {"type": "text", "text": ...} or
 {"type": "image"} (any part with an "image"/"image_url" key counts as an
@@ -43,7 +46,7 @@ def _is_image(part: Mapping[str, Any]) -> bool:
 
 def _pieces(messages: Sequence[Message], grids: Sequence[Grid],
             add_generation_prompt: bool, default_system: str | None,
-            merge_size: int) -> list[_Piece]:
+            merge_size: int, thinking: bool | None = None) -> list[_Piece]:
   pieces: list[_Piece] = []
   n_images = sum(1 for m in messages if not isinstance(m["content"], str)
                  for p in m["content"] if _is_image(p))
@@ -91,33 +94,45 @@ def _pieces(messages: Sequence[Message], grids: Sequence[Grid],
   if add_generation_prompt:
     special("<|im_start|>")
     text("assistant\n")
+    if thinking is not None:
+      special("<think>")
+      if thinking:  # the model thinks first, then closes the block itself
+        text("\n")
+      else:         # an empty, closed think block: answer directly
+        text("\n\n")
+        special("</think>")
+        text("\n\n")
   return pieces
 
 
 def render_chat(messages: Sequence[Message], grids: Sequence[Grid] = (), *,
                 add_generation_prompt: bool = True,
                 default_system: str | None = DEFAULT_SYSTEM,
-                merge_size: int = 2) -> str:
+                merge_size: int = 2, thinking: bool | None = None) -> str:
   """The conversation as text, image placeholders expanded (for inspection)."""
   return "".join(s for _, s, _ in _pieces(
-      messages, grids, add_generation_prompt, default_system, merge_size))
+      messages, grids, add_generation_prompt, default_system, merge_size,
+      thinking))
 
 
 def encode_chat(tokenizer: tokenizer_lib.Tokenizer,
                 messages: Sequence[Message], grids: Sequence[Grid] = (), *,
                 add_generation_prompt: bool = True,
                 default_system: str | None = DEFAULT_SYSTEM,
-                merge_size: int = 2, return_assistant_mask: bool = False):
+                merge_size: int = 2, return_assistant_mask: bool = False,
+                thinking: bool | None = None):
   """Token ids int32 [T] of the conversation (one grid per image, in order).
 
   With `return_assistant_mask`, also returns int32 [T], 1 on the tokens of
   assistant messages' content and their closing <|im_end|> (the tokens an SFT
-  loss trains). Text is then split at that boundary before encoding, which
+  loss trains). `thinking` (Qwen3.5's enable_thinking): the generation
+  prompt opens a think block (True), closes an empty one (False), or has
+  none (None). Text is then split at that boundary before encoding, which
   matches whole-string tokenization unless assistant content begins with
   whitespace that would merge with the role line's newline.
   """
   pieces = _pieces(messages, grids, add_generation_prompt, default_system,
-                   merge_size)
+                   merge_size, thinking)
   ids: list[int] = []
   mask: list[int] = []
   run: list[str] = []

@@ -4,7 +4,8 @@ Recipes and the evaluator build every prompt through `user_prompt`, so the
 image processor, chat template and placeholder expansion of the model's family
 are chosen in one place and no caller branches on the family: Qwen2.5-VL's
 template inserts "You are a helpful assistant." as the system message,
-Qwen3-VL's inserts none; the image settings are the family's
+Qwen3-VL's and Qwen3.5's none, and Qwen3.5's opens a think block after the
+generation prompt (or closes an empty one: `thinking`); the image settings are the family's
 (`images.image_settings`), or those given.
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ def user_prompt(model_config, tokenizer, text: str, images: Sequence[Any] = (), 
                 min_pixels: int | None = None, max_pixels: int | None = None,
                 image_first: bool = True,
                 settings: images_lib.ImageSettings | None = None,
-                system: str | None = None) -> batching.Example:
+                system: str | None = None,
+                thinking: bool | None = None) -> batching.Example:
   """A one-turn user prompt (images, then text) ending in the assistant turn.
 
   Args:
@@ -39,6 +41,9 @@ def user_prompt(model_config, tokenizer, text: str, images: Sequence[Any] = (), 
       `image_settings(model_config, checkpoint_dir)` to use a checkpoint's
       preprocessor_config.json).
     system: a system message (None: the family's default, if it has one).
+    thinking: for a family whose template has a think switch (Qwen3.5's
+      enable_thinking), open a think block (True) or close an empty one
+      (False); None: the family's default (`Family.thinking`).
   """
   if settings is None:
     settings = images_lib.image_settings(model_config)
@@ -53,10 +58,15 @@ def user_prompt(model_config, tokenizer, text: str, images: Sequence[Any] = (), 
   messages = [{"role": "user", "content": parts}]
   if system is not None:
     messages.insert(0, {"role": "system", "content": system})
+  family = families.of(model_config)
+  if family.thinking is None:
+    thinking = None   # the template has no think switch
+  elif thinking is None:
+    thinking = family.thinking
   tokens = chat.encode_chat(
       tokenizer, messages, [g for _, g in patches],
       merge_size=model_config.vision.spatial_merge_size,
-      default_system=families.of(model_config).default_system)
+      default_system=family.default_system, thinking=thinking)
   return batching.Example(tokens=np.asarray(tokens, np.int32), images=patches)
 
 

@@ -15,6 +15,10 @@ the same ids, 151643..151656); Qwen3's tokenizer adds <tool_response> and
 <think>/</think> (151665..151668), which the built-in one carries as <think>
 and </think>. A Qwen tokenizer has fewer ids (151665 / 151669) than the
 model's embedding table (151936 / 152064); `vocab_size` is the tokenizer's.
+Qwen3.5's vocabulary has the same special-token strings at new ids
+(<|endoftext|> 248044 ... <|image_pad|> 248056, <think> 248068) and a
+248,320-row table: the same names serve it, and the built-in tokenizer
+already carries every one its chat template uses (`qwen3_5_tiny`).
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ class Tokenizer:
     if missing:
       raise ValueError(
           f"Tokenizer {name} lacks the special tokens {missing}; evejax needs "
-          f"{list(REQUIRED_TOKENS)}. Use a Qwen2.5-VL or Qwen3-VL "
+          f"{list(REQUIRED_TOKENS)}. Use a Qwen2.5-VL, Qwen3-VL or Qwen3.5 "
           "tokenizer.json, or builtin_tokenizer().")
     # A second copy that treats special-token strings as plain text: the flag
     # is a property of the Rust object, so flipping it per call would race.

@@ -30,6 +30,11 @@ jax.random.categorical, a full argsort for top-p, log_softmax for the
 log-prob), for greedy, T = 0.7, top-k 50 and top-p 0.9 (logits scaled so the
 nucleus is a few dozen tokens, as for a trained model).
 
+--context 1024,8192: decode tokens/s at each context length for a Qwen3.5
+and a Qwen3-VL model of equal size (the shape flags; random weights): a
+DeltaNet layer's decode step reads a fixed-size state, so only Qwen3.5's
+attention layers (one in four) slow down with the context.
+
 --roofline: a random model of a preset's shape (default 3B) in bf16, batch 64;
 decode time per step = (time for N new tokens - time for 1) / (N - 1); bytes
 per step = text-model weights + the KV cache slots the attention reads; the
@@ -66,26 +71,35 @@ BANDWIDTH = (
 )
 
 
-def bench_config(args) -> presets.ModelConfig:
+def bench_config(args, base_preset: str | None = None,
+                 intermediate: int | None = None) -> presets.ModelConfig:
   """A ~50M-parameter text model with the base preset's tiny vision tower
-  (unused here), of the base preset's family."""
-  base = presets.get_preset(args.base_preset)
+  (unused here), of the base preset's family. Qwen3.5's DeltaNet layers get
+  heads / 2 key heads and `heads` value heads of head_dim."""
+  base = presets.get_preset(base_preset or args.base_preset)
   head_dim = args.hidden // args.heads
+  fields = {f.name for f in dataclasses.fields(base.text)}
+  rotary = int(head_dim * getattr(base.text, "partial_rotary_factor", 1.0))
   shape = dict(vocab_size=args.vocab, hidden_size=args.hidden,
-               intermediate_size=args.intermediate, num_layers=args.layers,
+               intermediate_size=intermediate or args.intermediate,
+               num_layers=args.layers,
                num_heads=args.heads, num_kv_heads=args.kv_heads,
-               mrope_section=_mrope_section(base.text, head_dim),
+               mrope_section=_mrope_section(base.text, rotary),
                tie_word_embeddings=False)
-  if "head_dim" in {f.name for f in dataclasses.fields(base.text)}:
+  if "head_dim" in fields:
     shape["head_dim"] = head_dim  # a field where the family sets it explicitly
+  if "layer_types" in fields:
+    shape.update(layer_types=(), linear_num_key_heads=max(args.heads // 2, 1),
+                 linear_num_value_heads=args.heads, linear_key_head_dim=head_dim,
+                 linear_value_head_dim=head_dim)
   text = dataclasses.replace(base.text, **shape)
   vision = dataclasses.replace(base.vision, out_hidden_size=args.hidden)
   return base.replace(text=text, vision=vision, dtype=args.dtype)
 
 
-def _mrope_section(base_text, head_dim: int) -> tuple[int, int, int]:
-  """The base preset's split of head_dim/2 scaled to another head size."""
-  half, base = head_dim // 2, base_text.mrope_section
+def _mrope_section(base_text, rotary_dim: int) -> tuple[int, int, int]:
+  """The base preset's split of rotary_dim/2 scaled to another head size."""
+  half, base = rotary_dim // 2, base_text.mrope_section
   t, h = half * base[0] // sum(base), half * base[1] // sum(base)
   return (t, h, half - t - h)
 
@@ -258,6 +272,73 @@ def _ceilings(config, params, batch: int, steps: int) -> tuple[float, float]:
   return dots, read
 
 
+def _equal_size_configs(args) -> list[tuple[str, presets.ModelConfig]]:
+  """Qwen3.5 and Qwen3-VL bench models of (nearly) equal parameter count:
+  the same shape flags, Qwen3.5's MLP narrowed by what its DeltaNet and gated
+  attention add (its mixers are wider than plain attention)."""
+  count = lambda c: _count(jax.eval_shape(
+      lambda: vlm.init_params(c, jax.random.key(0)))["text"])
+  vl = bench_config(args, "qwen3_vl_tiny")
+  target = count(vl)
+  widths = range(64, args.intermediate + 1, 64)
+  best = min(widths, key=lambda f: abs(
+      count(bench_config(args, "qwen3_5_tiny", f)) - target))
+  return [("Qwen3-VL", vl), ("Qwen3.5", bench_config(args, "qwen3_5_tiny", best))]
+
+
+def run_context(args) -> None:
+  """Decode tokens/s at each --context length, Qwen3.5 vs Qwen3-VL.
+
+  Per model and context L: prefill L-token prompts once (`vlm.prefill`, the
+  unrolled sampling layout), then time --new_tokens greedy decode steps in
+  one compiled loop (`vlm.decode_step`, the step the Sampler's loop runs),
+  best of --repeats. The KV cache holds exactly L + new_tokens slots, as the
+  Sampler's last stage does.
+  """
+  lengths = [int(x) for x in args.context.split(",")]
+  n, b = args.new_tokens, args.batch
+  dtype = jnp.dtype(args.dtype)
+  print(f"decode tokens/s by context length: batch {b}, {n} greedy steps, "
+        f"{args.dtype}, jax on {jax.devices()[0].platform} "
+        f"({os.cpu_count()} CPUs)")
+  rows = []
+  for name, config in _equal_size_configs(args):
+    config = config.replace(dtype=args.dtype)
+    params = jax.jit(vlm.init_params, static_argnums=(0, 2))(
+        config, jax.random.key(0), dtype)
+    size = _count(params["text"])
+    fast = vlm.inference_params(params, config)
+    rates = []
+    for length in lengths:
+      tokens = _prompts(b, length, config.text.vocab_size)
+      inputs = batching.make_batch(
+          [batching.Example(tokens=t) for t in tokens], vision=config.vision,
+          image_token_id=config.image_token_id,
+          vision_start_id=config.vision_start_token_id, pad_id=0,
+          length_buckets=(length,), patch_buckets=(0,), batch_buckets=(b,),
+          padding="left")
+      logits, cache = jax.jit(vlm.prefill, static_argnums=(1, 3))(
+          fast, config, jax.tree.map(jnp.asarray, inputs), length + n)
+
+      def decode(p, logits, cache):
+        def body(_, carry):
+          tok, c = carry
+          lg, c = vlm.decode_step(p, config, tok, c)
+          return jnp.argmax(lg, -1).astype(jnp.int32), c
+        return jax.lax.fori_loop(0, n, body, (jnp.argmax(logits, -1).astype(
+            jnp.int32), cache))
+
+      loop = jax.jit(decode)
+      sec = _min_seconds(loop, fast, logits, cache, repeats=args.repeats)
+      rates.append(b * n / sec)
+      del cache
+    rows.append((name, size, rates))
+    cells = "  ".join(f"{L}: {r:8.1f}" for L, r in zip(lengths, rates))
+    print(f"{name:9s} {size / 1e6:5.1f}M text params  tokens/s  {cells}  "
+          f"({lengths[-1]} / {lengths[0]}: {rates[-1] / rates[0]:.2f}x)",
+          flush=True)
+
+
 def _plain_select(logits, keys, sp):
   """The obvious JAX forms of `sample_tokens` (the peer of --select)."""
   scaled = logits / sp.temperature
@@ -382,7 +463,11 @@ def main(argv=None) -> None:
   p.add_argument("--kv_heads", type=int, default=2)
   p.add_argument("--base_preset", default="tiny",
                  help="CPU mode: the family and vision tower of the model "
-                      "(tiny: Qwen2.5-VL, qwen3_vl_tiny: Qwen3-VL)")
+                      "(tiny: Qwen2.5-VL, qwen3_vl_tiny: Qwen3-VL, "
+                      "qwen3_5_tiny: Qwen3.5)")
+  p.add_argument("--context", default="",
+                 help="e.g. 1024,8192: decode tokens/s at these context "
+                      "lengths, Qwen3.5 vs Qwen3-VL of equal size")
   p.add_argument("--first_stage_tokens", type=int, default=256,
                  help="Sampler's first decode stage (0: one full cache)")
   p.add_argument("--torch_threads", type=int, default=0,
@@ -403,6 +488,11 @@ def main(argv=None) -> None:
     args.batch = args.batch or 64
     args.vocab = args.vocab or 151936
     run_select(args)
+  elif args.context:
+    args.batch = args.batch or 4
+    args.vocab = args.vocab or 16384
+    args.dtype = args.dtype or "float32"
+    run_context(args)
   elif args.roofline:
     args.batch = args.batch or 64
     args.dtype = args.dtype or "bfloat16"

@@ -77,7 +77,10 @@ def main(argv):
   overrides = dict(dtype=_DTYPE.value, remat=_REMAT.value, attention=_ATTENTION.value)
   config = presets.get_preset(_PRESET.value, **overrides)
   if _LAYERS.value:
-    config = config.replace(text=dataclasses.replace(config.text, num_layers=_LAYERS.value))
+    depth = dict(num_layers=_LAYERS.value)
+    if hasattr(config.text, "layer_types"):  # rebuilt for the new depth
+      depth["layer_types"] = ()
+    config = config.replace(text=dataclasses.replace(config.text, **depth))
   if _VISION_DEPTH.value:
     config = config.replace(vision=config.vision.with_depth(_VISION_DEPTH.value))
   mesh = parallel.make_mesh(_parse_mesh(_MESH.value))

@@ -20,7 +20,10 @@ def forward_flops(config: presets.ModelConfig, rows: int, seq: int, images: int,
   The dense matmuls are counted from the model's own kernels (any family):
   every text-layer kernel and the LM head once per token, every vision-block
   kernel and the patch embedding once per patch, the mergers' once per merged
-  token. Attention adds its score and value products (causal: half the square).
+  token. Attention adds its score and value products (causal: half the square)
+  in every attention layer; Qwen3.5's DeltaNet layers (`full_layers` names its
+  attention ones) add no quadratic term, and their chunked recurrence (linear
+  in the length) is not counted.
   """
   t, v = config.text, config.vision
   shapes = jax.eval_shape(lambda: vlm.init_params(config, jax.random.PRNGKey(0)))
@@ -29,7 +32,8 @@ def forward_flops(config: presets.ModelConfig, rows: int, seq: int, images: int,
   q = t.num_heads * t.head_dim
   tokens = rows * seq
   text = 2 * tokens * (kernels(shapes["text"]["layers"]) + t.hidden_size * t.vocab_size)
-  text += 2 * 2 * rows * (seq * seq / 2) * q * t.num_layers
+  attention_layers = len(getattr(t, "full_layers", range(t.num_layers)))
+  text += 2 * 2 * rows * (seq * seq / 2) * q * attention_layers
   if not images:
     return text
   g = side // v.patch_size

@@ -2,6 +2,7 @@ r"""Compares evejax and transformers logits on one checkpoint of any family.
 
     python -m evejax.tools.hf_parity --hf_dir /tmp/tiny_qwen --make_tiny
     python -m evejax.tools.hf_parity --hf_dir /tmp/tiny_qwen3 --make_tiny --family qwen3_vl
+    python -m evejax.tools.hf_parity --hf_dir /tmp/tiny_qwen35 --make_tiny --family qwen3_5
     python -m evejax.tools.hf_parity --hf_dir ~/ckpt/Qwen2.5-VL-3B-Instruct
     python -m evejax.tools.hf_parity --hf_dir ~/ckpt/Qwen3-VL-8B-Instruct
 
@@ -35,20 +36,23 @@ from evejax.processing.patch_layout import patch_layout
 Segment = int | tuple[int, int]
 
 
-def _randomize(model, seed: int, gains: dict[str, float] | None = None) -> None:
+def _randomize(model, seed: int, gains: dict[str, float] | None = None,
+               centered=lambda name: False) -> None:
   """Every weight (norm scales and biases included) random with O(1)
   activations, so attention patterns and rotary phases matter to the logits.
 
   `gains` multiplies the weights whose name contains a key (after the
   unit-variance draw), e.g. to push GELU inputs to where exact and tanh GELU
-  differ.
+  differ. Norms whose name `centered` accepts store w of a (1 + w) scale.
   """
   import torch
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in model.named_parameters():
       noise = torch.randn(p.shape, generator=gen)
-      if "norm" in name or "ln_q" in name:
+      if centered(name):
+        p.copy_(0.2 * noise)
+      elif "norm" in name or "ln_q" in name:
         p.copy_(1.0 + 0.2 * noise)
       elif name.endswith("bias"):
         p.copy_(0.2 * noise)
@@ -160,8 +164,81 @@ def make_tiny_qwen3_vl_checkpoint(
   return out_dir
 
 
+# Weight gains of the tiny Qwen3.5 checkpoints: `_randomize` already gives
+# unit-variance activations, where every pitfall of the reference's table
+# moves some logit by 1e-3 or more (tests/qwen3_5_parity_test.py); the
+# vision fc1 gains are Qwen3-VL's (exact vs tanh GELU). Halving what each
+# layer adds to the residual stream keeps the 8-layer network from being
+# chaotic: at gain 1, transformers' own fp32 and fp64 logits differed by
+# 1e-4 (the parity tolerance; logits ~4), at 0.5 by ~1e-5.
+QWEN3_5_GAINS = {"linear_fc1.weight": 2.0, "o_proj": 0.5, "out_proj": 0.5,
+                 "down_proj": 0.5}
+
+
+def make_tiny_qwen3_5_checkpoint(
+    out_dir: str, *, seed: int = 0, tie: bool = False, vocab: int = 128,
+    hidden: int = 48, num_layers: int = 5,
+    layer_types: Sequence[str] | None = None, full_attention_interval: int = 4,
+    heads: int = 4, kv_heads: int = 2, head_dim: int = 32,
+    intermediate: int = 96, linear_key_heads: int = 2,
+    linear_value_heads: int = 6, linear_key_dim: int = 16,
+    linear_value_dim: int = 24, mrope_section: Sequence[int] = (2, 1, 1),
+    rope_theta: float = 1e7, vision_depth: int = 2, vision_hidden: int = 32,
+    vision_heads: int = 2, vision_intermediate: int = 48,
+    num_position_embeddings: int = 16, gains: dict[str, float] | None = None,
+    max_shard_size: str | None = None) -> str:
+  """Writes a random tiny Qwen3_5ForConditionalGeneration (fp32) to out_dir.
+
+  The defaults are the reference's tiny config with 3 value heads per key
+  head: 5 layers L L L F L (or `layer_types`), rotary on 8 of 32 head
+  channels (4 frequencies, sections 2/1/1), dk 16 != dv 24, a 4x4 vision
+  position table. Special token ids are the top of the small vocab; weights
+  as `_randomize` draws them with `gains` (default QWEN3_5_GAINS).
+  """
+  import torch
+  import transformers
+  special = {"image_token_id": vocab - 4, "video_token_id": vocab - 3,
+             "vision_start_token_id": vocab - 2,
+             "vision_end_token_id": vocab - 1}
+  types = {"layer_types": list(layer_types)} if layer_types else {
+      "full_attention_interval": full_attention_interval}
+  cfg = transformers.Qwen3_5Config(
+      text_config=dict(
+          vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+          num_hidden_layers=num_layers, num_attention_heads=heads,
+          num_key_value_heads=kv_heads, head_dim=head_dim,
+          linear_num_key_heads=linear_key_heads,
+          linear_num_value_heads=linear_value_heads,
+          linear_key_head_dim=linear_key_dim,
+          linear_value_head_dim=linear_value_dim, linear_conv_kernel_dim=4,
+          rms_norm_eps=1e-6, hidden_act="silu", max_position_embeddings=4096,
+          bos_token_id=0, eos_token_id=1, pad_token_id=2, **types,
+          rope_parameters=dict(rope_type="default", rope_theta=rope_theta,
+                               partial_rotary_factor=0.25,
+                               mrope_section=list(mrope_section),
+                               mrope_interleaved=True)),
+      vision_config=dict(
+          depth=vision_depth, hidden_size=vision_hidden,
+          intermediate_size=vision_intermediate, num_heads=vision_heads,
+          patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
+          in_channels=3, out_hidden_size=hidden,
+          num_position_embeddings=num_position_embeddings,
+          hidden_act="gelu_pytorch_tanh"),
+      tie_word_embeddings=tie, **special)
+  torch.manual_seed(seed)
+  model = transformers.Qwen3_5ForConditionalGeneration(cfg).eval()
+  # Every text norm but DeltaNet's gated one (linear_attn.norm) is (1 + w).
+  centered = lambda name: ("language_model" in name and "norm" in name
+                           and "linear_attn.norm" not in name)
+  _randomize(model, seed, QWEN3_5_GAINS if gains is None else gains, centered)
+  kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+  model.save_pretrained(out_dir, **kw)
+  return out_dir
+
+
 TINY_CHECKPOINTS = {"qwen2_5_vl": make_tiny_hf_checkpoint,
-                    "qwen3_vl": make_tiny_qwen3_vl_checkpoint}
+                    "qwen3_vl": make_tiny_qwen3_vl_checkpoint,
+                    "qwen3_5": make_tiny_qwen3_5_checkpoint}
 
 
 def load_hf_model(hf_dir: str):

@@ -43,6 +43,7 @@ from evejax.models.lora.adapter import dropout_mask
 from evejax.models.lora.adapter import init_adapter
 from evejax.models.lora.adapter import merge
 from evejax.models.lora.adapter import modules
+from evejax.models.lora.config import LINEAR_ATTENTION_PROJECTIONS
 from evejax.models.lora.config import LoraConfig
 from evejax.models.lora.config import TEXT_PROJECTIONS
 from evejax.models.lora.config import VISION_MERGER
@@ -55,7 +56,8 @@ from evejax.models.lora.peft_format import import_peft
 from evejax.models.lora.peft_format import module_name
 
 __all__ = [
-    "AdaptedModel", "LoraConfig", "TEXT_PROJECTIONS", "VISION_MERGER",
+    "AdaptedModel", "LINEAR_ATTENTION_PROJECTIONS", "LoraConfig",
+    "TEXT_PROJECTIONS", "VISION_MERGER",
     "adapter_axes", "apply", "dropout_key", "dropout_mask", "export_merged",
     "export_peft", "from_config", "import_peft", "init_adapter",
     "linear_kernels", "merge", "module_name", "modules", "select_targets",

@@ -22,8 +22,15 @@ import jax
 from evejax.models import hf
 
 # The text decoder's attention and MLP projections: EvoLMM's published targets
-# (q, k, v, o, gate, up, down) on the language model only.
-TEXT_PROJECTIONS = r"^text/layers/(q|k|v|o|mlp/(gate|up|down))/kernel$"
+# (q, k, v, o, gate, up, down) on the language model only. Qwen3.5 stacks its
+# layers by kind within a block (text/layers/full_0/q/kernel): there they are
+# the attention layers' q, k, v, o and every layer's MLP, as PEFT's
+# target_modules of those names adapt on transformers' model.
+TEXT_PROJECTIONS = (r"^text/layers/((linear|full)_\d+/)?"
+                    r"(q|k|v|o|mlp/(gate|up|down))/kernel$")
+# Qwen3.5's Gated DeltaNet projections (in_proj_qkv, _z, _b, _a, out_proj).
+LINEAR_ATTENTION_PROJECTIONS = (r"^text/layers/linear_\d+/"
+                                r"(in_qkv|in_z|in_b|in_a|out)/kernel$")
 # The two Linear layers that map merged vision patches into the text space.
 VISION_MERGER = r"^vision/merger/fc[12]/kernel$"
 

@@ -12,7 +12,8 @@ lora_A.weight` [rank, in] and `....lora_B.weight` [out, rank]; for a Conv3d
 (the patch embedding) lora_A is a conv of the same kernel [rank, C, T, P, P]
 and lora_B a 1x1x1 conv [out, rank, 1, 1, 1]. The factors flatten like the
 kernels do in `hf` (A [in..., rank] -> [rank, in]; B [rank, out...] ->
-[out, rank]). `target_modules` is written as a regex that fullmatches exactly
+[out, rank], rows in the checkpoint's order: `TensorEntry.out_order`).
+`target_modules` is written as a regex that fullmatches exactly
 the adapted modules, so PEFT adapts what evejax adapted and nothing else.
 Module names come from the family registry (`families.of(config).alt_names`),
 so every family's adapters name their modules as transformers does; importing
@@ -73,13 +74,13 @@ def _peft_shapes(t: Target, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]
 def _to_peft(a: np.ndarray, b: np.ndarray, t: Target, rank: int):
   a_shape, b_shape = _peft_shapes(t, rank)
   a = a.reshape(-1, rank).T.reshape(a_shape)
-  b = b.reshape(rank, -1).T.reshape(b_shape)
+  b = t.entry.rows_to_theirs(b.reshape(rank, -1).T).reshape(b_shape)
   return np.ascontiguousarray(a), np.ascontiguousarray(b)
 
 
 def _from_peft(a: np.ndarray, b: np.ndarray, t: Target, rank: int):
   a = a.reshape(rank, -1).T.reshape(t.in_shape + (rank,))
-  b = b.reshape(-1, rank).T.reshape((rank,) + t.out_shape)
+  b = t.entry.rows_to_ours(b.reshape(-1, rank)).T.reshape((rank,) + t.out_shape)
   return a, b
 
 

@@ -59,8 +59,23 @@ def config_from_hf(cfg: dict, where: str) -> ModelConfig:
       rms_norm_eps=float(tc.get("rms_norm_eps", 1e-6)),
       mrope_section=tuple(rope.get("mrope_section", (24, 20, 20))),
       tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
-  vd = Qwen3VisionConfig()
-  vision = Qwen3VisionConfig(
+  vision = vision_from_hf(vc, Qwen3VisionConfig)
+  md = ModelConfig()
+  return ModelConfig(
+      family="qwen3_vl", vision=vision, text=text,
+      image_token_id=cfg.get("image_token_id", md.image_token_id),
+      video_token_id=cfg.get("video_token_id", md.video_token_id),
+      vision_start_token_id=cfg.get("vision_start_token_id",
+                                    md.vision_start_token_id),
+      vision_end_token_id=cfg.get("vision_end_token_id",
+                                  md.vision_end_token_id))
+
+
+def vision_from_hf(vc: dict, cls: type = Qwen3VisionConfig):
+  """The vision tower's config (`cls`: Qwen3-VL's or a subclass) from a
+  config.json's vision_config, its class defaults where keys are absent."""
+  vd = cls()
+  return cls(
       depth=vc.get("depth", vd.depth),
       hidden_size=vc.get("hidden_size", vd.hidden_size),
       intermediate_size=vc.get("intermediate_size", vd.intermediate_size),
@@ -76,29 +91,13 @@ def config_from_hf(cfg: dict, where: str) -> ModelConfig:
                                             vd.deepstack_visual_indexes)),
       rope_theta=float((vc.get("rope_parameters") or {}).get(
           "rope_theta", vd.rope_theta)))
-  md = ModelConfig()
-  return ModelConfig(
-      family="qwen3_vl", vision=vision, text=text,
-      image_token_id=cfg.get("image_token_id", md.image_token_id),
-      video_token_id=cfg.get("video_token_id", md.video_token_id),
-      vision_start_token_id=cfg.get("vision_start_token_id",
-                                    md.vision_start_token_id),
-      vision_end_token_id=cfg.get("vision_end_token_id",
-                                  md.vision_end_token_id))
 
 
 def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict:
   """config.json (transformers>=5 nested form) for a Qwen3-VL ModelConfig."""
   t, v = config.text, config.vision
   return {
-      "architectures": [HF_ARCHITECTURE],
-      "model_type": HF_MODEL_TYPE,
-      "dtype": torch_dtype,
-      "image_token_id": config.image_token_id,
-      "video_token_id": config.video_token_id,
-      "vision_start_token_id": config.vision_start_token_id,
-      "vision_end_token_id": config.vision_end_token_id,
-      "tie_word_embeddings": t.tie_word_embeddings,
+      **hf_header(config, torch_dtype, HF_ARCHITECTURE, HF_MODEL_TYPE),
       "text_config": {
           "model_type": "qwen3_vl_text",
           "vocab_size": t.vocab_size,
@@ -118,23 +117,46 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict:
                               "mrope_section": list(t.mrope_section),
                               "mrope_interleaved": True},
       },
-      "vision_config": {
-          "model_type": "qwen3_vl_vision",
-          "depth": v.depth,
-          "hidden_size": v.hidden_size,
-          "intermediate_size": v.intermediate_size,
-          "num_heads": v.num_heads,
-          "out_hidden_size": v.out_hidden_size,
-          "in_channels": v.in_channels,
-          "patch_size": v.patch_size,
-          "temporal_patch_size": v.temporal_patch_size,
-          "spatial_merge_size": v.spatial_merge_size,
-          "num_position_embeddings": v.num_position_embeddings,
-          "deepstack_visual_indexes": list(v.deepstack_visual_indexes),
-          "hidden_act": "gelu_pytorch_tanh",
-          "rope_parameters": {"rope_type": "axial", "rope_theta": v.rope_theta},
-      },
+      "vision_config": vision_to_hf(v, "qwen3_vl_vision"),
   }
+
+
+def hf_header(config: ModelConfig, torch_dtype: str, architecture: str,
+              model_type: str) -> dict:
+  """config.json's top-level keys of a Qwen3-family VLM (tying lives here)."""
+  return {
+      "architectures": [architecture],
+      "model_type": model_type,
+      "dtype": torch_dtype,
+      "image_token_id": config.image_token_id,
+      "video_token_id": config.video_token_id,
+      "vision_start_token_id": config.vision_start_token_id,
+      "vision_end_token_id": config.vision_end_token_id,
+      "tie_word_embeddings": config.text.tie_word_embeddings,
+  }
+
+
+def vision_to_hf(v, model_type: str, deepstack: bool = True) -> dict:
+  """config.json's vision_config for a Qwen3-VL-style tower (`deepstack`:
+  write deepstack_visual_indexes, which Qwen3-VL defaults to 8/16/24)."""
+  out = {
+      "model_type": model_type,
+      "depth": v.depth,
+      "hidden_size": v.hidden_size,
+      "intermediate_size": v.intermediate_size,
+      "num_heads": v.num_heads,
+      "out_hidden_size": v.out_hidden_size,
+      "in_channels": v.in_channels,
+      "patch_size": v.patch_size,
+      "temporal_patch_size": v.temporal_patch_size,
+      "spatial_merge_size": v.spatial_merge_size,
+      "num_position_embeddings": v.num_position_embeddings,
+      "hidden_act": "gelu_pytorch_tanh",
+      "rope_parameters": {"rope_type": "axial", "rope_theta": v.rope_theta},
+  }
+  if deepstack:
+    out["deepstack_visual_indexes"] = list(v.deepstack_visual_indexes)
+  return out
 
 
 def _merger(e: list, path: tuple[str, ...], name: str, v, postshuffle: bool,
@@ -155,8 +177,7 @@ def tensor_table(config: ModelConfig) -> list[TensorEntry]:
   """Every evejax leaf and the checkpoint tensors it is made of (hub names)."""
   t, v = config.text, config.vision
   d, hd, f = t.hidden_size, t.head_dim, t.intermediate_size
-  dv, iv = v.hidden_size, v.intermediate_size
-  L, LV = t.num_layers, v.depth
+  L = t.num_layers
   e = []
   text = ("text",)
   e.append(TensorEntry(text + ("embed", "embedding"),
@@ -186,6 +207,13 @@ def tensor_table(config: ModelConfig) -> list[TensorEntry]:
     e.append(TensorEntry(text + ("lm_head", "kernel"), "lm_head.weight",
                          (t.vocab_size, d), "linear"))
 
+  return e + vision_tensor_table(v)
+
+
+def vision_tensor_table(v) -> list[TensorEntry]:
+  """The vision tower's entries (`model.visual.*`), DeepStack mergers if any."""
+  dv, iv, LV = v.hidden_size, v.intermediate_size, v.depth
+  e = []
   vis = ("vision",)
   e.append(TensorEntry(vis + ("patch_embed", "kernel"),
                        "model.visual.patch_embed.proj.weight",

@@ -32,23 +32,14 @@ from evejax.models.presets import Qwen3TextConfig
 
 def mrope_axes(cfg: Qwen3TextConfig) -> np.ndarray:
   """int [head_dim/2]: which position (0 T, 1 H, 2 W) drives each frequency."""
-  j = np.arange(cfg.head_dim // 2)
-  _, s_h, s_w = cfg.mrope_section
-  axis = np.zeros_like(j)
-  axis[(j % 3 == 1) & (j < 3 * s_h)] = 1
-  axis[(j % 3 == 2) & (j < 3 * s_w)] = 2
-  return axis
+  return layers.interleaved_mrope_axes(cfg.head_dim, cfg.mrope_section)
 
 
 def mrope_cos_sin(positions: jax.Array, cfg: Qwen3TextConfig
                   ) -> tuple[jax.Array, jax.Array]:
   """Interleaved M-RoPE tables [B, T, head_dim] from positions [3, B, T], fp32."""
-  inv = layers.inv_frequencies(cfg.head_dim, cfg.rope_theta)
-  freqs = positions.astype(jnp.float32)[..., None] * inv  # [3, B, T, half]
-  axis = mrope_axes(cfg)
-  ang = jnp.where(axis == 1, freqs[1], jnp.where(axis == 2, freqs[2], freqs[0]))
-  ang = jnp.concatenate([ang, ang], axis=-1)
-  return jnp.cos(ang), jnp.sin(ang)
+  return layers.interleaved_mrope_cos_sin(positions, cfg.head_dim,
+                                          cfg.rope_theta, cfg.mrope_section)
 
 
 @flax.struct.dataclass
