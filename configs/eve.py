@@ -60,6 +60,10 @@ def _base() -> ml_collections.ConfigDict:
       num_args=4,                  # |args_list|
       transforms="",               # extra transformation library "pkg.mod:attr"
       heldout_eval_questions=256,  # Solver accuracy on held-out families
+      train_family_eval_questions=0,   # >0: also on the warm-start families (fresh images)
+      # Solver phase questions: challenger (logged in the Challenger phase, the method)
+      # | library (the static warm-start library's families: the experiments' control).
+      solver_questions="challenger",
       pipeline_chunks=4,           # sandbox runs chunk i while chunk i+1 samples
       instructions="full",         # Challenger prompt: "full" rules or "compact"
       # The published code's conventions per family: Qwen2.5-VL absolute pixels
@@ -195,6 +199,21 @@ def qwen3_vl_8b() -> ml_collections.ConfigDict:
   c.processing.batch_buckets = (4, 8)
   return c
 
+
+# Arms of `python -m evejax.tools.experiment` (BENCHMARKS.md, "Learning fidelity"):
+# named overrides on a preset; the arms of a seed start from one shared warm start.
+ARMS = {
+    # The method: the Challenger evolves the queue, the Solver trains on its questions.
+    "method": {},
+    # The same Solver GRPO steps on questions of the static warm-start library: no
+    # Challenger phase, no queue growth (the paper's claim is self-evolution over this).
+    "control": {"eve.solver_questions": "library", "eve.challenger_steps": 0},
+}
+# Beside held-out-family accuracy: the warm-start families' (what the Solver can
+# learn at all), the Challenger's valid programs and the queue.
+EXPERIMENT_METRICS = ("eval/train_families_accuracy", "eval/heldout_accuracy_type0",
+                      "eval/heldout_accuracy_type1", "challenger/valid_rate",
+                      "challenger/admitted", "solver/reward/accuracy")
 
 PRESETS = {"tiny": tiny, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b,
            "qwen3_vl_8b": qwen3_vl_8b}

@@ -310,17 +310,18 @@ def table(data: dict) -> str:
       have = [r["points"].get(point, {}) for r in runs.values()]
       lines.append(f"| {arm} | {point} | {sum(bool(h) for h in have)} | " + " | ".join(
           _fmt([h.get(c) for h in have if c in h]) for c in cols) + " |")
-  lines += ["", "| arm | seeds | held-out gain (points, last iteration vs start of "
-            "self-evolution) | vs first arm, paired by seed (points) | wall per run (s) |",
-            "|---|---:|---:|---:|---:|"]
   arms = list(data["arms"])
-  first = data["arms"][arms[0]] if arms else {}
+  reference = "control" if "control" in arms else (arms[0] if arms else "")
+  lines += ["", "| arm | seeds | held-out gain (points, last iteration vs start of "
+            f"self-evolution) | vs {reference}, paired by seed (points) | wall per run (s) |",
+            "|---|---:|---:|---:|---:|"]
+  first = data["arms"].get(reference, {})
   for arm in arms:
     runs = data["arms"][arm]
     gains = [r["heldout_gain_points"] for r in runs.values()]
     paired = [100 * (runs[s]["points"].get(_last(runs[s]), {}).get(cols[0], np.nan)
                      - first[s]["points"].get(_last(first[s]), {}).get(cols[0], np.nan))
-              for s in runs if s in first] if arm != arms[0] else []
+              for s in runs if s in first] if arm != reference else []
     walls = mean_std([r["wall_s"] for r in runs.values()])
     lines.append(f"| {arm} | {len(runs)} | {_fmt(gains, points=True)} | "
                  f"{_fmt(paired, points=True) if paired else '—'} | "
