@@ -176,6 +176,23 @@ def tiny() -> ml_collections.ConfigDict:
   return c
 
 
+def small() -> ml_collections.ConfigDict:
+  """The tiny preset sized for controlled experiments (`python -m evejax.tools.experiment`).
+
+  For: the Solver's held-out-family accuracy after EVE iterations against the
+  control's (the same Solver GRPO steps on static library questions), over
+  seeds (BENCHMARKS.md, "Learning fidelity"). The Solver's warm start is four
+  times the tiny one's so that it can learn the warm-start families' questions
+  at all, and every evaluation also scores it on those families (fresh images):
+  without accuracy above chance there, EVE's iterations have nothing to refine
+  and the held-out families nothing to transfer from.
+  """
+  c = tiny()
+  c.eve.train_family_eval_questions = 48
+  c.warmstart.solver_steps = 160
+  return c
+
+
 def qwen2_5_vl_3b() -> ml_collections.ConfigDict:
   c = _base()
   c.model = cu.model("qwen2_5_vl_3b", dtype="bfloat16", param_dtype="float32", remat=True)
@@ -215,8 +232,8 @@ EXPERIMENT_METRICS = ("eval/train_families_accuracy", "eval/heldout_accuracy_typ
                       "eval/heldout_accuracy_type1", "challenger/valid_rate",
                       "challenger/admitted", "solver/reward/accuracy")
 
-PRESETS = {"tiny": tiny, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b,
-           "qwen3_vl_8b": qwen3_vl_8b}
+PRESETS = {"tiny": tiny, "small": small, "qwen2_5_vl_3b": qwen2_5_vl_3b,
+           "qwen2_5_vl_7b": qwen2_5_vl_7b, "qwen3_vl_8b": qwen3_vl_8b}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

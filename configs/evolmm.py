@@ -101,6 +101,20 @@ def tiny() -> ml_collections.ConfigDict:
   return c
 
 
+def small() -> ml_collections.ConfigDict:
+  """The tiny preset with the measurement a controlled experiment needs.
+
+  For: the method against its control over seeds (`python -m
+  evejax.tools.experiment`, BENCHMARKS.md "Learning fidelity"). Every
+  evaluation also samples 5 answers per held-out question at the Solver's
+  temperature: self-consistency rewards can raise accuracy only where the
+  majority of those answers is right more often than one of them.
+  """
+  c = tiny()
+  c.evolmm.heldout_samples = 5
+  return c
+
+
 def qwen2_5_vl_7b() -> ml_collections.ConfigDict:
   return _base()
 
@@ -128,7 +142,7 @@ EXPERIMENT_METRICS = ("eval/heldout_sample_accuracy", "eval/heldout_majority_acc
                       "eval/heldout_answer_variety", "evolmm/consistency",
                       "evolmm/distinct_answers")
 
-PRESETS = {"tiny": tiny, "qwen2_5_vl_7b": qwen2_5_vl_7b, "qwen3_vl_8b": qwen3_vl_8b}
+PRESETS = {"tiny": tiny, "small": small, "qwen2_5_vl_7b": qwen2_5_vl_7b, "qwen3_vl_8b": qwen3_vl_8b}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

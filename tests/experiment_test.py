@@ -79,6 +79,17 @@ class ExperimentTest(absltest.TestCase):
     self.assertEqual([r.arm for r in runs], ["method", "longer_warm_start"])
     self.assertIsNone(runs[1].warmstart)
 
+  def test_every_arm_of_every_recipe_applies_to_its_small_preset(self):
+    for recipe in ("eve", "mmzero", "evolmm"):
+      spec = f"configs/{recipe}.py:small"
+      arms = experiment.arms_of(spec)
+      self.assertIn("method", arms)
+      self.assertIn("control", arms)
+      for run in experiment.plan(spec, list(arms), [0], tempfile.mkdtemp()):
+        with self.subTest(recipe=recipe, arm=run.arm):
+          config = config_utils.load_config(spec, run.overrides)
+          self.assertEqual(config.seed, 0)
+
   def test_mean_and_sample_std(self):
     self.assertEqual(experiment.mean_std([0.25, 0.75]), (0.5, 0.3535533905932738, 2))
     self.assertEqual(experiment.mean_std([0.5]), (0.5, 0.0, 1))
