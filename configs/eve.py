@@ -60,6 +60,10 @@ def _base() -> ml_collections.ConfigDict:
       num_args=4,                  # |args_list|
       transforms="",               # extra transformation library "pkg.mod:attr"
       heldout_eval_questions=256,  # Solver accuracy on held-out families
+      train_family_eval_questions=0,   # >0: also on the warm-start families (fresh images)
+      # Solver phase questions: challenger (logged in the Challenger phase, the method)
+      # | library (the static warm-start library's families: the experiments' control).
+      solver_questions="challenger",
       pipeline_chunks=4,           # sandbox runs chunk i while chunk i+1 samples
       instructions="full",         # Challenger prompt: "full" rules or "compact"
       # The published code's conventions per family: Qwen2.5-VL absolute pixels
@@ -175,6 +179,23 @@ def tiny() -> ml_collections.ConfigDict:
   return c
 
 
+def small() -> ml_collections.ConfigDict:
+  """The tiny preset sized for controlled experiments (`python -m evejax.tools.experiment`).
+
+  For: the Solver's held-out-family accuracy after EVE iterations against the
+  control's (the same Solver GRPO steps on static library questions), over
+  seeds (BENCHMARKS.md, "Learning fidelity"). The Solver's warm start is four
+  times the tiny one's so that it can learn the warm-start families' questions
+  at all, and every evaluation also scores it on those families (fresh images):
+  without accuracy above chance there, EVE's iterations have nothing to refine
+  and the held-out families nothing to transfer from.
+  """
+  c = tiny()
+  c.eve.train_family_eval_questions = 48
+  c.warmstart.solver_steps = 160
+  return c
+
+
 def qwen2_5_vl_3b() -> ml_collections.ConfigDict:
   c = _base()
   c.model = cu.model("qwen2_5_vl_3b", dtype="bfloat16", param_dtype="float32", remat=True)
@@ -223,8 +244,24 @@ def qwen3_5_9b() -> ml_collections.ConfigDict:
   return c
 
 
-PRESETS = {"tiny": tiny, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b,
-           "qwen3_vl_8b": qwen3_vl_8b, "qwen3_5_9b": qwen3_5_9b}
+# Arms of `python -m evejax.tools.experiment` (BENCHMARKS.md, "Learning fidelity"):
+# named overrides on a preset; the arms of a seed start from one shared warm start.
+ARMS = {
+    # The method: the Challenger evolves the queue, the Solver trains on its questions.
+    "method": {},
+    # The same Solver GRPO steps on questions of the static warm-start library: no
+    # Challenger phase, no queue growth (the paper's claim is self-evolution over this).
+    "control": {"eve.solver_questions": "library", "eve.challenger_steps": 0},
+}
+# Beside held-out-family accuracy: the warm-start families' (what the Solver can
+# learn at all), the Challenger's valid programs and the queue.
+EXPERIMENT_METRICS = ("eval/train_families_accuracy", "eval/heldout_accuracy_type0",
+                      "eval/heldout_accuracy_type1", "challenger/valid_rate",
+                      "challenger/admitted", "solver/reward/accuracy")
+
+PRESETS = {"tiny": tiny, "small": small, "qwen2_5_vl_3b": qwen2_5_vl_3b,
+           "qwen2_5_vl_7b": qwen2_5_vl_7b, "qwen3_vl_8b": qwen3_vl_8b,
+           "qwen3_5_9b": qwen3_5_9b}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -35,6 +35,7 @@ def _base() -> ml_collections.ConfigDict:
   c.evolmm = ml_collections.ConfigDict(dict(
       update_rule="sequential",   # sequential (published: REINFORCE per sample) | grpo
       reward="continuous",        # continuous self-consistency | majority (the baseline)
+                                  # | constant (the experiments' control: no signal)
       iterations=10,              # evaluation points; steps = iterations x steps_per_iteration
       steps_per_iteration=1618,   # 16,180 published steps
       images_per_step=1,          # B (grpo mode: several)
@@ -46,6 +47,9 @@ def _base() -> ml_collections.ConfigDict:
       fallback_question="What is shown in this image?",   # no <question> tag (counted)
       style="full",               # prompt wording: "full" or "compact" (tiny models)
       heldout_questions=128,      # ground-truth scene questions the Solver is scored on
+      # >0: also N answers per held-out question at T: one sample's accuracy vs
+      # their majority's (self-consistency can only help where the majority is better).
+      heldout_samples=0,
   ))
   c.sampling = ml_collections.ConfigDict(dict(
       proposer=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=128),
@@ -97,6 +101,20 @@ def tiny() -> ml_collections.ConfigDict:
   return c
 
 
+def small() -> ml_collections.ConfigDict:
+  """The tiny preset with the measurement a controlled experiment needs.
+
+  For: the method against its control over seeds (`python -m
+  evejax.tools.experiment`, BENCHMARKS.md "Learning fidelity"). Every
+  evaluation also samples 5 answers per held-out question at the Solver's
+  temperature: self-consistency rewards can raise accuracy only where the
+  majority of those answers is right more often than one of them.
+  """
+  c = tiny()
+  c.evolmm.heldout_samples = 5
+  return c
+
+
 def qwen2_5_vl_7b() -> ml_collections.ConfigDict:
   return _base()
 
@@ -119,8 +137,25 @@ def qwen3_5_9b() -> ml_collections.ConfigDict:
   return c
 
 
-PRESETS = {"tiny": tiny, "qwen2_5_vl_7b": qwen2_5_vl_7b, "qwen3_vl_8b": qwen3_vl_8b,
-           "qwen3_5_9b": qwen3_5_9b}
+# Arms of `python -m evejax.tools.experiment` (BENCHMARKS.md, "Learning fidelity"):
+# named overrides on a preset; the arms of a seed start from one shared warm start.
+ARMS = {
+    # The method: continuous self-consistency rewards the Solver, entropy the Proposer.
+    "method": {},
+    # The same steps and compute with a constant reward: no signal reaches either role.
+    "control": {"evolmm.reward": "constant"},
+    # The paper's baseline: 1 for the majority answer, else 0.
+    "majority": {"evolmm.reward": "majority"},
+}
+# Beside held-out greedy accuracy: what a sample and the majority of N reach, how far
+# the answers agree, whether they still depend on the image, and the training batches'.
+EXPERIMENT_METRICS = ("eval/heldout_sample_accuracy", "eval/heldout_majority_accuracy",
+                      "eval/heldout_consistency", "eval/heldout_distinct_answers",
+                      "eval/heldout_answer_variety", "evolmm/consistency",
+                      "evolmm/distinct_answers")
+
+PRESETS = {"tiny": tiny, "small": small, "qwen2_5_vl_7b": qwen2_5_vl_7b,
+           "qwen3_vl_8b": qwen3_vl_8b, "qwen3_5_9b": qwen3_5_9b}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

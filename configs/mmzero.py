@@ -48,6 +48,9 @@ def _base() -> ml_collections.ConfigDict:
       # Coder phase: a pool of Proposer_i's proposals filtered by render success.
       coder_pool=720, coder_band=(0.25, 0.75), coder_prompts=32, coder_group=4,  # G_C = 4
       coder_scored_by_coder=False,  # the published code's "Solver" is the Coder's checkpoint
+      # proposer: Proposer_i's proposals (the method) | library: warm-start library
+      # train items, no Proposer evolution (the control arm and the Coder ablation).
+      coder_proposals="proposer",
       # Solver phase: one render per proposal, answered 10 times by Solver_{i-1}.
       solver_pool=5000, solver_select_samples=10, solver_easy_min=0.5,
       solver_hard_band=(0.25, 0.75), solver_prompts=64, solver_group=8,  # G_S = 8
@@ -58,7 +61,8 @@ def _base() -> ml_collections.ConfigDict:
                     easy_penalty=0.3, diversity_weights=(0.45, 0.20, 0.35),
                     diversity_budget=0.5, diversity_threshold=0.25,
                     content_type_weight=0.15, content_type_threshold=0.5),
-      coder=dict(no_render=0.1, empty=0.05, non_svg=0.5, floor=-0.5),
+      coder=dict(no_render=0.1, empty=0.05, non_svg=0.5, floor=-0.5,
+                 render_only=False),   # True: 1 if it renders (no s, c): an ablation
       solver=dict(accuracy=0.9, format=0.1),
   ))
   c.sampling = ml_collections.ConfigDict(dict(
@@ -125,6 +129,23 @@ def tiny() -> ml_collections.ConfigDict:
   return c
 
 
+def small() -> ml_collections.ConfigDict:
+  """The tiny preset sized for controlled experiments (`python -m evejax.tools.experiment`).
+
+  For: the method against its control over seeds (BENCHMARKS.md, "Learning
+  fidelity"). The Coder phase takes 14 proposals x 4 codes per GRPO step: with
+  the tiny preset's 4 x 4 most groups are all failures, and Adam's steps
+  (every weight moves by about lr whatever the signal) raise the Coder's
+  entropy until nothing renders, even with render success as its only reward
+  and fixed proposals; 14 x 4 on the same learner raises it (BENCHMARKS.md).
+  Larger pools feed that batch; 4 held-out codes per item halve the
+  evaluation's noise.
+  """
+  c = tiny()
+  c.mmzero.update(dict(coder_steps=8, coder_prompts=14, coder_pool=48, heldout_coder_samples=4))
+  return c
+
+
 def qwen3_vl_8b() -> ml_collections.ConfigDict:
   """The published default; three 8B train states fit 16 devices (two 8xH100 nodes)."""
   return _base()
@@ -152,8 +173,28 @@ def qwen3_5_9b() -> ml_collections.ConfigDict:
   return c
 
 
-PRESETS = {"tiny": tiny, "qwen3_vl_8b": qwen3_vl_8b, "qwen3_vl_4b": qwen3_vl_4b,
-           "qwen2_5_vl_7b": qwen2_5_vl_7b, "qwen3_5_9b": qwen3_5_9b}
+# Arms of `python -m evejax.tools.experiment` (BENCHMARKS.md, "Learning fidelity"):
+# named overrides on a preset; the arms of a seed start from one shared warm start.
+ARMS = {
+    # The method: Proposer, Coder and Solver co-evolve.
+    "method": {},
+    # Static data: the Coder gets the same GRPO steps on warm-start library
+    # proposals, with the same reward; the Proposer does not evolve.
+    "control": {"mmzero.coder_proposals": "library", "mmzero.proposer_steps": 0},
+    # The Coder alone on library proposals, rewarded only for rendering: if this
+    # does not raise held-out render success, the learner or the reward path is broken.
+    "coder_only": {"mmzero.coder_proposals": "library", "reward.coder.render_only": True,
+                   "mmzero.proposer_steps": 0, "mmzero.solver_steps": 0},
+}
+# What the experiment table shows per iteration beside the Coder's held-out renders.
+EXPERIMENT_METRICS = ("eval/solver_accuracy", "eval/proposer_parse_rate",
+                      "coevolution/render_success", "coevolution/solvability",
+                      "coevolution/difficulty", "coevolution/coder_data",
+                      "coder/reward/rendered")
+
+PRESETS = {"tiny": tiny, "small": small, "qwen3_vl_8b": qwen3_vl_8b,
+           "qwen3_vl_4b": qwen3_vl_4b, "qwen2_5_vl_7b": qwen2_5_vl_7b,
+           "qwen3_5_9b": qwen3_5_9b}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -30,15 +30,7 @@ def load_config(spec: str, overrides: Sequence[str] | Mapping[str, object] = ()
   preset or key fails with the valid names. Override values are Python
   literals (`3`, `1e-4`, `'("^vision/",)'`); anything else is a string.
   """
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path) and not os.path.isabs(path):
-    path = os.path.join(REPO_ROOT, path)
-  if not os.path.exists(path):
-    raise ConfigError(f"config file {spec.partition(':')[0]!r} does not exist.")
-  module_spec = importlib.util.spec_from_file_location(
-      "_evejax_config_" + os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module, arg = config_module(spec)
   try:
     config = module.get_config(arg) if arg else module.get_config()
   except ValueError as e:  # e.g. an unknown preset, which lists the valid ones
@@ -48,6 +40,23 @@ def load_config(spec: str, overrides: Sequence[str] | Mapping[str, object] = ()
   for key, value in items:
     set_value(config, key, _literal(value) if isinstance(value, str) else value)
   return config
+
+
+def config_module(spec: str):
+  """(the config file's module, the preset name or '') of `path.py[:preset]`.
+
+  What a tool reads beside `get_config` (e.g. the experiment's `ARMS`).
+  """
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path) and not os.path.isabs(path):
+    path = os.path.join(REPO_ROOT, path)
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {spec.partition(':')[0]!r} does not exist.")
+  module_spec = importlib.util.spec_from_file_location(
+      "_evejax_config_" + os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module, arg
 
 
 def split_overrides(argv: list[str]) -> tuple[str | None, list[str], list[str]]:

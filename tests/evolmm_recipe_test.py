@@ -3,6 +3,7 @@ two adapters on one backbone, and a shortened tiny run that resumes exactly."""
 import math
 import os
 import tempfile
+import types
 
 import jax
 import numpy as np
@@ -20,6 +21,38 @@ SOLVER_ANSWERS = ("red", "red", "red", "blue", "blue")
 
 def short_config(**overrides):
   return rt.short_config("configs/evolmm.py:tiny", **overrides)
+
+
+class ControlAndHeldoutVotesTest(absltest.TestCase):
+
+  def test_constant_reward_and_votes_of_a_solver_that_ignores_the_image(self):
+    log = []
+    wrap = {"proposer": rt.recording(
+                log, lambda i, g, rng: "<question>What colour is it?</question> a colour"),
+            "solver": rt.recording(log, lambda i, g, rng: "<answer>red</answer>")}
+    config = short_config(**{"warmstart.enabled": False, "evolmm.iterations": 1,
+                             "evolmm.steps_per_iteration": 1, "evolmm.reward": "constant",
+                             "evolmm.heldout_questions": 6, "evolmm.heldout_samples": 3})
+    summary = runner.run_recipe(evolmm.EvoLmm, config, tempfile.mkdtemp(), role_wrappers=wrap)
+    solver_rewards = [v for name, values in log if name == "solver" for v in values]
+    self.assertNotEmpty(solver_rewards)
+    self.assertEqual(set(solver_rewards), {1.0})   # the control: no signal
+    got = summary["iter1"]
+    # Always "red": unanimous, one answer, and a sample is as right as the majority.
+    self.assertEqual(got["heldout_consistency"], 1.0)
+    self.assertEqual(got["heldout_distinct_answers"], 1.0)
+    self.assertEqual(got["heldout_sample_accuracy"], got["heldout_majority_accuracy"])
+    self.assertEqual(got["heldout_majority_accuracy"], got["heldout_accuracy"])
+
+  def test_answer_variety_is_low_when_answers_ignore_the_image(self):
+    q = lambda text, answer: types.SimpleNamespace(question=text, answer=answer)  # noqa: E731
+    questions = [q("colour?", "red"), q("colour?", "blue"), q("colour?", "blue"),
+                 q("how many?", "3"), q("how many?", "3")]
+    # "how many?" has one gold answer: it says nothing about the image.
+    self.assertEqual(evolmm.answer_variety(questions, {0: "red", 1: "red", 2: "red",
+                                                       3: "3", 4: "4"}), [0.5])
+    self.assertEqual(evolmm.answer_variety(questions, {0: "red", 1: "blue", 2: "green"}),
+                     [1.0])
 
 
 class SequentialUpdateTest(absltest.TestCase):

@@ -16,6 +16,10 @@ The algorithm (reference/METHODS.md, EVE), one method per stage kind:
       R_S = w_fmt fmt + w_acc acc over G replies each; GRPO update of the Solver
     held-out evaluation (families never shown to the Challenger), gallery
 
+Controls, not the method (configs/eve.py `ARMS`): `eve.solver_questions="library"`
+feeds the Solver phase questions of the static warm-start library (no queue, no
+Challenger data); `eve.challenger_steps=0` then makes the Challenger phase empty.
+
 Departures from the paper, each by config: `warmstart.enabled` (tiny preset
 only: SFT of both roles on the built-in library, since no pretrained model
 reaches a CPU machine); `reward.difficulty_quirk` (the published code's
@@ -72,6 +76,9 @@ class Eve(runner.Recipe):
   def __init__(self, run: runner.Run):
     super().__init__(run)
     c = self.config
+    if c.eve.solver_questions not in ("challenger", "library"):
+      raise ValueError(f"config.eve.solver_questions={c.eve.solver_questions!r}: use "
+                       "'challenger' (the method) or 'library' (the control).")
     self.library = dict(transforms.library(c.eve.coordinates))
     if c.eve.transforms:
       self.library.update(transforms.load_library(c.eve.transforms))
@@ -94,7 +101,7 @@ class Eve(runner.Recipe):
     self.logged: list[dict] = []        # Challenger-phase questions for the Solver
     self.solver_data = run.phase_data("solver_data", c.eve.solver_prompts,
                                       self._select_solver_data, prepare=self._rerun_programs)
-    self._eval_tasks: list[Task] | None = None
+    self._eval_tasks: dict[str, list[Task]] = {}   # fixed evaluation questions by set
 
   @classmethod
   def stages(cls, config) -> list[Stage]:
@@ -328,12 +335,31 @@ class Eve(runner.Recipe):
     return self.source.item(image_index)[1]
 
   def _select_solver_data(self, stage: Stage) -> list[dict]:
-    """Logged questions with 0 < p < 1, hardest first, the top `keep`."""
+    """Logged questions with 0 < p < 1, hardest first, the top `keep`; with
+    `solver_questions="library"`, questions of the warm-start library instead."""
+    if self.config.eve.solver_questions == "library":
+      self.logged = []
+      return self._library_questions(stage)
     keep = sorted((r for r in self.logged if 0.0 < r["pass_rate"] < 1.0),
                   key=lambda r: -r["difficulty"])[:self.config.solver_data.keep]
     self.run.log({"selected": len(keep), "logged": len(self.logged)}, prefix="solver_data")
     self.logged = []
     return keep
+
+  def _library_questions(self, stage: Stage) -> list[dict]:
+    """One question per step and prompt of the phase from the static library (the
+    families of the Solver's warm start, fresh arguments and images): the control."""
+    c = self.config
+    rng = np.random.default_rng(self.run.seed(stage.name, "library"))
+    types = list(c.eve.question_types)
+    records = []
+    for j in range(stage.steps * c.eve.solver_prompts):
+      fam = self.library[self.train_families[int(rng.integers(len(self.train_families)))]]
+      image = int(rng.integers(len(self.source)))
+      records.append({"image": image, "program": fam.program(fam.sample(
+          rng, *self.source.size_of(image))), "qtype": types[j % len(types)], "k": None,
+                      "seed": int(rng.integers(2**31))})
+    return records
 
   def _rerun_programs(self, recs: dict[int, dict]):
     """Submits the distinct programs of logged questions {id: record} to the sandbox again.
@@ -380,42 +406,59 @@ class Eve(runner.Recipe):
 
   # -- evaluation ----------------------------------------------------------------
 
-  def _heldout_tasks(self) -> list[Task]:
-    """Fixed questions from held-out families on images the run never trains on."""
-    if self._eval_tasks is None:
-      c, run = self.config, self.run
-      rng = np.random.default_rng(run.seed("heldout"))
-      per = max(1, -(-c.eve.heldout_eval_questions // (2 * max(1, len(self.heldout)))))
+  def _eval_tasks_of(self, families: list[str], count: int, name: str) -> list[Task]:
+    """Fixed questions (about `count`) from `families` on images the run never trains on."""
+    if name not in self._eval_tasks:
+      run = self.run
+      rng = np.random.default_rng(run.seed(name))
+      per = max(1, -(-count // (2 * max(1, len(families)))))
       programs = []   # every process draws them all, and runs its own
-      for name in self.heldout:
-        fam = self.library[name]
+      for family in families:
+        fam = self.library[family]
         for _ in range(per):
           index = int(rng.integers(len(self.eval_source)))
           programs.append((index, fam.program(fam.sample(rng, *self.eval_source.size_of(index)))))
       mine = run.owned(len(programs), lambda j: (self.eval_source.item(programs[j][0])[1],
                                                  programs[j][1]))
       results = run.sandbox_results([self._submit(code, image) for image, code in mine.values()])
-      tasks = [self._task(-1, image, code, res, seed=run.seed("eval", j), types=(0, 1))
+      seed = (lambda j: run.seed("eval", j)) if name == "heldout" else (
+          lambda j: run.seed("eval", name, j))
+      tasks = [self._task(-1, image, code, res, seed=seed(j), types=(0, 1))
                for (j, (image, code)), res in zip(mine.items(), results)]
-      self._eval_tasks = [t for t in tasks if t is not None]
-    return self._eval_tasks
+      self._eval_tasks[name] = [t for t in tasks if t is not None]
+    return self._eval_tasks[name]
 
-  def eval_step(self, stage: Stage, step: int) -> dict | None:
-    """Greedy Solver accuracy on the held-out families."""
+  def _accuracy(self, tasks: list[Task], prefix: str) -> dict:
+    """Greedy Solver accuracy on the questions of `tasks`, overall and by type."""
     run = self.run
-    questions = [q for t in self._heldout_tasks() for q in t.questions]
+    questions = [q for t in tasks for q in t.questions]
     samples = self.roles["solver"].generate([run.prompt(q.text, q.images) for q in questions],
                                             1, seed=0, greedy=True)
     if not samples.total_rows:
-      return None
+      return {}
     graded = [(questions[samples.prompt_of(r)].qtype,
                self._solver_reward(questions[samples.prompt_of(r)], t).parts)
               for r, t in enumerate(samples.texts)]
-    return {"heldout_accuracy": run.mean([x["accuracy"] for _, x in graded]),
-            **{f"heldout_accuracy_type{k}": run.mean([x["accuracy"] for qt, x in graded if qt == k])
-               for k in (0, 1)},
-            "heldout_questions": samples.total_rows,
-            "boxed_rate": run.mean([x["format"] > 0 for _, x in graded])}
+    return {f"{prefix}_accuracy": run.mean([x["accuracy"] for _, x in graded]),
+            **{f"{prefix}_accuracy_type{k}": run.mean([x["accuracy"] for qt, x in graded
+                                                       if qt == k]) for k in (0, 1)},
+            f"{prefix}_questions": samples.total_rows,
+            **({"boxed_rate": run.mean([x["format"] > 0 for _, x in graded])}
+               if prefix == "heldout" else {})}
+
+  def eval_step(self, stage: Stage, step: int) -> dict | None:
+    """Greedy Solver accuracy on the held-out families (and, with
+    `train_family_eval_questions`, on the warm-start families, fresh images)."""
+    e = self.config.eve
+    out = self._accuracy(self._eval_tasks_of(self.heldout, e.heldout_eval_questions,
+                                             "heldout"), "heldout")
+    if not out:
+      return None
+    if e.train_family_eval_questions:
+      out.update(self._accuracy(self._eval_tasks_of(
+          self.train_families, e.train_family_eval_questions, "train_families"),
+                                "train_families"))
+    return out
 
   def summary(self) -> dict[str, Any]:
     return {"queue": self.queue.stats()}

@@ -29,6 +29,10 @@ only: SFT of the three roles on the built-in library, since no pretrained model
 reaches a CPU machine); `backend="plot"` (plotting Python instead of SVG);
 `coder_scored_by_coder` (the published code's Coder-phase "Solver" is the
 Coder's own checkpoint; the paper's text says Solver_{i-1}, the default).
+Controls and ablations, not the method (configs/mmzero.py `ARMS`):
+`coder_proposals="library"` feeds the Coder phase warm-start library items
+instead of Proposer_i's proposals; `reward.coder.render_only` makes render
+success the Coder's only reward (the Solver is not asked).
 
 Ids: a code is its proposal's row id times N plus its member, a question its
 render's id times 2 plus easy (0) or hard (1), so every sample's randomness and
@@ -54,6 +58,11 @@ from evejax.rewards import mmzero as rewards
 from evejax.rl import answers
 
 
+# Where the Coder phase's proposals come from: Proposer_i's (the method) or the
+# warm-start library's train items (static data: the control and the ablation).
+CODER_PROPOSALS = ("proposer", "library")
+
+
 @dataclasses.dataclass
 class Render:
   """One code sample of a proposal: what it drew, and what the Solver made of it."""
@@ -62,6 +71,7 @@ class Render:
   reason: str
   easy_answers: list[str | None] = dataclasses.field(default_factory=list)
   hard_answers: list[str | None] = dataclasses.field(default_factory=list)
+  truncated: bool = False        # the reply reached max_new_tokens without ending
 
   @property
   def rendered(self) -> bool:
@@ -115,6 +125,9 @@ class MmZero(runner.Recipe):
     m = self.config.mmzero
     if m.backend not in tasks.BACKENDS:
       raise ValueError(f"config.mmzero.backend={m.backend!r}: use one of {tasks.BACKENDS}.")
+    if m.coder_proposals not in CODER_PROPOSALS:
+      raise ValueError(f"config.mmzero.coder_proposals={m.coder_proposals!r}: use one of "
+                       f"{CODER_PROPOSALS}.")
     unknown = [t for t in m.topics if t not in tasks.TOPICS]
     if unknown:
       raise ValueError(f"config.mmzero.topics {unknown} are unknown; valid: {sorted(tasks.TOPICS)}.")
@@ -170,6 +183,7 @@ class MmZero(runner.Recipe):
 
     def render(part):
       pending.extend((part.prompt_of(r), tasks.extract_code(text, m.backend),
+                      self._truncated(role, part.tokens[r]),
                       self.pool.submit(tasks.render_job(text, m.backend)))
                      for r, text in enumerate(part.texts))
 
@@ -177,9 +191,15 @@ class MmZero(runner.Recipe):
                    for i, p in proposals.items()}, n, seed, chunks=m.pipeline_chunks,
                   on_chunk=render)
     out: dict[int, list[Render]] = {i: [] for i in proposals}
-    for (i, code, _), result in zip(pending, self.run.sandbox_results([f for *_, f in pending])):
-      out[i].append(_render(code, result))
+    for (i, code, cut, _), result in zip(pending,
+                                         self.run.sandbox_results([f for *_, f in pending])):
+      out[i].append(dataclasses.replace(_render(code, result), truncated=cut))
     return out
+
+  def _truncated(self, role, tokens) -> bool:
+    """Whether a reply stopped at the token budget instead of ending."""
+    stops = self.run.tokenizer.stop_ids
+    return len(tokens) >= role.max_new_tokens and int(tokens[-1]) not in stops
 
   def _answer(self, role, items: Mapping[int, tuple[Render, Any]], n: int, seed: int) -> None:
     """`role` answers `n` times the easy and hard questions of each rendered item
@@ -294,11 +314,17 @@ class MmZero(runner.Recipe):
   # -- Coder phase -----------------------------------------------------------------
 
   def _build_coder_data(self, stage: Stage) -> dict[int, dict | None]:
-    """Proposer_i's proposals whose render success over N Coder samples is in the band."""
+    """Proposer_i's proposals (or, with `coder_proposals="library"`, warm-start library
+    items) whose render success over N Coder samples is in the band."""
     m, run = self.config.mmzero, self.run
-    samples, proposals, _ = self._propose(run.frozen["proposer"], m.coder_pool, 1,
-                                          run.seed(stage.name, "data"))
-    by_id = {samples.id_of(r): p for r, p in proposals.items()}
+    if m.coder_proposals == "library":
+      items = library.sample_items(np.random.default_rng(run.seed(stage.name, "data")),
+                                   m.coder_pool, kinds=tuple(m.kinds))
+      by_id = run.owned(len(items), lambda j: tasks.proposal_of(items[j]))
+    else:
+      samples, proposals, _ = self._propose(run.frozen["proposer"], m.coder_pool, 1,
+                                            run.seed(stage.name, "data"))
+      by_id = {samples.id_of(r): p for r, p in proposals.items()}
     renders = self._draw(run.frozen["coder"], by_id, m.coder_samples,
                          run.seed(stage.name, "data", "coder"))
     data = {}
@@ -325,15 +351,16 @@ class MmZero(runner.Recipe):
     futures = [self.pool.submit(tasks.render_job(t, m.backend)) for t in samples.texts]
     renders = [_render(tasks.extract_code(t, m.backend), result)
                for t, result in zip(samples.texts, run.sandbox_results(futures))]
-    # The published Coder phase serves its "Solver" from the Coder's checkpoint.
-    scorer = run.frozen["coder" if m.coder_scored_by_coder else "solver"]
-    self._answer(scorer, {samples.id_of(r): (rd, proposals[samples.prompt_of(r)])
-                          for r, rd in enumerate(renders)}, m.solver_samples,
-                 run.seed(stage.name, step, "solver"))
     r = self.config.reward.coder
+    if not r.render_only:
+      # The published Coder phase serves its "Solver" from the Coder's checkpoint.
+      scorer = run.frozen["coder" if m.coder_scored_by_coder else "solver"]
+      self._answer(scorer, {samples.id_of(r): (rd, proposals[samples.prompt_of(r)])
+                            for r, rd in enumerate(renders)}, m.solver_samples,
+                   run.seed(stage.name, step, "solver"))
     with run.timer("rewards"):
-      outcomes = [self._outcome(rd, proposals[samples.prompt_of(row)])
-                  for row, rd in enumerate(renders)]
+      outcomes = [self._outcome(rd, proposals[samples.prompt_of(row)]) if not r.render_only
+                  else rewards.RenderOutcome(rd.rendered) for row, rd in enumerate(renders)]
       rs = [rewards.coder_reward(t, o.rendered, o.solvability, o.consistency,
                                  no_render_penalty=r.no_render, empty_penalty=r.empty,
                                  non_svg_penalty=r.non_svg, floor=r.floor)
@@ -341,6 +368,7 @@ class MmZero(runner.Recipe):
     batch = samples.gather_rewards(rs)
     reasons = collections.Counter(x.reason for x in batch)
     run.log({**{f"reason/{k}": float(v) for k, v in reasons.items()},
+             "truncated": run.mean([self._truncated(coder, t) for t in samples.tokens]),
              **coder.update(samples, batch)}, prefix="coder")
 
   # -- Solver phase ----------------------------------------------------------------
@@ -410,6 +438,7 @@ class MmZero(runner.Recipe):
                                            run.seed("eval", "proposer"))
     return {"proposer_parse_rate": run.mean([r in proposals for r in range(len(proposer))]),
             "coder_render_success": run.mean([r.rendered for rs in renders.values() for r in rs]),
+            "coder_truncated": run.mean([r.truncated for rs in renders.values() for r in rs]),
             "solver_accuracy": run.mean([answers.answers_equal(
                 answers.extract_boxed(t) or "", golds[samples.prompt_of(r)][1])
                 for r, t in enumerate(samples.texts)]),
@@ -420,12 +449,12 @@ class MmZero(runner.Recipe):
     if stage.kind != "eval" or stage.iteration == 0:
       return
     inputs = self.curve_inputs
-    point = {"render_success": float(np.mean(inputs["render_success"] or [0.0])),
-             "solvability": float(np.mean(inputs["solvability"] or [0.0])),
-             "difficulty": float(np.mean(inputs["difficulty"] or [0.0])),
-             "coder_data": float(sum(inputs["coder_data"])),
-             "heldout_coder_render_success":
-                 self.run.results[f"iter{stage.iteration}"]["coder_render_success"]}
+    # A phase that took no step (e.g. no Proposer phase) has no point on its curves.
+    point = {k: float(np.mean(inputs[k])) for k in ("render_success", "solvability",
+                                                    "difficulty") if inputs[k]}
+    point.update(coder_data=float(sum(inputs["coder_data"])),
+                 heldout_coder_render_success=self.run.results[
+                     f"iter{stage.iteration}"]["coder_render_success"])
     self.curves[str(stage.iteration)] = point
     self.curve_inputs = collections.defaultdict(list)
     self.run.log(point, prefix="coevolution")
@@ -453,7 +482,8 @@ def write_chart(curves: dict[str, dict], path: str) -> str:
   for key, label in (("render_success", "render success"), ("solvability", "solvability (s)"),
                      ("difficulty", "difficulty min(c, 1-c)"),
                      ("heldout_coder_render_success", "held-out render success")):
-    axes[0].plot(its, [curves[str(i)][key] for i in its], marker="o", label=label)
+    shown = [i for i in its if key in curves[str(i)]]
+    axes[0].plot(shown, [curves[str(i)][key] for i in shown], marker="o", label=label)
   axes[0].set_xlabel("iteration")
   axes[0].set_ylim(0, 1.05)
   axes[0].legend(fontsize=7)
