@@ -11,6 +11,7 @@ from absl.testing import absltest
 import pytest
 
 from evejax.recipes import evolmm
+from evejax.recipes import evolmm_tasks
 from evejax.recipes import runner
 from evejax.recipes import schedule
 
@@ -49,10 +50,9 @@ class ControlAndHeldoutVotesTest(absltest.TestCase):
     questions = [q("colour?", "red"), q("colour?", "blue"), q("colour?", "blue"),
                  q("how many?", "3"), q("how many?", "3")]
     # "how many?" has one gold answer: it says nothing about the image.
-    self.assertEqual(evolmm.answer_variety(questions, {0: "red", 1: "red", 2: "red",
-                                                       3: "3", 4: "4"}), [0.5])
-    self.assertEqual(evolmm.answer_variety(questions, {0: "red", 1: "blue", 2: "green"}),
-                     [1.0])
+    variety = evolmm_tasks.answer_variety
+    self.assertEqual(variety(questions, {0: "red", 1: "red", 2: "red", 3: "3", 4: "4"}), [0.5])
+    self.assertEqual(variety(questions, {0: "red", 1: "blue", 2: "green"}), [1.0])
 
 
 class SequentialUpdateTest(absltest.TestCase):

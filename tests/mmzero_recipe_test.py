@@ -26,7 +26,7 @@ def short_config(**overrides):
 
 
 def _render(ok: bool, easy=(), hard=()):
-  return mmzero.Render("", np.zeros((4, 4, 3), np.uint8) if ok else None,
+  return tasks.Render("", np.zeros((4, 4, 3), np.uint8) if ok else None,
                        "ok" if ok else "syntax_error", list(easy), list(hard))
 
 

@@ -16,15 +16,11 @@ The algorithm (reference/METHODS.md, EVE), one method per stage kind:
       R_S = w_fmt fmt + w_acc acc over G replies each; GRPO update of the Solver
     held-out evaluation (families never shown to the Challenger), gallery
 
-Controls, not the method (configs/eve.py `ARMS`): `eve.solver_questions="library"`
-feeds the Solver phase questions of the static warm-start library (no queue, no
-Challenger data); `eve.challenger_steps=0` then makes the Challenger phase empty.
-
-Departures from the paper, each by config: `warmstart.enabled` (tiny preset
-only: SFT of both roles on the built-in library, since no pretrained model
-reaches a CPU machine); `reward.difficulty_quirk` (the published code's
-difficulty rule instead of the paper's); `coordinates`/`think_tag` (the
-published code's conventions per model family).
+Departures from the paper, each by config: `warmstart.enabled` (tiny preset only: SFT
+of both roles on the built-in library, since no pretrained model reaches a CPU
+machine); `reward.difficulty_quirk` (the published code's difficulty rule instead of
+the paper's); `coordinates`/`think_tag` (the published code's conventions per model
+family). The experiments' controls: configs/eve.py ARMS.
 """
 from __future__ import annotations
 
@@ -335,31 +331,19 @@ class Eve(runner.Recipe):
     return self.source.item(image_index)[1]
 
   def _select_solver_data(self, stage: Stage) -> list[dict]:
-    """Logged questions with 0 < p < 1, hardest first, the top `keep`; with
-    `solver_questions="library"`, questions of the warm-start library instead."""
-    if self.config.eve.solver_questions == "library":
+    """Logged questions with 0 < p < 1, hardest first, the top `keep` (the control: library's)."""
+    c = self.config
+    if c.eve.solver_questions == "library":
       self.logged = []
-      return self._library_questions(stage)
+      return eve_tasks.library_questions(
+          [self.library[f] for f in self.train_families], self.source,
+          np.random.default_rng(self.run.seed(stage.name, "library")),
+          stage.steps * c.eve.solver_prompts, c.eve.question_types)
     keep = sorted((r for r in self.logged if 0.0 < r["pass_rate"] < 1.0),
-                  key=lambda r: -r["difficulty"])[:self.config.solver_data.keep]
+                  key=lambda r: -r["difficulty"])[:c.solver_data.keep]
     self.run.log({"selected": len(keep), "logged": len(self.logged)}, prefix="solver_data")
     self.logged = []
     return keep
-
-  def _library_questions(self, stage: Stage) -> list[dict]:
-    """One question per step and prompt of the phase from the static library (the
-    families of the Solver's warm start, fresh arguments and images): the control."""
-    c = self.config
-    rng = np.random.default_rng(self.run.seed(stage.name, "library"))
-    types = list(c.eve.question_types)
-    records = []
-    for j in range(stage.steps * c.eve.solver_prompts):
-      fam = self.library[self.train_families[int(rng.integers(len(self.train_families)))]]
-      image = int(rng.integers(len(self.source)))
-      records.append({"image": image, "program": fam.program(fam.sample(
-          rng, *self.source.size_of(image))), "qtype": types[j % len(types)], "k": None,
-                      "seed": int(rng.integers(2**31))})
-    return records
 
   def _rerun_programs(self, recs: dict[int, dict]):
     """Submits the distinct programs of logged questions {id: record} to the sandbox again.
@@ -421,9 +405,8 @@ class Eve(runner.Recipe):
       mine = run.owned(len(programs), lambda j: (self.eval_source.item(programs[j][0])[1],
                                                  programs[j][1]))
       results = run.sandbox_results([self._submit(code, image) for image, code in mine.values()])
-      seed = (lambda j: run.seed("eval", j)) if name == "heldout" else (
-          lambda j: run.seed("eval", name, j))
-      tasks = [self._task(-1, image, code, res, seed=seed(j), types=(0, 1))
+      key = () if name == "heldout" else (name,)
+      tasks = [self._task(-1, image, code, res, seed=run.seed("eval", *key, j), types=(0, 1))
                for (j, (image, code)), res in zip(mine.items(), results)]
       self._eval_tasks[name] = [t for t in tasks if t is not None]
     return self._eval_tasks[name]

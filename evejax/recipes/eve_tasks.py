@@ -296,3 +296,18 @@ def challenger_sft_pair(family: Family, rng: np.random.Generator,
   think = think_text or challenger_think_text(family, args_list, image_size, coordinates)
   return (challenger_instructions(examples, image_size, style, **limits),
           challenger_sft_target(family, args_list, think, limits.get("think_tag", "think")))
+
+
+def library_questions(families: Sequence[Family], source, rng: np.random.Generator,
+                      count: int, question_types: Sequence[int]) -> list[dict]:
+  """`count` Solver-data records from the static library (the experiments' control):
+  each a random family of `families` with fresh arguments on a random image of
+  `source`, question types in turn."""
+  records = []
+  for j in range(count):
+    fam = families[int(rng.integers(len(families)))]
+    image = int(rng.integers(len(source)))
+    records.append({"image": image, "program": fam.program(fam.sample(rng, *source.size_of(image))),
+                    "qtype": question_types[j % len(question_types)], "k": None,
+                    "seed": int(rng.integers(2**31))})
+  return records

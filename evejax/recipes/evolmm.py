@@ -18,8 +18,7 @@ Departures from the paper, each by config:
   per image and a group of N answers per question, group-relative advantages plus a
   KL term against the base (config.train.algorithm="grpo").
   `reward="majority"`: the paper's baseline (1 for the majority answer, else 0).
-  `reward="constant"`: not a method, the experiments' control (every answer 1:
-  the same steps and compute with no signal; configs/evolmm.py `ARMS`).
+  `reward="constant"`: the experiments' control, no signal (configs/evolmm.py ARMS).
   `warmstart.enabled` (tiny preset only): the backbone itself is first trained by SFT
   on built-in scene questions (a model from scratch has no language for low-rank
   adapters to steer); both adapters then sit on it, and it is their KL reference.
@@ -29,10 +28,8 @@ scenes whose answers are known by construction and that training never sees.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-import ml_collections
 import numpy as np
 
 from evejax.data import scene_questions as scenes
@@ -44,18 +41,9 @@ from evejax.recipes import schedule
 from evejax.recipes.schedule import Stage
 from evejax.rewards import evolmm as rewards
 from evejax.rewards.registry import Reward
-from evejax.rl import answers
 
 UPDATE_RULES = {"sequential": "reinforce", "grpo": "grpo"}   # update_rule -> train.algorithm
 REWARDS = ("continuous", "majority", "constant")
-
-
-def _backbone_training(train: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The warm start trains the whole backbone by SFT: no adapter, no reference."""
-  cfg = ml_collections.ConfigDict({k: copy.deepcopy(v) for k, v in train.items()
-                                   if k != "reinforce"})
-  cfg.lora.rank, cfg.algorithm, cfg.loss.kl_coef = 0, "grpo", 0.0
-  return cfg
 
 
 class EvoLmm(runner.Recipe):
@@ -69,7 +57,7 @@ class EvoLmm(runner.Recipe):
     specs = [runner.RoleSpec("proposer"), runner.RoleSpec("solver")]
     if config.warmstart.enabled:
       specs.append(runner.RoleSpec("base", sampling="solver", rl=False,
-                                   train=_backbone_training))
+                                   train=runner.whole_backbone_sft))
     return specs
 
   def __init__(self, run: runner.Run):
@@ -143,7 +131,7 @@ class EvoLmm(runner.Recipe):
     e = self.config.evolmm
     if e.reward == "majority":
       return rewards.majority_rewards(replies)
-    if e.reward == "constant":   # the control: the same steps, no signal in the rewards
+    if e.reward == "constant":
       return [Reward(1.0, "constant") for _ in replies]
     return rewards.solver_rewards(replies, gamma=e.gamma, length_penalty=e.length_penalty,
                                   tau=e.tau)
@@ -178,9 +166,8 @@ class EvoLmm(runner.Recipe):
     metrics = {k: float(np.mean([x[k] for x in stats])) for k in stats[0]}
     metrics.update(self._update(stage, step, samples, solver_rewards, qsamples, question_rewards))
     for r in range(0, len(samples), N):
-      self.run.add_card(stage, f"step{step:05d}_q{samples.id_of(r) // N:04d}",
-                        lambda r=r: self._card(samples.texts[r:r + N],
-                                               *asked[samples.prompt_of(r)]))
+      run.add_card(stage, f"step{step:05d}_q{samples.id_of(r) // N:04d}", lambda r=r: self._card(
+          samples.texts[r:r + N], *asked[samples.prompt_of(r)]))
     run.log(metrics, prefix="evolmm")
     run.log_counts()
 
@@ -216,61 +203,28 @@ class EvoLmm(runner.Recipe):
   # -- evaluation ------------------------------------------------------------------
 
   def eval_step(self, stage: Stage, step: int) -> dict:
-    """Greedy Solver accuracy on held-out ground-truth scene questions."""
-    c, run, qs = self.config, self.run, self.heldout
-    samples = self.roles["solver"].generate(run.owned(len(qs), lambda j: run.prompt(
-        tasks.solver_prompt(qs[j].question, c.evolmm.style), [qs[j].image()])), 1, seed=0,
-        greedy=True)
+    """Greedy held-out accuracy; with `heldout_samples` N > 0 also one sample's and the
+    majority-of-N's at the Solver's temperature (what rewarding agreement can reach)."""
+    c, run, qs, solver = self.config, self.run, self.heldout, self.roles["solver"]
+    prompts = run.owned(len(qs), lambda j: run.prompt(
+        tasks.solver_prompt(qs[j].question, c.evolmm.style), [qs[j].image()]))
+    samples = solver.generate(prompts, 1, seed=0, greedy=True)
     correct = {samples.prompt_of(r): tasks.is_correct(t, qs[samples.prompt_of(r)].answer)
                for r, t in enumerate(samples.texts)}
     greedy = dict(samples.gather([(samples.prompt_of(r), tasks.solver_answer(t))
                                   for r, t in enumerate(samples.texts)]))
-    return {"heldout_accuracy": run.mean(list(correct.values())),
-            "heldout_questions": samples.total_rows,
-            "heldout_answer_variety": float(np.mean(answer_variety(qs, greedy) or [0.0])),
-            **{f"heldout_accuracy/{k}": run.mean([ok for j, ok in correct.items()
-                                                  if qs[j].template == k])
-               for k in sorted({q.template for q in qs})},
-            **self._heldout_votes()}
-
-  def _heldout_votes(self) -> dict:
-    """With `heldout_samples` N > 0: N answers per held-out question at the Solver's
-    temperature; the accuracy of one sample and of their majority (what rewarding
-    agreement can reach), and how far they agree."""
-    c, run, qs = self.config, self.run, self.heldout
-    n = c.evolmm.heldout_samples
-    if not n:
-      return {}
-    samples = self.roles["solver"].generate(run.owned(len(qs), lambda j: run.prompt(
-        tasks.solver_prompt(qs[j].question, c.evolmm.style), [qs[j].image()])), n,
-        seed=run.seed("eval", "votes"))
-    groups = {samples.prompt_of(r): samples.texts[r:r + n] for r in range(0, len(samples), n)}
-    stats = [rewards.answer_statistics(g) for g in groups.values()]
-    majority = {j: next((x.parts["answer"] for x in rewards.majority_rewards(g) if x.value), "")
-                for j, g in groups.items()}
-    return {"heldout_sample_accuracy": run.mean([tasks.is_correct(t, qs[j].answer)
-                                                 for j, g in groups.items() for t in g]),
-            "heldout_majority_accuracy": run.mean([bool(a) and answers.grade(a, qs[j].answer,
-                                                                             "text")
-                                                   for j, a in majority.items()]),
-            "heldout_consistency": run.mean([x["consistency"] for x in stats]),
-            "heldout_distinct_answers": run.mean([x["distinct_answers"] for x in stats])}
-
-
-def answer_variety(questions, answers: dict[int, str]) -> list[float]:
-  """Per question text asked of several scenes whose gold answers differ: distinct
-  answers given / distinct gold answers (at most 1). Near 0 for a Solver that gives
-  one answer per question whatever the image (a collapse), 1 when it varies as the
-  truth does."""
-  by_text: dict[str, list[int]] = {}
-  for j in answers:
-    by_text.setdefault(questions[j].question, []).append(j)
-  out = []
-  for js in by_text.values():
-    gold = {questions[j].answer for j in js}
-    if len(gold) > 1:
-      out.append(min(1.0, len({answers[j] for j in js}) / len(gold)))
-  return out
+    out = {"heldout_accuracy": run.mean(list(correct.values())),
+           "heldout_questions": samples.total_rows,
+           "heldout_answer_variety": float(np.mean(tasks.answer_variety(qs, greedy) or [0.0])),
+           **{f"heldout_accuracy/{k}": run.mean([ok for j, ok in correct.items()
+                                                 if qs[j].template == k])
+              for k in sorted({q.template for q in qs})}}
+    if n := c.evolmm.heldout_samples:
+      votes = solver.generate(prompts, n, seed=run.seed("eval", "votes"))
+      groups = {votes.prompt_of(r): votes.texts[r:r + n] for r in range(0, len(votes), n)}
+      out.update({f"heldout_{k}": run.mean(v)
+                  for k, v in tasks.vote_outcomes(groups, qs).items()})
+    return out
 
 
 RECIPE = EvoLmm

@@ -15,10 +15,13 @@ the same in a line for tiny CPU models. `proposer_sft_pair` and
 `solver_sft_pair` turn an `evejax.data.scene_questions.SceneQuestion` into
 (prompt text, target); the image is `question.image()`. `is_correct` grades a
 Solver reply against a ground-truth answer (the held-out accuracy the tiny
-preset reports before and after EvoLMM steps).
+preset reports before and after EvoLMM steps); `vote_outcomes` and
+`answer_variety` measure what rewarding agreement can reach and whether the
+answers still depend on the image.
 """
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 from evejax.rewards import evolmm as evolmm_rewards
@@ -86,3 +89,35 @@ def is_correct(reply: str, gold: str) -> bool:
   """Whether a Solver reply answers `gold` (normalised text, or equal numbers)."""
   pred = solver_answer(reply)
   return bool(pred) and answers.grade(pred, gold, "text")
+
+
+def vote_outcomes(groups: dict[int, list[str]], questions) -> dict[str, list[float]]:
+  """{question j: its N sampled replies} -> per-sample correctness, and per question
+  whether the majority answer is right, the answers' consistency and distinct count."""
+  out = collections.defaultdict(list)
+  for j, replies in groups.items():
+    gold = questions[j].answer
+    out["sample_accuracy"] += [float(is_correct(t, gold)) for t in replies]
+    top = next((x.parts["answer"] for x in evolmm_rewards.majority_rewards(replies)
+                if x.value), "")
+    out["majority_accuracy"].append(float(bool(top) and answers.grade(top, gold, "text")))
+    stats = evolmm_rewards.answer_statistics(replies)
+    out["consistency"].append(stats["consistency"])
+    out["distinct_answers"].append(stats["distinct_answers"])
+  return dict(out)
+
+
+def answer_variety(questions, given: dict[int, str]) -> list[float]:
+  """Per question text asked of several scenes whose gold answers differ: distinct
+  answers given / distinct gold answers (at most 1). Near 0 for a Solver that gives
+  one answer per question whatever the image (a collapse), 1 when it varies as the
+  truth does."""
+  by_text: dict[str, list[int]] = {}
+  for j in given:
+    by_text.setdefault(questions[j].question, []).append(j)
+  out = []
+  for js in by_text.values():
+    gold = {questions[j].answer for j in js}
+    if len(gold) > 1:
+      out.append(min(1.0, len({given[j] for j in js}) / len(gold)))
+  return out

@@ -29,10 +29,7 @@ only: SFT of the three roles on the built-in library, since no pretrained model
 reaches a CPU machine); `backend="plot"` (plotting Python instead of SVG);
 `coder_scored_by_coder` (the published code's Coder-phase "Solver" is the
 Coder's own checkpoint; the paper's text says Solver_{i-1}, the default).
-Controls and ablations, not the method (configs/mmzero.py `ARMS`):
-`coder_proposals="library"` feeds the Coder phase warm-start library items
-instead of Proposer_i's proposals; `reward.coder.render_only` makes render
-success the Coder's only reward (the Solver is not asked).
+The experiments' controls and ablations: configs/mmzero.py ARMS.
 
 Ids: a code is its proposal's row id times N plus its member, a question its
 render's id times 2 plus easy (0) or hard (1), so every sample's randomness and
@@ -58,34 +55,14 @@ from evejax.rewards import mmzero as rewards
 from evejax.rl import answers
 
 
-# Where the Coder phase's proposals come from: Proposer_i's (the method) or the
-# warm-start library's train items (static data: the control and the ablation).
-CODER_PROPOSALS = ("proposer", "library")
-
-
-@dataclasses.dataclass
-class Render:
-  """One code sample of a proposal: what it drew, and what the Solver made of it."""
-  code: str
-  image: np.ndarray | None       # None: it did not render (see `reason`)
-  reason: str
-  easy_answers: list[str | None] = dataclasses.field(default_factory=list)
-  hard_answers: list[str | None] = dataclasses.field(default_factory=list)
-  truncated: bool = False        # the reply reached max_new_tokens without ending
-
-  @property
-  def rendered(self) -> bool:
-    return self.image is not None
-
-
-def in_coder_band(renders: Sequence[Render], band: Sequence[float]) -> tuple[bool, float]:
+def in_coder_band(renders: Sequence[tasks.Render], band: Sequence[float]) -> tuple[bool, float]:
   """(kept, render rate): a proposal is Coder data when its render success over
   the Coder's N samples lies in [low, high]."""
   rate = sum(r.rendered for r in renders) / max(len(renders), 1)
   return bool(renders) and band[0] <= rate <= band[1], rate
 
 
-def solver_item(render: Render, easy_min: float, hard_band: Sequence[float]
+def solver_item(render: tasks.Render, easy_min: float, hard_band: Sequence[float]
                 ) -> tuple[bool, str | None, float, float]:
   """(kept, silver label, easy consistency, hard consistency) of one rendered item.
 
@@ -99,10 +76,6 @@ def solver_item(render: Render, easy_min: float, hard_band: Sequence[float]
   hard_c, silver, _ = rewards.consistency(render.hard_answers)
   keep = easy_c >= easy_min and hard_band[0] <= hard_c <= hard_band[1]
   return keep, silver, easy_c, hard_c
-
-
-def _proposal(record: dict) -> rewards.Proposal:
-  return rewards.Proposal(**{f: record[f] for f in tasks.PROPOSAL_TAGS})
 
 
 class MmZero(runner.Recipe):
@@ -125,9 +98,9 @@ class MmZero(runner.Recipe):
     m = self.config.mmzero
     if m.backend not in tasks.BACKENDS:
       raise ValueError(f"config.mmzero.backend={m.backend!r}: use one of {tasks.BACKENDS}.")
-    if m.coder_proposals not in CODER_PROPOSALS:
+    if m.coder_proposals not in tasks.CODER_PROPOSALS:
       raise ValueError(f"config.mmzero.coder_proposals={m.coder_proposals!r}: use one of "
-                       f"{CODER_PROPOSALS}.")
+                       f"{tasks.CODER_PROPOSALS}.")
     unknown = [t for t in m.topics if t not in tasks.TOPICS]
     if unknown:
       raise ValueError(f"config.mmzero.topics {unknown} are unknown; valid: {sorted(tasks.TOPICS)}.")
@@ -175,7 +148,7 @@ class MmZero(runner.Recipe):
     return samples, proposals, topics
 
   def _draw(self, role, proposals: Mapping[int, Any], n: int, seed: int
-            ) -> dict[int, list[Render]]:
+            ) -> dict[int, list[tasks.Render]]:
     """`n` code samples of `role` per proposal {id: Proposal}, rendered in the sandbox
     while the device samples the next chunk. Code k of proposal i has id i * n + k."""
     m = self.config.mmzero
@@ -183,25 +156,20 @@ class MmZero(runner.Recipe):
 
     def render(part):
       pending.extend((part.prompt_of(r), tasks.extract_code(text, m.backend),
-                      self._truncated(role, part.tokens[r]),
+                      role.truncated(part.tokens[r]),
                       self.pool.submit(tasks.render_job(text, m.backend)))
                      for r, text in enumerate(part.texts))
 
     role.generate({i: self.run.prompt(tasks.coder_prompt(p, m.backend, m.style))
                    for i, p in proposals.items()}, n, seed, chunks=m.pipeline_chunks,
                   on_chunk=render)
-    out: dict[int, list[Render]] = {i: [] for i in proposals}
+    out: dict[int, list[tasks.Render]] = {i: [] for i in proposals}
     for (i, code, cut, _), result in zip(pending,
                                          self.run.sandbox_results([f for *_, f in pending])):
       out[i].append(dataclasses.replace(_render(code, result), truncated=cut))
     return out
 
-  def _truncated(self, role, tokens) -> bool:
-    """Whether a reply stopped at the token budget instead of ending."""
-    stops = self.run.tokenizer.stop_ids
-    return len(tokens) >= role.max_new_tokens and int(tokens[-1]) not in stops
-
-  def _answer(self, role, items: Mapping[int, tuple[Render, Any]], n: int, seed: int) -> None:
+  def _answer(self, role, items: Mapping[int, tuple[tasks.Render, Any]], n: int, seed: int) -> None:
     """`role` answers `n` times the easy and hard questions of each rendered item
     {id: (render, proposal)} (in place). Question q of item i has id 2 i + q."""
     style = self.config.mmzero.style
@@ -217,7 +185,7 @@ class MmZero(runner.Recipe):
       r.easy_answers, r.hard_answers = boxed[2 * i], boxed[2 * i + 1]
 
   @staticmethod
-  def _outcome(r: Render, proposal) -> rewards.RenderOutcome:
+  def _outcome(r: tasks.Render, proposal) -> rewards.RenderOutcome:
     if not r.rendered:
       return rewards.RenderOutcome(False)
     return rewards.RenderOutcome(
@@ -341,7 +309,7 @@ class MmZero(runner.Recipe):
       self.curve_inputs["coder_data"].append(float(len(self.coder_data.records)))
     if recs is None:
       return
-    proposals = {i: _proposal(rec) for i, rec in recs.items()}
+    proposals = {i: tasks.proposal_of_record(rec) for i, rec in recs.items()}
     coder = self.roles["coder"]
     samples = coder.generate({i: run.prompt(tasks.coder_prompt(p, m.backend, m.style))
                               for i, p in proposals.items()}, m.coder_group,
@@ -368,7 +336,7 @@ class MmZero(runner.Recipe):
     batch = samples.gather_rewards(rs)
     reasons = collections.Counter(x.reason for x in batch)
     run.log({**{f"reason/{k}": float(v) for k, v in reasons.items()},
-             "truncated": run.mean([self._truncated(coder, t) for t in samples.tokens]),
+             "truncated": run.mean([coder.truncated(t) for t in samples.tokens]),
              **coder.update(samples, batch)}, prefix="coder")
 
   # -- Solver phase ----------------------------------------------------------------
@@ -379,7 +347,7 @@ class MmZero(runner.Recipe):
     samples, proposals, _ = self._propose(run.frozen["proposer"], m.solver_pool, 1,
                                           run.seed(stage.name, "data"))
     by_id = {samples.id_of(r): p for r, p in proposals.items()}
-    renders = {i: rs[0] if rs else Render("", None, "dropped") for i, rs in self._draw(
+    renders = {i: rs[0] if rs else tasks.Render("", None, "dropped") for i, rs in self._draw(
         run.frozen["coder"], by_id, 1, run.seed(stage.name, "data", "coder")).items()}
     self._answer(run.frozen["solver"], {i: (renders[i], p) for i, p in by_id.items()},
                  m.solver_select_samples, run.seed(stage.name, "data", "solver"))
@@ -465,11 +433,11 @@ class MmZero(runner.Recipe):
     return {"curves": self.curves}
 
 
-def _render(code: str, result) -> Render:
-  """A sandbox result as a Render (its failure already counted by the run)."""
+def _render(code: str, result) -> tasks.Render:
+  """A sandbox result as a tasks.Render (its failure already counted by the run)."""
   if not result.ok:
-    return Render(code, None, result.reason)
-  return Render(code, np.asarray(result.images[0]), "ok")
+    return tasks.Render(code, None, result.reason)
+  return tasks.Render(code, np.asarray(result.images[0]), "ok")
 
 
 def write_chart(curves: dict[str, dict], path: str) -> str:

@@ -29,8 +29,11 @@ targets parse back through the rewards' own parsers to the item's fields.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
+
+import numpy as np
 
 from evejax.rewards import mmzero as mmzero_rewards
 from evejax.sandbox.jobs import PlotJob, SvgJob
@@ -51,6 +54,10 @@ BACKENDS = ("svg", "plot")
 # The six blocks of a proposal, in the order the Proposer writes them.
 PROPOSAL_TAGS = ("content_type",) + mmzero_rewards.PROPOSAL_FIELDS
 SHORT_ANSWER_WORDS = mmzero_rewards.MAX_ANSWER_WORDS
+
+# Where the Coder phase's proposals come from: Proposer_i's (the method) or the
+# warm-start library's train items (static data: the control and the ablation).
+CODER_PROPOSALS = ("proposer", "library")
 
 _PYTHON_FENCE_RE = re.compile(r"```(?:python|py)[ \t]*\r?\n(.*?)```", re.DOTALL)
 
@@ -111,6 +118,26 @@ def proposal_text(proposal: Any) -> str:
 def proposal_of(item: Any) -> mmzero_rewards.Proposal:
   """The `rewards.mmzero.Proposal` of a library item (or anything with the six fields)."""
   return mmzero_rewards.Proposal(**{tag: getattr(item, tag) for tag in PROPOSAL_TAGS})
+
+
+def proposal_of_record(record: dict) -> mmzero_rewards.Proposal:
+  """A proposal from its parsed tags {tag: text}."""
+  return mmzero_rewards.Proposal(**{f: record[f] for f in PROPOSAL_TAGS})
+
+
+@dataclasses.dataclass
+class Render:
+  """One code sample of a proposal: what it drew, and what the Solver made of it."""
+  code: str
+  image: np.ndarray | None       # None: it did not render (see `reason`)
+  reason: str
+  easy_answers: list[str | None] = dataclasses.field(default_factory=list)
+  hard_answers: list[str | None] = dataclasses.field(default_factory=list)
+  truncated: bool = False        # the reply reached max_new_tokens without ending
+
+  @property
+  def rendered(self) -> bool:
+    return self.image is not None
 
 
 def proposer_sft_pair(item: Any, topic: str | None = None,

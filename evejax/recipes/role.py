@@ -364,6 +364,11 @@ class Role:
   def max_new_tokens(self) -> int:
     return int(self.sampling.max_new_tokens)
 
+  def truncated(self, tokens) -> bool:
+    """Whether a sampled reply stopped at the token budget instead of ending."""
+    return (len(tokens) >= self.max_new_tokens
+            and int(tokens[-1]) not in self.run.tokenizer.stop_ids)
+
   @property
   def weights(self):
     """The weights this role samples with (a frozen role's snapshot)."""

@@ -48,6 +48,7 @@ Each step also logs host memory (`host/rss_mib`, the largest over processes).
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import hashlib
 import json
@@ -59,6 +60,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 from absl import logging
+import ml_collections
 
 from evejax import checkpoint as checkpoint_lib
 from evejax import distributed
@@ -96,6 +98,15 @@ def warmstart_optimizer(lr: float, schedule: str, steps: int, warmup_steps: int)
   """`config.train.optimizer` overrides of a warm start whose schedule spans its `steps`."""
   return dict(lr=lr, schedule=schedule, total_steps=max(steps, 1),
               warmup_steps=min(warmup_steps, max(steps - 1, 0)))
+
+
+def whole_backbone_sft(train: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.train` for a role that trains the whole backbone by SFT (no adapter, no
+  KL reference): a `RoleSpec.train` for warm-starting the base of LoRA roles."""
+  cfg = ml_collections.ConfigDict({k: copy.deepcopy(v) for k, v in train.items()
+                                   if k != "reinforce"})
+  cfg.lora.rank, cfg.algorithm, cfg.loss.kl_coef = 0, "grpo", 0.0
+  return cfg
 
 
 @dataclasses.dataclass(frozen=True)
