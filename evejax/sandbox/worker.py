@@ -498,7 +498,8 @@ class Zygote:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return {"op": "stats", "fds": len(os.listdir("/proc/self/fd")),
             "children": len(self._children()),
-            "job_dirs": len(os.listdir(self.jobs_root)),
+            # Only job dirs: binds of paths under /tmp (a venv) add their own.
+            "job_dirs": sum(n.startswith("job") for n in os.listdir(self.jobs_root)),
             "max_rss_kb": ru.ru_maxrss, "rss_kb": _rss_kb(),
             "jobs": self.counter - 1}
 
