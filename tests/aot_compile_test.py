@@ -58,11 +58,11 @@ class TinyPresetsOnV5pTest(absltest.TestCase):
     cls.mesh = parallel.make_mesh({"fsdp": 4}, devices=targets.devices(cls.top))
 
   def _compile(self, spec, overrides=(), select=_one_of_each):
-    from evejax.tools import aot_compile, aot_programs  # pylint: disable=g-import-not-at-top
+    from evejax.tools import aot_plan, aot_programs  # pylint: disable=g-import-not-at-top
     config = config_utils.load_config(spec, list(overrides) + ["mesh.fsdp=4"])
     progs, resident = aot_programs.programs(config, self.mesh, largest=True)
     progs = select(progs)
-    results = aot_compile.compile_all(progs, self.top.chip, log=lambda *a, **k: None)
+    results = aot_plan.compile_all(progs, self.top.chip, log=lambda *a, **k: None)
     for r in results:
       self.assertNotIn("error", r, r["name"])
       self.assertTrue(r["fits"], r["name"])
@@ -170,17 +170,17 @@ class OversizedTest(absltest.TestCase):
         x).compile(), resident)
 
   def test_too_big_for_the_compiler_and_too_big_beside_the_state(self):
-    from evejax.tools import aot_compile  # pylint: disable=g-import-not-at-top
+    from evejax.tools import aot_plan  # pylint: disable=g-import-not-at-top
     progs = [self._program("refused", 96 * 1024, 0),       # 36 GiB per device
              self._program("crowded", 16 * 1024, 15 * GiB)]  # 2 GiB beside 15 GiB
-    results = aot_compile.compile_all(progs, self.top.chip, log=lambda *a, **k: None)
+    results = aot_plan.compile_all(progs, self.top.chip, log=lambda *a, **k: None)
     refused, crowded = results
     self.assertIn("RESOURCE_EXHAUSTED", refused["error"])
     self.assertGreater(refused["peak_bytes"], self.top.chip.hbm_bytes)
     self.assertNotIn("error", crowded)
     self.assertFalse(crowded["fits"])
     self.assertGreater(crowded["peak_bytes"], 15 * GiB)
-    lines = aot_compile.failures({"programs": results})
+    lines = aot_plan.failures({"programs": results})
     self.assertLen(lines, 2)
     self.assertRegex(lines[0], r"^refused does not compile \(needs [\d.]+ GiB")
     self.assertRegex(lines[1], r"^crowded does not fit: 1\d\.\d\d GiB per device \([\d.]+ "
