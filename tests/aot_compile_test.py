@@ -3,7 +3,7 @@
 Needs libtpu (`pip install -e '.[tpu]'`, which CI installs); skipped without it.
 Each kind of program is compiled once over the three recipes (the largest
 bucket combination; a tiny train step takes the TPU compiler 20-60 s on 2
-cores): EVE's SFT warm start, GRPO step and vision tower, MM-Zero's reference
+cores): EVE's GRPO step and vision tower, MM-Zero's reference
 pass, EvoLMM's LoRA step and LoRA-adapted sampling chunk (prefill + decode),
 the evaluator's chunk, all with splash attention as the Mosaic kernel. The
 compiler's argument bytes of each train step are set against the train state
@@ -96,12 +96,14 @@ class TinyPresetsOnV5pTest(absltest.TestCase):
       self.assertEqual(r["resident_bytes"] + _state_of(learner),
                        sum(resident.values()), name)
 
-  def test_eve_sft_grpo_and_vision(self):
+  def test_eve_grpo_step_and_vision(self):
+    # The SFT warm-start step is the same forward and backward with another loss
+    # (the tool compiles it too); the suite's time goes to the other kinds.
     config, results, resident = self._compile(
         "configs/eve.py:tiny", select=lambda ps: [p for p in _one_of_each(ps)
-                                                 if p.kind in ("train", "vision")])
+                                                 if p.kind == "vision"
+                                                 or p.name == "train/challenger/grpo"])
     self.assertEqual({r["kind"] for r in results.values()}, {"train", "vision"})
-    self.assertIn("train/challenger/sft", results)
     self.assertIn("train/challenger/grpo", results)
     self._check_train_state(config, results, resident)
     step = results["train/challenger/grpo"]

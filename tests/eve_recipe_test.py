@@ -1,4 +1,6 @@
-"""EVE recipe: the schedule, a shortened end-to-end tiny run, and resume mid-phase."""
+"""EVE recipe: the schedule, its wiring with scripted roles (library programs
+through the real sandbox, queue, rewards and GRPO; logged questions rebuilt
+exactly), a shortened end-to-end tiny run, and resume mid-phase."""
 import json
 import os
 import tempfile
@@ -82,14 +84,26 @@ class ScriptedRunTest(absltest.TestCase):
         "eve.challenger_prompts": 4, "eve.challenger_group": 2, "eve.difficulty_samples": 4,
         "eve.solver_steps": 2, "eve.solver_prompts": 4, "eve.solver_group": 2,
         "eve.heldout_eval_questions": 4, "log.tensorboard": False})
-    recs = rt.check_resume(self, eve.Eve, config, rt.eve_roles(config), "challenger", 1, (
+    root, roles = tempfile.mkdtemp(), rt.eve_roles(config)
+    recs = rt.check_resume(self, eve.Eve, config, roles, "challenger", 1, (
         "challenger/reward/mean", "challenger/reward/difficulty", "challenger/valid_rate",
         "challenger/train/loss", "challenger/queue/size", "solver/reward/mean",
-        "solver/train/loss", "eval/heldout_accuracy"))
+        "solver/train/loss", "eval/heldout_accuracy"), root=root)
     challenger = [r for r in recs if "challenger/valid_rate" in r]
     self.assertGreater(min(r["challenger/valid_rate"] for r in challenger), 0.5)
+    self.assertGreater(max(r["challenger/difficulty_mean"] for r in challenger), 0.0)
     self.assertGreaterEqual(sum(r["challenger/admitted"] for r in challenger), 1)
+    self.assertTrue(any(r["solver_data/selected"] > 0 for r in recs if "solver_data/selected" in r))
     self.assertLen([r for r in recs if "solver/train/loss" in r], 2)
+    # The Solver phase rebuilds logged questions exactly as they were scored.
+    with runner.Runner(eve.Eve, config, os.path.join(root, "full"), role_wrappers=roles) as again:
+      logged = dict(enumerate(again.recipe.solver_data.records[:6]))
+      rebuilt = again.recipe._logged_questions(again.recipe._rerun_programs(logged))
+    self.assertNotEmpty(logged)
+    self.assertEqual(sorted(rebuilt), sorted(logged))
+    for rec, q in ((logged[i], rebuilt[i]) for i in logged):
+      self.assertEqual((q.qtype, q.answer, q.meta["order"]),
+                       (rec["qtype"], rec["answer"], rec["order"]))
 
 
 @pytest.mark.slow

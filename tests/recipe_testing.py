@@ -138,16 +138,18 @@ def evolmm_roles():
   }
 
 
-def check_resume(test, recipe_cls, config, roles, kind: str, step: int, keys) -> list[dict]:
+def check_resume(test, recipe_cls, config, roles, kind: str, step: int, keys,
+                 root: str | None = None) -> list[dict]:
   """Runs `recipe_cls` with `roles`, checkpointing only at (first `kind` stage,
   `step`) and stage ends; resumes a copy of its checkpoints up to there; asserts
-  the resumed run logs `keys` as the uninterrupted one did. Returns its records."""
+  the resumed run logs `keys` as the uninterrupted one did. Returns its records;
+  the uninterrupted run's workdir is `root`/full."""
   stages = recipe_cls.stages(config)
   index = next(i for i, s in enumerate(stages) if s.kind == kind)
   position = schedule.Schedule(stages).units_done((index, step))
   config.checkpoint.every = position
   config.checkpoint.keep = 1000
-  root = tempfile.mkdtemp()
+  root = root or tempfile.mkdtemp()
   full, part = os.path.join(root, "full"), os.path.join(root, "part")
   runner.run_recipe(recipe_cls, config, full, role_wrappers=roles)
   copy_checkpoints(full, part, position)
