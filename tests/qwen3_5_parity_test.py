@@ -11,26 +11,19 @@ keeps the random network far from chaotic (transformers' own fp32 vs fp64
 logits differ by ~1e-5), and `test_parity_sees_the_pitfalls` proves the
 reference's pitfalls move logits well past the tolerance.
 """
-import os
+from unittest import mock
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + _FLAG
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from unittest import mock  # noqa: E402
-
-from absl.testing import absltest  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from evejax import parallel  # noqa: E402
-from evejax.models import hf, vlm  # noqa: E402
-from evejax.models.inputs import ModelInputs  # noqa: E402
-from evejax.models.qwen3_5 import delta_rule  # noqa: E402
-from evejax.models.qwen3_5 import text as qwen3_5_text  # noqa: E402
-import testing_hf  # noqa: E402
+from evejax import parallel
+from evejax.models import hf, vlm
+from evejax.models.inputs import ModelInputs
+from evejax.models.qwen3_5 import delta_rule
+from evejax.models.qwen3_5 import text as qwen3_5_text
+import testing_hf
 
 TOL = 1e-4
 # XLA's backend optimisations off: the compiles dominate this file's time.

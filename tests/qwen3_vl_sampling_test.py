@@ -1,148 +1,38 @@
 """Sampling and training a tiny Qwen3-VL through the family-agnostic interfaces.
 
 The `Sampler`, `Learner` and `rollouts.train_batch` get a Qwen3-VL config and
-never branch on the family: greedy tokens equal transformers' `generate`, with
-and without images; sampled log-probs equal the learner's scoring path; an
-8-device mesh and the scanned layout sample what one device and the unrolled
-layout do; one GRPO step moves every part of the model, DeepStack mergers
-included.
+never branch on the family: the sampling checks every family passes
+(`testing_hf.SamplingChecks`: greedy tokens equal transformers' `generate`,
+with and without images; sampled log-probs equal the learner's scoring path;
+an 8-device mesh and the scanned layout sample what one device and the
+unrolled layout do), and one GRPO step moves every part of the model,
+DeepStack mergers included.
 """
 
 from absl.testing import absltest
 import jax
-import jax.numpy as jnp
 import numpy as np
-import torch
 
-from evejax import parallel
-from evejax import sampling
-from evejax.models import hf
-from evejax.processing import batching
 from evejax.rl import learner as learner_lib
-from evejax.rl import rollouts
 import testing_hf
 
-N = 8  # new tokens per completion
 
-
-def _example(ex: dict) -> batching.Example:
-  """An HF-processed prompt as a batching.Example (patches split per image)."""
-  images = []
-  if "pixel_values" in ex:
-    start = 0
-    for grid in ex["image_grid_thw"]:
-      n = int(np.prod(grid))
-      images.append((ex["pixel_values"][start:start + n],
-                     tuple(int(g) for g in grid)))
-      start += n
-  return batching.Example(tokens=ex["input_ids"].astype(np.int32),
-                          images=images)
-
-
-class Qwen3VLSamplingTest(absltest.TestCase):
+class Qwen3VLSamplingTest(testing_hf.SamplingChecks, absltest.TestCase):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.ckpt = testing_hf.TinyCheckpoint(family="qwen3_vl", seed=5, tie=False)
-    cls.config = cls.ckpt.config
-    cls.params = hf.load_params(cls.ckpt.dir, cls.config)
-    # Two prompts with images (one with two of different sizes), two without.
-    cls.hf_examples = testing_hf.build_examples(
-        cls.config, [[3, (64, 96), 2], [5], [2, (96, 64), 1, (32, 64), 2], [7]],
-        seed=6)
-    cls.prompts = [_example(e) for e in cls.hf_examples]
-    cls.kw = dict(length_buckets=(32,), patch_buckets=(0, 64),
-                  batch_buckets=(4,), max_cache=48)
-    cls.sampler = sampling.Sampler(cls.config, **cls.kw)
-    cls.sp = sampling.SamplingParams(max_new_tokens=N, group_size=2)
-    cls.sampled = cls.sampler.generate(cls.params, cls.prompts, cls.sp, seed=3)
-
-  @classmethod
-  def tearDownClass(cls):
-    cls.ckpt.cleanup()
-    super().tearDownClass()
-
-  def test_greedy_matches_transformers_generate(self):
-    c = self.config
-    length = max(e.num_tokens for e in self.prompts)
-    ids = np.zeros((4, length), np.int64)
-    attn = np.zeros_like(ids)
-    for i, e in enumerate(self.prompts):
-      ids[i, length - e.num_tokens:] = e.tokens
-      attn[i, length - e.num_tokens:] = 1
-    with torch.no_grad():
-      ref = self.ckpt.model.generate(
-          input_ids=torch.tensor(ids), attention_mask=torch.tensor(attn),
-          pixel_values=torch.tensor(np.concatenate(
-              [p for e in self.prompts for p, _ in e.images])),
-          image_grid_thw=torch.tensor(
-              [g for e in self.prompts for _, g in e.images]),
-          mm_token_type_ids=torch.tensor(
-              ((ids == c.image_token_id) & (attn == 1)).astype(np.int64)),
-          max_new_tokens=N, do_sample=False, eos_token_id=None,
-          pad_token_id=0)[:, length:].numpy()
-    sp = sampling.SamplingParams(max_new_tokens=N, greedy=True)
-    out = self.sampler.generate(self.params, self.prompts, sp, seed=0)
-    np.testing.assert_array_equal(out.tokens, ref)
-    self.assertGreater(len(np.unique(ref)), 4)  # varied paths, not one token
-    # Alone (3 filler rows), the two-image prompt decodes the same way.
-    alone = self.sampler.generate(self.params, self.prompts[2:3], sp, seed=0)
-    np.testing.assert_array_equal(alone.tokens, ref[2:3])
-
-  def test_logprobs_match_the_learner_scoring_path(self):
-    out = self.sampled
-    full = [batching.Example(
-        tokens=np.concatenate([self.prompts[p].tokens, t]),
-        images=self.prompts[p].images)
-            for p, t in zip(out.prompt_index, out.tokens)]
-    c = self.config
-    inputs = batching.make_batch(
-        full, vision=c.vision, image_token_id=c.image_token_id,
-        vision_start_id=c.vision_start_token_id, pad_id=0,
-        length_buckets=(48,), patch_buckets=(64,), padding="right")
-    targets = np.zeros_like(inputs.tokens)
-    targets[:, :-1] = inputs.tokens[:, 1:]
-    lp = np.asarray(jax.jit(learner_lib.token_logprobs, static_argnums=1)(
-        self.params, c, jax.tree.map(jnp.asarray, inputs), jnp.asarray(targets)))
-    want = np.stack([lp[r, ex.num_tokens - N - 1:ex.num_tokens - 1]
-                     for r, ex in enumerate(full)])
-    np.testing.assert_allclose(out.logprobs, want, atol=1e-4, rtol=0)
-    self.assertGreater(np.abs(want).mean(), 0.5)  # not all near-certain
-
-  def test_mesh_and_scanned_layout_sample_the_same(self):
-    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    sharded = sampling.Sampler(self.config, mesh=mesh, first_stage_tokens=4,
-                               **self.kw)
-    scanned = sampling.Sampler(self.config, unroll_layers=False, **self.kw)
-    for other in (sharded, scanned):
-      out = other.generate(self.params, self.prompts, self.sp, seed=3)
-      np.testing.assert_array_equal(out.tokens, self.sampled.tokens)
-      np.testing.assert_allclose(out.logprobs, self.sampled.logprobs, atol=1e-5)
+    cls.set_up_sampling("qwen3_vl", tie=False)
 
   def test_one_grpo_step_moves_every_part(self):
-    out = self.sampled
-    prompts = [self.prompts[p] for p in out.prompt_index]
-    completions = [t[:n] for t, n in zip(out.tokens, out.lengths)]
-    batch = rollouts.train_batch(
-        prompts, completions, model_config=self.config, pad_id=0,
-        length_buckets=(48,), patch_buckets=(64,),
-        sampler_logp=[lp[:n] for lp, n in zip(out.logprobs, out.lengths)],
-        advantages=np.random.default_rng(0).standard_normal(len(prompts)))
     cfg = learner_lib.default_train_config()
     cfg.optimizer.lr = 1e-3
     learner = learner_lib.Learner(self.config, cfg, self.params)
-    metrics = learner.step(learner.algorithm.name, batch)
+    metrics = learner.step(learner.algorithm.name, self.grpo_batch())
     self.assertTrue(all(np.isfinite(v) for v in metrics.values()), metrics)
-    after = jax.device_get(learner.params)
-    for part in (("vision", "pos_embed"), ("vision", "deepstack_merger"),
-                 ("vision", "blocks"), ("text", "layers"), ("text", "lm_head")):
-      a, b = self.params, after
-      for k in part:
-        a, b = a[k], b[k]
-      moved = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
-                  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-      self.assertGreater(moved, 1e-5, "/".join(part))
+    self.assert_moved(self.params, jax.device_get(learner.params), (
+        ("vision", "pos_embed"), ("vision", "deepstack_merger"), ("vision", "blocks"),
+        ("text", "layers"), ("text", "lm_head")))
 
 
 if __name__ == "__main__":

@@ -86,3 +86,106 @@ def hf_greedy(model, config, prompts, new_tokens: int) -> np.ndarray:
         max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
         pad_token_id=0, **kw)
   return out[:, length:].numpy()
+
+
+class SamplingChecks:
+  """Sampling tests every family passes, mixed into a family's TestCase.
+
+  The TestCase's setUpClass calls `set_up_sampling(family, **checkpoint_kw)`;
+  a test then finds `ckpt`, `config`, `params`, `prompts` (two prompts with
+  images, one with two of different sizes, and two without), `kw` (the
+  Sampler's buckets), `sampler`, `sp` and `sampled` (G=2 samples of every
+  prompt) on the class.
+  """
+  NEW_TOKENS = 8
+
+  @classmethod
+  def set_up_sampling(cls, family: str, **checkpoint_kw):
+    from evejax import sampling  # pylint: disable=g-import-not-at-top
+    cls.ckpt = TinyCheckpoint(family=family, seed=5, **checkpoint_kw)
+    cls.config = cls.ckpt.config
+    cls.params = hf.load_params(cls.ckpt.dir, cls.config)
+    cls.prompts = [as_example(e) for e in build_examples(
+        cls.config, [[3, (64, 96), 2], [5], [2, (96, 64), 1, (32, 64), 2], [7]], seed=6)]
+    cls.kw = dict(length_buckets=(32,), patch_buckets=(0, 64), batch_buckets=(4,),
+                  max_cache=48)
+    cls.sampler = sampling.Sampler(cls.config, **cls.kw)
+    cls.sp = sampling.SamplingParams(max_new_tokens=cls.NEW_TOKENS, group_size=2)
+    cls.sampled = cls.sampler.generate(cls.params, cls.prompts, cls.sp, seed=3)
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.ckpt.cleanup()
+    super().tearDownClass()
+
+  def test_greedy_matches_transformers_generate(self):
+    from evejax import sampling  # pylint: disable=g-import-not-at-top
+    n = self.NEW_TOKENS
+    ref = hf_greedy(self.ckpt.model, self.config, self.prompts, n)
+    sp = sampling.SamplingParams(max_new_tokens=n, greedy=True)
+    out = self.sampler.generate(self.params, self.prompts, sp, seed=0)
+    np.testing.assert_array_equal(out.tokens, ref)
+    self.assertGreater(len(np.unique(ref)), 4)  # varied paths, not one token
+    # Alone (3 filler rows), the two-image prompt decodes the same way.
+    alone = self.sampler.generate(self.params, self.prompts[2:3], sp, seed=0)
+    np.testing.assert_array_equal(alone.tokens, ref[2:3])
+    # A batch without any image (transformers' text-only path).
+    text = [p for p in self.prompts if not p.images]
+    out = self.sampler.generate(self.params, text, sp, seed=0)
+    np.testing.assert_array_equal(out.tokens, hf_greedy(self.ckpt.model, self.config, text, n))
+
+  def test_logprobs_match_the_learner_scoring_path(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from evejax.processing import batching  # pylint: disable=g-import-not-at-top
+    from evejax.rl import learner as learner_lib  # pylint: disable=g-import-not-at-top
+    out, n, c = self.sampled, self.NEW_TOKENS, self.config
+    full = [batching.Example(tokens=np.concatenate([self.prompts[p].tokens, t]),
+                             images=self.prompts[p].images)
+            for p, t in zip(out.prompt_index, out.tokens)]
+    inputs = batching.make_batch(
+        full, vision=c.vision, image_token_id=c.image_token_id,
+        vision_start_id=c.vision_start_token_id, pad_id=0,
+        length_buckets=(48,), patch_buckets=(64,), padding="right")
+    targets = np.zeros_like(inputs.tokens)
+    targets[:, :-1] = inputs.tokens[:, 1:]
+    lp = np.asarray(jax.jit(learner_lib.token_logprobs, static_argnums=1)(
+        self.params, c, jax.tree.map(jnp.asarray, inputs), jnp.asarray(targets)))
+    want = np.stack([lp[r, ex.num_tokens - n - 1:ex.num_tokens - 1]
+                     for r, ex in enumerate(full)])
+    np.testing.assert_allclose(out.logprobs, want, atol=1e-4, rtol=0)
+    self.assertGreater(np.abs(want).mean(), 0.5)  # not all near-certain
+
+  def test_mesh_and_scanned_layout_sample_the_same(self):
+    from evejax import parallel  # pylint: disable=g-import-not-at-top
+    from evejax import sampling  # pylint: disable=g-import-not-at-top
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    # A first cache stage of 4 new tokens: the cache grows mid-decode.
+    sharded = sampling.Sampler(self.config, mesh=mesh, first_stage_tokens=4, **self.kw)
+    scanned = sampling.Sampler(self.config, unroll_layers=False, **self.kw)
+    for other in (sharded, scanned):
+      out = other.generate(self.params, self.prompts, self.sp, seed=3)
+      np.testing.assert_array_equal(out.tokens, self.sampled.tokens)
+      np.testing.assert_allclose(out.logprobs, self.sampled.logprobs, atol=1e-5)
+
+  def grpo_batch(self):
+    """The sampled rows as a GRPO batch with random advantages."""
+    from evejax.rl import rollouts  # pylint: disable=g-import-not-at-top
+    out = self.sampled
+    return rollouts.train_batch(
+        [self.prompts[p] for p in out.prompt_index],
+        [t[:n] for t, n in zip(out.tokens, out.lengths)], model_config=self.config,
+        pad_id=0, length_buckets=(48,), patch_buckets=(64,),
+        sampler_logp=[lp[:n] for lp, n in zip(out.logprobs, out.lengths)],
+        advantages=np.random.default_rng(0).standard_normal(len(out.prompt_index)))
+
+  def assert_moved(self, before, after, parts):
+    """Every subtree of `parts` (key paths) changed by more than 1e-5 somewhere."""
+    import jax  # pylint: disable=g-import-not-at-top
+    for part in parts:
+      a, b = before, after
+      for k in part:
+        a, b = a[k], b[k]
+      moved = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+                  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+      self.assertGreater(moved, 1e-5, "/".join(part))
