@@ -74,7 +74,7 @@ class TinyPresetsOnV5pTest(absltest.TestCase):
     """Each train step's arguments hold its state (params + Adam moments), from the shapes."""
     from evejax import recipes  # pylint: disable=g-import-not-at-top
     from evejax.recipes import runner  # pylint: disable=g-import-not-at-top
-    policies = runner.abstract_policies(recipes.resolve(config.recipe).RECIPE, config,
+    policies = runner.abstract_policies(recipes.resolve(config.recipe), config,
                                         self.mesh)
     for name, r in results.items():
       if r["kind"] != "train":
@@ -120,7 +120,7 @@ class TinyPresetsOnV5pTest(absltest.TestCase):
         select=lambda ps: [p for p in ps if p.name == "score/proposer/reference"])
     ref = results["score/proposer/reference"]
     self.assertLen(resident, 3)   # proposer, coder, solver
-    learner = runner.abstract_policies(recipes.resolve("mmzero").RECIPE, config,
+    learner = runner.abstract_policies(recipes.resolve("mmzero"), config,
                                        self.mesh)["proposer"]
     ref_bytes = parallel.per_device_bytes(learner.reference_params)
     # Its argument is the reference copy; every train state stays resident beside it.

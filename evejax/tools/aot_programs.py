@@ -197,14 +197,12 @@ def resident_bytes(policies: dict[str, Any]) -> dict[str, int]:
   return out
 
 
-def _train_programs(config, mesh, recipe_mod, policies, roles, resident_total, length,
+def _train_programs(config, mesh, recipe_cls, policies, roles, resident_total, length,
                     patches) -> list[Program]:
   name = _recipe_name(config)
   rows_of = _STEP_ROWS.get(name)
-  schedule = getattr(recipe_mod, "schedule", None)
-  stages = schedule(config) if schedule is not None else []
   wanted = []
-  for st in stages:
+  for st in recipe_cls.stages(config):
     if not st.trains:
       continue
     kind = "sft" if st.kind == "warmstart" else None
@@ -299,8 +297,7 @@ def programs(config, mesh, *, largest: bool = False) -> tuple[list[Program], dic
   from evejax import recipes  # pylint: disable=g-import-not-at-top
   from evejax.sampling import Sampler  # pylint: disable=g-import-not-at-top
   from evejax.eval import validation  # pylint: disable=g-import-not-at-top
-  recipe_mod = recipes.resolve(config.recipe)
-  recipe_cls = recipe_mod.RECIPE
+  recipe_cls = recipes.resolve(config.recipe)
   name = _recipe_name(config)
   policies = _policies(config, mesh, recipe_cls, name)
   roles = {s.name: s.share_policy_with or s.name for s in recipe_cls.role_specs(config)}
@@ -314,7 +311,7 @@ def programs(config, mesh, *, largest: bool = False) -> tuple[list[Program], dic
   p = config.processing
   length = max(p.length_buckets)
   patches = max(patches_fitting(model_config, length, p.patch_buckets))
-  out = _train_programs(config, mesh, recipe_mod, policies, roles, total, length, patches)
+  out = _train_programs(config, mesh, recipe_cls, policies, roles, total, length, patches)
 
   tokenizer = loading.tokenizer_from(config)
   blocks = list(config.sampling.values())
