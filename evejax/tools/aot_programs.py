@@ -98,7 +98,7 @@ def _evolmm_rows(c, kind, role):
   if role == "proposer":
     return e.images_per_step * e.proposer_group
   # The published update steps on one answer at a time; grpo on all of them.
-  return 1 if e["update"] == "sequential" else e.images_per_step * e.proposer_group * e.samples
+  return 1 if e.update_rule == "sequential" else e.images_per_step * e.proposer_group * e.samples
 
 
 _STEP_ROWS = {"eve": _eve_rows, "mmzero": _mmzero_rows, "evolmm": _evolmm_rows}
@@ -150,11 +150,11 @@ def patches_fitting(model_config, length: int, patch_buckets) -> list[int]:
 def abstract_batch(model_config, rows: int, length: int, patches: int
                    ) -> learner_lib.TrainBatch:
   """ShapeDtypeStructs of the batch `Role.update` builds: `rows` x `length` tokens,
-  `patches` patch rows each, the sampler's log-probs (a metric) and no old_logp
-  (on-policy); the learner adds the fields its algorithm reads."""
+  `patches` patch rows each, the sampler's log-probs as old_logp; the learner adds
+  the fields its algorithm reads."""
   full = synthetic.abstract_batch(model_config, rows, length, patches=patches)
   return learner_lib.TrainBatch(inputs=full.inputs, targets=full.targets,
-                                loss_mask=full.loss_mask, sampler_logp=full.loss_mask)
+                                loss_mask=full.loss_mask, old_logp=full.loss_mask)
 
 
 def _model_flops(model_config, rows, length, patches, passes: int, devices: int) -> float:
@@ -339,7 +339,7 @@ def programs(config, mesh, *, largest: bool = False) -> tuple[list[Program], dic
     if key in seen:
       continue
     seen.add(key)
-    params = policies[policy].sampling_params
+    params = policies[policy].sampler_weights
     out += _chunk_programs(sampler, params, f"{role}", role, sp, combos, total, model_config)
   first = next(iter(policies))
   weights = (policies[first].backbone if policies[first].backbone is not None
