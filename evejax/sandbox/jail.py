@@ -147,14 +147,10 @@ def mount(src: str | None, target: str, fstype: str | None, flags: int,
 MNT_DETACH = 2
 
 
-def discard_mount_point(path: str) -> None:
-  """Best effort: detach whatever a failed `build_private_root` mounted on
-  `path` (in this mount namespace only) and remove the empty directory."""
+def detach_mounts(path: str) -> None:
+  """Best effort: detaches whatever a failed `build_private_root` mounted on
+  `path` (in this mount namespace only), so the directory is plain again."""
   _libc.umount2(path.encode(), MNT_DETACH)
-  try:
-    os.rmdir(path)
-  except OSError:
-    pass
 
 
 def python_ro_paths() -> list[str]:

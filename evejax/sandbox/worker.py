@@ -128,10 +128,10 @@ class Zygote:
     if s["private_root"]:
       if layers.namespaces:
         try:
-          # A fresh mount point, not /tmp: a tmpfs there would shadow the
-          # sources of every bind below it (a venv or checkout under /tmp).
-          root = os.path.join(self.jobs_root, "root")
-          os.mkdir(root, 0o755)
+          # Our own empty directory, not /tmp: a tmpfs on /tmp would shadow
+          # the sources of every bind below it (a venv or checkout under
+          # /tmp). Mounted over in our namespace only, it stays empty on the host.
+          root = self.jobs_root
           jail.build_private_root(
               root, jail.python_ro_paths() + list(jail.SYSTEM_RO_PATHS)
               + list(s["ro_paths"]), s["disk_bytes"], s["disk_inodes"])
@@ -139,7 +139,7 @@ class Zygote:
           self.jobs_root = "/tmp"
           layers.private_root = True
         except OSError as e:
-          jail.discard_mount_point(root)  # jobs_root holds job dirs only
+          jail.detach_mounts(root)  # jobs go to the host directory instead
           layers.warnings.append(
               f"private root unavailable ({e}): jobs see the host filesystem "
               "(read access limited only by file permissions)")
