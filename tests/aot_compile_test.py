@@ -14,6 +14,7 @@ import math
 from absl.testing import absltest
 import jax
 import jax.numpy as jnp
+import pytest
 
 from evejax import config_utils
 from evejax import parallel
@@ -47,6 +48,7 @@ def _one_of_each(progs):
   return out
 
 
+@pytest.mark.slow   # minutes of the TPU compiler
 @absltest.skipUnless(targets.libtpu_installed(), "needs libtpu: pip install -e '.[tpu]'")
 class TinyPresetsOnV5pTest(absltest.TestCase):
 
