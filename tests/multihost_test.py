@@ -118,11 +118,11 @@ class ToyTest(absltest.TestCase):
     _launch("tests/multihost_recipes.py:toy", one, 1, devices=8)
     _launch("tests/multihost_recipes.py:toy", two, 2, devices=4)
     a, b = _records(one), _records(two)
-    keys = ("writer/reward_mean", "reader/reward_mean", "writer/adv/reward_std",
+    keys = ("writer/reward/mean", "reader/reward/mean", "writer/adv/reward_std",
             "writer/train/loss", "writer/train/kl", "reader/train/loss", "reader/train/kl",
             "writer/frozen_reader_sum")
     _assert_same_metrics(self, a, b, keys, rtol=1e-4, atol=1e-6,
-                         exact=("writer/reward_mean", "reader/reward_mean"))
+                         exact=("writer/reward/mean", "reader/reward/mean"))
     _assert_host_state_alike(self, one, two)
 
     # Host memory: flat over the reader's steps, once their programs are compiled.
@@ -141,8 +141,8 @@ class ToyTest(absltest.TestCase):
       shutil.copy(os.path.join(source, "metrics.jsonl"), cross)
       _launch("tests/multihost_recipes.py:toy", cross, processes, devices=devices)
       _assert_same_metrics(self, records, _records(cross),
-                           ("reader/train/loss", "reader/train/kl", "reader/reward_mean"),
-                           rtol=1e-4, atol=1e-6, exact=("reader/reward_mean",))
+                           ("reader/train/loss", "reader/train/kl", "reader/reward/mean"),
+                           rtol=1e-4, atol=1e-6, exact=("reader/reward/mean",))
 
 
 @absltest.skipUnless(ENABLED, SKIP_REASON)
@@ -157,7 +157,7 @@ class EveTest(absltest.TestCase):
 
     # Kill both processes once the second Challenger step is logged (the third is in flight).
     def mid_challenger_phase(records):
-      return len(_series(records, "challenger/reward_mean")) >= 2
+      return len(_series(records, "challenger/reward/mean")) >= 2
     _launch("tests/multihost_recipes.py:eve", two, 2, kill_when=mid_challenger_phase)
     self.assertFalse(os.path.exists(os.path.join(two, "summary.json")))
     _launch("tests/multihost_recipes.py:eve", two, 2)
@@ -165,14 +165,14 @@ class EveTest(absltest.TestCase):
 
     _assert_same_metrics(
         self, a, b,
-        ("challenger/reward_mean", "challenger/valid_rate", "challenger/solver_pass_rate",
-         "challenger/diversity_penalty_mean", "challenger/admitted", "challenger/queue/size",
+        ("challenger/reward/mean", "challenger/valid_rate", "challenger/solver_pass_rate",
+         "challenger/reward/diversity_penalty", "challenger/admitted", "challenger/queue/size",
          "challenger/adv/reward_std", "challenger/train/loss", "solver_data/selected",
-         "solver/reward_mean", "solver/train/loss", "eval/heldout_accuracy",
+         "solver/reward/mean", "solver/train/loss", "eval/heldout_accuracy",
          "warmstart/challenger/loss", "warmstart/solver/loss"),
         rtol=1e-4, atol=1e-6,
-        exact=("challenger/reward_mean", "challenger/valid_rate", "challenger/admitted",
-               "challenger/queue/size", "solver_data/selected", "solver/reward_mean",
+        exact=("challenger/reward/mean", "challenger/valid_rate", "challenger/admitted",
+               "challenger/queue/size", "solver_data/selected", "solver/reward/mean",
                "eval/heldout_accuracy"))
     for key in ("challenger/train/loss", "solver/train/loss"):   # each step once
       steps = [r["step"] for r in b if key in r]
@@ -199,25 +199,25 @@ class MmZeroTest(absltest.TestCase):
   def test_two_processes_match_one(self):
     _two_processes_match_one(
         self, "tests/multihost_recipes.py:mmzero",
-        ("proposer/reward_mean", "proposer/parse_rate", "proposer/render_success",
-         "proposer/diversity_penalty", "proposer/adv/reward_std", "proposer/train/loss",
-         "coder_data/kept", "coder/reward_mean", "coder/render_success", "coder/train/loss",
-         "solver_data/kept", "solver/reward_mean", "solver/train/loss",
+        ("proposer/reward/mean", "proposer/parse_rate", "proposer/render_success",
+         "proposer/reward/diversity_penalty", "proposer/adv/reward_std", "proposer/train/loss",
+         "coder_data/kept", "coder/reward/mean", "coder/reward/rendered", "coder/train/loss",
+         "solver_data/kept", "solver/reward/mean", "solver/train/loss",
          "eval/coder_render_success", "eval/solver_accuracy", "coevolution/render_success",
          "warmstart/proposer/loss", "warmstart/coder/loss", "warmstart/solver/loss"),
-        exact=("proposer/reward_mean", "proposer/parse_rate", "proposer/render_success",
-               "coder_data/kept", "coder/reward_mean", "solver_data/kept",
-               "solver/reward_mean", "eval/coder_render_success"))
+        exact=("proposer/reward/mean", "proposer/parse_rate", "proposer/render_success",
+               "coder_data/kept", "coder/reward/mean", "solver_data/kept",
+               "solver/reward/mean", "eval/coder_render_success"))
 
 
 @absltest.skipUnless(ENABLED, SKIP_REASON)
 class EvoLmmTest(absltest.TestCase):
   """EvoLMM, shortened, scripted: both updates, on either layout alike."""
 
-  KEYS = ("evolmm/solver_reward", "evolmm/proposer_reward", "evolmm/consistency",
+  KEYS = ("evolmm/solver/reward/mean", "evolmm/proposer/reward/mean", "evolmm/consistency",
           "evolmm/solver/train/loss", "evolmm/proposer/train/loss", "eval/heldout_accuracy",
           "warmstart/base/loss")
-  EXACT = ("evolmm/solver_reward", "evolmm/proposer_reward", "evolmm/consistency",
+  EXACT = ("evolmm/solver/reward/mean", "evolmm/proposer/reward/mean", "evolmm/consistency",
            "eval/heldout_accuracy")
 
   def test_grpo_update_two_processes_match_one(self):
