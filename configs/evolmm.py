@@ -129,9 +129,8 @@ def qwen3_5_9b() -> ml_collections.ConfigDict:
   """Qwen3.5-9B with the published LoRA (r 16 on q, k, v, o, gate, up, down:
   on Qwen3.5 the 8 attention layers' projections and every MLP, as PEFT's
   target_modules of those names adapt; add lora.LINEAR_ATTENTION_PROJECTIONS
-  to adapt the DeltaNet layers too). One backbone, two adapters, meant for
-  fsdp=8 H200s like the other Qwen3.5 presets; its plan is still to run
-  (BENCHMARKS.md, "Memory plans")."""
+  to adapt the DeltaNet layers too). One backbone, two adapters: its plan is
+  39.9 GiB per device on fsdp=8, so 8 x H100 (BENCHMARKS.md, "Memory plans")."""
   c = _base()
   c.model = cu.model("qwen3_5_9b", dtype="bfloat16", param_dtype="float32", remat=True)
   return c
