@@ -14,16 +14,7 @@ from evejax.tools import experiment
 import recipe_testing as rt
 
 SPEC = "configs/mmzero.py:tiny"
-# One step per phase, small pools, every rendered item kept: wiring, not learning.
-COMMON = {
-    "warmstart.enabled": False, "mmzero.iterations": 1, "mmzero.proposer_steps": 1,
-    "mmzero.coder_steps": 1, "mmzero.solver_steps": 1, "mmzero.proposer_prompts": 2,
-    "mmzero.proposer_group": 2, "mmzero.coder_samples": 2, "mmzero.solver_samples": 2,
-    "mmzero.coder_pool": 4, "mmzero.coder_prompts": 2, "mmzero.coder_group": 2,
-    "mmzero.solver_pool": 4, "mmzero.solver_select_samples": 2, "mmzero.solver_prompts": 2,
-    "mmzero.solver_group": 2, "mmzero.heldout_items": 2, "mmzero.heldout_coder_samples": 1,
-    "mmzero.coder_band": (0.0, 1.0), "mmzero.solver_hard_band": (0.0, 1.0),
-    "mmzero.solver_easy_min": 0.0, "log.tensorboard": False, "log.progress": False}
+COMMON = rt.MMZERO_WIRING
 
 
 class ExperimentTest(absltest.TestCase):

@@ -108,16 +108,9 @@ class ScriptedPhasesTest(absltest.TestCase):
 class ScriptedResumeTest(absltest.TestCase):
 
   def test_exact_resume_mid_coder_phase(self):
-    config = short_config(**{
-        "warmstart.enabled": False, "mmzero.iterations": 1, "mmzero.proposer_steps": 1,
-        "mmzero.coder_steps": 2, "mmzero.solver_steps": 2, "mmzero.proposer_prompts": 2,
-        "mmzero.proposer_group": 2, "mmzero.coder_samples": 2, "mmzero.solver_samples": 4,
-        "mmzero.coder_pool": 4, "mmzero.coder_prompts": 2, "mmzero.coder_group": 2,
-        "mmzero.solver_pool": 4, "mmzero.solver_select_samples": 4, "mmzero.solver_prompts": 2,
-        "mmzero.solver_group": 2, "mmzero.heldout_items": 2, "mmzero.heldout_coder_samples": 1,
-        # Keep every rendered item: this test is of wiring and resume, not the filters.
-        "mmzero.coder_band": (0.0, 1.0), "mmzero.solver_hard_band": (0.0, 1.0),
-        "mmzero.solver_easy_min": 0.0, "log.tensorboard": False})
+    config = short_config(**{**rt.MMZERO_WIRING, "mmzero.coder_steps": 2,
+                             "mmzero.solver_steps": 2, "mmzero.solver_samples": 4,
+                             "mmzero.solver_select_samples": 4})
     recs = rt.check_resume(self, mmzero.MmZero, config, rt.mmzero_roles(), "coder", 1, (
         "coder/reward/mean", "coder/train/loss", "solver/reward/mean", "solver/train/loss",
         "coevolution/render_success", "eval/coder_render_success"))

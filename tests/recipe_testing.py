@@ -91,6 +91,19 @@ def scripted(reply):
   return lambda role: role.scripted(reply)
 
 
+# MM-Zero at its smallest: one step per phase, small pools, every rendered item
+# kept (the filters' bands open): wiring and resume, not learning.
+MMZERO_WIRING = {
+    "warmstart.enabled": False, "mmzero.iterations": 1, "mmzero.proposer_steps": 1,
+    "mmzero.coder_steps": 1, "mmzero.solver_steps": 1, "mmzero.proposer_prompts": 2,
+    "mmzero.proposer_group": 2, "mmzero.coder_samples": 2, "mmzero.solver_samples": 2,
+    "mmzero.coder_pool": 4, "mmzero.coder_prompts": 2, "mmzero.coder_group": 2,
+    "mmzero.solver_pool": 4, "mmzero.solver_select_samples": 2, "mmzero.solver_prompts": 2,
+    "mmzero.solver_group": 2, "mmzero.heldout_items": 2, "mmzero.heldout_coder_samples": 1,
+    "mmzero.coder_band": (0.0, 1.0), "mmzero.solver_hard_band": (0.0, 1.0),
+    "mmzero.solver_easy_min": 0.0, "log.tensorboard": False, "log.progress": False}
+
+
 def eve_roles(config, families=EVE_FAMILIES):
   """A Challenger writing library programs with fresh arguments (what a pretrained
   Challenger would write) and a Solver guessing letters (pass rates spread)."""
