@@ -108,22 +108,24 @@ class CompletionWindowTest(absltest.TestCase):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5,
                                    err_msg=jax.tree_util.keystr(path))
 
-  def test_step_with_window_equals_step_without(self):
+  def test_windowed_unrolled_step_equals_full_scanned_step(self):
     params = _jit(vlm.init_params, static_argnums=0)(CONFIG, jax.random.PRNGKey(0))
     batch = _batch(old_logp=True)
     out = {}
-    for window in (True, False):
+    for fast in (True, False):
       cfg = learner_lib.default_train_config()
       cfg.update_from_flattened_dict({
-          "completion_window": window, "loss.kl_coef": 0.1, "loss.entropy_coef": 0.01,
-          "optimizer.name": "sgd", "optimizer.lr": 1.0, "optimizer.grad_clip": 0.0})
+          "completion_window": fast, "unroll_layers": fast, "loss.kl_coef": 0.1,
+          "loss.entropy_coef": 0.01, "optimizer.name": "sgd", "optimizer.lr": 1.0,
+          "optimizer.grad_clip": 0.0})
       learner = learner_lib.Learner(CONFIG, cfg, params, compiler_options=FAST_COMPILE)
       metrics = learner.step("grpo", batch, temperature=0.7)
-      out[window] = metrics, jax.device_get(learner.params)
+      out[fast] = metrics, jax.device_get(learner.params)
     for k in ("loss", "pg_loss", "kl", "entropy", "sampler_approx_kl", "grad_norm"):
       np.testing.assert_allclose(out[True][0][k], out[False][0][k], rtol=1e-5, err_msg=k)
+    # Plain SGD with lr 1: the param change is the gradient itself.
     for a, b in zip(jax.tree.leaves(out[True][1]), jax.tree.leaves(out[False][1])):
-      np.testing.assert_allclose(a, b, atol=1e-6)
+      np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 if __name__ == "__main__":

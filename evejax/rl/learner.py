@@ -47,6 +47,7 @@ import optax
 
 from evejax import distributed
 from evejax import parallel
+from evejax.models import decoder
 from evejax.models import lora as lora_lib
 from evejax.models import vlm
 from evejax.models.inputs import ModelInputs
@@ -131,6 +132,10 @@ def default_train_config() -> ml_collections.ConfigDict:
       # (the batch's longest, rounded up to a 1/16 of the length): no logits
       # for the prompt. Positions outside it score 0.
       completion_window=True,
+      # Run the decoder layers unrolled in the step (sliced from the stacked
+      # params; LoRA steps stay scanned): no per-layer weight copies or
+      # stacked residuals of a scan, at the price of compiling each layer.
+      unroll_layers=False,
       max_nonfinite_in_a_row=5,
   ))
 
@@ -252,12 +257,22 @@ class _Model:
   backbone (given per call: an argument of the compiled step, never a constant)."""
   config: ModelConfig
   lora: lora_lib.LoraConfig | None = None
+  unroll: bool = False
 
   def hidden(self, params, inputs, backbone=None, rng=None):
     if self.lora is None:
-      return vlm.hidden_states(params, self.config, inputs)
+      return vlm.hidden_states(self._layout(params), self.config, inputs)
     return lora_lib.apply(vlm.hidden_states, backbone, params, self.lora, self.config, inputs,
                           dropout_rng=rng)
+
+  def _layout(self, params):
+    """`params` with the stacked layers split into layers_0, ... when unrolling."""
+    text = params["text"]
+    if not self.unroll or "layers" not in text:
+      return params
+    n = jax.tree.leaves(text["layers"])[0].shape[0]
+    take = lambda stacked, i: jax.tree.map(lambda x: x[i], stacked)
+    return {**params, "text": decoder.unstack_layers(text, n, take)}
 
   def unembed(self, params, h, backbone=None, rng=None):
     if self.lora is None:
@@ -394,7 +409,7 @@ class Learner:
     # can be lowered and compiled ahead of time (memory plans) but not run.
     self.abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
     self.lora = lora_lib.from_config(c.lora)
-    self._model = _Model(model_config, self.lora)
+    self._model = _Model(model_config, self.lora, c.unroll_layers)
     axes = vlm.param_axes(model_config)
     self._backbone = self._backbone_shardings = None
     if self.lora is not None:
