@@ -734,14 +734,16 @@ class Learner:
           donate_argnums=(0,))
     return self._steps[key]
 
-  def lower_step(self, name: str, batch: TrainBatch, *, temperature: float = 1.0
-                 ) -> jax.stages.Lowered:
+  def lower_step(self, name: str, batch: TrainBatch, *, temperature: float = 1.0,
+                 window: int = 0) -> jax.stages.Lowered:
     """Lowers one step of algorithm `name` without running it.
 
     `batch` may hold arrays or ShapeDtypeStructs; with an abstract learner this
     is how a memory plan compiles the real step ahead of time. The fields the
     algorithm reads are added as abstract slots (for GRPO with a KL term,
     ref_logp: the reference pass is a separate program, `lower_score`).
+    `window`: the completion window the step scores (`window_size` of a loss
+    mask, as `step` takes it); 0 scores every position.
     """
     alg = self._algorithm(name)
     spec = lambda x, dtype: jax.ShapeDtypeStruct(x.shape, dtype)
@@ -756,8 +758,8 @@ class Learner:
     batch = parallel.abstract_tree(
         jax.tree.map(lambda x: spec(x, x.dtype), batch), self._batch_shardings(batch))
     ref = self._ref_on_device() if alg.reference == "params" else None
-    return self._program(alg, batch, ref is not None, _check_temperature(temperature)).lower(
-        self._state, batch, ref, self._backbone)
+    return self._program(alg, batch, ref is not None, _check_temperature(temperature),
+                         window).lower(self._state, batch, ref, self._backbone)
 
   def lower_score(self, batch: TrainBatch) -> jax.stages.Lowered:
     """Lowers the scoring pass (reference / old log-probs) without running it."""

@@ -78,6 +78,10 @@ _INTERMEDIATE = flags.DEFINE_integer("intermediate", 1536, "--compare: MLP width
 _HEADS = flags.DEFINE_integer("heads", 8, "--compare: attention heads.")
 _KV_HEADS = flags.DEFINE_integer("kv_heads", 2, "--compare: key/value heads.")
 _VOCAB = flags.DEFINE_integer("vocab", 16384, "--compare: vocabulary.")
+_SET = flags.DEFINE_multi_string("set", [], "--compare: evejax learner config override "
+                                 "key=value (e.g. unroll_layers=true), repeatable.")
+_MEMORY = flags.DEFINE_bool("memory", False, "--compare: print evejax's compiled step "
+                            "memory instead of timing (nothing runs; no peer needed).")
 
 # Dense bf16 peak TFLOP/s per device, by a substring of jax's device_kind.
 PEAK_TFLOPS = (
@@ -94,15 +98,30 @@ def _parse_mesh(spec: str) -> dict[str, int]:
   return out
 
 
+def _overrides(items) -> dict:
+  """{'unroll_layers': True, ...} from ['unroll_layers=true', ...]."""
+  out = {}
+  for item in items:
+    key, _, value = item.partition("=")
+    low = value.lower()
+    out[key] = (low == "true" if low in ("true", "false")
+                else int(value) if value.lstrip("-").isdigit() else value)
+  return out
+
+
 def main(argv):
   del argv
   if _COMPARE.value:
     from evejax.tools import train_peer  # pylint: disable=g-import-not-at-top
     config = train_peer.bench_model(_HIDDEN.value, _INTERMEDIATE.value, _LAYERS.value or 8,
                                     _HEADS.value, _KV_HEADS.value, _VOCAB.value)
-    train_peer.compare(config, prompts=_PROMPTS.value, group=_GROUP.value,
-                       prompt_len=_PROMPT_LEN.value, completion_len=_COMPLETION_LEN.value,
-                       kl_coef=_KL.value, rounds=_ROUNDS.value, ceiling=_CEILING.value)
+    shape = dict(prompts=_PROMPTS.value, group=_GROUP.value, prompt_len=_PROMPT_LEN.value,
+                 completion_len=_COMPLETION_LEN.value, overrides=_overrides(_SET.value))
+    if _MEMORY.value:
+      train_peer.step_memory(config, **shape)
+    else:
+      train_peer.compare(config, kl_coef=_KL.value, rounds=_ROUNDS.value,
+                         ceiling=_CEILING.value, **shape)
     return
   overrides = dict(dtype=_DTYPE.value, remat=_REMAT.value, attention=_ATTENTION.value)
   config = presets.get_preset(_PRESET.value, **overrides)

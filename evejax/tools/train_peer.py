@@ -203,11 +203,29 @@ def matmul_ceiling(config, params, rows: int, length: int, window: int, repeats:
 # ----------------------------------------------------------------------------
 
 
+def step_memory(config, *, prompts: int, group: int, prompt_len: int, completion_len: int,
+                overrides: dict) -> None:
+  """The compiled step's temporaries (XLA:CPU's buffer assignment), nothing run."""
+  params = jax.eval_shape(lambda: vlm.init_params(config, jax.random.PRNGKey(0)))
+  cfg = train_config(0.0)
+  cfg.update_from_flattened_dict(overrides)
+  learner = learner_lib.Learner(config, cfg, params)
+  prompt_ids, completions, _ = rollout(config, prompts, group, prompt_len, completion_len)
+  batch = evejax_batch(learner, prompt_ids, completions, np.zeros(len(prompt_ids), np.float32))
+  window = learner_lib.window_size(batch.loss_mask) if cfg.completion_window else 0
+  mem = learner.lower_step("grpo", batch, window=window).compile().memory_analysis()
+  print(f"vocab {config.text.vocab_size}, {len(prompt_ids)} rows x "
+        f"{prompt_len + completion_len} tokens, {overrides or 'defaults'}: step temporaries "
+        f"{mem.temp_size_in_bytes / 2**30:.2f} GiB, arguments "
+        f"{mem.argument_size_in_bytes / 2**30:.2f} GiB")
+
+
 def compare(config, *, prompts: int, group: int, prompt_len: int, completion_len: int,
-            kl_coef: float, rounds: int, ceiling: bool) -> None:
+            kl_coef: float, rounds: int, ceiling: bool, overrides: dict) -> None:
   params = jax.jit(vlm.init_params, static_argnums=0)(config, jax.random.PRNGKey(0))
   n = sum(x.size for x in jax.tree.leaves(params["text"]))
   cfg = train_config(kl_coef)
+  cfg.update_from_flattened_dict(overrides)
   learner = learner_lib.Learner(config, cfg, params)
   prompt_ids, completions, rewards = rollout(config, prompts, group, prompt_len,
                                              completion_len)
@@ -224,8 +242,9 @@ def compare(config, *, prompts: int, group: int, prompt_len: int, completion_len
   rows, length = prompt_ids.shape[0], prompt_len + completion_len
   print(f"model: {n / 1e6:.1f}M text params, vocab {config.text.vocab_size}, "
         f"{config.text.num_layers} layers, fp32; {prompts} prompts x {group} = {rows} rows "
-        f"of {prompt_len} + up to {completion_len} tokens; kl_coef={kl_coef}; jax "
-        f"{jax.__version__} on {jax.devices()[0].device_kind}", flush=True)
+        f"of {prompt_len} + up to {completion_len} tokens; kl_coef={kl_coef}; evejax "
+        f"{overrides or 'defaults'}; jax {jax.__version__} on "
+        f"{jax.devices()[0].device_kind}", flush=True)
 
   def run_evejax():
     m = learner.step("grpo", batch)
