@@ -344,9 +344,12 @@ def _logp_entropy_bwd(temperature, res, g):
   g_logp, g_ent = (x.astype(jnp.float32)[..., None] for x in g)
   z = logits.astype(jnp.float32) / temperature
   p = jnp.exp(z - lse[..., None])
-  onehot = jnp.arange(z.shape[-1]) == targets[..., None]
-  dz = jnp.where(onehot, g_logp, 0.0) - p * (g_logp + g_ent * (z - expected[..., None]))
-  return (dz / temperature).astype(logits.dtype), None
+  dz = -p * (g_logp + g_ent * (z - expected[..., None]))
+  # The target's +g_logp as a scatter of one value per row: a [..., V] one-hot
+  # select made XLA:CPU materialise two broadcast [..., V] operands.
+  flat = dz.reshape(-1, z.shape[-1])
+  flat = flat.at[jnp.arange(flat.shape[0]), targets.reshape(-1)].add(g_logp.reshape(-1))
+  return (flat.reshape(z.shape) / temperature).astype(logits.dtype), None
 
 
 token_logp_entropy.defvjp(_logp_entropy_fwd, _logp_entropy_bwd)
