@@ -411,7 +411,9 @@ class Learner:
     # can be lowered and compiled ahead of time (memory plans) but not run.
     self.abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
     self.lora = lora_lib.from_config(c.lora)
-    self._model = _Model(model_config, self.lora, _unroll(c.unroll_layers, self._mesh))
+    unroll = _unroll(c.unroll_layers, self._mesh)
+    self._model = _Model(model_config, self.lora, unroll)
+    self._plain = _Model(model_config, unroll=unroll)   # reference and `score` passes
     axes = vlm.param_axes(model_config)
     self._backbone = self._backbone_shardings = None
     if self.lora is not None:
@@ -634,7 +636,7 @@ class Learner:
 
   def _score(self, params, batch: TrainBatch, temperature: float, window: int = 0
              ) -> jax.Array:
-    return self._score_with(_Model(self.model_config), params, batch, temperature,
+    return self._score_with(self._plain, params, batch, temperature,
                             window=window)
 
   def _score_policy(self, params, batch: TrainBatch, temperature: float, backbone) -> jax.Array:
@@ -792,7 +794,7 @@ class Learner:
   def _loss_context(self, alg, temperature, window, batch: TrainBatch, ref_params, backbone,
                     alg_state, rng):
     agg, norm = alg.aggregation()
-    model, plain = self._model, _Model(self.model_config)
+    model, plain = self._model, self._plain
     chunk = self.cfg.logprob_chunk
 
     def logprobs(p, mb, temperature=temperature, with_entropy=False):
