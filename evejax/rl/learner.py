@@ -24,7 +24,11 @@ Log-probs come from one scoring path (`token_logprobs`) shared by the policy
 pass, the old/ref passes and tests: log-softmax in fp32 of logits / T, T the
 temperature the role samples at (the sampler's "policy" log-prob convention,
 so the importance ratio starts at 1), optionally over sequence chunks so
-[batch, length, vocab] logits never exist at once.
+[batch, length, vocab] logits never exist at once. A step unembeds only each
+row's completion window (`completion_window`): the lm head and the
+[.., vocab] log-softmax, which are a quarter of a 41M model's step at a 16K
+vocabulary, skip the prompt; the log-prob and entropy share one fused
+gradient (`losses.token_logp_entropy`).
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ import optax
 
 from evejax import distributed
 from evejax import parallel
+from evejax.models import decoder
 from evejax.models import lora as lora_lib
 from evejax.models import vlm
 from evejax.models.inputs import ModelInputs
@@ -123,6 +128,16 @@ def default_train_config() -> ml_collections.ConfigDict:
       freeze=(),
       ref_on_host=False,          # keep reference params in host RAM between uses
       logprob_chunk=0,            # >0: unembed + log-softmax this many positions at a time
+      # Steps unembed only each row's window of positions that hold its loss
+      # (the batch's longest, rounded up to a 1/16 of the length): no logits
+      # for the prompt. Positions outside it score 0.
+      completion_window=True,
+      # Run the step's decoder layers unrolled, sliced from the stacked params
+      # (LoRA steps stay scanned). None: on CPU, where XLA's loop cost a 41M
+      # model's GRPO step 20% (zero-filled stacked residuals, weight and
+      # gradient copies per layer); scanned on accelerators, where a 28-80
+      # layer model then compiles one layer body.
+      unroll_layers=None,
       max_nonfinite_in_a_row=5,
   ))
 
@@ -179,16 +194,47 @@ def chunked_over_length(fn: Callable, chunk: int, *arrays):
       lambda y: jnp.moveaxis(y, 0, 1).reshape(y.shape[1], n * chunk)[:, :t], out)
 
 
-def _logp_entropy(logits: jax.Array, targets: jax.Array, temperature: float):
-  logits = logits.astype(jnp.float32) / temperature
-  logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
-                             targets[..., None], axis=-1)[..., 0]
-  return logp, losses.token_entropy(logits)
+def window_size(loss_mask: np.ndarray) -> int:
+  """Positions a row's window needs (0: all): the longest span of loss positions
+  in `loss_mask` [B, T], rounded up to a multiple of max(64, T / 16), so a
+  length bucket compiles at most 16 step programs."""
+  mask = np.asarray(loss_mask) > 0
+  t = mask.shape[1]
+  rows = mask.any(axis=1)
+  span = 1
+  if rows.any():
+    first = mask.argmax(axis=1)
+    last = t - 1 - mask[:, ::-1].argmax(axis=1)
+    span = int((last - first + 1)[rows].max())
+  if jax.process_count() > 1:
+    span = max(distributed.allgather(span))
+  quantum = max(64, t // 16)
+  size = -(-span // quantum) * quantum
+  return 0 if size >= t else size
+
+
+def completion_window(loss_mask: jax.Array, size: int) -> jax.Array:
+  """int32 [B]: where each row's window of `size` positions starts; it holds
+  every loss position of the row if `size` >= its span, and ends by T."""
+  first = jnp.argmax(loss_mask > 0, axis=1).astype(jnp.int32)
+  return jnp.minimum(first, loss_mask.shape[1] - size)
+
+
+def _take_window(x: jax.Array, start: jax.Array, size: int) -> jax.Array:
+  """[B, T, ...] -> [B, size, ...]: row b's positions start[b] ... start[b] + size - 1."""
+  return jax.vmap(lambda r, s: jax.lax.dynamic_slice_in_dim(r, s, size))(x, start)
+
+
+def _put_window(y: jax.Array, start: jax.Array, length: int) -> jax.Array:
+  """Inverse of `_take_window`: [B, size] -> [B, length], zeros outside the window."""
+  zeros = jnp.zeros((length,), y.dtype)
+  return jax.vmap(lambda r, s: jax.lax.dynamic_update_slice_in_dim(zeros, r, s, 0))(y, start)
 
 
 def token_logprobs(params: PyTree, config: ModelConfig, inputs: ModelInputs,
                    targets: jax.Array, chunk_size: int = 0, *, temperature: float = 1.0,
-                   with_entropy: bool = False):
+                   with_entropy: bool = False, loss_mask: jax.Array | None = None,
+                   window: int = 0):
   """log softmax(logits / T)[targets], f32 [B, T] (and the entropy [B, T]).
 
   Args:
@@ -199,9 +245,12 @@ def token_logprobs(params: PyTree, config: ModelConfig, inputs: ModelInputs,
     chunk_size: > 0 unembeds and log-softmaxes that many positions at a time.
     temperature: the sampling temperature the log-probs refer to.
     with_entropy: also return the per-position entropy.
+    loss_mask: [B, T], where `window` > 0 scores.
+    window: > 0 scores only each row's `window` positions from its first loss
+      position (`completion_window`); 0 elsewhere.
   """
   return _Model(config).logprobs(params, inputs, targets, chunk_size, temperature,
-                                 with_entropy)
+                                 with_entropy, loss_mask=loss_mask, window=window)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,12 +259,22 @@ class _Model:
   backbone (given per call: an argument of the compiled step, never a constant)."""
   config: ModelConfig
   lora: lora_lib.LoraConfig | None = None
+  unroll: bool = False
 
   def hidden(self, params, inputs, backbone=None, rng=None):
     if self.lora is None:
-      return vlm.hidden_states(params, self.config, inputs)
+      return vlm.hidden_states(self._layout(params), self.config, inputs)
     return lora_lib.apply(vlm.hidden_states, backbone, params, self.lora, self.config, inputs,
                           dropout_rng=rng)
+
+  def _layout(self, params):
+    """`params` with the stacked layers split into layers_0, ... when unrolling."""
+    text = params["text"]
+    if not self.unroll or "layers" not in text:
+      return params
+    n = jax.tree.leaves(text["layers"])[0].shape[0]
+    take = lambda stacked, i: jax.tree.map(lambda x: x[i], stacked)
+    return {**params, "text": decoder.unstack_layers(text, n, take)}
 
   def unembed(self, params, h, backbone=None, rng=None):
     if self.lora is None:
@@ -224,11 +283,18 @@ class _Model:
                           dropout_rng=None if rng is None else jax.random.fold_in(rng, 1))
 
   def logprobs(self, params, inputs, targets, chunk_size, temperature, with_entropy=False,
-               backbone=None, rng=None):
+               backbone=None, rng=None, loss_mask=None, window=0):
     h = self.hidden(params, inputs, backbone, rng)
-    fn = lambda hc, tc: _logp_entropy(self.unembed(params, hc, backbone, rng), tc, temperature)
-    logp, ent = chunked_over_length(fn, chunk_size, h, targets)
-    return (logp, ent) if with_entropy else logp
+    length = targets.shape[1]
+    if window:
+      start = completion_window(loss_mask, window)
+      h, targets = _take_window(h, start, window), _take_window(targets, start, window)
+    score = losses.token_logp_entropy if with_entropy else losses.token_logp
+    fn = lambda hc, tc: score(self.unembed(params, hc, backbone, rng), tc, temperature)
+    out = chunked_over_length(fn, chunk_size, h, targets)
+    if window:
+      out = jax.tree.map(lambda y: _put_window(y, start, length), out)
+    return out
 
 
 def targets_from_tokens(tokens: np.ndarray, completion_mask: np.ndarray
@@ -345,7 +411,9 @@ class Learner:
     # can be lowered and compiled ahead of time (memory plans) but not run.
     self.abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
     self.lora = lora_lib.from_config(c.lora)
-    self._model = _Model(model_config, self.lora)
+    unroll = _unroll(c.unroll_layers, self._mesh)
+    self._model = _Model(model_config, self.lora, unroll)
+    self._plain = _Model(model_config, unroll=unroll)   # reference and `score` passes
     axes = vlm.param_axes(model_config)
     self._backbone = self._backbone_shardings = None
     if self.lora is not None:
@@ -382,7 +450,7 @@ class Learner:
       else:
         self.set_ref_params(ref_params if ref_params is not None else params)
     self._steps: dict[Any, Callable] = {}
-    self._score_fn = self._jit(self._score, static_argnums=2)
+    self._score_fn = self._jit(self._score, static_argnums=(2, 3))
     self._score_policy_fn = self._jit(self._score_policy, static_argnums=2)
 
   # -- state -----------------------------------------------------------------
@@ -558,15 +626,18 @@ class Learner:
   # -- scoring ---------------------------------------------------------------
 
   def _score_with(self, model: _Model, params, batch: TrainBatch, temperature: float,
-                  backbone=None) -> jax.Array:
+                  backbone=None, window: int = 0) -> jax.Array:
     def score(mb):
       mb = self._constrain(mb)
       return model.logprobs(params, mb.inputs, mb.targets, self.cfg.logprob_chunk,
-                            temperature, backbone=backbone)
+                            temperature, backbone=backbone, loss_mask=mb.loss_mask,
+                            window=window)
     return _unsplit_micro(jax.lax.map(score, _split_micro(batch, self.cfg.micro_batches)))
 
-  def _score(self, params, batch: TrainBatch, temperature: float) -> jax.Array:
-    return self._score_with(_Model(self.model_config), params, batch, temperature)
+  def _score(self, params, batch: TrainBatch, temperature: float, window: int = 0
+             ) -> jax.Array:
+    return self._score_with(self._plain, params, batch, temperature,
+                            window=window)
 
   def _score_policy(self, params, batch: TrainBatch, temperature: float, backbone) -> jax.Array:
     return self._score_with(self._model, params, batch, temperature, backbone)
@@ -589,9 +660,19 @@ class Learner:
                           _check_temperature(temperature))
 
   def fill_ref_logp(self, batch: TrainBatch, *, temperature: float = 1.0) -> TrainBatch:
-    """`batch` with ref_logp from the reference policy (one extra forward pass)."""
-    return batch.replace(ref_logp=self.score(self._ref_on_device(), batch,
-                                             temperature=temperature))
+    """`batch` with ref_logp from the reference policy (one extra forward pass),
+    at the loss positions (0 outside the step's completion window)."""
+    ref = self._score_fn(self._ref_on_device(), self._put_batch(_scoring_view(batch)),
+                         _check_temperature(temperature), self._window(batch))
+    return batch.replace(ref_logp=ref)
+
+  def _window(self, batch: TrainBatch) -> int:
+    """The step's completion window for `batch` (0: every position)."""
+    mask = batch.loss_mask
+    if (not self.cfg.completion_window or self.abstract
+        or (isinstance(mask, jax.Array) and not mask.is_fully_addressable)):
+      return 0
+    return window_size(mask)
 
   # -- steps -----------------------------------------------------------------
 
@@ -634,35 +715,39 @@ class Learner:
     if self.abstract:
       raise ValueError("this Learner was built from abstract params (ShapeDtypeStructs): "
                        "it can lower_step() but not run steps; pass real params.")
+    window = self._window(batch)
     batch = self._put_batch(self._step_batch(alg, batch, temperature))
     ref = self._ref_on_device() if alg.reference == "params" else None
-    program = self._program(alg, batch, ref is not None, temperature)
+    program = self._program(alg, batch, ref is not None, temperature, window)
     self._state, metrics = program(self._state, batch, ref, self._backbone)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     self._check_nonfinite(metrics)
     return metrics
 
-  def _program(self, alg, batch: TrainBatch, with_ref: bool, temperature: float):
+  def _program(self, alg, batch: TrainBatch, with_ref: bool, temperature: float,
+               window: int = 0):
     """The jit-compiled step of `alg` for batches shaped like `batch` (cached)."""
-    key = (alg.name, jax.tree.structure(batch), with_ref, temperature)
+    key = (alg.name, jax.tree.structure(batch), with_ref, temperature, window)
     if key not in self._steps:
       ref_sh = self._backbone_shardings if self.lora is not None else self._param_shardings
       self._steps[key] = self._jit(
-          functools.partial(self._train_step, alg, temperature),
+          functools.partial(self._train_step, alg, temperature, window),
           in_shardings=(self._state_shardings, self._batch_shardings(batch),
                         ref_sh if with_ref else None, self._backbone_shardings),
           out_shardings=(self._state_shardings, self._replicated),
           donate_argnums=(0,))
     return self._steps[key]
 
-  def lower_step(self, name: str, batch: TrainBatch, *, temperature: float = 1.0
-                 ) -> jax.stages.Lowered:
+  def lower_step(self, name: str, batch: TrainBatch, *, temperature: float = 1.0,
+                 window: int = 0) -> jax.stages.Lowered:
     """Lowers one step of algorithm `name` without running it.
 
     `batch` may hold arrays or ShapeDtypeStructs; with an abstract learner this
     is how a memory plan compiles the real step ahead of time. The fields the
     algorithm reads are added as abstract slots (for GRPO with a KL term,
     ref_logp: the reference pass is a separate program, `lower_score`).
+    `window`: the completion window the step scores (`window_size` of a loss
+    mask, as `step` takes it); 0 scores every position.
     """
     alg = self._algorithm(name)
     spec = lambda x, dtype: jax.ShapeDtypeStruct(x.shape, dtype)
@@ -677,8 +762,8 @@ class Learner:
     batch = parallel.abstract_tree(
         jax.tree.map(lambda x: spec(x, x.dtype), batch), self._batch_shardings(batch))
     ref = self._ref_on_device() if alg.reference == "params" else None
-    return self._program(alg, batch, ref is not None, _check_temperature(temperature)).lower(
-        self._state, batch, ref, self._backbone)
+    return self._program(alg, batch, ref is not None, _check_temperature(temperature),
+                         window).lower(self._state, batch, ref, self._backbone)
 
   def lower_score(self, batch: TrainBatch) -> jax.stages.Lowered:
     """Lowers the scoring pass (reference / old log-probs) without running it."""
@@ -706,15 +791,16 @@ class Learner:
           "learning rate, look for NaN/inf in rewards or advantages, or train "
           "with float32 params.")
 
-  def _loss_context(self, alg, temperature, batch: TrainBatch, ref_params, backbone,
+  def _loss_context(self, alg, temperature, window, batch: TrainBatch, ref_params, backbone,
                     alg_state, rng):
     agg, norm = alg.aggregation()
-    model, plain = self._model, _Model(self.model_config)
+    model, plain = self._model, self._plain
     chunk = self.cfg.logprob_chunk
 
     def logprobs(p, mb, temperature=temperature, with_entropy=False):
       return model.logprobs(p, mb.inputs, mb.targets, chunk, temperature, with_entropy,
-                            backbone=backbone, rng=rng)
+                            backbone=backbone, rng=rng, loss_mask=mb.loss_mask,
+                            window=window)
 
     return algorithms_lib.LossContext(
         logprobs=logprobs,
@@ -728,8 +814,8 @@ class Learner:
         tokens=_denominator(batch.loss_mask, "token-mean", None),
         state=alg_state)
 
-  def _train_step(self, alg, temperature, state: TrainState, batch: TrainBatch, ref_params,
-                  backbone):
+  def _train_step(self, alg, temperature, window, state: TrainState, batch: TrainBatch,
+                  ref_params, backbone):
     c = self.cfg
     stateful = alg is self.algorithm
     alg_state = state.algorithm_state if stateful else None
@@ -739,8 +825,8 @@ class Learner:
     step_key = jax.random.fold_in(state.rng, 0x10A)
 
     def loss_fn(trainable, mb, index):
-      ctx = self._loss_context(alg, temperature, batch, ref_params, backbone, alg_state,
-                               jax.random.fold_in(step_key, index))
+      ctx = self._loss_context(alg, temperature, window, batch, ref_params, backbone,
+                               alg_state, jax.random.fold_in(step_key, index))
       return alg.loss(ctx, optim.merge(self._mask, trainable, frozen), self._constrain(mb))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -793,6 +879,15 @@ class Learner:
         nonfinite_in_a_row=new_state.nonfinite_in_a_row.astype(jnp.float32),
         nonfinite_total=new_state.nonfinite_total.astype(jnp.float32))
     return new_state, metrics
+
+
+def _unroll(setting, mesh) -> bool:
+  if setting is None:
+    return mesh.devices.flat[0].platform == "cpu"
+  if not isinstance(setting, bool):
+    raise ValueError(f"config.train.unroll_layers={setting!r} must be True, False or None "
+                     "(unrolled on CPU only).")
+  return setting
 
 
 def _check_temperature(t) -> float:

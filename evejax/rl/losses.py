@@ -38,14 +38,13 @@ micro-batches (``merge_sums``) and ``finalize_metrics`` turns them into means.
 Every number is a keyword argument carrying the published default.
 """
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-
-
 
 
 def _check_name(name: str, valid, what: str) -> None:
@@ -311,6 +310,56 @@ def full_vocab_kl(logits_policy: Array, logits_ref: Array, mask: Array, *,
   """KL(pi || pi_ref) averaged over completion tokens (EvoLMM's KL term)."""
   return aggregate(token_kl_from_logits(logits_policy, logits_ref), mask, agg,
                    norm_constant)
+
+
+def _logp_entropy_values(logits, targets, temperature):
+  z = logits.astype(jnp.float32) / temperature
+  lse = jax.nn.logsumexp(z, axis=-1)
+  expected = jnp.sum(jnp.exp(z - lse[..., None]) * z, axis=-1)   # E_p[z]
+  picked = jnp.take_along_axis(z, targets[..., None], axis=-1)[..., 0]
+  return (picked - lse, lse - expected), (lse, expected)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def token_logp_entropy(logits: Array, targets: Array, temperature: float = 1.0
+                       ) -> tuple[Array, Array]:
+  """(log softmax(z)[targets], entropy of softmax(z)), z = logits / T; f32 [...].
+
+  Equal to log_softmax + take_along_axis + `token_entropy`, with a hand-written
+  gradient: dz = g_logp (onehot - p) - g_ent p (z - E_p[z]), one fused pass
+  over [..., V] that keeps only the logits and two [...] vectors, where
+  autodiff keeps several [..., V] f32 intermediates and scatters into a
+  zero [..., V] for the gather.
+  """
+  return _logp_entropy_values(logits, targets, temperature)[0]
+
+
+def _logp_entropy_fwd(logits, targets, temperature):
+  out, (lse, expected) = _logp_entropy_values(logits, targets, temperature)
+  return out, (logits, targets, lse, expected)
+
+
+def _logp_entropy_bwd(temperature, res, g):
+  logits, targets, lse, expected = res
+  g_logp, g_ent = (x.astype(jnp.float32)[..., None] for x in g)
+  z = logits.astype(jnp.float32) / temperature
+  p = jnp.exp(z - lse[..., None])
+  dz = -p * (g_logp + g_ent * (z - expected[..., None]))
+  # The target's +g_logp as a scatter of one value per row: a [..., V] one-hot
+  # select made XLA:CPU materialise two broadcast [..., V] operands.
+  flat = dz.reshape(-1, z.shape[-1])
+  flat = flat.at[jnp.arange(flat.shape[0]), targets.reshape(-1)].add(g_logp.reshape(-1))
+  return (flat.reshape(z.shape) / temperature).astype(logits.dtype), None
+
+
+token_logp_entropy.defvjp(_logp_entropy_fwd, _logp_entropy_bwd)
+
+
+def token_logp(logits: Array, targets: Array, temperature: float = 1.0) -> Array:
+  """log softmax(logits / T)[targets], f32 [...], without a [..., V] log-softmax."""
+  z = logits.astype(jnp.float32) / temperature
+  picked = jnp.take_along_axis(z, targets[..., None], axis=-1)[..., 0]
+  return picked - jax.nn.logsumexp(z, axis=-1)
 
 
 def token_entropy(logits: Array) -> Array:

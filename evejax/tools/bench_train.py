@@ -7,6 +7,8 @@ on a random model of a preset's shape with synthetic batches:
   python -m evejax.tools.bench_train --preset qwen3_vl_8b --seq 2048 --batch 8 --images 1
   python -m evejax.tools.bench_train --preset qwen2_5_vl_3b --seq 2048 --attention cudnn
   python -m evejax.tools.bench_train --preset tiny --seq 256 --batch 8   # CPU smoke run
+  python -m evejax.tools.bench_train --compare tunix --prompts 8 --group 4 [--kl_coef 0.04]
+      [--ceiling]   # against google-tunix's GRPO step on the same weights and batch (CPU)
 
 MFU = model FLOPs per step / step time / (devices x peak FLOP/s). Model FLOPs
 are the matmul FLOPs of forward + backward (3x forward) of the text decoder,
@@ -14,6 +16,11 @@ LM head and vision tower, with causal attention counted once (half the
 square); recomputation (remat) is not counted, as is conventional. The peak is
 the accelerator's dense bf16 number (`--peak_tflops` overrides it; CPUs have
 none). A reference (KL) forward pass is added when `--kl_coef` > 0.
+
+--compare tunix runs `evejax.tools.train_peer` instead: the same GRPO step
+against tunix's on a Qwen2-shaped text model (the shape flags below), loss
+agreement first, then alternating rounds; --ceiling adds the step's matmuls
+alone. tunix must be installed in this environment (not an evejax dependency).
 """
 from __future__ import annotations
 
@@ -56,6 +63,25 @@ _MESH = flags.DEFINE_string("mesh", "fsdp=-1", "Mesh axes, e.g. 'fsdp=8' or 'dat
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first compiles).")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device (0: by device kind).")
+_COMPARE = flags.DEFINE_enum("compare", "", ["", "tunix"], "Time against this peer's "
+                             "GRPO step on the same weights and batch (train_peer).")
+_CEILING = flags.DEFINE_bool("ceiling", False, "With --compare: also time the step's "
+                             "matmuls alone.")
+_PROMPTS = flags.DEFINE_integer("prompts", 8, "--compare: prompts per step.")
+_GROUP = flags.DEFINE_integer("group", 4, "--compare: completions per prompt.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "--compare: prompt tokens.")
+_COMPLETION_LEN = flags.DEFINE_integer("completion_len", 192, "--compare: completion "
+                                       "tokens at most (each row 3/4 to all of it).")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "--compare: alternating timed rounds.")
+_HIDDEN = flags.DEFINE_integer("hidden", 512, "--compare: model width (41M model).")
+_INTERMEDIATE = flags.DEFINE_integer("intermediate", 1536, "--compare: MLP width.")
+_HEADS = flags.DEFINE_integer("heads", 8, "--compare: attention heads.")
+_KV_HEADS = flags.DEFINE_integer("kv_heads", 2, "--compare: key/value heads.")
+_VOCAB = flags.DEFINE_integer("vocab", 16384, "--compare: vocabulary.")
+_SET = flags.DEFINE_multi_string("set", [], "--compare: evejax learner config override "
+                                 "key=value (e.g. unroll_layers=true), repeatable.")
+_MEMORY = flags.DEFINE_bool("memory", False, "--compare: print evejax's compiled step "
+                            "memory instead of timing (nothing runs; no peer needed).")
 
 # Dense bf16 peak TFLOP/s per device, by a substring of jax's device_kind.
 PEAK_TFLOPS = (
@@ -72,8 +98,31 @@ def _parse_mesh(spec: str) -> dict[str, int]:
   return out
 
 
+def _overrides(items) -> dict:
+  """{'unroll_layers': True, ...} from ['unroll_layers=true', ...]."""
+  out = {}
+  for item in items:
+    key, _, value = item.partition("=")
+    low = value.lower()
+    out[key] = (low == "true" if low in ("true", "false")
+                else int(value) if value.lstrip("-").isdigit() else value)
+  return out
+
+
 def main(argv):
   del argv
+  if _COMPARE.value:
+    from evejax.tools import train_peer  # pylint: disable=g-import-not-at-top
+    config = train_peer.bench_model(_HIDDEN.value, _INTERMEDIATE.value, _LAYERS.value or 8,
+                                    _HEADS.value, _KV_HEADS.value, _VOCAB.value)
+    shape = dict(prompts=_PROMPTS.value, group=_GROUP.value, prompt_len=_PROMPT_LEN.value,
+                 completion_len=_COMPLETION_LEN.value, overrides=_overrides(_SET.value))
+    if _MEMORY.value:
+      train_peer.step_memory(config, **shape)
+    else:
+      train_peer.compare(config, kl_coef=_KL.value, rounds=_ROUNDS.value,
+                         ceiling=_CEILING.value, **shape)
+    return
   overrides = dict(dtype=_DTYPE.value, remat=_REMAT.value, attention=_ATTENTION.value)
   config = presets.get_preset(_PRESET.value, **overrides)
   if _LAYERS.value:
