@@ -254,6 +254,20 @@ class FakeModelLoopTest(absltest.TestCase):
     self.assertEqual(sampling.stage_ends(12, 2), (2, 4, 8, 12))
     self.assertEqual(sampling.stage_ends(12, 0), (12,))
 
+  def test_stats_count_kept_tokens_over_rows_times_steps(self):
+    sp = sampling.SamplingParams(max_new_tokens=12, temperature=1.3,
+                                 group_size=2, eos_ids=(20, 30))
+    out = _fake_sampler(batch_buckets=(2,)).generate(
+        self.params, _examples(PROMPTS), sp, seed=1)
+    # Two chunks of 2 prompts x 2 rows; each runs until its longest row ends.
+    longest = out.lengths.reshape(2, 4).max(axis=1)
+    self.assertEqual(out.stats.decode_steps, longest.sum())
+    self.assertEqual(out.stats.row_steps, 4 * longest.sum())
+    self.assertEqual(out.stats.tokens, out.lengths.sum())
+    self.assertLess(out.stats.occupancy, 1.0)
+    self.assertEqual(out.stats.metrics()["sampling/occupancy"],
+                     out.lengths.sum() / (4 * longest.sum()))
+
   def test_greedy_group_members_equal_and_match_step_by_step(self):
     sp = sampling.SamplingParams(max_new_tokens=6, greedy=True, group_size=3)
     out = self.sampler.generate(self.params, _examples(PROMPTS[:2]), sp, seed=0)

@@ -286,6 +286,8 @@ class SampledReplies:
     settings = decoding(role.sampling, run.tokenizer, group=group, greedy=greedy)
     with run.timer("sampling"):
       out = run.sampler.generate(role.weights, prompts, settings, seed, prompt_ids=prompt_ids)
+    if run.writer is not None and out.stats is not None:
+      run.log(out.stats.metrics(), prefix=role.name)
     return rollouts.completions_from_samples(out)
 
 

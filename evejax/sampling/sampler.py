@@ -47,7 +47,7 @@ from evejax.models.inputs import ModelInputs
 from evejax.models.presets import ModelConfig
 from evejax.processing.batching import PromptTooLongError
 from evejax.sampling import loop as loop_lib
-from evejax.sampling.params import SampleOutput, SamplingParams
+from evejax.sampling.params import DecodeStats, SampleOutput, SamplingParams
 
 def _batch_axis(axes: Sequence[str | None]) -> int | None:
   return list(axes).index("batch") if "batch" in axes else None
@@ -120,6 +120,14 @@ def _pad_rows(inputs: ModelInputs, n: int, rows: int) -> ModelInputs:
   """The first n rows, padded to `rows` by repeating row 0 (a valid prompt, discarded)."""
   idx = np.concatenate([np.arange(n), np.zeros(rows - n, np.int64)])
   return inputs.take_rows(idx)
+
+
+def _concat(outs: Sequence[SampleOutput]) -> SampleOutput:
+  """The rows of several outputs in order, their decode stats summed."""
+  stats = sum((o.stats for o in outs), DecodeStats())
+  rows = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0),
+                      *[o.replace(stats=None) for o in outs])
+  return rows.replace(stats=stats)
 
 
 class Sampler:
@@ -410,7 +418,7 @@ class Sampler:
       outs.append(self._generate_placed(
           params, inputs, sampling, seed, num_prompts=len(part),
           prompt_offset=start, batch_bucket=bucket, prompt_ids=ids))
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
+    return _concat(outs)
 
   def _generate_processes(self, params, prompts, sampling, seed, prompt_ids
                           ) -> SampleOutput:
@@ -451,7 +459,7 @@ class Sampler:
       outs.append(self._generate_placed(
           params, part_inputs, sampling, seed, num_prompts=len(part), prompt_offset=0,
           batch_bucket=bucket // count, prompt_ids=ids))
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
+    return _concat(outs)
 
   def _make_batch(self, examples, offset: int, bucket: int, *,
                   length_buckets: Sequence[int] | None = None,
@@ -559,17 +567,21 @@ class Sampler:
     key = seed_key(seed)
     decode = self._decode_program(params, logits, cache, row_ids, key, sampling,
                                   ends, cache_size)
-    (tokens, logprobs, lengths, finish), cache = decode(
+    (tokens, logprobs, lengths, finish, steps), cache = decode(
         params, logits, cache, row_ids, key)
     del cache
     keep = n * g
     rows = distributed.local_rows
+    lengths = rows(lengths)[:keep]
+    steps = int(steps)
+    stats = DecodeStats(decode_steps=steps, row_steps=steps * batch_bucket * g,
+                        tokens=int(lengths.sum()))
     return SampleOutput(
         tokens=rows(tokens)[:keep],
         logprobs=rows(logprobs)[:keep],
-        lengths=rows(lengths)[:keep],
+        lengths=lengths,
         finish_reason=rows(finish)[:keep],
-        prompt_index=prompt_index[:keep].astype(np.int32))
+        prompt_index=prompt_index[:keep].astype(np.int32), stats=stats)
 
   def _check_inputs(self, inputs: ModelInputs, n: int,
                     sampling: SamplingParams) -> None:

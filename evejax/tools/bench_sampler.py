@@ -149,7 +149,7 @@ def run_cpu(args) -> None:
   def run_evejax(s=sampler):
     start = time.perf_counter()
     out = s.generate(params, examples, sp, seed=0)
-    return time.perf_counter() - start, out.tokens
+    return time.perf_counter() - start, out
 
   scanned = None
   if args.compare_scan:
@@ -185,14 +185,15 @@ def run_cpu(args) -> None:
   torch.set_num_threads(threads)
   ej_times, hf_times, scan_times = [], [], []
   for _ in range(args.repeats):
-    t, ej_tokens = run_evejax()
+    t, ej_out = run_evejax()
+    ej_tokens = ej_out.tokens
     ej_times.append(t)
     t, hf_tokens = run_hf()
     hf_times.append(t)
     if scanned is not None:
-      t, scan_tokens = run_evejax(scanned)
+      t, scan_out = run_evejax(scanned)
       scan_times.append(t)
-      if not np.array_equal(scan_tokens, ej_tokens):
+      if not np.array_equal(scan_out.tokens, ej_tokens):
         print("WARNING: scanned and unrolled greedy tokens differ")
   total = args.batch * args.new_tokens
   ej, th = statistics.median(ej_times), statistics.median(hf_times)
@@ -203,6 +204,8 @@ def run_cpu(args) -> None:
   print(f"evejax:       {total / ej:10.1f} tokens/s  ({ej:.3f} s; first call "
         f"{first:.1f} s of which compile {compile_s:.1f} s, "
         f"{sampler.num_compiles} programs)")
+  print(f"occupancy:    {ej_out.stats.occupancy:10.1%} of rows x "
+        f"{ej_out.stats.decode_steps} decode steps")
   trials = ", ".join(f"{k}: {v:.2f} s" for k, v in trial.items())
   print(f"transformers: {total / th:10.1f} tokens/s  ({th:.3f} s; torch "
         f"threads {threads}, from 16-token trials {trials})")
