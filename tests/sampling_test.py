@@ -309,6 +309,50 @@ class FakeModelLoopTest(absltest.TestCase):
     self.assertEqual(s.num_compiles, 6)
 
 
+class SlotsTest(absltest.TestCase):
+  """decode_mode="slots" samples what the static path does, row by row."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.params = _Fake.init_params(jax.random.key(0))
+    cls.prompts = _examples(PROMPTS * 3)  # 12 prompts through 4 x G slots: refills
+
+  def test_sampled_and_greedy_rows_equal_static_and_leave_as_they_end(self):
+    for sp in (sampling.SamplingParams(max_new_tokens=12, temperature=1.3, group_size=2,
+                                       eos_ids=(20, 30), stop_sequences=((40, 41),)),
+               sampling.SamplingParams(max_new_tokens=10, greedy=True, eos_ids=(20, 30))):
+      want = _fake_sampler(batch_buckets=(2, 4)).generate(self.params, self.prompts, sp,
+                                                          seed=1)
+      self.assertGreater(len(set(want.lengths.tolist())), 1)  # rows end at different steps
+      s = _fake_sampler(batch_buckets=(2, 4), decode_mode="slots", refill_every=3)
+      rows = []
+      out = s.generate(self.params, self.prompts, sp, seed=1,
+                       on_row=lambda r, t, lp, f: rows.append((r, t, lp, f)))
+      np.testing.assert_array_equal(out.tokens, want.tokens)
+      np.testing.assert_allclose(out.logprobs, want.logprobs, atol=1e-6)
+      np.testing.assert_array_equal(out.lengths, want.lengths)
+      np.testing.assert_array_equal(out.finish_reason, want.finish_reason)
+      np.testing.assert_array_equal(out.prompt_index, want.prompt_index)
+      self.assertEqual(out.stats.tokens, want.lengths.sum())
+      # Each row once, in the order rows ended (not row order), with its tokens.
+      self.assertEqual(sorted(r for r, *_ in rows), list(range(out.num_rows)))
+      self.assertNotEqual([r for r, *_ in rows], sorted(r for r, *_ in rows))
+      for r, t, lp, f in rows:
+        np.testing.assert_array_equal(t, want.tokens[r, :want.lengths[r]])
+        self.assertEqual(f, want.finish_reason[r])
+      compiles = s.num_compiles
+      s.generate(self.params, self.prompts, sp, seed=2)
+      self.assertEqual(s.num_compiles, compiles)  # refills reuse the programs
+
+  def test_static_path_hands_rows_over_by_chunk(self):
+    sp = sampling.SamplingParams(max_new_tokens=6, group_size=2)
+    rows = []
+    out = _fake_sampler(batch_buckets=(2,)).generate(
+        self.params, self.prompts[:4], sp, seed=0, on_row=lambda r, *_: rows.append(r))
+    self.assertEqual(rows, list(range(out.num_rows)))
+
+
 class StopTest(absltest.TestCase):
   """With a strong bigram bonus, greedy output counts up: p, p+1, p+2, ..."""
 
