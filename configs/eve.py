@@ -23,6 +23,7 @@ def _base() -> ml_collections.ConfigDict:
   c.model = cu.model("qwen2_5_vl_7b", dtype="bfloat16", param_dtype="float32", remat=True)
   c.init = cu.init()
   c.mesh = cu.mesh()
+  c.decoding = cu.decoding()
 
   # Source images for the Challenger (half of Vision-SR1-47K in the paper).
   c.data = ml_collections.ConfigDict(dict(

@@ -23,6 +23,7 @@ def _base() -> ml_collections.ConfigDict:
   c.model = cu.model("qwen3_vl_8b", dtype="bfloat16", param_dtype="float32", remat=True)
   c.init = cu.init()
   c.mesh = cu.mesh()
+  c.decoding = cu.decoding()
   # Renders are resized into these pixel bounds before the Solver sees them.
   c.data = ml_collections.ConfigDict(dict(min_pixels=64 * 64, max_pixels=1024 * 1024))
   # Prompts are short (a topic; a proposal; a render and a question). Three
