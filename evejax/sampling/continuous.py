@@ -112,8 +112,7 @@ class SlotRun:
       self._collect()
     return SampleOutput(tokens=self.tokens, logprobs=self.logprobs, lengths=self.lengths,
                         finish_reason=self.finish,
-                        prompt_index=np.repeat(np.arange(len(self.prompts)), self.g
-                                               ).astype(np.int32),
+                        prompt_index=np.repeat(self.ids, self.g).astype(np.int32),
                         stats=DecodeStats(self.stats.decode_steps, self.stats.row_steps,
                                           int(self.lengths.sum())))
 
@@ -152,7 +151,8 @@ class SlotRun:
 
   def _decode(self, target: int) -> None:
     every = self.s.refill_every or self.sp.max_new_tokens
-    steps_arg, target_arg = jnp.int32(every), jnp.int32(target)
+    # numpy scalars: the same (replicated) value on every process
+    steps_arg, target_arg = np.int32(every), np.int32(target)
     decode = self._decode_program(steps_arg)
     self.state, self.cache, steps = decode(self.params, self.state, self.cache, self.key,
                                            steps_arg, target_arg)
