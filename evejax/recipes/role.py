@@ -437,16 +437,20 @@ class Role:
     parts, first = [], 0
     for piece in pieces:
       piece = [int(i) for i in piece]
-      hook = None
-      if on_row is not None:
-        def hook(r, tokens, piece=piece, first=first):
-          text = self.run.tokenizer.decode(tokens, skip_special_tokens=True)
-          on_row(first + r, keys[piece[r // group]], text, tokens)
+      hook = None if on_row is None else self._row_hook(on_row, [keys[i] for i in piece],
+                                                        group, first)
       part = self._generate(prompts, piece, group, seed, greedy, all_ids, hook)
       part.kept = [keys[i] for i in part.kept]
       parts.append(part)
       first += len(part)
     return Samples.concat(parts)
+
+  def _row_hook(self, on_row, keys: list, group: int, first: int) -> RowHook:
+    """A reply source's (row of a piece, tokens) as on_row(row of the call, key, text, tokens)."""
+    def hook(r: int, tokens: np.ndarray) -> None:
+      text = self.run.tokenizer.decode(tokens, skip_special_tokens=True)
+      on_row(first + r, keys[r // group], text, tokens)
+    return hook
 
   def _generate(self, prompts, kept, group, seed, greedy, all_ids, on_row=None) -> Samples:
     chosen = [prompts[i] for i in kept]

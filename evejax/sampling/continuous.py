@@ -59,6 +59,9 @@ class SlotRun:
     counts = [int(c) for c in _everywhere(len(self.prompts))]
     if not sum(counts):
       raise ValueError("Sampler.generate got no prompts on any process; pass at least one.")
+    if sampler._shards % self.procs:  # pylint: disable=protected-access
+      raise ValueError(f"the batch is split {sampler._shards} ways, which {self.procs} "  # pylint: disable=protected-access
+                       "processes cannot share; see evejax.distributed.check_batch_layout.")
     if prompt_ids is None:
       prompt_ids = sum(counts[:self.me]) + np.arange(len(self.prompts))
     self.ids = np.asarray(prompt_ids, np.int64).reshape(-1)

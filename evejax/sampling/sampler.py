@@ -16,6 +16,12 @@ logged; a run compiles at most 2 x |length| x |patch| x |batch buckets| x
 |distinct SamplingParams| programs (the layout conversion is one more small
 jit, outside that count).
 
+That is `decode_mode="static"` (the default): a chunk decodes until its
+longest row ends. `decode_mode="slots"` keeps (a batch bucket) x G
+slots busy instead, refilling each as its row ends (`continuous`, `slots`),
+with the same rows; every call reports its occupancy (`DecodeStats`: kept
+tokens / rows x steps) either way.
+
 Row r's randomness is fold_in(seed_key, global row id) with global row id =
 prompt id * G + g (the prompt id: its index in the call, or one the caller
 gives), so results depend neither on bucketing, chunking, padding rows,

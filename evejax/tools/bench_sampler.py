@@ -359,8 +359,11 @@ def run_slots(args) -> None:
       config, jax.random.key(0), jnp.dtype(args.dtype))
   prompts = [batching.Example(tokens=t) for t in
              _prompts(args.prompts, args.prompt_len, config.text.vocab_size)]
+  # Static chunks take --batch prompts; a refill prefills the smallest of these
+  # that holds the prompts it inserts.
+  buckets = tuple(b for b in (2 ** i for i in range(16)) if b <= args.batch and not args.batch % b)
   kw = dict(length_buckets=(args.prompt_len,), patch_buckets=(0,),
-            batch_buckets=(args.batch,), max_cache=args.prompt_len + args.new_tokens,
+            batch_buckets=buckets, max_cache=args.prompt_len + args.new_tokens,
             first_stage_tokens=args.first_stage_tokens)
   static = sampling.Sampler(config, **kw)
   slots = sampling.Sampler(config, decode_mode="slots", refill_every=args.refill_every,
@@ -379,7 +382,7 @@ def run_slots(args) -> None:
       times[name].append(time.perf_counter() - start)
   lengths = outs["static"].lengths
   print(f"model: {_count(params) / 1e6:.1f}M params, {args.dtype}; {args.prompts} prompts "
-        f"x G={args.group}, batch bucket {args.batch}, prompt {args.prompt_len}, up to "
+        f"x G={args.group}, batch buckets {buckets}, prompt {args.prompt_len}, up to "
         f"{args.new_tokens} new tokens; {len(sp.eos_ids)} EOS ids: lengths mean "
         f"{lengths.mean():.1f}, median {np.median(lengths):.0f}, max {lengths.max()}; "
         f"jax on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
