@@ -558,6 +558,21 @@ class VLMSamplerTest(absltest.TestCase):
     np.testing.assert_array_equal(out.lengths, self.sampled.lengths)
 
 
+  def test_slots_sample_what_static_does_on_the_mesh(self):
+    # 8 prompts with images of different sizes (different rope deltas) through
+    # 4 x G slots; two tokens the model samples early end rows at different steps.
+    prompts = self.prompts * 2
+    sp = self.sp.replace(eos_ids=tuple(int(t) for t in np.unique(self.sampled.tokens[:, 2])[:2]))
+    want = self.sampler.generate(self.params, prompts, sp, seed=3)
+    self.assertGreater(len(set(want.lengths.tolist())), 1)
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    slots = sampling.Sampler(self.config, mesh=mesh, decode_mode="slots", refill_every=2,
+                             **self.kw)
+    out = slots.generate(self.params, prompts, sp, seed=3)
+    np.testing.assert_array_equal(out.tokens, want.tokens)
+    np.testing.assert_array_equal(out.finish_reason, want.finish_reason)
+    np.testing.assert_allclose(out.logprobs, want.logprobs, atol=1e-5)
+
   def test_memory_analysis_plans_the_programs_generate_runs(self):
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                             self.params)
