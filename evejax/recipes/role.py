@@ -458,8 +458,9 @@ class Role:
     total = distributed.total(len(chosen))
     if not total:
       return Samples(kept, group, [], [], [], [], total_rows=0, prompt_ids=ids)
+    hand = {} if on_row is None else {"on_row": on_row}   # reply sources without it still work
     toks, lps = self.replies(self, chosen, group, seed, greedy, np.asarray(ids, np.int64),
-                             on_row)
+                             **hand)
     run = self.run
     run.counts[f"{self.name}/completion_with_vision_token"] += sum(
         rollouts.has_vision_tokens(run.model_config, t) for t in toks)
