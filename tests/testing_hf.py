@@ -181,7 +181,7 @@ class SamplingChecks:
     one = sampling.Sampler(self.config, decode_mode="slots", refill_every=2, **self.kw)
     sharded = sampling.Sampler(self.config, mesh=mesh, decode_mode="slots", refill_every=2,
                                **self.kw)
-    for s, settings in ((one, sp), (one, greedy), (sharded, sp)):
+    for s, settings in ((one, sp), (one, greedy), (sharded, sp), (sharded, greedy)):
       want = self.sampler.generate(self.params, prompts, settings, seed=3)
       self.assertGreater(len(set(want.lengths.tolist())), 1)
       out = s.generate(self.params, prompts, settings, seed=3)
