@@ -4,11 +4,18 @@ One `generate` call keeps S = (batch bucket) x G slots busy: it prefills as
 many prompts as there are free groups of G slots, `insert`s each prompt's
 cache and first token into G free slots, decodes until a fraction of the
 slots is free (or `refill_every` steps), hands every finished row to
-`on_row` at once, and repeats until every prompt is done. Four programs,
-compiled once per bucket combination and counted with the sampler's: an
-empty state and ring cache, a prefill (the static path's, cached to the
-prompt's length), the insert (per prefill batch and length bucket) and the
-decode steps (`slots.decode`).
+`on_row` at once, and repeats until every prompt is done. Four kinds of
+program, compiled once and counted with the sampler's: an empty state and
+ring cache (per slot count and ring size), a prefill (the static path's,
+its cache the prompt's length) and an insert per (prefill batch, length,
+patch) buckets, and the decode steps (per slot count, ring size and
+SamplingParams). Refills compile nothing new once their buckets have run.
+
+Costs against the static path: every step attends over the whole ring
+(longest prompt bucket + max_new_tokens), where static decoding starts on a
+cache of `first_stage_tokens` and grows it only while rows run; each refill
+runs a prefill padded to a batch bucket and rewrites the slot cache once
+(a select over it, so the rows move between devices but the cache does not).
 
 Several processes: each fills its own slots from its own prompts. Before
 each refill they all-gather (take, longest prompt, most patches, queued,
