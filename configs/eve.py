@@ -23,6 +23,7 @@ def _base() -> ml_collections.ConfigDict:
   c.model = cu.model("qwen2_5_vl_7b", dtype="bfloat16", param_dtype="float32", remat=True)
   c.init = cu.init()
   c.mesh = cu.mesh()
+  c.decoding = cu.decoding()
 
   # Source images for the Challenger (half of Vision-SR1-47K in the paper).
   c.data = ml_collections.ConfigDict(dict(
@@ -64,7 +65,8 @@ def _base() -> ml_collections.ConfigDict:
       # Solver phase questions: challenger (logged in the Challenger phase, the method)
       # | library (the static warm-start library's families: the experiments' control).
       solver_questions="challenger",
-      pipeline_chunks=4,           # sandbox runs chunk i while chunk i+1 samples
+      pipeline_chunks=4,           # static decoding: sandbox runs chunk i while chunk i+1 samples
+                                   # (slot decoding hands each row over as it ends, unsplit)
       instructions="full",         # Challenger prompt: "full" rules or "compact"
       # The published code's conventions per family: Qwen2.5-VL absolute pixels
       # and <think>; Qwen3-VL relative 0-1000 coordinates and <thinking>.

@@ -25,6 +25,7 @@ def _base() -> ml_collections.ConfigDict:
   c.model = cu.model("qwen2_5_vl_7b", dtype="bfloat16", param_dtype="float32", remat=True)
   c.init = cu.init()
   c.mesh = cu.mesh()
+  c.decoding = cu.decoding()
   # Raw images for the Proposer: builtin | folder | jsonl | tfds | scenes (procedural
   # scenes whose held-out questions have known answers).
   c.data = ml_collections.ConfigDict(dict(

@@ -23,6 +23,7 @@ def _base() -> ml_collections.ConfigDict:
   c.model = cu.model("qwen3_vl_8b", dtype="bfloat16", param_dtype="float32", remat=True)
   c.init = cu.init()
   c.mesh = cu.mesh()
+  c.decoding = cu.decoding()
   # Renders are resized into these pixel bounds before the Solver sees them.
   c.data = ml_collections.ConfigDict(dict(min_pixels=64 * 64, max_pixels=1024 * 1024))
   # Prompts are short (a topic; a proposal; a render and a question). Three
@@ -41,7 +42,8 @@ def _base() -> ml_collections.ConfigDict:
       topics=(),                   # () = the 8 built-in topics
       kinds=("bar_chart", "pie_chart", "line_chart", "table", "timeline", "right_triangle",
              "circles", "text_cards", "shape_count", "dot_sequence"),  # warm start, held out
-      pipeline_chunks=4,           # the sandbox renders chunk k while chunk k+1 samples
+      pipeline_chunks=4,           # static decoding: the sandbox renders chunk k while k+1 samples
+                                   # (slot decoding hands each row over as it ends, unsplit)
       # Proposer phase: G proposals per topic prompt, N codes per proposal by the
       # frozen Coder, n answers per question by the frozen Solver (s and c).
       proposer_prompts=18, proposer_group=4, coder_samples=4, solver_samples=5,  # -, G, N, n

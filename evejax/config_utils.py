@@ -152,6 +152,15 @@ def mesh(data: int = 1, fsdp: int = -1, tensor: int = 1) -> ml_collections.Confi
                                         devices=-1))
 
 
+def decoding(mode: str = "static") -> ml_collections.ConfigDict:
+  """How the sampler decodes (evejax.sampling.Sampler's decode_mode and refill knobs)."""
+  return ml_collections.ConfigDict(dict(
+      mode=mode,               # static: chunks decode to their longest row | slots: refilled slots
+      refill_fraction=0.25,    # slots: refill once this fraction of the slots is free
+      refill_every=64,         # slots: and at the latest after this many steps (0: no limit)
+  ))
+
+
 def grpo(*, lr: float = 1e-6, kl_coef: float = 1e-3, clip_low: float = 0.2,
          clip_high: float = 0.2, dual_clip: float = 3.0,
          micro_batches: int = 1) -> ml_collections.ConfigDict:

@@ -25,7 +25,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -230,3 +232,23 @@ class EvoLmmTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+@absltest.skipUnless(ENABLED, SKIP_REASON)
+class SlotSamplingTest(absltest.TestCase):
+  """Slot decoding on 2 processes: each refills its own slots, in lockstep, with the
+  static path's rows (tests/multihost_sampling.py)."""
+
+  def test_two_processes_sample_the_static_rows(self):
+    with socket.socket() as sock:   # a free port for the coordinator
+      sock.bind(("127.0.0.1", 0))
+      port = str(sock.getsockname()[1])
+    env = resume_util.subprocess_env(1)
+    script = os.path.join(ROOT, "tests", "multihost_sampling.py")
+    procs = [subprocess.Popen([sys.executable, script, str(i), port], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    for i, (p, out) in enumerate(zip(procs, outs)):
+      self.assertEqual(p.returncode, 0, out[-3000:])
+      self.assertIn(f"OK {i}", out)

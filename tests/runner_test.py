@@ -176,6 +176,7 @@ class RunnerTest(absltest.TestCase):
     # Dr.GRPO: advantages are r - mean, so their std is the rewards' within groups.
     adv = [x for x in recs if "writer/adv/group_std_mean" in x]
     self.assertNotEmpty(adv)
+    self.assertNotEmpty(_by_step(recs, "writer/sampling/occupancy"))
     # The reader samples at T=0.7 and is scored at it: the ratio starts at 1.
     kl = _by_step(recs, "reader/train/sampler_approx_kl")
     self.assertLess(abs(list(kl.values())[0]), 1e-4)
@@ -183,6 +184,26 @@ class RunnerTest(absltest.TestCase):
       frozen.weights  # the reader trained in stage 2
     with self.assertRaisesRegex(RuntimeError, "frozen reader does not train"):
       frozen.update(None, [])
+
+  def test_slot_decoding_hands_rows_over_and_samples_the_static_rows(self):
+    config = toy_config(**{"toy.steps": 1})
+    config.decoding = cu.decoding("slots")
+    config.decoding.refill_every = 1
+    with runner.Runner(Toy, config, tempfile.mkdtemp()) as r:
+      writer, run = r.run.roles["writer"], r.run
+      self.assertEqual(run.sampler.decode_mode, "slots")
+      image = np.zeros((28, 28, 3), np.uint8)
+      prompts = {10 + i: run.prompt(f"Say {x}.", [image])
+                 for i, x in enumerate(LETTERS * 2)}   # 6 prompts through 4 x 2 slots
+      rows = {}
+      slots = writer.generate(prompts, 2, seed=5, chunks=3,
+                              on_row=lambda r, key, text, toks: rows.setdefault(r, (key, text)))
+      self.assertEqual(sorted(rows), list(range(len(slots))))
+      for r, (key, text) in rows.items():
+        self.assertEqual((key, text), (slots.prompt_of(r), slots.texts[r]))
+      run.sampler.decode_mode = "static"
+      static = writer.generate(prompts, 2, seed=5)
+      self.assertEqual(slots.texts, static.texts)
 
   def test_scripted_role_reports_the_policys_log_probs(self):
     config = toy_config(**{"toy.steps": 1})

@@ -254,6 +254,20 @@ class FakeModelLoopTest(absltest.TestCase):
     self.assertEqual(sampling.stage_ends(12, 2), (2, 4, 8, 12))
     self.assertEqual(sampling.stage_ends(12, 0), (12,))
 
+  def test_stats_count_kept_tokens_over_rows_times_steps(self):
+    sp = sampling.SamplingParams(max_new_tokens=12, temperature=1.3,
+                                 group_size=2, eos_ids=(20, 30))
+    out = _fake_sampler(batch_buckets=(2,)).generate(
+        self.params, _examples(PROMPTS), sp, seed=1)
+    # Two chunks of 2 prompts x 2 rows; each runs until its longest row ends.
+    longest = out.lengths.reshape(2, 4).max(axis=1)
+    self.assertEqual(out.stats.decode_steps, longest.sum())
+    self.assertEqual(out.stats.row_steps, 4 * longest.sum())
+    self.assertEqual(out.stats.tokens, out.lengths.sum())
+    self.assertLess(out.stats.occupancy, 1.0)
+    self.assertEqual(out.stats.metrics()["sampling/occupancy"],
+                     out.lengths.sum() / (4 * longest.sum()))
+
   def test_greedy_group_members_equal_and_match_step_by_step(self):
     sp = sampling.SamplingParams(max_new_tokens=6, greedy=True, group_size=3)
     out = self.sampler.generate(self.params, _examples(PROMPTS[:2]), sp, seed=0)
@@ -293,6 +307,50 @@ class FakeModelLoopTest(absltest.TestCase):
     half = jax.tree.map(lambda x: x.astype(jnp.bfloat16), self.params)
     s.generate(half, _examples(PROMPTS[:1]), sp, seed=0)
     self.assertEqual(s.num_compiles, 6)
+
+
+class SlotsTest(absltest.TestCase):
+  """decode_mode="slots" samples what the static path does, row by row."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.params = _Fake.init_params(jax.random.key(0))
+    cls.prompts = _examples(PROMPTS * 3)  # 12 prompts through 4 x G slots: refills
+
+  def test_sampled_and_greedy_rows_equal_static_and_leave_as_they_end(self):
+    for sp in (sampling.SamplingParams(max_new_tokens=12, temperature=1.3, group_size=2,
+                                       eos_ids=(20, 30), stop_sequences=((40, 41),)),
+               sampling.SamplingParams(max_new_tokens=10, greedy=True, eos_ids=(20, 30))):
+      want = _fake_sampler(batch_buckets=(2, 4)).generate(self.params, self.prompts, sp,
+                                                          seed=1)
+      self.assertGreater(len(set(want.lengths.tolist())), 1)  # rows end at different steps
+      s = _fake_sampler(batch_buckets=(2, 4), decode_mode="slots", refill_every=3)
+      rows = []
+      out = s.generate(self.params, self.prompts, sp, seed=1,
+                       on_row=lambda r, t, lp, f: rows.append((r, t, lp, f)))
+      np.testing.assert_array_equal(out.tokens, want.tokens)
+      np.testing.assert_allclose(out.logprobs, want.logprobs, atol=1e-6)
+      np.testing.assert_array_equal(out.lengths, want.lengths)
+      np.testing.assert_array_equal(out.finish_reason, want.finish_reason)
+      np.testing.assert_array_equal(out.prompt_index, want.prompt_index)
+      self.assertEqual(out.stats.tokens, want.lengths.sum())
+      # Each row once, in the order rows ended (not row order), with its tokens.
+      self.assertEqual(sorted(r for r, *_ in rows), list(range(out.num_rows)))
+      self.assertNotEqual([r for r, *_ in rows], sorted(r for r, *_ in rows))
+      for r, t, lp, f in rows:
+        np.testing.assert_array_equal(t, want.tokens[r, :want.lengths[r]])
+        self.assertEqual(f, want.finish_reason[r])
+      compiles = s.num_compiles
+      s.generate(self.params, self.prompts, sp, seed=2)
+      self.assertEqual(s.num_compiles, compiles)  # refills reuse the programs
+
+  def test_static_path_hands_rows_over_by_chunk(self):
+    sp = sampling.SamplingParams(max_new_tokens=6, group_size=2)
+    rows = []
+    out = _fake_sampler(batch_buckets=(2,)).generate(
+        self.params, self.prompts[:4], sp, seed=0, on_row=lambda r, *_: rows.append(r))
+    self.assertEqual(rows, list(range(out.num_rows)))
 
 
 class StopTest(absltest.TestCase):
@@ -499,6 +557,21 @@ class VLMSamplerTest(absltest.TestCase):
     np.testing.assert_allclose(out.logprobs, self.sampled.logprobs, atol=1e-5)
     np.testing.assert_array_equal(out.lengths, self.sampled.lengths)
 
+
+  def test_slots_sample_what_static_does_on_the_mesh(self):
+    # 8 prompts with images of different sizes (different rope deltas) through
+    # 4 x G slots; two tokens the model samples early end rows at different steps.
+    prompts = self.prompts * 2
+    sp = self.sp.replace(eos_ids=tuple(int(t) for t in np.unique(self.sampled.tokens[:, 2])[:2]))
+    want = self.sampler.generate(self.params, prompts, sp, seed=3)
+    self.assertGreater(len(set(want.lengths.tolist())), 1)
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    slots = sampling.Sampler(self.config, mesh=mesh, decode_mode="slots", refill_every=2,
+                             **self.kw)
+    out = slots.generate(self.params, prompts, sp, seed=3)
+    np.testing.assert_array_equal(out.tokens, want.tokens)
+    np.testing.assert_array_equal(out.finish_reason, want.finish_reason)
+    np.testing.assert_allclose(out.logprobs, want.logprobs, atol=1e-5)
 
   def test_memory_analysis_plans_the_programs_generate_runs(self):
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),

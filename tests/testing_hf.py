@@ -168,6 +168,28 @@ class SamplingChecks:
       np.testing.assert_array_equal(out.tokens, self.sampled.tokens)
       np.testing.assert_allclose(out.logprobs, self.sampled.logprobs, atol=1e-5)
 
+  def test_slots_sample_what_static_does(self):
+    from evejax import parallel  # pylint: disable=g-import-not-at-top
+    from evejax import sampling  # pylint: disable=g-import-not-at-top
+    # 8 prompts (images of different sizes: different rope deltas) through 4 x G
+    # slots; tokens the model samples early end rows at different steps.
+    prompts = self.prompts * 2
+    eos = tuple(int(t) for t in np.unique(self.sampled.tokens[:, 2])[:2])
+    sp = self.sp.replace(eos_ids=eos)
+    greedy = sp.replace(greedy=True, group_size=1)
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    one = sampling.Sampler(self.config, decode_mode="slots", refill_every=2, **self.kw)
+    sharded = sampling.Sampler(self.config, mesh=mesh, decode_mode="slots", refill_every=2,
+                               **self.kw)
+    for s, settings in ((one, sp), (one, greedy), (sharded, sp), (sharded, greedy)):
+      want = self.sampler.generate(self.params, prompts, settings, seed=3)
+      self.assertGreater(len(set(want.lengths.tolist())), 1)
+      out = s.generate(self.params, prompts, settings, seed=3)
+      np.testing.assert_array_equal(out.tokens, want.tokens)
+      np.testing.assert_array_equal(out.lengths, want.lengths)
+      np.testing.assert_array_equal(out.finish_reason, want.finish_reason)
+      np.testing.assert_allclose(out.logprobs, want.logprobs, atol=1e-5)
+
   def grpo_batch(self):
     """The sampled rows as a GRPO batch with random advantages."""
     from evejax.rl import rollouts  # pylint: disable=g-import-not-at-top

@@ -225,20 +225,20 @@ class Eve(runner.Recipe):
     rng = np.random.default_rng(run.seed(stage.name, step))
     examples = [[e.program for e in self.queue.sample_examples(rng)] for _ in range(P)]
     images = run.owned(P, lambda j: self._image(indices[j]))
-    programs = []   # per row, (code or None, its sandbox run)
+    submitted = {}   # row -> (code or None, its sandbox run)
 
-    def run_programs(part):   # the sandbox runs chunk k while the device samples chunk k+1
-      for r, text in enumerate(part.texts):
-        code = eve_rewards.parse_challenger_output(text, c.eve.think_tag)[1]
-        programs.append((code, code and self._submit(code, images[part.prompt_of(r)])))
+    def run_program(r, j, text, _):   # the sandbox runs a row's program while the device samples
+      code = eve_rewards.parse_challenger_output(text, c.eve.think_tag)[1]
+      submitted[r] = (code, code and self._submit(code, images[j]))
 
     samples = self.roles["challenger"].generate(
         {j: run.prompt(eve_tasks.challenger_instructions(examples[j], im.size, c.eve.instructions,
                                                          **self._program_limits), [im])
          for j, im in images.items()}, c.eve.challenger_group, run.seed(stage.name, step),
-        chunks=c.eve.pipeline_chunks, on_chunk=run_programs)
+        chunks=c.eve.pipeline_chunks, on_row=run_program)
     if not samples.total_rows:
       return
+    programs = [submitted[r] for r in range(len(samples))]
     run.counts["challenger/no_code_block"] += sum(code is None for code, _ in programs)
     results = run.sandbox_results([future for _, future in programs])
     tasks = [self._task(indices[samples.prompt_of(r)], images[samples.prompt_of(r)], code, res,

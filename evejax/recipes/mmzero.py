@@ -149,20 +149,20 @@ class MmZero(runner.Recipe):
 
   def _draw(self, role, proposals: Mapping[int, Any], n: int, seed: int
             ) -> dict[int, list[tasks.Render]]:
-    """`n` code samples of `role` per proposal {id: Proposal}, rendered in the sandbox
-    while the device samples the next chunk. Code k of proposal i has id i * n + k."""
+    """`n` code samples of `role` per proposal {id: Proposal}, each rendered in the sandbox
+    as soon as the host has it (`Role.generate`'s on_row), while the device samples on.
+    Code k of proposal i has id i * n + k."""
     m = self.config.mmzero
-    pending = []
+    submitted = {}
 
-    def render(part):
-      pending.extend((part.prompt_of(r), tasks.extract_code(text, m.backend),
-                      role.truncated(part.tokens[r]),
+    def render(r, i, text, tokens):
+      submitted[r] = (i, tasks.extract_code(text, m.backend), role.truncated(tokens),
                       self.pool.submit(tasks.render_job(text, m.backend)))
-                     for r, text in enumerate(part.texts))
 
     role.generate({i: self.run.prompt(tasks.coder_prompt(p, m.backend, m.style))
                    for i, p in proposals.items()}, n, seed, chunks=m.pipeline_chunks,
-                  on_chunk=render)
+                  on_row=render)
+    pending = [submitted[r] for r in sorted(submitted)]
     out: dict[int, list[tasks.Render]] = {i: [] for i in proposals}
     for (i, code, cut, _), result in zip(pending,
                                          self.run.sandbox_results([f for *_, f in pending])):

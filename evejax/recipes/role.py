@@ -23,9 +23,9 @@ the temperature of the role whose rollouts it trains on, so the importance
 ratio of an on-policy step starts at 1.
 
 `generate` drops prompts that cannot fit the largest buckets with their token
-budget (never truncating image tokens) and counts them; with `chunks` it
-samples in pieces and hands each to a callback, so the host (the sandbox)
-works on one piece while the device samples the next.
+budget (never truncating image tokens) and counts them; `on_row` gets each
+row as soon as the host has it (as it ends with slot decoding, by chunk with
+static decoding), so the host (the sandbox) works while the device samples.
 
 Several processes: every method takes and returns this process's rows (its
 prompts, its completions) and every process calls it in step. Rows are
@@ -277,15 +277,23 @@ def decoding(block, tokenizer, *, group: int, greedy: bool = False) -> SamplingP
 
 # ------------------------------------------------------------- reply sources
 
+# (row of the call, its completion ids): a reply source hands each row over as it ends.
+RowHook = Callable[[int, np.ndarray], None]
+
+
 class SampledReplies:
   """Replies sampled from the role's weights by the run's sampler."""
 
   def __call__(self, role: "Role", prompts, group: int, seed: int, greedy: bool,
-               prompt_ids: np.ndarray):
+               prompt_ids: np.ndarray, on_row: RowHook | None = None):
     run = role.run
     settings = decoding(role.sampling, run.tokenizer, group=group, greedy=greedy)
+    hand = None if on_row is None else (lambda r, tokens, *_: on_row(r, tokens))
     with run.timer("sampling"):
-      out = run.sampler.generate(role.weights, prompts, settings, seed, prompt_ids=prompt_ids)
+      out = run.sampler.generate(role.weights, prompts, settings, seed, prompt_ids=prompt_ids,
+                                 on_row=hand)
+    if run.writer is not None and out.stats is not None:
+      run.log(out.stats.metrics(), prefix=role.name)
     return rollouts.completions_from_samples(out)
 
 
@@ -302,12 +310,14 @@ class ScriptedReplies:
     self.reply = reply
 
   def __call__(self, role: "Role", prompts, group: int, seed: int, greedy: bool,
-               prompt_ids: np.ndarray):
+               prompt_ids: np.ndarray, on_row: RowHook | None = None):
     texts = []
     for i in prompt_ids:
       rng = np.random.default_rng((int(seed), int(i)))
       texts += [self.reply(int(i), g, rng) for g in range(group)]
     toks = [prompts_lib.completion_ids(role.run.tokenizer, t) for t in texts]
+    for r, t in enumerate(toks if on_row is not None else ()):
+      on_row(r, t)
     if role.snapshot is not None:
       return toks, [np.zeros(len(t), np.float32) for t in toks]
     rows = [p for p in prompts for _ in range(group)]
@@ -394,16 +404,23 @@ class Role:
   def generate(self, prompts: Sequence[batching.Example] | Mapping[int, batching.Example],
                group: int, seed: int, *, greedy: bool = False,
                ids: Sequence[int] | None = None, chunks: int = 1,
-               on_chunk: Callable[[Samples], None] | None = None) -> Samples:
+               on_row: Callable[[int, Any, str, np.ndarray], None] | None = None) -> Samples:
     """`group` completions of each prompt that fits; the others are counted drops.
 
     `prompts`: this process's prompts, a list (numbered by `ids`, distinct over
     every process; default: process order) or a dict {id: prompt} (as
     `Run.owned` builds). A row's randomness is a function of (seed, its id), so
     a run gives the same rows on any number of processes when callers give the
-    same ids. `chunks` > 1 samples this process's prompts in that many pieces
-    (every process the same number) and calls `on_chunk` with each piece's
-    Samples as it is done; the return value holds every piece's rows.
+    same ids.
+
+    `on_row(row, prompt, text, tokens)` gets each of this process's rows (its
+    index in the returned Samples, its prompt's index or key, its text and
+    completion ids) as soon as the host has it, e.g. to start its sandbox run:
+    with slot decoding (config.decoding.mode "slots") as the row ends; with
+    static decoding when its chunk ends, and `chunks` > 1 then samples this
+    process's prompts in that many pieces (every process the same number) so
+    that the host works on one piece while the device samples the next. Slot
+    decoding never splits a call (pieces would drain its slots).
     """
     if isinstance(prompts, Mapping):
       keys, ids, prompts = list(prompts), list(prompts), list(prompts.values())
@@ -414,23 +431,36 @@ class Role:
     if dropped:
       self.run.counts[f"{self.name}/dropped_prompt_too_long"] += dropped
     all_ids = _call_ids(len(prompts), ids)
+    if self.run.sampler.decode_mode == "slots":
+      chunks = 1
     pieces = np.array_split(np.asarray(kept, np.int64), max(1, int(chunks)))
-    parts = []
+    parts, first = [], 0
     for piece in pieces:
-      part = self._generate(prompts, [int(i) for i in piece], group, seed, greedy, all_ids)
+      piece = [int(i) for i in piece]
+      hook = None if on_row is None else self._row_hook(on_row, [keys[i] for i in piece],
+                                                        group, first)
+      part = self._generate(prompts, piece, group, seed, greedy, all_ids, hook)
       part.kept = [keys[i] for i in part.kept]
       parts.append(part)
-      if on_chunk is not None and part.total_rows:
-        on_chunk(part)
+      first += len(part)
     return Samples.concat(parts)
 
-  def _generate(self, prompts, kept, group, seed, greedy, all_ids) -> Samples:
+  def _row_hook(self, on_row, keys: list, group: int, first: int) -> RowHook:
+    """A reply source's (row of a piece, tokens) as on_row(row of the call, key, text, tokens)."""
+    def hook(r: int, tokens: np.ndarray) -> None:
+      text = self.run.tokenizer.decode(tokens, skip_special_tokens=True)
+      on_row(first + r, keys[r // group], text, tokens)
+    return hook
+
+  def _generate(self, prompts, kept, group, seed, greedy, all_ids, on_row=None) -> Samples:
     chosen = [prompts[i] for i in kept]
     ids = [int(all_ids[i]) for i in kept]
     total = distributed.total(len(chosen))
     if not total:
       return Samples(kept, group, [], [], [], [], total_rows=0, prompt_ids=ids)
-    toks, lps = self.replies(self, chosen, group, seed, greedy, np.asarray(ids, np.int64))
+    hand = {} if on_row is None else {"on_row": on_row}   # reply sources without it still work
+    toks, lps = self.replies(self, chosen, group, seed, greedy, np.asarray(ids, np.int64),
+                             **hand)
     run = self.run
     run.counts[f"{self.name}/completion_with_vision_token"] += sum(
         rollouts.has_vision_tokens(run.model_config, t) for t in toks)

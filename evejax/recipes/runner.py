@@ -180,6 +180,15 @@ class PhaseData:
     return work
 
 
+def _decoding(config) -> dict:
+  """The Sampler's decode-mode arguments from config.decoding (absent: its defaults)."""
+  d = config.get("decoding")
+  if d is None:
+    return {}
+  return dict(decode_mode=d.mode, refill_fraction=float(d.refill_fraction),
+              refill_every=int(d.refill_every))
+
+
 class Run:
   """What a recipe's steps use: roles, one sampler, the sandbox, seeds, metrics,
   counts, galleries. Built by `Runner`; a recipe reaches it as `self.run`."""
@@ -200,7 +209,8 @@ class Run:
         max_cache=max(p.length_buckets) + max(
             [int(b.max_new_tokens) for b in blocks]
             + [validation_lib.new_tokens(config.get("validation"), model.model_config)]),
-        prompt_pad_id=model.tokenizer.pad_id, model=_sampling_model(config))
+        prompt_pad_id=model.tokenizer.pad_id, model=_sampling_model(config),
+        **_decoding(config))
     distributed.check_batch_layout(model.mesh, model.rules)
     self.counts: collections.Counter = collections.Counter()
     self._counts_everywhere: collections.Counter = collections.Counter()  # at the last sync

@@ -43,6 +43,23 @@ def _stop_match(window: jax.Array, count: jax.Array,
   return hit
 
 
+def finish_after(tok: jax.Array, window: jax.Array, count: jax.Array,
+                 alive: jax.Array, finish: jax.Array,
+                 sampling: SamplingParams) -> jax.Array:
+  """[R] finish reasons once the alive rows emitted `tok` as token `count`.
+
+  `window` ends with `tok`; `count` (tokens so far, `tok` included) is one
+  number for every row or one per row.
+  """
+  is_eos = alive & jnp.isin(tok, jnp.asarray(sampling.eos_ids or (-1,), jnp.int32))
+  is_stop = alive & ~is_eos & _stop_match(window, count, sampling)
+  is_len = alive & ~is_eos & ~is_stop & (count >= sampling.max_new_tokens)
+  return jnp.select(
+      [is_eos, is_stop, is_len],
+      [params_lib.FINISH_EOS, params_lib.FINISH_STOP, params_lib.FINISH_LENGTH],
+      finish).astype(jnp.int32)
+
+
 def _record(state: _State, tok: jax.Array, lp: jax.Array,
             sampling: SamplingParams) -> tuple[_State, jax.Array]:
   """Writes step `state.step`'s tokens and updates which rows are finished."""
@@ -52,13 +69,7 @@ def _record(state: _State, tok: jax.Array, lp: jax.Array,
   lp = jnp.where(alive, lp, 0.0).astype(jnp.float32)
   window = jnp.concatenate([state.window[:, 1:], tok[:, None]], axis=1)
   count = i + 1
-  is_eos = alive & jnp.isin(tok, jnp.asarray(sampling.eos_ids or (-1,), jnp.int32))
-  is_stop = alive & ~is_eos & _stop_match(window, count, sampling)
-  is_len = alive & ~is_eos & ~is_stop & (count >= sampling.max_new_tokens)
-  finish = jnp.select(
-      [is_eos, is_stop, is_len],
-      [params_lib.FINISH_EOS, params_lib.FINISH_STOP, params_lib.FINISH_LENGTH],
-      state.finish).astype(jnp.int32)
+  finish = finish_after(tok, window, count, alive, state.finish, sampling)
   new = _State(
       step=count,
       tokens=jax.lax.dynamic_update_slice(state.tokens, tok[:, None], (0, i)),
@@ -107,7 +118,8 @@ def decode_loop(step_fn: StepFn, first_logits: jax.Array, cache: Any,
 
   Returns:
     (tokens int32 [R, N], logprobs f32 [R, N], lengths int32 [R],
-     finish_reason int32 [R]), and the final cache with one stage (so a
+     finish_reason int32 [R], steps int32 [] (tokens picked per row: the
+     loop's length)), and the final cache with one stage (so a
     donated cache can be updated in place) or None with several.
   """
   rows = first_logits.shape[0]
@@ -157,7 +169,7 @@ def decode_loop(step_fn: StepFn, first_logits: jax.Array, cache: Any,
     return jax.lax.cond(running(carry[0]), go, lambda c: c[0], carry)
 
   carry = run_stage((state, cache, tok), ends[0])
-  outputs = lambda s: (s.tokens, s.logprobs, s.lengths, s.finish)
+  outputs = lambda s: (s.tokens, s.logprobs, s.lengths, s.finish, s.step)
   if len(ends) == 1:
     return outputs(carry[0]), carry[1]
   return outputs(later_stages(1, carry)), None

@@ -76,6 +76,34 @@ class SamplingParams:
     return dataclasses.replace(self, **kw)
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodeStats:
+  """How full the device was while one `generate` call decoded.
+
+  A step is one batched token pick over every row (or slot) of a program: the
+  first token of a prefill, then each decode step. Rows that finished early,
+  filler rows and empty slots still take their share of a step, so
+  `occupancy` = kept tokens / (rows x steps) is the fraction of the decode
+  work that produced a completion token.
+  """
+  decode_steps: int = 0  # batched token steps run
+  row_steps: int = 0     # sum over those steps of the rows (slots) they computed
+  tokens: int = 0        # completion tokens kept (sum of lengths)
+
+  @property
+  def occupancy(self) -> float:
+    return self.tokens / self.row_steps if self.row_steps else 0.0
+
+  def __add__(self, other: "DecodeStats") -> "DecodeStats":
+    return DecodeStats(self.decode_steps + other.decode_steps,
+                       self.row_steps + other.row_steps, self.tokens + other.tokens)
+
+  def metrics(self) -> dict[str, float]:
+    """`sampling/occupancy` and `sampling/decode_steps`, for a metrics writer."""
+    return {"sampling/occupancy": float(self.occupancy),
+            "sampling/decode_steps": float(self.decode_steps)}
+
+
 @flax.struct.dataclass
 class SampleOutput:
   """Completions, rows ordered prompt-major, group-minor (row = p * G + g)."""
@@ -84,6 +112,7 @@ class SampleOutput:
   lengths: jax.Array        # int32 [R]; tokens up to and including EOS / stop sequence
   finish_reason: jax.Array  # int32 [R]; FINISH_EOS, FINISH_STOP or FINISH_LENGTH
   prompt_index: jax.Array   # int32 [R]; index of the prompt in the `generate` call
+  stats: DecodeStats | None = flax.struct.field(pytree_node=False, default=None)
 
   @property
   def num_rows(self) -> int:

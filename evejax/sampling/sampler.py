@@ -16,6 +16,12 @@ logged; a run compiles at most 2 x |length| x |patch| x |batch buckets| x
 |distinct SamplingParams| programs (the layout conversion is one more small
 jit, outside that count).
 
+That is `decode_mode="static"` (the default): a chunk decodes until its
+longest row ends. `decode_mode="slots"` keeps (a batch bucket) x G
+slots busy instead, refilling each as its row ends (`continuous`, `slots`),
+with the same rows; every call reports its occupancy (`DecodeStats`: kept
+tokens / rows x steps) either way.
+
 Row r's randomness is fold_in(seed_key, global row id) with global row id =
 prompt id * G + g (the prompt id: its index in the call, or one the caller
 gives), so results depend neither on bucketing, chunking, padding rows,
@@ -34,7 +40,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import jax
@@ -47,7 +53,10 @@ from evejax.models.inputs import ModelInputs
 from evejax.models.presets import ModelConfig
 from evejax.processing.batching import PromptTooLongError
 from evejax.sampling import loop as loop_lib
-from evejax.sampling.params import SampleOutput, SamplingParams
+from evejax.sampling.params import DecodeStats, SampleOutput, SamplingParams
+
+DECODE_MODES = ("static", "slots")
+
 
 def _batch_axis(axes: Sequence[str | None]) -> int | None:
   return list(axes).index("batch") if "batch" in axes else None
@@ -122,6 +131,25 @@ def _pad_rows(inputs: ModelInputs, n: int, rows: int) -> ModelInputs:
   return inputs.take_rows(idx)
 
 
+def _concat(outs: Sequence[SampleOutput]) -> SampleOutput:
+  """The rows of several outputs in order, their decode stats summed."""
+  stats = sum((o.stats for o in outs), DecodeStats())
+  rows = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0),
+                      *[o.replace(stats=None) for o in outs])
+  return rows.replace(stats=stats)
+
+
+def _hand_rows(outs: Sequence[SampleOutput], on_row) -> None:
+  """Calls on_row with each row of the last output (numbered after the earlier ones)."""
+  if on_row is None:
+    return
+  first = sum(o.num_rows for o in outs[:-1])
+  o = outs[-1]
+  for r in range(o.num_rows):
+    n = int(o.lengths[r])
+    on_row(first + r, o.tokens[r, :n], o.logprobs[r, :n], int(o.finish_reason[r]))
+
+
 class Sampler:
   """Samples groups of completions for prompts; see the module docstring.
 
@@ -146,13 +174,22 @@ class Sampler:
       of the decoder weights during `generate`). False: on the params as
       given, scanned (one layer body compiled: for very deep models whose
       compile time or memory matters more than decode speed).
+    decode_mode: "static" decodes each chunk of prompts until its longest row
+      ends; "slots" keeps (batch bucket x G) slots busy, refilling finished
+      slots with the next prompts (`continuous`; the same samples).
+    refill_fraction: "slots": decoding returns to the host to refill once
+      this fraction of the slots is free (at least G).
+    refill_every: "slots": and at the latest after this many steps (0: no
+      limit), so finished rows reach `on_row` this soon.
   """
 
   def __init__(self, model_config: ModelConfig, *, mesh=None, rules=None,
                length_buckets: Sequence[int], patch_buckets: Sequence[int],
                batch_buckets: Sequence[int], max_cache: int, model=None,
                batch_fn=None, prompt_pad_id: int = 0,
-               first_stage_tokens: int = 256, unroll_layers: bool = True):
+               first_stage_tokens: int = 256, unroll_layers: bool = True,
+               decode_mode: str = "static", refill_fraction: float = 0.25,
+               refill_every: int = 64):
     if model is None:
       from evejax.models import vlm as model  # pylint: disable=g-import-not-at-top
     self.config = model_config
@@ -171,6 +208,14 @@ class Sampler:
     self.prompt_pad_id = int(prompt_pad_id)
     self.first_stage_tokens = int(first_stage_tokens)
     self.unroll_layers = bool(unroll_layers)
+    if decode_mode not in DECODE_MODES:
+      raise ValueError(f"Sampler decode_mode={decode_mode!r}; valid modes: {DECODE_MODES}.")
+    if not 0.0 < refill_fraction <= 1.0 or refill_every < 0:
+      raise ValueError(f"Sampler refill_fraction={refill_fraction} must be in (0, 1] and "
+                       f"refill_every={refill_every} >= 0.")
+    self.decode_mode = decode_mode
+    self.refill_fraction = float(refill_fraction)
+    self.refill_every = int(refill_every)
     self._shards = 1
     if mesh is not None:
       self._shards = parallel.batch_shards(mesh, self.rules)
@@ -377,7 +422,8 @@ class Sampler:
 
   # --------------------------------------------------------------- generate
   def generate(self, params, prompts: Sequence[Any], sampling: SamplingParams,
-               seed: int | jax.Array, *, prompt_ids: Sequence[int] | None = None
+               seed: int | jax.Array, *, prompt_ids: Sequence[int] | None = None,
+               on_row: Callable[[int, np.ndarray, np.ndarray, int], None] | None = None
                ) -> SampleOutput:
     """Samples `sampling.group_size` completions for each prompt.
 
@@ -391,12 +437,21 @@ class Sampler:
         group member).
       prompt_ids: each prompt's id (distinct over all processes); default:
         its index in the call (over every process's prompts, in process order).
+      on_row: called as on_row(row, tokens, logprobs, finish_reason) with each
+        of this process's rows (its index in the output, the completion up to
+        its length) as soon as the host has it: when the row ends with
+        decode_mode "slots", when its chunk ends with "static".
 
     Returns:
-      A host (numpy) `SampleOutput` with len(prompts) * G rows.
+      A host (numpy) `SampleOutput` with len(prompts) * G rows and its
+      `DecodeStats`.
     """
+    if self.decode_mode == "slots":
+      from evejax.sampling import continuous  # pylint: disable=g-import-not-at-top
+      return continuous.SlotRun(self, self._inference_params(params), prompts, sampling,
+                                seed, prompt_ids, on_row).run()
     if distributed.is_multiprocess():
-      return self._generate_processes(params, prompts, sampling, seed, prompt_ids)
+      return self._generate_processes(params, prompts, sampling, seed, prompt_ids, on_row)
     if not prompts:
       raise ValueError("Sampler.generate got no prompts; pass at least one.")
     params = self._inference_params(params)
@@ -410,9 +465,10 @@ class Sampler:
       outs.append(self._generate_placed(
           params, inputs, sampling, seed, num_prompts=len(part),
           prompt_offset=start, batch_bucket=bucket, prompt_ids=ids))
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
+      _hand_rows(outs, on_row)
+    return _concat(outs)
 
-  def _generate_processes(self, params, prompts, sampling, seed, prompt_ids
+  def _generate_processes(self, params, prompts, sampling, seed, prompt_ids, on_row
                           ) -> SampleOutput:
     """`generate` with several processes (see the module docstring)."""
     count, me = distributed.process_count(), distributed.process_index()
@@ -451,7 +507,8 @@ class Sampler:
       outs.append(self._generate_placed(
           params, part_inputs, sampling, seed, num_prompts=len(part), prompt_offset=0,
           batch_bucket=bucket // count, prompt_ids=ids))
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
+      _hand_rows(outs, on_row)
+    return _concat(outs)
 
   def _make_batch(self, examples, offset: int, bucket: int, *,
                   length_buckets: Sequence[int] | None = None,
@@ -559,17 +616,21 @@ class Sampler:
     key = seed_key(seed)
     decode = self._decode_program(params, logits, cache, row_ids, key, sampling,
                                   ends, cache_size)
-    (tokens, logprobs, lengths, finish), cache = decode(
+    (tokens, logprobs, lengths, finish, steps), cache = decode(
         params, logits, cache, row_ids, key)
     del cache
     keep = n * g
     rows = distributed.local_rows
+    lengths = rows(lengths)[:keep]
+    steps = int(steps)
+    stats = DecodeStats(decode_steps=steps, row_steps=steps * batch_bucket * g,
+                        tokens=int(lengths.sum()))
     return SampleOutput(
         tokens=rows(tokens)[:keep],
         logprobs=rows(logprobs)[:keep],
-        lengths=rows(lengths)[:keep],
+        lengths=lengths,
         finish_reason=rows(finish)[:keep],
-        prompt_index=prompt_index[:keep].astype(np.int32))
+        prompt_index=prompt_index[:keep].astype(np.int32), stats=stats)
 
   def _check_inputs(self, inputs: ModelInputs, n: int,
                     sampling: SamplingParams) -> None:

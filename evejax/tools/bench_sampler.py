@@ -4,6 +4,8 @@
       [--new_tokens 128] [--repeats 3] [--dtype float32] [--compare_scan]
       [--ceiling]
   python -m evejax.tools.bench_sampler --select [--batch 64] [--vocab 151936]
+  python -m evejax.tools.bench_sampler --slots [--prompts 32] [--batch 8]
+      [--new_tokens 256] [--mean_tokens 32] [--refill_every 64]
   python -m evejax.tools.bench_sampler --roofline [--preset qwen2_5_vl_3b]
       [--batch 64] [--bandwidth_gbs 3350] [--compare_scan]
 
@@ -34,6 +36,14 @@ nucleus is a few dozen tokens, as for a trained model).
 and a Qwen3-VL model of equal size (the shape flags; random weights): a
 DeltaNet layer's decode step reads a fixed-size state, so only Qwen3.5's
 attention layers (one in four) slow down with the context.
+
+--slots: static chunks against slot decoding (`Sampler(decode_mode="slots")`)
+on long-tailed lengths: a random model of the shape flags samples --prompts
+text prompts (--group completions each, batch bucket --batch, T = 1, up to
+--new_tokens tokens); every --mean_tokens-th token id ends a row, about
+1 / --mean_tokens of a random model's draws, so lengths are roughly geometric
+with a long tail. Prints each path's occupancy (kept tokens / rows x steps),
+decode steps, median seconds, their ratio and whether the rows are identical.
 
 --roofline: a random model of a preset's shape (default 3B) in bf16, batch 64;
 decode time per step = (time for N new tokens - time for 1) / (N - 1); bytes
@@ -149,7 +159,7 @@ def run_cpu(args) -> None:
   def run_evejax(s=sampler):
     start = time.perf_counter()
     out = s.generate(params, examples, sp, seed=0)
-    return time.perf_counter() - start, out.tokens
+    return time.perf_counter() - start, out
 
   scanned = None
   if args.compare_scan:
@@ -185,14 +195,15 @@ def run_cpu(args) -> None:
   torch.set_num_threads(threads)
   ej_times, hf_times, scan_times = [], [], []
   for _ in range(args.repeats):
-    t, ej_tokens = run_evejax()
+    t, ej_out = run_evejax()
+    ej_tokens = ej_out.tokens
     ej_times.append(t)
     t, hf_tokens = run_hf()
     hf_times.append(t)
     if scanned is not None:
-      t, scan_tokens = run_evejax(scanned)
+      t, scan_out = run_evejax(scanned)
       scan_times.append(t)
-      if not np.array_equal(scan_tokens, ej_tokens):
+      if not np.array_equal(scan_out.tokens, ej_tokens):
         print("WARNING: scanned and unrolled greedy tokens differ")
   total = args.batch * args.new_tokens
   ej, th = statistics.median(ej_times), statistics.median(hf_times)
@@ -203,6 +214,8 @@ def run_cpu(args) -> None:
   print(f"evejax:       {total / ej:10.1f} tokens/s  ({ej:.3f} s; first call "
         f"{first:.1f} s of which compile {compile_s:.1f} s, "
         f"{sampler.num_compiles} programs)")
+  print(f"occupancy:    {ej_out.stats.occupancy:10.1%} of rows x "
+        f"{ej_out.stats.decode_steps} decode steps")
   trials = ", ".join(f"{k}: {v:.2f} s" for k, v in trial.items())
   print(f"transformers: {total / th:10.1f} tokens/s  ({th:.3f} s; torch "
         f"threads {threads}, from 16-token trials {trials})")
@@ -337,6 +350,53 @@ def run_context(args) -> None:
     print(f"{name:9s} {size / 1e6:5.1f}M text params  tokens/s  {cells}  "
           f"({lengths[-1]} / {lengths[0]}: {rates[-1] / rates[0]:.2f}x)",
           flush=True)
+
+
+def run_slots(args) -> None:
+  """Static chunks vs slot decoding on long-tailed lengths (module docstring)."""
+  config = bench_config(args)
+  params = jax.jit(vlm.init_params, static_argnums=(0, 2))(
+      config, jax.random.key(0), jnp.dtype(args.dtype))
+  prompts = [batching.Example(tokens=t) for t in
+             _prompts(args.prompts, args.prompt_len, config.text.vocab_size)]
+  # Static chunks take --batch prompts; a refill prefills the smallest of these
+  # that holds the prompts it inserts.
+  buckets = tuple(b for b in (2 ** i for i in range(16)) if b <= args.batch and not args.batch % b)
+  kw = dict(length_buckets=(args.prompt_len,), patch_buckets=(0,),
+            batch_buckets=buckets, max_cache=args.prompt_len + args.new_tokens,
+            first_stage_tokens=args.first_stage_tokens)
+  static = sampling.Sampler(config, **kw)
+  slots = sampling.Sampler(config, decode_mode="slots", refill_every=args.refill_every,
+                           refill_fraction=args.refill_fraction, **kw)
+  sp = sampling.SamplingParams(max_new_tokens=args.new_tokens, group_size=args.group)
+  # Every mean_tokens-th id ends a row: about 1 / mean_tokens of the draws of a
+  # random model, whose next-token law is spread over the whole vocabulary.
+  sp = sp.replace(eos_ids=tuple(range(8, config.text.vocab_size, args.mean_tokens)))
+  outs, times = {}, {"static": [], "slots": []}
+  for name, s in (("static", static), ("slots", slots)):
+    outs[name] = s.generate(params, prompts, sp, seed=0)   # compiles
+  for _ in range(args.repeats):   # interleaved: load from elsewhere hits both alike
+    for name, s in (("static", static), ("slots", slots)):
+      start = time.perf_counter()
+      s.generate(params, prompts, sp, seed=0)
+      times[name].append(time.perf_counter() - start)
+  lengths = outs["static"].lengths
+  print(f"model: {_count(params) / 1e6:.1f}M params, {args.dtype}; {args.prompts} prompts "
+        f"x G={args.group}, batch buckets {buckets}, prompt {args.prompt_len}, up to "
+        f"{args.new_tokens} new tokens; {len(sp.eos_ids)} EOS ids: lengths mean "
+        f"{lengths.mean():.1f}, median {np.median(lengths):.0f}, max {lengths.max()}; "
+        f"jax on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
+  for name in ("static", "slots"):
+    st = outs[name].stats
+    sec = statistics.median(times[name])
+    print(f"{name:7s} occupancy {st.occupancy:6.1%}  decode steps {st.decode_steps:5d}  "
+          f"{sec:7.3f} s  {lengths.sum() / sec:8.1f} tokens/s  (rounds "
+          f"{[round(t, 3) for t in times[name]]})")
+  same = np.array_equal(outs["static"].tokens, outs["slots"].tokens)
+  ratio = statistics.median(times["static"]) / statistics.median(times["slots"])
+  print(f"time static / slots: {ratio:.2f}x; "
+        f"identical rows: {same}; programs: static {static.num_compiles}, "
+        f"slots {slots.num_compiles}")
 
 
 def _plain_select(logits, keys, sp):
@@ -478,6 +538,14 @@ def main(argv=None) -> None:
                  help="also time the step's matmuls alone and a plain weight read")
   p.add_argument("--select", action="store_true",
                  help="time token selection alone on --batch x --vocab logits")
+  p.add_argument("--slots", action="store_true",
+                 help="static chunks vs slot decoding on long-tailed lengths")
+  p.add_argument("--prompts", type=int, default=32, help="--slots: prompts per call")
+  p.add_argument("--group", type=int, default=1, help="--slots: completions per prompt")
+  p.add_argument("--mean_tokens", type=int, default=32,
+                 help="--slots: about the mean completion length (EOS rate 1 / this)")
+  p.add_argument("--refill_fraction", type=float, default=0.25)
+  p.add_argument("--refill_every", type=int, default=64)
   p.add_argument("--roofline", action="store_true",
                  help="random --preset model on the accelerator, HBM roofline")
   p.add_argument("--preset", default="qwen2_5_vl_3b")
@@ -493,6 +561,11 @@ def main(argv=None) -> None:
     args.vocab = args.vocab or 16384
     args.dtype = args.dtype or "float32"
     run_context(args)
+  elif args.slots:
+    args.batch = args.batch or 8
+    args.vocab = args.vocab or 16384
+    args.dtype = args.dtype or "float32"
+    run_slots(args)
   elif args.roofline:
     args.batch = args.batch or 64
     args.dtype = args.dtype or "bfloat16"
