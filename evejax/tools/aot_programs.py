@@ -226,7 +226,9 @@ def _train_programs(config, mesh, recipe_cls, policies, roles, resident_total, l
     if alg.reference == "logprobs" and learner.owns_reference:
       # The reference is resident but not an argument of the step.
       others += parallel.per_device_bytes(learner.reference_params)
-    passes = 3 + (1 if alg.reference == "params" else 0)
+    # A forward and the backward's activation gradients; weight gradients
+    # only where the backbone trains (a LoRA step's adapters are negligible).
+    passes = (2 if learner.lora is not None else 3) + (1 if alg.reference == "params" else 0)
     shape = (f"{rows} x {length} tokens, {patches} patches, "
              f"{learner.cfg.micro_batches} micro-batch(es)")
     out.append(Program(

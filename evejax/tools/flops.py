@@ -2,8 +2,9 @@
 roofline's MFU bound, the check against the compiler's FLOPs) share.
 
 Matmul FLOPs only (2 per multiply-add), forward; a train step is 3 forwards
-(the backward's two matmuls per forward one), recomputation (remat) not
-counted, as is conventional for MFU.
+(the backward's two matmuls per forward one; 2 where the backbone is frozen,
+as under LoRA: no weight gradients), recomputation (remat) not counted, as is
+conventional for MFU.
 """
 from __future__ import annotations
 
