@@ -36,6 +36,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from evejax import loading
 from evejax import parallel
@@ -197,6 +198,17 @@ def resident_bytes(policies: dict[str, Any]) -> dict[str, int]:
   return out
 
 
+def _completion_window(config, learner, role: str, length: int) -> int:
+  """The window a step of `role` scores (`Learner.step` measures it from the
+  batch): the role's longest completion at the end of a `length`-token row."""
+  new = int(_get(config, f"sampling.{role}.max_new_tokens", 0) or 0)
+  if not learner.cfg.completion_window or not 0 < new < length:
+    return 0
+  mask = np.zeros((1, length), np.int32)
+  mask[0, -new:] = 1
+  return learner_lib.window_size(mask)
+
+
 def _train_programs(config, mesh, recipe_cls, policies, roles, resident_total, length,
                     patches) -> list[Program]:
   name = _recipe_name(config)
@@ -229,12 +241,14 @@ def _train_programs(config, mesh, recipe_cls, policies, roles, resident_total, l
     # A forward and the backward's activation gradients; weight gradients
     # only where the backbone trains (a LoRA step's adapters are negligible).
     passes = (2 if learner.lora is not None else 3) + (1 if alg.reference == "params" else 0)
+    window = _completion_window(config, learner, role, length)
     shape = (f"{rows} x {length} tokens, {patches} patches, "
-             f"{learner.cfg.micro_batches} micro-batch(es)")
+             f"{learner.cfg.micro_batches} micro-batch(es)"
+             + (f", scoring a {window}-token window" if window else ""))
     out.append(Program(
         f"train/{policy}/{step_kind}", "train", role, shape,
-        lambda l=learner, k=step_kind, b=batch, t=temperature: l.lower_step(
-            k, b, temperature=t).compile(),
+        lambda l=learner, k=step_kind, b=batch, t=temperature, w=window: l.lower_step(
+            k, b, temperature=t, window=w).compile(),
         others, _model_flops(learner.model_config, rows, length, patches, passes, devices)))
     if alg.reference == "logprobs" and learner.reference_params is not None and \
         not any(p.name == f"score/{policy}/reference" for p in out):
