@@ -28,7 +28,8 @@ def load_config(spec: str, overrides: Sequence[str] | Mapping[str, object] = ()
   relative path that does not exist from the working directory is looked up in
   the repository (so `configs/eve.py:tiny` works from anywhere); an unknown
   preset or key fails with the valid names. Override values are Python
-  literals (`3`, `1e-4`, `'("^vision/",)'`); anything else is a string.
+  literals (`3`, `1e-4`, `'("^vision/",)'`) or true/false in any case;
+  anything else is a string.
   """
   module, arg = config_module(spec)
   try:
@@ -38,7 +39,10 @@ def load_config(spec: str, overrides: Sequence[str] | Mapping[str, object] = ()
   items = overrides.items() if hasattr(overrides, "items") else (
       o.split("=", 1) for o in overrides)
   for key, value in items:
-    set_value(config, key, _literal(value) if isinstance(value, str) else value)
+    if isinstance(value, str):
+      set_text(config, key, value)
+    else:
+      set_value(config, key, value)
   return config
 
 
@@ -105,7 +109,19 @@ def set_value(config: ml_collections.ConfigDict, key: str, value) -> None:
     raise ConfigError(f"--config.{key}={value!r}: {e}") from None
 
 
+def set_text(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+  """`--config.<key>=<text>`: a string field takes the text as it is (a path
+  named `1e-4` or `true` stays that); any other field its literal."""
+  check_key(config, key)
+  current = config
+  for part in key.split("."):
+    current = current[part]
+  set_value(config, key, text if isinstance(current, str) else _literal(text))
+
+
 def _literal(text: str):
+  if text.lower() in ("true", "false"):   # as shells and absl flags spell booleans
+    return text.lower() == "true"
   try:
     return ast.literal_eval(text)
   except (ValueError, SyntaxError):

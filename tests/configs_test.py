@@ -72,6 +72,14 @@ class ConfigsTest(parameterized.TestCase):
         if training:   # the README's examples are EVE's first
           runner.abstract_policies(_recipe_class(training[0]), training[0])
 
+  def test_booleans_as_shells_spell_them(self):
+    for text, value in (("false", False), ("True", True), ("FALSE", False)):
+      config = config_utils.load_config("configs/eve.py:tiny", [f"train.completion_window={text}"])
+      self.assertIs(config.train.completion_window, value)
+    config = config_utils.load_config("configs/eve.py:tiny", ["init.hf_dir=true",
+                                                              "data.path=1e-4"])
+    self.assertEqual((config.init.hf_dir, config.data.path), ("true", "1e-4"))  # as typed
+
   def test_bad_keys_and_presets_name_the_valid_ones(self):
     with self.assertRaisesRegex(config_utils.ConfigError, r"config\.eve\.iteration\b.*iterations"):
       config_utils.load_config("configs/eve.py:tiny", ["eve.iteration=3"])

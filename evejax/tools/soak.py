@@ -87,7 +87,7 @@ def configure(spec: str, overrides: list[str], steps: int):
     config_utils.set_value(config, iterations_key, max(1, math.ceil(steps / per_iteration)))
   for item in overrides:
     key, _, value = item.partition("=")
-    config_utils.set_value(config, key, config_utils._literal(value))  # pylint: disable=protected-access
+    config_utils.set_text(config, key, value)
   config.log.progress = False
   return config
 
