@@ -197,7 +197,7 @@ def logical_to_spec(axes: Sequence[str | None], rules: Rules = LOGICAL_RULES,
   return PartitionSpec(*spec)
 
 
-def _is_axes(x: Any) -> bool:
+def is_axes(x: Any) -> bool:
   """An axes-tree leaf: a (possibly empty) tuple of logical names / None."""
   return isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
 
@@ -226,10 +226,10 @@ def shardings_for(axes_tree: Any, mesh: Mesh, rules: Rules = LOGICAL_RULES,
   if shapes_tree is None:
     return jax.tree.map(
         lambda ax: NamedSharding(mesh, logical_to_spec(ax, rules, mesh)),
-        axes_tree, is_leaf=_is_axes)
+        axes_tree, is_leaf=is_axes)
   # Flatten the shapes tree up to the axes tree's structure, so that shape
   # tuples (themselves pytree nodes) stay whole.
-  treedef = jax.tree.structure(axes_tree, is_leaf=_is_axes)
+  treedef = jax.tree.structure(axes_tree, is_leaf=is_axes)
   axes_leaves = treedef.flatten_up_to(axes_tree)
   shape_leaves = treedef.flatten_up_to(shapes_tree)
   out = [NamedSharding(mesh, logical_to_spec(ax, rules, mesh, _shape_of(s)))

@@ -62,9 +62,6 @@ def _batch_axis(axes: Sequence[str | None]) -> int | None:
   return list(axes).index("batch") if "batch" in axes else None
 
 
-def _is_axes(x) -> bool:
-  return isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
-
 
 def replicate_rows(cache: Any, axes: Any, group_size: int) -> Any:
   """Repeats every row of `cache` G times along its 'batch' axis (row-major)."""
@@ -73,7 +70,7 @@ def replicate_rows(cache: Any, axes: Any, group_size: int) -> Any:
   def rep(x, ax):
     b = _batch_axis(ax)
     return x if b is None else jnp.repeat(x, group_size, axis=b)
-  return jax.tree.map(rep, cache, axes, is_leaf=_is_axes)
+  return jax.tree.map(rep, cache, axes, is_leaf=parallel.is_axes)
 
 
 def _pick_bucket(value: int, buckets: Sequence[int], what: str, fix: str) -> int:
@@ -323,7 +320,7 @@ class Sampler:
       widths = [(0, 0)] * x.ndim
       widths[list(ax).index("length")] = (0, extra)
       return jnp.pad(x, widths)
-    cache = jax.tree.map(pad, cache, self._cache_axes, is_leaf=_is_axes)
+    cache = jax.tree.map(pad, cache, self._cache_axes, is_leaf=parallel.is_axes)
     if self.mesh is not None:
       cache = jax.lax.with_sharding_constraint(
           cache, self._shardings(self._cache_axes, cache))

@@ -28,6 +28,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from evejax import parallel
 from evejax.sampling import loop as loop_lib
 from evejax.sampling.params import SamplingParams
 from evejax.sampling.select import sample_tokens
@@ -92,9 +93,6 @@ def _take(old, new, source, axis: int):
   return jnp.where(keep, moved, old)
 
 
-def _is_axes(x) -> bool:
-  return isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
-
 
 def place_cache(cache: Any, new: Any, source: jax.Array, axes: Any) -> Any:
   """`cache` (S slots, write index w) with slot s holding row source[s] of `new`.
@@ -114,7 +112,7 @@ def place_cache(cache: Any, new: Any, source: jax.Array, axes: Any) -> Any:
       widths[axis] = (0, size - fresh.shape[axis])
       fresh = jnp.roll(jnp.pad(fresh, widths), (cache.index - new.index) % size, axis=axis)
     return _take(old, fresh, source, ax.index("batch"))
-  return jax.tree.map(place, cache, new, axes, is_leaf=_is_axes)
+  return jax.tree.map(place, cache, new, axes, is_leaf=parallel.is_axes)
 
 
 def start_rows(state: SlotState, logits: jax.Array, source: jax.Array,
