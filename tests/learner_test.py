@@ -262,6 +262,9 @@ class FreezeAndSkipTest(absltest.TestCase):
                      1e-3)
     with self.assertRaisesRegex(ValueError, "not a registered algorithm"):
       learner_lib.merge_config({"algorithm": "ppo2"})
+    # A layer layout from the command line must be a bool or None, not text.
+    with self.assertRaisesRegex(ValueError, r"unroll_layers='auto' must be True, False or None"):
+      learner_lib.Learner(CONFIG, _cfg(unroll_layers="auto"), _init_params())
 
   def test_warmup_then_cosine_schedule(self):
     cfg = _cfg()

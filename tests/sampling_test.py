@@ -345,6 +345,20 @@ class SlotsTest(absltest.TestCase):
       s.generate(self.params, self.prompts, sp, seed=2)
       self.assertEqual(s.num_compiles, compiles)  # refills reuse the programs
 
+  def test_refill_policy_changes_the_steps_not_the_rows(self):
+    sp = sampling.SamplingParams(max_new_tokens=12, temperature=1.3, group_size=2,
+                                 eos_ids=(20, 30))
+    out = {}
+    for fraction in (0.25, 1.0):   # refill when a quarter of the slots is free / all are
+      s = _fake_sampler(batch_buckets=(2, 4), decode_mode="slots", refill_fraction=fraction)
+      out[fraction] = s.generate(self.params, self.prompts, sp, seed=1)
+    np.testing.assert_array_equal(out[1.0].tokens, out[0.25].tokens)
+    np.testing.assert_array_equal(out[1.0].lengths, out[0.25].lengths)
+    # The policy decides when prompts enter (so the steps run), never what a row samples.
+    self.assertNotEqual(out[1.0].stats, out[0.25].stats)
+    with self.assertRaisesRegex(ValueError, "refill_fraction=0.0 must be in"):
+      _fake_sampler(decode_mode="slots", refill_fraction=0.0)
+
   def test_static_path_hands_rows_over_by_chunk(self):
     sp = sampling.SamplingParams(max_new_tokens=6, group_size=2)
     rows = []
