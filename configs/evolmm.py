@@ -51,6 +51,13 @@ def _base() -> ml_collections.ConfigDict:
       # >0: also N answers per held-out question at T: one sample's accuracy vs
       # their majority's (self-consistency can only help where the majority is better).
       heldout_samples=0,
+      # Built-in scenes (data.kind="scenes"): shapes per scene (0: 2-5) and the
+      # question templates the warm start and the held-out set ask (empty: all).
+      scene_shapes=0,
+      scene_templates=(),
+      # What counts as an answer: "tag_or_line" (published: <answer>...</answer>, else
+      # the last non-empty line) or "tag" (a closed tag only; else no answer, reward 0).
+      answer_format="tag_or_line",
   ))
   c.sampling = ml_collections.ConfigDict(dict(
       proposer=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=128),
@@ -146,6 +153,9 @@ ARMS = {
     "control": {"evolmm.reward": "constant"},
     # The paper's baseline: 1 for the majority answer, else 0.
     "majority": {"evolmm.reward": "majority"},
+    # The method where only a closed <answer> tag is an answer: a tiny Solver
+    # otherwise agrees with itself on malformed replies (a lone "<answer>").
+    "tag_only": {"evolmm.answer_format": "tag"},
 }
 # Beside held-out greedy accuracy: what a sample and the majority of N reach, how far
 # the answers agree, whether they still depend on the image, and the training batches'.

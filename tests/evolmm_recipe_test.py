@@ -45,6 +45,27 @@ class ControlAndHeldoutVotesTest(absltest.TestCase):
     self.assertEqual(got["heldout_sample_accuracy"], got["heldout_majority_accuracy"])
     self.assertEqual(got["heldout_majority_accuracy"], got["heldout_accuracy"])
 
+  def test_strict_answer_format_gives_a_malformed_reply_no_reward(self):
+    log = []
+    # Unanimous, but only a closed tag is an answer: the lone "<answer>" earns 0.
+    wrap = {"proposer": rt.recording(
+                log, lambda i, g, rng: "<question>What colour is it?</question> a colour"),
+            "solver": rt.recording(log, lambda i, g, rng: ("<answer>red</answer>", "<answer>")[g])}
+    config = short_config(**{"warmstart.enabled": False, "evolmm.iterations": 1,
+                             "evolmm.steps_per_iteration": 1, "evolmm.samples": 2,
+                             "evolmm.heldout_questions": 2, "evolmm.answer_format": "tag",
+                             "evolmm.scene_shapes": 1,
+                             "evolmm.scene_templates": ("color_of_kind",)})
+    runner.run_recipe(evolmm.EvoLmm, config, tempfile.mkdtemp(), role_wrappers=wrap)
+    solver_rewards = [v for name, values in log if name == "solver" for v in values]
+    self.assertNotEmpty(solver_rewards)
+    # r = p^0.7 for the tagged reply (share 1/2), 0 for the malformed one.
+    self.assertEqual(sorted(set(round(v, 4) for v in solver_rewards)),
+                     [0.0, round(0.5 ** 0.7, 4)])
+    with self.assertRaisesRegex(ValueError, "config.evolmm.answer_format='xml'"):
+      runner.run_recipe(evolmm.EvoLmm, short_config(**{"evolmm.answer_format": "xml"}),
+                        tempfile.mkdtemp())
+
   def test_answer_variety_is_low_when_answers_ignore_the_image(self):
     q = lambda text, answer: types.SimpleNamespace(question=text, answer=answer)  # noqa: E731
     questions = [q("colour?", "red"), q("colour?", "blue"), q("colour?", "blue"),

@@ -225,6 +225,12 @@ class EvoLmmTest(absltest.TestCase):
     self.assertEqual([r.value for r in rewards], [0.0, 0.0])
     self.assertEqual(rewards[0].reason, "no_answer")
 
+  def test_closed_answer_tag(self):
+    self.assertTrue(evolmm.has_answer_tag("so\n<answer>red</answer>"))
+    self.assertTrue(evolmm.has_answer_tag("<answer></answer>"))
+    for reply in ("<answer>", "<answer>red", "red</answer>", "red", ""):
+      self.assertFalse(evolmm.has_answer_tag(reply), reply)
+
   def test_parse_question(self):
     self.assertEqual(evolmm.parse_question(
         "why: <question> How many cats? </question>"), ("How many cats?", "ok"))

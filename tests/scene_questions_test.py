@@ -133,6 +133,10 @@ class SceneTest(absltest.TestCase):
     for q, (key, image) in zip(qs, source.take(8)):
       self.assertEqual(key, q.key)
       np.testing.assert_array_equal(np.asarray(image), np.asarray(q.image()))
+    one = sq.SceneSource(4, seed=6, shuffle=False, num_shapes=1)
+    for q, (_, image) in zip(sq.sample_questions(6, 4, num_shapes=1), one.take(4)):
+      self.assertLen(q.scene.shapes, 1)
+      np.testing.assert_array_equal(np.asarray(image), np.asarray(q.image()))
     state = source.state()
     nxt = source.take(2)
     source.restore(state)

@@ -294,15 +294,16 @@ class SceneSource(sources.ImageSource):
   """The scenes of one split as an `ImageSource` (images for EvoLMM's Proposer)."""
 
   def __init__(self, count: int, *, split: str = "train", size: Sequence[int] = DEFAULT_SIZE,
-               **kwargs):
+               num_shapes: int | None = None, **kwargs):
     super().__init__(**kwargs)
     if split not in SPLITS:
       raise ValueError(f"Unknown scene split {split!r}; valid: {list(SPLITS)}.")
     self.count, self.split, self.size = int(count), split, tuple(size)
+    self.num_shapes = num_shapes
 
   def __len__(self) -> int:
     return self.count
 
   def _read(self, index: int) -> tuple[str, Image.Image]:
     rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
-    return f"{self.split}-{index}", draw_scene(make_scene(rng, self.size))
+    return f"{self.split}-{index}", draw_scene(make_scene(rng, self.size, self.num_shapes))

@@ -44,6 +44,7 @@ from evejax.rewards.registry import Reward
 
 UPDATE_RULES = {"sequential": "reinforce", "grpo": "grpo"}   # update_rule -> train.algorithm
 REWARDS = ("continuous", "majority", "constant")
+ANSWER_FORMATS = ("tag_or_line", "tag")
 
 
 class EvoLmm(runner.Recipe):
@@ -69,18 +70,20 @@ class EvoLmm(runner.Recipe):
         (c.train.algorithm == algorithm, f"config.evolmm.update_rule={e.update_rule!r} trains "
          f"with config.train.algorithm={algorithm!r}, but it is {c.train.algorithm!r}; set both."),
         (e.reward in REWARDS, f"config.evolmm.reward={e.reward!r}: use one of {REWARDS}."),
+        (e.answer_format in ANSWER_FORMATS, f"config.evolmm.answer_format={e.answer_format!r}: "
+                                            f"use one of {ANSWER_FORMATS}."),
         (c.train.lora.rank > 0, "EvoLMM plays both roles as LoRA adapters on one backbone; set "
                                 "config.train.lora.rank > 0.")):
       if not ok:
         raise ValueError(problem)
     super().__init__(run)
     self.source = (scenes.SceneSource(c.data.num_images, split="train", seed=c.seed,
-                                      size=(c.data.size, c.data.size))
+                                      size=(c.data.size, c.data.size),
+                                      num_shapes=e.scene_shapes or None)
                    if c.data.kind == "scenes" else sources.make_source({**c.data.to_dict(),
                                                                         "seed": c.seed}))
     self.on_base = False             # whether the adapters sit on the warm-started backbone
-    self.heldout = scenes.sample_questions(c.seed + 1, e.heldout_questions, split="heldout",
-                                           size=(c.data.size, c.data.size))
+    self.heldout = self._scene_questions(c.seed + 1, e.heldout_questions, split="heldout")
 
   @classmethod
   def stages(cls, config) -> list[Stage]:
@@ -97,6 +100,12 @@ class EvoLmm(runner.Recipe):
     if state["on_base"]:
       self._adapt_on_base()
 
+  def _scene_questions(self, seed: int, count: int, **kw) -> list:
+    c = self.config
+    return scenes.sample_questions(seed, count, size=(c.data.size, c.data.size),
+                                   num_shapes=c.evolmm.scene_shapes or None,
+                                   templates=tuple(c.evolmm.scene_templates) or None, **kw)
+
   # -- warm start ------------------------------------------------------------------
 
   def sft_optimizer(self, policy: str) -> dict:
@@ -106,9 +115,8 @@ class EvoLmm(runner.Recipe):
   def warmstart_step(self, stage: Stage, step: int) -> dict | None:
     """SFT of the backbone on built-in scene questions: half to ask, half to answer."""
     c, run = self.config, self.run
-    qs = scenes.sample_questions(c.seed, c.warmstart.batch_size, split="train",
-                                 start=step * c.warmstart.batch_size,
-                                 size=(c.data.size, c.data.size))
+    qs = self._scene_questions(c.seed, c.warmstart.batch_size, split="train",
+                               start=step * c.warmstart.batch_size)
     pair = lambda k: (tasks.proposer_sft_pair if k % 2 else tasks.solver_sft_pair)(  # noqa: E731
         qs[k], c.evolmm.style)
     pairs = run.owned(len(qs), lambda k: (run.prompt(pair(k)[0], [qs[k].image()]),
@@ -126,6 +134,14 @@ class EvoLmm(runner.Recipe):
     self.on_base = True
 
   # -- one EvoLMM step ---------------------------------------------------------------
+
+  def _answered(self, replies: list[str]) -> list[str]:
+    """The replies as the rewards read them: under answer_format="tag" a reply
+    without a closed answer tag reads as empty (no answer), so that a tiny model
+    cannot agree with itself on a malformed reply such as a lone "<answer>"."""
+    if self.config.evolmm.answer_format == "tag_or_line":
+      return list(replies)
+    return [r if rewards.has_answer_tag(r) else "" for r in replies]
 
   def _solver_rewards(self, replies: list[str]) -> list[Reward]:
     e = self.config.evolmm
@@ -156,7 +172,7 @@ class EvoLmm(runner.Recipe):
     if not samples.total_rows:
       return
     # Each question's N answers are one group of the batch: every reward is of its group.
-    texts, N = samples.gather(samples.texts), e.samples
+    texts, N = self._answered(samples.gather(samples.texts)), e.samples
     groups = {i // N: texts[k:k + N] for k, i in enumerate(samples.batch_ids) if k % N == 0}
     solver_rewards = [r for g in groups.values() for r in self._solver_rewards(g)]
     question_rewards = [rewards.proposer_reward(groups[i], mu=e.mu, sigma=e.sigma)
@@ -167,7 +183,7 @@ class EvoLmm(runner.Recipe):
     metrics.update(self._update(stage, step, samples, solver_rewards, qsamples, question_rewards))
     for r in range(0, len(samples), N):
       run.add_card(stage, f"step{step:05d}_q{samples.id_of(r) // N:04d}", lambda r=r: self._card(
-          samples.texts[r:r + N], *asked[samples.prompt_of(r)]))
+          self._answered(samples.texts[r:r + N]), *asked[samples.prompt_of(r)]))
     run.log(metrics, prefix="evolmm")
     run.log_counts()
 
@@ -209,10 +225,11 @@ class EvoLmm(runner.Recipe):
     prompts = run.owned(len(qs), lambda j: run.prompt(
         tasks.solver_prompt(qs[j].question, c.evolmm.style), [qs[j].image()]))
     samples = solver.generate(prompts, 1, seed=0, greedy=True)
+    texts = self._answered(samples.texts)
     correct = {samples.prompt_of(r): tasks.is_correct(t, qs[samples.prompt_of(r)].answer)
-               for r, t in enumerate(samples.texts)}
+               for r, t in enumerate(texts)}
     greedy = dict(samples.gather([(samples.prompt_of(r), tasks.solver_answer(t))
-                                  for r, t in enumerate(samples.texts)]))
+                                  for r, t in enumerate(texts)]))
     out = {"heldout_accuracy": run.mean(list(correct.values())),
            "heldout_questions": samples.total_rows,
            "heldout_answer_variety": float(np.mean(tasks.answer_variety(qs, greedy) or [0.0])),
@@ -221,7 +238,8 @@ class EvoLmm(runner.Recipe):
               for k in sorted({q.template for q in qs})}}
     if n := c.evolmm.heldout_samples:
       votes = solver.generate(prompts, n, seed=run.seed("eval", "votes"))
-      groups = {votes.prompt_of(r): votes.texts[r:r + n] for r in range(0, len(votes), n)}
+      groups = {votes.prompt_of(r): self._answered(votes.texts[r:r + n])
+                for r in range(0, len(votes), n)}
       out.update({f"heldout_{k}": run.mean(v)
                   for k, v in tasks.vote_outcomes(groups, qs).items()})
     return out

@@ -38,6 +38,11 @@ def extract_answer(reply: str, tag: str = "answer") -> str:
   return answers.normalize_text(answers.extract_tagged_answer(reply, tag))
 
 
+def has_answer_tag(reply: str, tag: str = "answer") -> bool:
+  """Whether `reply` holds a closed <tag>...</tag>."""
+  return re.search(rf"<{tag}>.*?</{tag}>", reply or "", flags=re.DOTALL) is not None
+
+
 def words_before_answer(reply: str, tag: str = "answer") -> int:
   """Whitespace words before the first answer tag, else before the last line."""
   reply = reply or ""
