@@ -191,6 +191,14 @@ def small() -> ml_collections.ConfigDict:
   at all, and every evaluation also scores it on those families (fresh images):
   without accuracy above chance there, EVE's iterations have nothing to refine
   and the held-out families nothing to transfer from.
+
+  What it shows at this scale (BENCHMARKS.md, "Learning fidelity"): that
+  precondition fails. The Solver's warm start learns the reply's format but
+  not the answer: its loss settles at 0.17 per token, ln 4 over the 8 target
+  tokens, i.e. the one answer letter stays at chance among 4 options, and
+  accuracy on the warm-start families is 21% (chance 25%). Method and control
+  then differ only by noise around chance. Showing EVE's claim needs a Solver
+  that can answer these comparison questions at all (a pretrained VLM).
   """
   c = tiny()
   c.eve.train_family_eval_questions = 48
