@@ -61,19 +61,19 @@ class SlotRun:
     self.on_row = on_row
     self.procs, self.me = distributed.process_count(), distributed.process_index()
     for i, ex in enumerate(self.prompts):
-      sampler._check_example(ex, i)  # pylint: disable=protected-access
+      sampler.check_example(ex, i)
     self.sizes = [(int(np.shape(ex.tokens)[0]), int(ex.num_patches)) for ex in self.prompts]
     counts = [int(c) for c in _everywhere(len(self.prompts))]
     if not sum(counts):
       raise ValueError("Sampler.generate got no prompts on any process; pass at least one.")
-    if sampler._shards % self.procs:  # pylint: disable=protected-access
-      raise ValueError(f"the batch is split {sampler._shards} ways, which {self.procs} "  # pylint: disable=protected-access
+    if sampler.shards % self.procs:
+      raise ValueError(f"the batch is split {sampler.shards} ways, which {self.procs} "
                        "processes cannot share; see evejax.distributed.check_batch_layout.")
     if prompt_ids is None:
       prompt_ids = sum(counts[:self.me]) + np.arange(len(self.prompts))
     self.ids = np.asarray(prompt_ids, np.int64).reshape(-1)
     longest = max(x[0] for x in _everywhere([max([n for n, _ in self.sizes], default=1)]))
-    length = sampler_lib._pick_bucket(longest, sampler.length_buckets,  # pylint: disable=protected-access
+    length = sampler_lib.pick_bucket(longest, sampler.length_buckets,
                                       "A prompt's length", "raise length_buckets")
     self.size = length + sampling.max_new_tokens   # the ring cache
     if self.size > sampler.max_cache:
@@ -130,17 +130,17 @@ class SlotRun:
               most: int) -> None:
     """Prefills `chosen` (this process's; `per` the most any process takes) into free slots."""
     s, g = self.s, self.g
-    pick = sampler_lib._pick_bucket  # pylint: disable=protected-access
+    pick = sampler_lib.pick_bucket
     bucket = min(b for b in s.batch_buckets if b >= per * self.procs)
     block = bucket // self.procs      # this process's prompts in the prefill
     length = pick(longest, s.length_buckets, "A prompt's length", "raise length_buckets")
     patch = (pick(most, s.patch_buckets, "A prompt's patches", "raise patch_buckets")
              if s.patch_buckets else 0)
-    examples = [self.prompts[i] for i in chosen] or [sampler_lib._filler(s.prompt_pad_id)]  # pylint: disable=protected-access
-    inputs = s._make_batch(examples, 0, block, length_buckets=(length,),  # pylint: disable=protected-access
+    examples = [self.prompts[i] for i in chosen] or [sampler_lib.filler(s.prompt_pad_id)]
+    inputs = s.make_batch(examples, 0, block, length_buckets=(length,),
                            patch_buckets=(patch,))
-    inputs = sampler_lib._pad_rows(inputs, len(examples), block)  # pylint: disable=protected-access
-    ids = sampler_lib._pad_ids(self.ids[chosen], block)  # pylint: disable=protected-access
+    inputs = sampler_lib.pad_rows(inputs, len(examples), block)
+    ids = sampler_lib.pad_ids(self.ids[chosen], block)
     rows = (np.repeat(ids, g) * g + np.tile(np.arange(g), block)).astype(np.int32)
     source = np.full((self.local,), -1, np.int32)
     first = self.me * block * g       # global row of this process's first prefilled row
@@ -149,10 +149,10 @@ class SlotRun:
         slot = free[k * g + m]
         source[slot] = first + k * g + m
         self.holder[slot] = p * g + m
-    dev_inputs = s._place_inputs(inputs)  # pylint: disable=protected-access
+    dev_inputs = s.place_inputs(inputs)
     if self.state is None:
       self.state, self.cache = self._init_program(dev_inputs)(self.params, dev_inputs)
-    prefill = s._prefill_program(self.params, dev_inputs, g, length)  # pylint: disable=protected-access
+    prefill = s.prefill_program(self.params, dev_inputs, g, length)
     logits, new = prefill(self.params, dev_inputs)
     source, rows = self._put(source), self._put(rows)
     insert = self._insert_program(logits, new, source, rows)
@@ -192,23 +192,23 @@ class SlotRun:
     s = self.s
     if s.mesh is None:
       return jnp.asarray(x)
-    return distributed.put_local(x, s._batch_sharding(1), 0)  # pylint: disable=protected-access
+    return distributed.put_local(x, s.batch_sharding(1), 0)
 
   def _out_shardings(self, state, cache):
     s = self.s
     if s.mesh is None:
       return None
-    return (jax.tree.map(lambda x: s._batch_sharding(x.ndim), state),  # pylint: disable=protected-access
-            s._shardings(s._cache_axes, cache))  # pylint: disable=protected-access
+    return (jax.tree.map(lambda x: s.batch_sharding(x.ndim), state),
+            s.shardings(s.cache_axes, cache))
 
   def _key(self, name: str, *parts) -> tuple:
     return ("slots_" + name, self.slots, self.size) + parts + (
-        self.sp, sampler_lib._signature(self.params))  # pylint: disable=protected-access
+        self.sp, sampler_lib.signature(self.params))
 
   def _init_program(self, inputs: ModelInputs):
     """An empty state and a zero ring cache of S slots, laid out on the mesh."""
     s, sp, size = self.s, self.sp, self.size
-    model, config, axes = s.model, s.config, s._cache_axes  # pylint: disable=protected-access
+    model, config, axes = s.model, s.config, s.cache_axes
     rows = self.slots // inputs.tokens.shape[0]   # the first prefill fills every slot
 
     def init(params, inputs):
@@ -222,10 +222,10 @@ class SlotRun:
       out = jax.eval_shape(init, self.params, inputs)
       return parallel.OnMesh(jax.jit(init, out_shardings=self._out_shardings(*out)),
                              s.mesh).lower(self.params, inputs).compile()
-    return s._compiled(self._key("init", inputs.tokens.shape, inputs.patches.shape), build)  # pylint: disable=protected-access
+    return s.compiled(self._key("init", inputs.tokens.shape, inputs.patches.shape), build)
 
   def _insert_program(self, logits, new, source, rows):
-    s, sp, axes = self.s, self.sp, self.s._cache_axes  # pylint: disable=protected-access
+    s, sp, axes = self.s, self.sp, self.s.cache_axes
 
     def insert(state, cache, logits, new, source, rows, seed):
       cache = slots_lib.place_cache(cache, new, source, axes)
@@ -237,7 +237,7 @@ class SlotRun:
           jax.jit(insert, donate_argnums=(0, 1),
                   out_shardings=self._out_shardings(self.state, self.cache)),
           s.mesh).lower(*args).compile()
-    return s._compiled(self._key("insert", logits.shape[0], new.mask.shape[-1]), build)  # pylint: disable=protected-access
+    return s.compiled(self._key("insert", logits.shape[0], new.mask.shape[-1]), build)
 
   def _decode_program(self, scalar):
     s, sp = self.s, self.sp
@@ -254,4 +254,4 @@ class SlotRun:
       return parallel.OnMesh(
           jax.jit(decode, donate_argnums=(1, 2), out_shardings=out), s.mesh).lower(
               self.params, self.state, self.cache, self.key, scalar, scalar).compile()
-    return s._compiled(self._key("decode"), build)  # pylint: disable=protected-access
+    return s.compiled(self._key("decode"), build)

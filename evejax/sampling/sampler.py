@@ -73,7 +73,7 @@ def replicate_rows(cache: Any, axes: Any, group_size: int) -> Any:
   return jax.tree.map(rep, cache, axes, is_leaf=parallel.is_axes)
 
 
-def _pick_bucket(value: int, buckets: Sequence[int], what: str, fix: str) -> int:
+def pick_bucket(value: int, buckets: Sequence[int], what: str, fix: str) -> int:
   i = bisect.bisect_left(buckets, value)
   if i == len(buckets):
     raise ValueError(f"{what} is {value}, more than the largest bucket "
@@ -103,26 +103,26 @@ def seed_key(seed: int | jax.Array) -> jax.Array:
       f"{getattr(seed, 'shape', '')}.")
 
 
-def _signature(tree: Any) -> tuple:
+def signature(tree: Any) -> tuple:
   """Structure, shapes and dtypes: what a compiled program is specific to."""
   leaves, treedef = jax.tree.flatten(tree)
   return (treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
 
 
-def _pad_ids(ids: Sequence[int], rows: int) -> np.ndarray:
+def pad_ids(ids: Sequence[int], rows: int) -> np.ndarray:
   """Prompt ids of a chunk's rows; filler rows take ids past the real ones (discarded)."""
   ids = np.asarray(ids, np.int64).reshape(-1)
   start = int(ids.max()) + 1 if ids.size else 0
   return np.concatenate([ids, start + np.arange(rows - ids.size)])
 
 
-def _filler(pad_id: int):
+def filler(pad_id: int):
   """A one-token prompt for a process that has none in a chunk (its rows are dropped)."""
   from evejax.processing import batching  # pylint: disable=g-import-not-at-top
   return batching.Example(tokens=np.array([pad_id], np.int32))
 
 
-def _pad_rows(inputs: ModelInputs, n: int, rows: int) -> ModelInputs:
+def pad_rows(inputs: ModelInputs, n: int, rows: int) -> ModelInputs:
   """The first n rows, padded to `rows` by repeating row 0 (a valid prompt, discarded)."""
   idx = np.concatenate([np.arange(n), np.zeros(rows - n, np.int64)])
   return inputs.take_rows(idx)
@@ -213,18 +213,18 @@ class Sampler:
     self.decode_mode = decode_mode
     self.refill_fraction = float(refill_fraction)
     self.refill_every = int(refill_every)
-    self._shards = 1
+    self.shards = 1
     if mesh is not None:
-      self._shards = parallel.batch_shards(mesh, self.rules)
-      bad = [b for b in self.batch_buckets if b % self._shards]
+      self.shards = parallel.batch_shards(mesh, self.rules)
+      bad = [b for b in self.batch_buckets if b % self.shards]
       if bad:
         raise ValueError(
-            f"Sampler batch_buckets {bad} are not divisible by {self._shards}, "
+            f"Sampler batch_buckets {bad} are not divisible by {self.shards}, "
             f"the number of devices the batch is split over; use multiples of "
-            f"{self._shards}.")
+            f"{self.shards}.")
     self._programs: dict[tuple, Any] = {}
     self.compile_seconds = 0.0
-    self._cache_axes = model.cache_axes(model_config)
+    self.cache_axes = model.cache_axes(model_config)
     self._param_shardings: dict[tuple, Any] = {}
 
   # ---------------------------------------------------------------- compiles
@@ -233,7 +233,11 @@ class Sampler:
     """Programs compiled so far (prefill and decode, each bucket combination)."""
     return len(self._programs)
 
-  def _compiled(self, key: tuple, build):
+  # The building blocks below (compiled, shardings, batch_sharding, place_inputs,
+  # prefill_program, make_batch, check_example) are public for slot decoding
+  # (`continuous.SlotRun`), which drives the same programs in another loop.
+  def compiled(self, key: tuple, build):
+    """The program cached under `key`, built (and its compile timed) the first time."""
     prog = self._programs.get(key)
     if prog is None:
       start = time.perf_counter()
@@ -246,18 +250,18 @@ class Sampler:
     return prog
 
   # --------------------------------------------------------------- sharding
-  def _shardings(self, axes_tree, shapes):
+  def shardings(self, axes_tree, shapes):
     return parallel.shardings_for(axes_tree, self.mesh, self.rules, shapes)
 
   def _place_params(self, params):
     """Params laid out by the model's logical axes (a no-op when they are)."""
     if self.mesh is None:
       return params
-    sig = _signature(params)
+    sig = signature(params)
     if sig not in self._param_shardings:
       shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                             params)
-      self._param_shardings[sig] = self._shardings(
+      self._param_shardings[sig] = self.shardings(
           self.model.param_axes(self.config), shapes)
     return jax.device_put(params, self._param_shardings[sig])
 
@@ -273,15 +277,15 @@ class Sampler:
       return params
     return convert(params, self.config)
 
-  def _batch_sharding(self, ndim: int, axis: int = 0):
+  def batch_sharding(self, ndim: int, axis: int = 0):
     return parallel.batch_sharding(self.mesh, ndim, axis, self.rules)
 
   def _input_shardings(self, inputs: ModelInputs) -> ModelInputs:
     """Each field split over its batch axis."""
-    return jax.tree.map(lambda x, a: self._batch_sharding(x.ndim, a),
+    return jax.tree.map(lambda x, a: self.batch_sharding(x.ndim, a),
                         inputs, ModelInputs.batch_axes())
 
-  def _place_inputs(self, inputs: ModelInputs) -> ModelInputs:
+  def place_inputs(self, inputs: ModelInputs) -> ModelInputs:
     """Host inputs (this process's block of rows) on the mesh."""
     if self.mesh is None:
       return jax.tree.map(jnp.asarray, inputs)
@@ -290,12 +294,12 @@ class Sampler:
                                  ModelInputs.batch_axes())
 
   # ---------------------------------------------------------------- programs
-  def _prefill_program(self, params, inputs: ModelInputs, group: int,
+  def prefill_program(self, params, inputs: ModelInputs, group: int,
                        cache_size: int):
     b, t = inputs.tokens.shape
     key = ("prefill", b, t, inputs.patches.shape[1], group, cache_size,
-           _signature(params))
-    model, config, axes = self.model, self.config, self._cache_axes
+           signature(params))
+    model, config, axes = self.model, self.config, self.cache_axes
 
     def prefill(params, inputs):
       logits, cache = model.prefill(params, config, inputs, cache_size)
@@ -306,11 +310,11 @@ class Sampler:
       out_shardings = None
       if self.mesh is not None:
         out = jax.eval_shape(prefill, params, inputs)
-        out_shardings = (self._batch_sharding(2),
-                         self._shardings(axes, out[1]))
+        out_shardings = (self.batch_sharding(2),
+                         self.shardings(axes, out[1]))
       return parallel.OnMesh(jax.jit(prefill, out_shardings=out_shardings),
                              self.mesh).lower(params, inputs).compile()
-    return self._compiled(key, build)
+    return self.compiled(key, build)
 
   def _grow_cache(self, cache, extra: int):
     """Appends `extra` empty (masked) slots on every leaf's 'length' axis."""
@@ -320,16 +324,16 @@ class Sampler:
       widths = [(0, 0)] * x.ndim
       widths[list(ax).index("length")] = (0, extra)
       return jnp.pad(x, widths)
-    cache = jax.tree.map(pad, cache, self._cache_axes, is_leaf=parallel.is_axes)
+    cache = jax.tree.map(pad, cache, self.cache_axes, is_leaf=parallel.is_axes)
     if self.mesh is not None:
       cache = jax.lax.with_sharding_constraint(
-          cache, self._shardings(self._cache_axes, cache))
+          cache, self.shardings(self.cache_axes, cache))
     return cache
 
   def _decode_program(self, params, logits, cache, row_ids, key_, sampling,
                       ends: tuple[int, ...], cache_size: int):
     key = ("decode", logits.shape[0], cache_size, ends, sampling,
-           _signature(params))
+           signature(params))
     model, config = self.model, self.config
 
     def decode(params, logits, cache, row_ids, seed):
@@ -344,7 +348,7 @@ class Sampler:
       donate = (2,) if len(ends) == 1 else ()
       return parallel.OnMesh(jax.jit(decode, donate_argnums=donate), self.mesh).lower(
           params, logits, cache, row_ids, key_).compile()
-    return self._compiled(key, build)
+    return self.compiled(key, build)
 
   # ---------------------------------------------------------------- planning
   def memory_analysis(self, params, sampling: SamplingParams, *, length: int,
@@ -381,7 +385,7 @@ class Sampler:
     """
     rows = prompts or self.batch_buckets[-1]
     abstract = lambda tree, axes: parallel.abstract_tree(
-        tree, None if self.mesh is None else self._shardings(axes, tree))
+        tree, None if self.mesh is None else self.shardings(axes, tree))
     params = parallel.abstract_tree(params)
     convert = getattr(self.model, "inference_params", None)
     if self.unroll_layers and convert is not None:
@@ -402,13 +406,13 @@ class Sampler:
     ends = loop_lib.stage_ends(sampling.max_new_tokens, self.first_stage_tokens)
     cache_size = length + ends[0]
     start = time.perf_counter()
-    prefill = self._prefill_program(params, inputs, sampling.group_size,
+    prefill = self.prefill_program(params, inputs, sampling.group_size,
                                     cache_size)
     took = time.perf_counter() - start
     logits, cache = prefill.out_info  # ShapeDtypeStructs of its outputs
     by_batch = lambda x: parallel.abstract_tree(
-        x, None if self.mesh is None else self._batch_sharding(x.ndim))
-    logits, cache = by_batch(logits), abstract(cache, self._cache_axes)
+        x, None if self.mesh is None else self.batch_sharding(x.ndim))
+    logits, cache = by_batch(logits), abstract(cache, self.cache_axes)
     row_ids = by_batch(jax.ShapeDtypeStruct((logits.shape[0],), jnp.int32))
     key = jax.eval_shape(lambda: jax.random.key(0))
     start = time.perf_counter()
@@ -457,8 +461,8 @@ class Sampler:
     for start in range(0, len(prompts), chunk):
       part = list(prompts[start:start + chunk])
       bucket = min(b for b in self.batch_buckets if b >= len(part))
-      inputs = self._make_batch(part, start, bucket)
-      ids = None if prompt_ids is None else _pad_ids(prompt_ids[start:start + chunk], bucket)
+      inputs = self.make_batch(part, start, bucket)
+      ids = None if prompt_ids is None else pad_ids(prompt_ids[start:start + chunk], bucket)
       outs.append(self._generate_placed(
           params, inputs, sampling, seed, num_prompts=len(part),
           prompt_offset=start, batch_bucket=bucket, prompt_ids=ids))
@@ -474,8 +478,8 @@ class Sampler:
     counts = [len(x) for x in sizes]
     if not sum(counts):
       raise ValueError("Sampler.generate got no prompts on any process; pass at least one.")
-    if self._shards % count:
-      raise ValueError(f"the batch is split {self._shards} ways, which {count} processes "
+    if self.shards % count:
+      raise ValueError(f"the batch is split {self.shards} ways, which {count} processes "
                        "cannot share; see evejax.distributed.check_batch_layout.")
     if prompt_ids is None:
       prompt_ids = sum(counts[:me]) + np.arange(len(prompts))
@@ -489,29 +493,29 @@ class Sampler:
       rows = max(len(x) for x in parts)
       bucket = min(b for b in self.batch_buckets if b >= rows * count)
       lengths = np.concatenate(parts)
-      length = _pick_bucket(int(lengths[:, 0].max()), self.length_buckets, "A prompt's length",
+      length = pick_bucket(int(lengths[:, 0].max()), self.length_buckets, "A prompt's length",
                             "raise length_buckets")
-      patch = (_pick_bucket(int(lengths[:, 1].max()), self.patch_buckets, "A prompt's patches",
+      patch = (pick_bucket(int(lengths[:, 1].max()), self.patch_buckets, "A prompt's patches",
                             "raise patch_buckets") if self.patch_buckets else 0)
       part = list(prompts[k * per:(k + 1) * per])
       if not part:   # this process joins the chunk with filler rows only
-        part_inputs = self._make_batch([_filler(self.prompt_pad_id)], 0, bucket // count,
+        part_inputs = self.make_batch([filler(self.prompt_pad_id)], 0, bucket // count,
                                        length_buckets=(length,), patch_buckets=(patch,))
       else:
-        part_inputs = self._make_batch(part, k * per, bucket // count,
+        part_inputs = self.make_batch(part, k * per, bucket // count,
                                        length_buckets=(length,), patch_buckets=(patch,))
-      ids = _pad_ids(prompt_ids[k * per:(k + 1) * per], bucket // count)
+      ids = pad_ids(prompt_ids[k * per:(k + 1) * per], bucket // count)
       outs.append(self._generate_placed(
           params, part_inputs, sampling, seed, num_prompts=len(part), prompt_offset=0,
           batch_bucket=bucket // count, prompt_ids=ids))
       _hand_rows(outs, on_row)
     return _concat(outs)
 
-  def _make_batch(self, examples, offset: int, bucket: int, *,
+  def make_batch(self, examples, offset: int, bucket: int, *,
                   length_buckets: Sequence[int] | None = None,
                   patch_buckets: Sequence[int] | None = None) -> ModelInputs:
     for i, ex in enumerate(examples):
-      self._check_example(ex, offset + i)
+      self.check_example(ex, offset + i)
     length_buckets = self.length_buckets if length_buckets is None else tuple(length_buckets)
     patch_buckets = self.patch_buckets if patch_buckets is None else tuple(patch_buckets)
     if self._batch_fn is not None:
@@ -526,7 +530,7 @@ class Sampler:
         length_buckets=length_buckets, patch_buckets=patch_buckets,
         batch_buckets=(bucket,), padding="left")
 
-  def _check_example(self, ex, index: int) -> None:
+  def check_example(self, ex, index: int) -> None:
     """One clear error per thing a caller can get wrong with a prompt."""
     tokens = np.asarray(ex.tokens)
     if tokens.ndim != 1 or tokens.size == 0:
@@ -594,21 +598,21 @@ class Sampler:
     g = sampling.group_size
     self._check_inputs(inputs, n, sampling)
     if batch_bucket is None:
-      batch_bucket = _pick_bucket(
+      batch_bucket = pick_bucket(
           n, self.batch_buckets, "The number of prompts in one batch",
           "raise batch_buckets or call generate, which splits prompts")
-    inputs = _pad_rows(inputs, n, batch_bucket)
+    inputs = pad_rows(inputs, n, batch_bucket)
     ends = loop_lib.stage_ends(sampling.max_new_tokens, self.first_stage_tokens)
     cache_size = inputs.tokens.shape[1] + ends[0]
-    dev_inputs = self._place_inputs(inputs)
-    prefill = self._prefill_program(params, dev_inputs, g, cache_size)
+    dev_inputs = self.place_inputs(inputs)
+    prefill = self.prefill_program(params, dev_inputs, g, cache_size)
     logits, cache = prefill(params, dev_inputs)
 
     if prompt_ids is None:
       prompt_ids = prompt_offset + np.arange(batch_bucket)
     prompt_index = np.repeat(np.asarray(prompt_ids, np.int64), g)
     row_ids = (prompt_index * g + np.tile(np.arange(g), batch_bucket)).astype(np.int32)
-    row_ids = (distributed.put_local(row_ids, self._batch_sharding(1), 0)
+    row_ids = (distributed.put_local(row_ids, self.batch_sharding(1), 0)
                if self.mesh is not None else jnp.asarray(row_ids))
     key = seed_key(seed)
     decode = self._decode_program(params, logits, cache, row_ids, key, sampling,
