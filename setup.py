@@ -38,6 +38,8 @@ setuptools.setup(
         # Test-only: transformers' torch path is the numerical reference.
         "test": [
             "pytest>=8",
+            # The fast tier runs on two workers (README: -n 2).
+            "pytest-xdist>=3.6",
             "torch==2.13.0",
             "transformers>=5.0,<6",
             # tests/lora_peft_test.py: LoRA adapters interchange with peft's.

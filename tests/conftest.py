@@ -18,7 +18,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 
 def pytest_configure(config):
-  # `pytest -m "not slow"` is the fast tier (under 10 minutes on 2 cores): every
+  # `pytest -m "not slow" -n 2 --dist loadscope` is the fast tier (under 10 minutes
+  # on 2 cores; loadscope keeps a class's tests, and its setUpClass, on one worker): every
   # module's behaviour and every recipe's wiring and exact resume through scripted
   # roles. The slow tier adds the learning claims of end-to-end runs, the sandbox
   # soak, the notebooks and the torch parity suites.

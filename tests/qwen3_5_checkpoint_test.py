@@ -22,6 +22,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import peft  # noqa: E402
+import pytest  # noqa: E402
 import safetensors.numpy  # noqa: E402
 import torch  # noqa: E402
 
@@ -129,6 +130,7 @@ class Qwen3_5CheckpointTest(absltest.TestCase):
         header["model.language_model.layers.0.linear_attn.in_proj_qkv.weight"]
         ["dtype"], "BF16")
 
+  @pytest.mark.slow   # a peft parity test (as lora_peft_test.py)
   def test_lora_on_new_projections_is_interchangeable_with_peft(self):
     config, np_inputs = self.config, self.np_inputs
     inputs = jax.tree.map(jnp.asarray, np_inputs)

@@ -17,6 +17,7 @@ from absl.testing import absltest
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from evejax import parallel
 from evejax.models import hf, vlm
@@ -24,6 +25,8 @@ from evejax.models.inputs import ModelInputs
 from evejax.models.qwen3_5 import delta_rule
 from evejax.models.qwen3_5 import text as qwen3_5_text
 import testing_hf
+
+pytestmark = pytest.mark.slow   # a torch parity suite
 
 TOL = 1e-4
 # XLA's backend optimisations off: the compiles dominate this file's time.

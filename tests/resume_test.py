@@ -101,8 +101,12 @@ import shutil
 import tempfile
 
 from absl.testing import absltest
+import pytest
 
 
+# checkpoint_test.py's fast tests kill and resume a run, and fall back from a damaged
+# checkpoint; this one does both through a real train step.
+@pytest.mark.slow
 class ResumeRealTrainStepTest(absltest.TestCase):
 
   def test_sigkill_damaged_latest_checkpoint_then_resume_matches(self):
