@@ -15,6 +15,11 @@ A judge model for what the rules leave undecided (the papers used an LLM):
   --config.eval.judge.hf_dir=/models/Qwen2.5-VL-7B-Instruct
 Files are local: eval.data_dir/<Name>.tsv (VLMEvalKit), <Name>/ or <Name>.parquet
 (HF datasets), or <Name>.jsonl + images; a missing one fails before the model loads.
+
+The 7B model fits a TPU v5p-8 slice (fsdp=4) per the TPU compiler: the largest
+chunk (8 prompts of 18432 tokens, 65536 patches, 8192 new tokens) decodes in
+34 GiB of 95 per chip (BENCHMARKS.md, "TPU compiler plans"):
+  python -m evejax.tools.aot_compile --config configs/eval.py --target tpu:v5p-8 --largest
 """
 import ml_collections
 
