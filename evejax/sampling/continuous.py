@@ -74,7 +74,7 @@ class SlotRun:
     self.ids = np.asarray(prompt_ids, np.int64).reshape(-1)
     longest = max(x[0] for x in _everywhere([max([n for n, _ in self.sizes], default=1)]))
     length = sampler_lib.pick_bucket(longest, sampler.length_buckets,
-                                      "A prompt's length", "raise length_buckets")
+                                     "A prompt's length", "raise length_buckets")
     self.size = length + sampling.max_new_tokens   # the ring cache
     if self.size > sampler.max_cache:
       raise ValueError(
@@ -138,7 +138,7 @@ class SlotRun:
              if s.patch_buckets else 0)
     examples = [self.prompts[i] for i in chosen] or [sampler_lib.filler(s.prompt_pad_id)]
     inputs = s.make_batch(examples, 0, block, length_buckets=(length,),
-                           patch_buckets=(patch,))
+                          patch_buckets=(patch,))
     inputs = sampler_lib.pad_rows(inputs, len(examples), block)
     ids = sampler_lib.pad_ids(self.ids[chosen], block)
     rows = (np.repeat(ids, g) * g + np.tile(np.arange(g), block)).astype(np.int32)

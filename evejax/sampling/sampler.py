@@ -295,7 +295,7 @@ class Sampler:
 
   # ---------------------------------------------------------------- programs
   def prefill_program(self, params, inputs: ModelInputs, group: int,
-                       cache_size: int):
+                      cache_size: int):
     b, t = inputs.tokens.shape
     key = ("prefill", b, t, inputs.patches.shape[1], group, cache_size,
            signature(params))
@@ -407,7 +407,7 @@ class Sampler:
     cache_size = length + ends[0]
     start = time.perf_counter()
     prefill = self.prefill_program(params, inputs, sampling.group_size,
-                                    cache_size)
+                                   cache_size)
     took = time.perf_counter() - start
     logits, cache = prefill.out_info  # ShapeDtypeStructs of its outputs
     by_batch = lambda x: parallel.abstract_tree(
@@ -494,16 +494,16 @@ class Sampler:
       bucket = min(b for b in self.batch_buckets if b >= rows * count)
       lengths = np.concatenate(parts)
       length = pick_bucket(int(lengths[:, 0].max()), self.length_buckets, "A prompt's length",
-                            "raise length_buckets")
+                           "raise length_buckets")
       patch = (pick_bucket(int(lengths[:, 1].max()), self.patch_buckets, "A prompt's patches",
-                            "raise patch_buckets") if self.patch_buckets else 0)
+                           "raise patch_buckets") if self.patch_buckets else 0)
       part = list(prompts[k * per:(k + 1) * per])
       if not part:   # this process joins the chunk with filler rows only
         part_inputs = self.make_batch([filler(self.prompt_pad_id)], 0, bucket // count,
-                                       length_buckets=(length,), patch_buckets=(patch,))
+                                      length_buckets=(length,), patch_buckets=(patch,))
       else:
         part_inputs = self.make_batch(part, k * per, bucket // count,
-                                       length_buckets=(length,), patch_buckets=(patch,))
+                                      length_buckets=(length,), patch_buckets=(patch,))
       ids = pad_ids(prompt_ids[k * per:(k + 1) * per], bucket // count)
       outs.append(self._generate_placed(
           params, part_inputs, sampling, seed, num_prompts=len(part), prompt_offset=0,
@@ -512,7 +512,7 @@ class Sampler:
     return _concat(outs)
 
   def make_batch(self, examples, offset: int, bucket: int, *,
-                  length_buckets: Sequence[int] | None = None,
+                 length_buckets: Sequence[int] | None = None,
                   patch_buckets: Sequence[int] | None = None) -> ModelInputs:
     for i, ex in enumerate(examples):
       self.check_example(ex, offset + i)
