@@ -513,7 +513,7 @@ class Sampler:
 
   def make_batch(self, examples, offset: int, bucket: int, *,
                  length_buckets: Sequence[int] | None = None,
-                  patch_buckets: Sequence[int] | None = None) -> ModelInputs:
+                 patch_buckets: Sequence[int] | None = None) -> ModelInputs:
     for i, ex in enumerate(examples):
       self.check_example(ex, offset + i)
     length_buckets = self.length_buckets if length_buckets is None else tuple(length_buckets)
