@@ -154,6 +154,14 @@ def qwen3_vl_8b() -> ml_collections.ConfigDict:
 
 
 def qwen3_vl_4b() -> ml_collections.ConfigDict:
+  """Qwen3-VL-4B in the published setup. Fits a TPU v5p-16 slice (8 chips,
+  `mesh.fsdp=-1` = 8) per the TPU compiler: the Solver's GRPO step peaks at
+  62.6 GiB of 95 per chip and the Coder's decode chunk at 62.2, with every
+  role's state resident; on v5p-8 both exceed the chip (BENCHMARKS.md, "TPU
+  compiler plans"):
+    python -m evejax.tools.aot_compile --config configs/mmzero.py:qwen3_vl_4b \
+        --target tpu:v5p-16 --largest
+  """
   c = _base()
   c.model = cu.model("qwen3_vl_4b", dtype="bfloat16", param_dtype="float32", remat=True)
   return c
