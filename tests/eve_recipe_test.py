@@ -84,13 +84,15 @@ class ScriptedRunTest(absltest.TestCase):
         "eve.challenger_prompts": 4, "eve.challenger_group": 2, "eve.difficulty_samples": 4,
         "eve.solver_steps": 2, "eve.solver_prompts": 4, "eve.solver_group": 2,
         "eve.heldout_eval_questions": 4, "log.tensorboard": False})
-    root, roles = tempfile.mkdtemp(), rt.eve_roles(config)
+    # One row writes an empty code block: no sandbox run, a counted format failure.
+    root, roles = tempfile.mkdtemp(), rt.eve_roles(config, empty_code={(1, 1)})
     recs = rt.check_resume(self, eve.Eve, config, roles, "challenger", 1, (
         "challenger/reward/mean", "challenger/reward/difficulty", "challenger/valid_rate",
         "challenger/train/loss", "challenger/queue/size", "solver/reward/mean",
         "solver/train/loss", "eval/heldout_accuracy"), root=root)
     challenger = [r for r in recs if "challenger/valid_rate" in r]
     self.assertGreater(min(r["challenger/valid_rate"] for r in challenger), 0.5)
+    self.assertGreaterEqual(max(r.get("counts/challenger/empty_code_block", 0) for r in recs), 1)
     self.assertGreater(max(r["challenger/difficulty_mean"] for r in challenger), 0.0)
     self.assertGreaterEqual(sum(r["challenger/admitted"] for r in challenger), 1)
     self.assertTrue(any(r["solver_data/selected"] > 0 for r in recs if "solver_data/selected" in r))

@@ -104,13 +104,16 @@ MMZERO_WIRING = {
     "mmzero.solver_easy_min": 0.0, "log.tensorboard": False, "log.progress": False}
 
 
-def eve_roles(config, families=EVE_FAMILIES):
+def eve_roles(config, families=EVE_FAMILIES, empty_code=frozenset()):
   """A Challenger writing library programs with fresh arguments (what a pretrained
-  Challenger would write) and a Solver guessing letters (pass rates spread)."""
+  Challenger would write) and a Solver guessing letters (pass rates spread).
+  Rows (prompt id, member) in `empty_code` reply with an empty code block."""
   library = transforms.library()
   size = (config.data.size,) * 2   # built-in scenes are square
 
   def challenger(i, g, rng):
+    if (i, g) in empty_code:
+      return "<think>Nothing to write.</think>\n```python\n```"
     fam = library[families[rng.integers(len(families))]]
     return eve_tasks.challenger_sft_target(fam, fam.sample(rng, *size),
                                            think_text=fam.description)

@@ -229,7 +229,7 @@ class Eve(runner.Recipe):
 
     def run_program(r, j, text, _):   # the sandbox runs a row's program while the device samples
       code = eve_rewards.parse_challenger_output(text, c.eve.think_tag)[1]
-      submitted[r] = (code, code and self._submit(code, images[j]))
+      submitted[r] = (code, self._submit(code, images[j]) if code else None)
 
     samples = self.roles["challenger"].generate(
         {j: run.prompt(eve_tasks.challenger_instructions(examples[j], im.size, c.eve.instructions,
@@ -240,6 +240,7 @@ class Eve(runner.Recipe):
       return
     programs = [submitted[r] for r in range(len(samples))]
     run.counts["challenger/no_code_block"] += sum(code is None for code, _ in programs)
+    run.counts["challenger/empty_code_block"] += sum(code == "" for code, _ in programs)
     results = run.sandbox_results([future for _, future in programs])
     tasks = [self._task(indices[samples.prompt_of(r)], images[samples.prompt_of(r)], code, res,
                         seed=run.seed(stage.name, step, samples.id_of(r)))
