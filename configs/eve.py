@@ -196,9 +196,10 @@ def small() -> ml_collections.ConfigDict:
   precondition fails. The Solver's warm start learns the reply's format but
   not the answer: its loss settles at 0.17 per token, ln 4 over the 8 target
   tokens, i.e. the one answer letter stays at chance among 4 options, and
-  accuracy on the warm-start families is 28% over 3 seeds (chance 25%). Method and control
-  then differ only by noise around chance. Showing EVE's claim needs a Solver
-  that can answer these comparison questions at all (a pretrained VLM).
+  accuracy on the warm-start families is 28% over 3 seeds (chance 25%).
+  Method and control then differ only by noise around chance. Showing EVE's
+  claim needs a Solver that can answer these comparison questions at all (a
+  pretrained VLM).
   """
   c = tiny()
   c.eve.train_family_eval_questions = 48
