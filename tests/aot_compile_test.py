@@ -164,14 +164,26 @@ class OversizedTest(absltest.TestCase):
     cls.top = targets.topology("tpu:v5e-4")   # 16 GiB chips
     cls.mesh = parallel.make_mesh({"fsdp": 4}, devices=targets.devices(cls.top))
 
-  def _program(self, name, rows, resident):
+  def _program(self, name, rows, resident, model_flops=0.0):
     from evejax.tools import aot_programs  # pylint: disable=g-import-not-at-top
     sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("fsdp"))
     x = jax.ShapeDtypeStruct((rows, 4096), jnp.float32, sharding=sharding)
     # [rows, rows] f32, replicated: rows^2 * 4 bytes on every device.
     fn = jax.jit(lambda x: x @ x.T, out_shardings=parallel.replicated(self.mesh))
     return aot_programs.Program(name, "train", "test", f"{rows} rows", lambda: fn.lower(
-        x).compile(), resident)
+        x).compile(), resident, model_flops)
+
+  def test_model_flops_the_compiler_cannot_see_set_the_compute_time(self):
+    from evejax.tools import aot_plan  # pylint: disable=g-import-not-at-top
+    # As with splash kernels: the model does far more than the compiler counts.
+    seen, unseen = aot_plan.compile_all(
+        [self._program("seen", 1024, 0), self._program("unseen", 1024, 0, model_flops=1e15)],
+        self.top.chip, log=lambda *a, **k: None)
+    self.assertLess(seen["flops"], 1e13)
+    self.assertIn(seen["bound"], ("compute", "memory"))
+    self.assertEqual(unseen["bound"], "compute (model FLOPs)")
+    self.assertAlmostEqual(unseen["compute_s"], 1e15 / self.top.chip.peak_flops)
+    self.assertAlmostEqual(unseen["mfu_bound"], 1.0)   # never above 100%
 
   def test_too_big_for_the_compiler_and_too_big_beside_the_state(self):
     from evejax.tools import aot_plan  # pylint: disable=g-import-not-at-top
