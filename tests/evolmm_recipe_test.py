@@ -56,9 +56,15 @@ class ControlAndHeldoutVotesTest(absltest.TestCase):
                              "evolmm.heldout_questions": 2, "evolmm.answer_format": "tag",
                              "evolmm.scene_shapes": 1,
                              "evolmm.scene_templates": ("color_of_kind",)})
-    runner.run_recipe(evolmm.EvoLmm, config, tempfile.mkdtemp(), role_wrappers=wrap)
+    workdir = tempfile.mkdtemp()
+    runner.run_recipe(evolmm.EvoLmm, config, workdir, role_wrappers=wrap)
     solver_rewards = [v for name, values in log if name == "solver" for v in values]
     self.assertNotEmpty(solver_rewards)
+    # The gallery shows the replies as written, the malformed one included.
+    with open(os.path.join(workdir, "gallery", "iter1.html")) as f:
+      page = f.read()
+    self.assertGreater(page.count("&lt;answer&gt;red"), 0)
+    self.assertEqual(page.count("&lt;answer&gt;"), 2 * page.count("&lt;answer&gt;red"))
     # r = p^0.7 for the tagged reply (share 1/2), 0 for the malformed one.
     self.assertEqual(sorted(set(round(v, 4) for v in solver_rewards)),
                      [0.0, round(0.5 ** 0.7, 4)])

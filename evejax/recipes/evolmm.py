@@ -183,7 +183,7 @@ class EvoLmm(runner.Recipe):
     metrics.update(self._update(stage, step, samples, solver_rewards, qsamples, question_rewards))
     for r in range(0, len(samples), N):
       run.add_card(stage, f"step{step:05d}_q{samples.id_of(r) // N:04d}", lambda r=r: self._card(
-          self._answered(samples.texts[r:r + N]), *asked[samples.prompt_of(r)]))
+          samples.texts[r:r + N], *asked[samples.prompt_of(r)]))
     run.log(metrics, prefix="evolmm")
     run.log_counts()
 
@@ -208,13 +208,14 @@ class EvoLmm(runner.Recipe):
     return out
 
   def _card(self, replies, question, image) -> dict:
-    """A question with its image, the Solver's answers and what their rewards saw."""
-    e = self.config.evolmm
-    shares = rewards.answer_shares([rewards.extract_answer(x) for x in replies])
+    """A question with its image, the Solver's replies as written, and what their
+    rewards saw (the replies as `_answered` reads them)."""
+    e, read = self.config.evolmm, self._answered(replies)
+    shares = rewards.answer_shares([rewards.extract_answer(x) for x in read])
     return {"images": [image], "question": question, "answers": replies,
             "share of each answer (p)": [round(float(s), 3) for s in shares],
-            "solver rewards": [round(r.value, 3) for r in self._solver_rewards(replies)],
-            "proposer reward": rewards.proposer_reward(replies, mu=e.mu, sigma=e.sigma).value}
+            "solver rewards": [round(r.value, 3) for r in self._solver_rewards(read)],
+            "proposer reward": rewards.proposer_reward(read, mu=e.mu, sigma=e.sigma).value}
 
   # -- evaluation ------------------------------------------------------------------
 
