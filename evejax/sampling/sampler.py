@@ -62,7 +62,6 @@ def _batch_axis(axes: Sequence[str | None]) -> int | None:
   return list(axes).index("batch") if "batch" in axes else None
 
 
-
 def replicate_rows(cache: Any, axes: Any, group_size: int) -> Any:
   """Repeats every row of `cache` G times along its 'batch' axis (row-major)."""
   if group_size == 1:

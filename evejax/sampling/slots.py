@@ -93,7 +93,6 @@ def _take(old, new, source, axis: int):
   return jnp.where(keep, moved, old)
 
 
-
 def place_cache(cache: Any, new: Any, source: jax.Array, axes: Any) -> Any:
   """`cache` (S slots, write index w) with slot s holding row source[s] of `new`.
 
