@@ -18,7 +18,6 @@ own Solver reward is 0, so agreeing on saying nothing is never rewarded.
 
 import collections
 import math
-import re
 from typing import Sequence
 
 from evejax.rewards.registry import Reward
@@ -27,7 +26,7 @@ from evejax.rl import answers
 
 def parse_question(text: str, tag: str = "question") -> tuple[str | None, str]:
   """(question, reason) from a Proposer reply's ``<question>...</question>``."""
-  found = re.findall(rf"<{tag}>(.*?)</{tag}>", text or "", flags=re.DOTALL)
+  found = answers.tagged_contents(text, tag)
   if not found or not found[-1].strip():
     return None, "no_question_tag"
   return found[-1].strip(), "ok"
@@ -40,7 +39,7 @@ def extract_answer(reply: str, tag: str = "answer") -> str:
 
 def has_answer_tag(reply: str, tag: str = "answer") -> bool:
   """Whether `reply` holds a closed <tag>...</tag>."""
-  return re.search(rf"<{tag}>.*?</{tag}>", reply or "", flags=re.DOTALL) is not None
+  return bool(answers.tagged_contents(reply, tag))
 
 
 def words_before_answer(reply: str, tag: str = "answer") -> int:

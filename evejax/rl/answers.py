@@ -94,11 +94,16 @@ def extract_letter(answer: str | None, letters: str = "ABCD",
   return m.group(1) if m else None
 
 
+def tagged_contents(text: str | None, tag: str = "answer") -> list[str]:
+  """The contents of every closed ``<tag>...</tag>`` in `text`, in order."""
+  return re.findall(rf"<{tag}>(.*?)</{tag}>", text or "", flags=re.DOTALL)
+
+
 def extract_tagged_answer(text: str | None, tag: str = "answer") -> str:
   """Last ``<tag>...</tag>`` content, else the last non-empty line, else ''."""
   if not text:
     return ""
-  found = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL)
+  found = tagged_contents(text, tag)
   if found:
     return found[-1].strip()
   lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
