@@ -3,7 +3,6 @@ through the real sandbox, queue, rewards and GRPO; logged questions rebuilt
 exactly), a shortened end-to-end tiny run, and resume mid-phase."""
 import json
 import os
-import tempfile
 
 from absl.testing import absltest
 import pytest
@@ -85,7 +84,7 @@ class ScriptedRunTest(absltest.TestCase):
         "eve.solver_steps": 2, "eve.solver_prompts": 4, "eve.solver_group": 2,
         "eve.heldout_eval_questions": 4, "log.tensorboard": False})
     # One row writes an empty code block: no sandbox run, a counted format failure.
-    root, roles = tempfile.mkdtemp(), rt.eve_roles(config, empty_code={(1, 1)})
+    root, roles = rt.tempdir(self), rt.eve_roles(config, empty_code={(1, 1)})
     recs = rt.check_resume(self, eve.Eve, config, roles, "challenger", 1, (
         "challenger/reward/mean", "challenger/reward/difficulty", "challenger/valid_rate",
         "challenger/train/loss", "challenger/queue/size", "solver/reward/mean",
@@ -112,7 +111,7 @@ class ScriptedRunTest(absltest.TestCase):
 class EndToEndTest(absltest.TestCase):
 
   def test_short_tiny_run_and_resume_mid_phase(self):
-    root = tempfile.mkdtemp()
+    root = rt.tempdir(self)
     full = os.path.join(root, "full")
     summary = runner.run_recipe(eve.Eve, short_config(), full)
 

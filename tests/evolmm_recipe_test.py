@@ -2,7 +2,6 @@
 two adapters on one backbone, and a shortened tiny run that resumes exactly."""
 import math
 import os
-import tempfile
 import types
 
 import jax
@@ -34,7 +33,7 @@ class ControlAndHeldoutVotesTest(absltest.TestCase):
     config = short_config(**{"warmstart.enabled": False, "evolmm.iterations": 1,
                              "evolmm.steps_per_iteration": 1, "evolmm.reward": "constant",
                              "evolmm.heldout_questions": 6, "evolmm.heldout_samples": 3})
-    summary = runner.run_recipe(evolmm.EvoLmm, config, tempfile.mkdtemp(), role_wrappers=wrap)
+    summary = runner.run_recipe(evolmm.EvoLmm, config, rt.tempdir(self), role_wrappers=wrap)
     solver_rewards = [v for name, values in log if name == "solver" for v in values]
     self.assertNotEmpty(solver_rewards)
     self.assertEqual(set(solver_rewards), {1.0})   # the control: no signal
@@ -56,7 +55,7 @@ class ControlAndHeldoutVotesTest(absltest.TestCase):
                              "evolmm.heldout_questions": 2, "evolmm.answer_format": "tag",
                              "evolmm.scene_shapes": 1,
                              "evolmm.scene_templates": ("color_of_kind",)})
-    workdir = tempfile.mkdtemp()
+    workdir = rt.tempdir(self)
     runner.run_recipe(evolmm.EvoLmm, config, workdir, role_wrappers=wrap)
     solver_rewards = [v for name, values in log if name == "solver" for v in values]
     self.assertNotEmpty(solver_rewards)
@@ -70,7 +69,7 @@ class ControlAndHeldoutVotesTest(absltest.TestCase):
                      [0.0, round(0.5 ** 0.7, 4)])
     with self.assertRaisesRegex(ValueError, "config.evolmm.answer_format='xml'"):
       runner.run_recipe(evolmm.EvoLmm, short_config(**{"evolmm.answer_format": "xml"}),
-                        tempfile.mkdtemp())
+                        rt.tempdir(self))
 
   def test_answer_variety_is_low_when_answers_ignore_the_image(self):
     q = lambda text, answer: types.SimpleNamespace(question=text, answer=answer)  # noqa: E731
@@ -97,7 +96,7 @@ class SequentialUpdateTest(absltest.TestCase):
                              "evolmm.proposer_every": 5, "train.optimizer.lr": 1e-3,
                              "evolmm.steps_per_iteration": 5,
                              "evolmm.heldout_questions": 4})
-    r = runner.Runner(evolmm.EvoLmm, config, tempfile.mkdtemp(), role_wrappers=wrap)
+    r = runner.Runner(evolmm.EvoLmm, config, rt.tempdir(self), role_wrappers=wrap)
     r.run_schedule()
 
     # Rewards by hand (METHODS.md): p(red) = 0.6, p(blue) = 0.4, no words before the tag.
@@ -159,7 +158,7 @@ class ShortRunTest(absltest.TestCase):
     config = short_config(**{"warmstart.steps": 60, "evolmm.iterations": 2,
                              "evolmm.steps_per_iteration": 3, "evolmm.heldout_questions": 16,
                              "checkpoint.every": 1, "checkpoint.keep": 1000})
-    root = tempfile.mkdtemp()
+    root = rt.tempdir(self)
     full = os.path.join(root, "full")
     summary = runner.run_recipe(evolmm.EvoLmm, config, full)
     for key in ("init", "after_warmstart", "iter1", "iter2"):

@@ -2,7 +2,6 @@
 scripted roles, and a shortened tiny run that renders, trains all three roles,
 writes the gallery and the chart, and resumes mid-phase exactly."""
 import os
-import tempfile
 
 import numpy as np
 from absl.testing import absltest
@@ -83,7 +82,7 @@ class ScriptedPhasesTest(absltest.TestCase):
         "mmzero.proposer_group": 4, "mmzero.coder_samples": 4, "mmzero.coder_pool": 3,
         "mmzero.coder_prompts": 2, "mmzero.solver_pool": 3, "mmzero.heldout_items": 2,
         "mmzero.heldout_coder_samples": 1})
-    summary = runner.run_recipe(mmzero.MmZero, config, tempfile.mkdtemp(), role_wrappers=wrap)
+    summary = runner.run_recipe(mmzero.MmZero, config, rt.tempdir(self), role_wrappers=wrap)
 
     updates = {name: values for name, values in log}
     # Proposer: unparseable rows get -1; the parsed ones the reward of N = 4 codes,
@@ -126,7 +125,7 @@ class ShortRunTest(absltest.TestCase):
         "warmstart.solver_steps": 20, "mmzero.iterations": 1, "mmzero.proposer_steps": 2,
         "mmzero.coder_steps": 2, "mmzero.solver_steps": 1, "mmzero.heldout_items": 7,
         "mmzero.heldout_coder_samples": 1, "checkpoint.every": 1, "checkpoint.keep": 1000})
-    root = tempfile.mkdtemp()
+    root = rt.tempdir(self)
     full = os.path.join(root, "full")
     summary = runner.run_recipe(mmzero.MmZero, config, full)
     recs = rt.records(full)

@@ -19,6 +19,13 @@ from evejax.recipes import runner
 from evejax.recipes import schedule
 
 
+def tempdir(test) -> str:
+  """A directory removed when `test` ends: recipe runs keep every checkpoint (GBs)."""
+  path = tempfile.mkdtemp(prefix="evejax_recipe_test_")
+  test.addCleanup(shutil.rmtree, path, ignore_errors=True)
+  return path
+
+
 def short_config(spec: str, **overrides):
   """A preset on one device without progress bars, with `overrides` ("a.b": value)."""
   c = config_utils.load_config(spec)
@@ -165,7 +172,7 @@ def check_resume(test, recipe_cls, config, roles, kind: str, step: int, keys,
   position = schedule.Schedule(stages).units_done((index, step))
   config.checkpoint.every = position
   config.checkpoint.keep = 1000
-  root = root or tempfile.mkdtemp()
+  root = root or tempdir(test)
   full, part = os.path.join(root, "full"), os.path.join(root, "part")
   runner.run_recipe(recipe_cls, config, full, role_wrappers=roles)
   copy_checkpoints(full, part, position)
