@@ -9,6 +9,7 @@ import numpy as np
 from absl.testing import absltest
 import pytest
 
+from evejax.data import scene_questions
 from evejax.recipes import evolmm
 from evejax.recipes import evolmm_tasks
 from evejax.recipes import runner
@@ -70,6 +71,22 @@ class ControlAndHeldoutVotesTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "config.evolmm.answer_format='xml'"):
       runner.run_recipe(evolmm.EvoLmm, short_config(**{"evolmm.answer_format": "xml"}),
                         rt.tempdir(self))
+
+  def test_scene_layout_options_reach_every_scene_the_recipe_draws(self):
+    config = short_config(**{"warmstart.enabled": False, "evolmm.heldout_questions": 6,
+                             "evolmm.scene_grid": 2, "evolmm.scene_shapes": 1,
+                             "evolmm.scene_templates": ("kind_of_color",)})
+    with runner.Runner(evolmm.EvoLmm, config, rt.tempdir(self)) as r:
+      want = scene_questions.sample_questions(
+          config.seed + 1, 6, split="heldout", size=(config.data.size,) * 2, grid=2,
+          num_shapes=1, templates=("kind_of_color",))
+      self.assertEqual(r.recipe.heldout, want)
+      key, image = next(iter(r.recipe.source.take(1)))
+      scene = scene_questions.make_scene(
+          np.random.default_rng([config.seed, 0, int(key.split("-")[1])]),
+          (config.data.size,) * 2, 1, grid=2)
+      np.testing.assert_array_equal(np.asarray(image),
+                                    np.asarray(scene_questions.draw_scene(scene)))
 
   def test_answer_variety_is_low_when_answers_ignore_the_image(self):
     q = lambda text, answer: types.SimpleNamespace(question=text, answer=answer)  # noqa: E731

@@ -127,6 +127,25 @@ class SceneTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "fits the templates"):
       sq.sample_questions(0, 1, templates=("left_of",), num_shapes=1, max_tries=3)
 
+  def test_a_coarser_grid_draws_fewer_larger_shapes_with_correct_answers(self):
+    coarse = sq.sample_questions(7, 120, grid=2)
+    for q in coarse:
+      self.assertEqual(q.answer, answer_from_pixels(shapes_on_pixels(q.image()), q.question),
+                       f"{q.key} {q.template}: {q.question}")
+    self.assertEqual({len(q.scene.shapes) for q in coarse}, {2, 3, 4})
+    fine = sq.sample_questions(7, 120)
+    mean_size = lambda qs: np.mean([s.size for q in qs for s in q.scene.shapes])  # noqa: E731
+    self.assertGreater(mean_size(coarse), 1.4 * mean_size(fine))   # cells 3/2 as wide
+    self.assertEqual(fine, sq.sample_questions(7, 120, grid=sq.GRID))
+    self.assertTrue(all(len(q.scene.shapes) == 1 for q in sq.sample_questions(7, 5, grid=1)))
+    with self.assertRaisesRegex(ValueError, "num_shapes=5: a 2 x 2 scene holds 1..4"):
+      sq.sample_questions(0, 1, num_shapes=5, grid=2)
+    with self.assertRaisesRegex(ValueError, "grid=0"):
+      sq.sample_questions(0, 1, grid=0)
+    source = sq.SceneSource(3, seed=7, shuffle=False, grid=2)
+    for q, (_, image) in zip(coarse, source.take(3)):
+      np.testing.assert_array_equal(np.asarray(image), np.asarray(q.image()))
+
   def test_scene_source_yields_the_question_scenes(self):
     source = sq.SceneSource(8, split="heldout", seed=6, shuffle=False)
     qs = sq.sample_questions(6, 8, split="heldout")

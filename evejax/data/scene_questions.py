@@ -46,7 +46,7 @@ COLORS = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 70, 220),
 KINDS = ("circle", "square", "triangle")
 SPLITS = {"train": 0, "heldout": 1}
 DEFAULT_SIZE = (112, 112)
-GRID = 3  # scenes hold at most GRID * GRID shapes
+GRID = 3  # default layout: GRID x GRID cells, one shape at most in each
 LARGEST_MARGIN = 1.5  # the largest shape's area over the next one's
 POSITION_MARGIN = 0.1  # of the image side, for left-of / above questions
 
@@ -80,19 +80,24 @@ class Scene:
 
 def make_scene(rng: np.random.Generator, size: Sequence[int] = DEFAULT_SIZE,
                num_shapes: int | None = None, kinds: Sequence[str] = KINDS,
-               colors: Sequence[str] = tuple(COLORS)) -> Scene:
-  """A scene of `num_shapes` (default 2-5) shapes, one per grid cell."""
+               colors: Sequence[str] = tuple(COLORS), grid: int = GRID) -> Scene:
+  """A scene of `num_shapes` (default 2-5, at most `grid`^2) shapes, one per cell of a
+  `grid` x `grid` layout; a shape's size scales with its cell (fewer cells: larger shapes)."""
   w, h = int(size[0]), int(size[1])
-  n = int(rng.integers(2, 6)) if num_shapes is None else int(num_shapes)
-  if not 1 <= n <= GRID * GRID:
-    raise ValueError(f"num_shapes={n}: a scene holds 1..{GRID * GRID} shapes.")
-  cw, ch = w / GRID, h / GRID
+  cells = int(grid) * int(grid)
+  if cells < 1:
+    raise ValueError(f"grid={grid}: a scene's layout needs at least 1 x 1 cells.")
+  n = (int(rng.integers(min(2, cells), min(5, cells) + 1)) if num_shapes is None
+       else int(num_shapes))
+  if not 1 <= n <= cells:
+    raise ValueError(f"num_shapes={n}: a {grid} x {grid} scene holds 1..{cells} shapes.")
+  cw, ch = w / grid, h / grid
   shapes = []
-  for cell in rng.choice(GRID * GRID, n, replace=False):
+  for cell in rng.choice(cells, n, replace=False):
     s = float(rng.uniform(0.2, 0.42)) * min(cw, ch)
     room_x, room_y = cw / 2 - s - 1, ch / 2 - s - 1
-    cx = (cell % GRID + 0.5) * cw + float(rng.uniform(-room_x, room_x))
-    cy = (cell // GRID + 0.5) * ch + float(rng.uniform(-room_y, room_y))
+    cx = (cell % grid + 0.5) * cw + float(rng.uniform(-room_x, room_x))
+    cy = (cell // grid + 0.5) * ch + float(rng.uniform(-room_y, room_y))
     shapes.append(SceneShape(str(rng.choice(list(kinds))), str(rng.choice(list(colors))),
                              cx, cy, s))
   top, bottom = (tuple(int(v) for v in rng.integers(205, 251, 3)) for _ in range(2))
@@ -263,7 +268,7 @@ def ask(scene: Scene, rng: np.random.Generator,
 def sample_questions(seed: int, count: int, *, split: str = "train", start: int = 0,
                      templates: Sequence[str] | None = None,
                      size: Sequence[int] = DEFAULT_SIZE,
-                     num_shapes: int | None = None,
+                     num_shapes: int | None = None, grid: int = GRID,
                      max_tries: int = 100) -> list[SceneQuestion]:
   """Questions start..start+count-1 of `split`, one scene each.
 
@@ -277,7 +282,7 @@ def sample_questions(seed: int, count: int, *, split: str = "train", start: int 
   for i in range(start, start + count):
     rng = np.random.default_rng([int(seed), SPLITS[split], i])
     for _ in range(max_tries):
-      scene = make_scene(rng, size, num_shapes)
+      scene = make_scene(rng, size, num_shapes, grid=grid)
       asked = ask(scene, rng, templates)
       if asked is not None:
         break
@@ -294,16 +299,17 @@ class SceneSource(sources.ImageSource):
   """The scenes of one split as an `ImageSource` (images for EvoLMM's Proposer)."""
 
   def __init__(self, count: int, *, split: str = "train", size: Sequence[int] = DEFAULT_SIZE,
-               num_shapes: int | None = None, **kwargs):
+               num_shapes: int | None = None, grid: int = GRID, **kwargs):
     super().__init__(**kwargs)
     if split not in SPLITS:
       raise ValueError(f"Unknown scene split {split!r}; valid: {list(SPLITS)}.")
     self.count, self.split, self.size = int(count), split, tuple(size)
-    self.num_shapes = num_shapes
+    self.num_shapes, self.grid = num_shapes, grid
 
   def __len__(self) -> int:
     return self.count
 
   def _read(self, index: int) -> tuple[str, Image.Image]:
     rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
-    return f"{self.split}-{index}", draw_scene(make_scene(rng, self.size, self.num_shapes))
+    return f"{self.split}-{index}", draw_scene(make_scene(rng, self.size, self.num_shapes,
+                                                          grid=self.grid))

@@ -79,7 +79,7 @@ class EvoLmm(runner.Recipe):
     super().__init__(run)
     self.source = (scenes.SceneSource(c.data.num_images, split="train", seed=c.seed,
                                       size=(c.data.size, c.data.size),
-                                      num_shapes=e.scene_shapes or None)
+                                      num_shapes=e.scene_shapes or None, grid=e.scene_grid)
                    if c.data.kind == "scenes" else sources.make_source({**c.data.to_dict(),
                                                                         "seed": c.seed}))
     self.on_base = False             # whether the adapters sit on the warm-started backbone
@@ -104,6 +104,7 @@ class EvoLmm(runner.Recipe):
     c = self.config
     return scenes.sample_questions(seed, count, size=(c.data.size, c.data.size),
                                    num_shapes=c.evolmm.scene_shapes or None,
+                                   grid=c.evolmm.scene_grid,
                                    templates=tuple(c.evolmm.scene_templates) or None, **kw)
 
   # -- warm start ------------------------------------------------------------------
