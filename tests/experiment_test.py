@@ -70,14 +70,15 @@ class ExperimentTest(absltest.TestCase):
     self.assertEqual([r.arm for r in runs], ["method", "longer_warm_start"])
     self.assertIsNone(runs[1].warmstart)
 
-  def test_every_arm_of_every_recipe_applies_to_its_small_preset(self):
-    for recipe in ("eve", "mmzero", "evolmm"):
-      spec = f"configs/{recipe}.py:small"
+  def test_every_arm_of_every_recipe_applies_to_its_experiment_presets(self):
+    for recipe, preset in (("eve", "small"), ("mmzero", "small"), ("evolmm", "small"),
+                           ("evolmm", "grounded")):
+      spec = f"configs/{recipe}.py:{preset}"
       arms = experiment.arms_of(spec)
       self.assertIn("method", arms)
       self.assertIn("control", arms)
       for run in experiment.plan(spec, list(arms), [0], tempfile.mkdtemp()):
-        with self.subTest(recipe=recipe, arm=run.arm):
+        with self.subTest(spec=spec, arm=run.arm):
           config = config_utils.load_config(spec, run.overrides)
           self.assertEqual(config.seed, 0)
 
