@@ -60,6 +60,10 @@ def _base() -> ml_collections.ConfigDict:
       # What counts as an answer: "tag_or_line" (published: <answer>...</answer>, else
       # the last non-empty line) or "tag" (a closed tag only; else no answer, reward 0).
       answer_format="tag_or_line",
+      # Whose questions the Solver answers: "proposer" (the method) or "scenes" (built-in
+      # template questions of fresh train scenes, no Proposer: the Solver's consistency
+      # rewards alone, an ablation; needs data.kind="scenes").
+      questions="proposer",
   ))
   c.sampling = ml_collections.ConfigDict(dict(
       proposer=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=128),
@@ -192,6 +196,9 @@ ARMS = {
     # The method where only a closed <answer> tag is an answer: a tiny Solver
     # otherwise agrees with itself on malformed replies (a lone "<answer>").
     "tag_only": {"evolmm.answer_format": "tag"},
+    # The Solver's half alone: consistency rewards on built-in scene questions, no
+    # Proposer (which otherwise steers the questions to where the Solver is unsure).
+    "solver_only": {"evolmm.questions": "scenes"},
 }
 # Beside held-out greedy accuracy: what a sample and the majority of N reach, how far
 # the answers agree, whether they still depend on the image, and the training batches'.

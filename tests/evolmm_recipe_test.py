@@ -72,6 +72,36 @@ class ControlAndHeldoutVotesTest(absltest.TestCase):
       runner.run_recipe(evolmm.EvoLmm, short_config(**{"evolmm.answer_format": "xml"}),
                         rt.tempdir(self))
 
+  def test_solver_alone_answers_scene_questions_and_no_proposer_is_asked(self):
+    log = []
+
+    def no_proposer(i, g, rng):
+      raise AssertionError("questions='scenes' sampled the Proposer")
+
+    wrap = {"proposer": rt.recording(log, no_proposer),
+            "solver": rt.recording(
+                log, lambda i, g, rng: ("<answer>red</answer>", "<answer>blue</answer>")[g % 2])}
+    config = short_config(**{"warmstart.enabled": False, "evolmm.iterations": 1,
+                             "evolmm.steps_per_iteration": 2, "evolmm.questions": "scenes",
+                             "evolmm.heldout_questions": 2,
+                             "evolmm.scene_templates": ("color_of_kind",)})
+    workdir = rt.tempdir(self)
+    runner.run_recipe(evolmm.EvoLmm, config, workdir, role_wrappers=wrap)
+    self.assertEqual({name for name, _ in log}, {"solver"})
+    self.assertLen(log, 2)   # one GRPO update a step
+    # 3 of 5 answers red, 2 blue: r = p^0.7 (METHODS.md), no words before the tag.
+    n = config.evolmm.images_per_step * config.evolmm.proposer_group
+    red, blue = round(0.6 ** 0.7, 4), round(0.4 ** 0.7, 4)
+    for _, got in log:
+      self.assertEqual([round(v, 4) for v in got], [red, blue, red, blue, red] * n)
+    with open(os.path.join(workdir, "gallery", "iter1.html")) as f:
+      self.assertIn("What colour is the ", f.read())
+    for bad, message in ((("evolmm.questions", "library"), "config.evolmm.questions='library'"),
+                         (("data.kind", "builtin"), "set config.data.kind='scenes'")):
+      with self.assertRaisesRegex(ValueError, message):
+        runner.run_recipe(evolmm.EvoLmm, short_config(**{"evolmm.questions": "scenes",
+                                                         bad[0]: bad[1]}), rt.tempdir(self))
+
   def test_scene_layout_options_reach_every_scene_the_recipe_draws(self):
     config = short_config(**{"warmstart.enabled": False, "evolmm.heldout_questions": 6,
                              "evolmm.scene_grid": 2, "evolmm.scene_shapes": 1,

@@ -19,6 +19,8 @@ Departures from the paper, each by config:
   KL term against the base (config.train.algorithm="grpo").
   `reward="majority"`: the paper's baseline (1 for the majority answer, else 0).
   `reward="constant"`: the experiments' control, no signal (configs/evolmm.py ARMS).
+  `questions="scenes"`: an ablation, the Solver alone on built-in scene questions
+  (no Proposer), to separate its consistency rewards from the questions asked.
   `warmstart.enabled` (tiny preset only): the backbone itself is first trained by SFT
   on built-in scene questions (a model from scratch has no language for low-rank
   adapters to steer); both adapters then sit on it, and it is their KL reference.
@@ -45,6 +47,7 @@ from evejax.rewards.registry import Reward
 UPDATE_RULES = {"sequential": "reinforce", "grpo": "grpo"}   # update_rule -> train.algorithm
 REWARDS = ("continuous", "majority", "constant")
 ANSWER_FORMATS = ("tag_or_line", "tag")
+QUESTION_SOURCES = ("proposer", "scenes")
 
 
 class EvoLmm(runner.Recipe):
@@ -72,6 +75,11 @@ class EvoLmm(runner.Recipe):
         (e.reward in REWARDS, f"config.evolmm.reward={e.reward!r}: use one of {REWARDS}."),
         (e.answer_format in ANSWER_FORMATS, f"config.evolmm.answer_format={e.answer_format!r}: "
                                             f"use one of {ANSWER_FORMATS}."),
+        (e.questions in QUESTION_SOURCES, f"config.evolmm.questions={e.questions!r}: use one of "
+                                          f"{QUESTION_SOURCES}."),
+        (e.questions != "scenes" or c.data.kind == "scenes",
+         "config.evolmm.questions='scenes' asks built-in scene questions; set "
+         "config.data.kind='scenes'."),
         (c.train.lora.rank > 0, "EvoLMM plays both roles as LoRA adapters on one backbone; set "
                                 "config.train.lora.rank > 0.")):
       if not ok:
@@ -155,6 +163,8 @@ class EvoLmm(runner.Recipe):
 
   def evolve_step(self, stage: Stage, step: int) -> None:
     e, run = self.config.evolmm, self.run
+    if e.questions == "scenes":
+      return self._answer_scene_questions(stage, step)
     positions = self.source.reserve(e.images_per_step)
     images = run.owned(len(positions), lambda j: self.source.item(
         self.source.index_at(positions[j]))[1])
@@ -172,26 +182,57 @@ class EvoLmm(runner.Recipe):
         e.samples, run.seed(stage.name, step, "solver"))
     if not samples.total_rows:
       return
-    # Each question's N answers are one group of the batch: every reward is of its group.
-    texts, N = self._answered(samples.gather(samples.texts)), e.samples
-    groups = {i // N: texts[k:k + N] for k, i in enumerate(samples.batch_ids) if k % N == 0}
-    solver_rewards = [r for g in groups.values() for r in self._solver_rewards(g)]
+    groups, solver_rewards, metrics = self._answer_groups(samples)
     question_rewards = [rewards.proposer_reward(groups[i], mu=e.mu, sigma=e.sigma)
                         if i in groups else Reward(0.0, "no_solver_samples")
                         for i in qsamples.batch_ids]
-    stats = [rewards.answer_statistics(g) for g in groups.values()]
-    metrics = {k: float(np.mean([x[k] for x in stats])) for k in stats[0]}
     metrics.update(self._update(stage, step, samples, solver_rewards, qsamples, question_rewards))
-    for r in range(0, len(samples), N):
-      run.add_card(stage, f"step{step:05d}_q{samples.id_of(r) // N:04d}", lambda r=r: self._card(
-          samples.texts[r:r + N], *asked[samples.prompt_of(r)]))
+    for r in range(0, len(samples), e.samples):
+      run.add_card(stage, f"step{step:05d}_q{samples.id_of(r) // e.samples:04d}",
+                   lambda r=r: self._card(samples.texts[r:r + e.samples],
+                                          *asked[samples.prompt_of(r)]))
     run.log(metrics, prefix="evolmm")
     run.log_counts()
 
-  def _update(self, stage, step, samples, solver_rewards, qsamples, question_rewards) -> dict:
+  def _answer_groups(self, samples) -> tuple[dict[int, list[str]], list[Reward], dict]:
+    """Each question's N answers (as the rewards read them) by question, the Solver's
+    rewards in batch order (each of its group) and the groups' mean statistics."""
+    texts, N = self._answered(samples.gather(samples.texts)), self.config.evolmm.samples
+    groups = {i // N: texts[k:k + N] for k, i in enumerate(samples.batch_ids) if k % N == 0}
+    solver_rewards = [r for g in groups.values() for r in self._solver_rewards(g)]
+    stats = [rewards.answer_statistics(g) for g in groups.values()]
+    return groups, solver_rewards, {k: float(np.mean([x[k] for x in stats])) for k in stats[0]}
+
+  def _answer_scene_questions(self, stage: Stage, step: int) -> None:
+    """The Solver alone (`questions="scenes"`): its consistency rewards on built-in
+    template questions of fresh train scenes (after the warm start's); no Proposer."""
+    c, e, run = self.config, self.config.evolmm, self.run
+    count = e.images_per_step * e.proposer_group
+    done = (stage.iteration - 1) * stage.steps + step
+    first = c.warmstart.steps * c.warmstart.batch_size if c.warmstart.enabled else 0
+    qs = self._scene_questions(c.seed, count, split="train", start=first + done * count)
+    samples = self.roles["solver"].generate(
+        run.owned(count, lambda j: run.prompt(tasks.solver_prompt(qs[j].question, e.style),
+                                               [qs[j].image()])),
+        e.samples, run.seed(stage.name, step, "solver"))
+    if not samples.total_rows:
+      return
+    _, solver_rewards, metrics = self._answer_groups(samples)
+    metrics.update(self._update(stage, step, samples, solver_rewards))
+    for r in range(0, len(samples), e.samples):
+      q = qs[samples.prompt_of(r)]
+      run.add_card(stage, f"step{step:05d}_q{samples.id_of(r) // e.samples:04d}",
+                   lambda r=r, q=q: self._card(samples.texts[r:r + e.samples], q.question,
+                                               q.image()))
+    run.log(metrics, prefix="evolmm")
+    run.log_counts()
+
+  def _update(self, stage, step, samples, solver_rewards, qsamples=None,
+              question_rewards=()) -> dict:
     """The published order: N Solver updates, one per answer (every process takes each
     answer's step, in row order; its owner gives the row); a Proposer update every
-    `proposer_every` steps, on this step's questions. GRPO: one update each."""
+    `proposer_every` steps, on this step's questions (none without `qsamples`). GRPO:
+    one update each."""
     e, solver = self.config.evolmm, self.roles["solver"]
     if e.update_rule == "sequential":
       local = {i: r for r, i in enumerate(samples.ids_of())}
@@ -202,6 +243,8 @@ class EvoLmm(runner.Recipe):
     # Rewards of the whole step (a sequential update's metrics are its last answer's).
     out = {f"solver/{k}": v for k, v in {**metrics, **role_lib.reward_metrics(
         solver_rewards)}.items()}
+    if qsamples is None:
+      return out
     out.update({f"proposer/{k}": v for k, v in role_lib.reward_metrics(question_rewards).items()})
     if (stage.steps * (stage.iteration - 1) + step + 1) % e.proposer_every == 0:
       out.update({f"proposer/{k}": v for k, v in
