@@ -50,6 +50,11 @@ ANSWER_FORMATS = ("tag_or_line", "tag")
 QUESTION_SOURCES = ("proposer", "scenes")
 
 
+def _evolve_steps_before(stage: Stage, step: int) -> int:
+  """Evolve steps of the run before `step` of `stage` (iterations have equal steps)."""
+  return (stage.iteration - 1) * stage.steps + step
+
+
 class EvoLmm(runner.Recipe):
   """The EvoLMM recipe; see the module docstring."""
 
@@ -208,9 +213,9 @@ class EvoLmm(runner.Recipe):
     template questions of fresh train scenes (after the warm start's); no Proposer."""
     c, e, run = self.config, self.config.evolmm, self.run
     count = e.images_per_step * e.proposer_group
-    done = (stage.iteration - 1) * stage.steps + step
     first = c.warmstart.steps * c.warmstart.batch_size if c.warmstart.enabled else 0
-    qs = self._scene_questions(c.seed, count, split="train", start=first + done * count)
+    qs = self._scene_questions(c.seed, count, split="train",
+                               start=first + _evolve_steps_before(stage, step) * count)
     samples = self.roles["solver"].generate(
         run.owned(count, lambda j: run.prompt(tasks.solver_prompt(qs[j].question, e.style),
                                                [qs[j].image()])),
@@ -246,7 +251,7 @@ class EvoLmm(runner.Recipe):
     if qsamples is None:
       return out
     out.update({f"proposer/{k}": v for k, v in role_lib.reward_metrics(question_rewards).items()})
-    if (stage.steps * (stage.iteration - 1) + step + 1) % e.proposer_every == 0:
+    if (_evolve_steps_before(stage, step) + 1) % e.proposer_every == 0:
       out.update({f"proposer/{k}": v for k, v in
                   self.roles["proposer"].update(qsamples, question_rewards).items()})
     return out
