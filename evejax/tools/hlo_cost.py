@@ -16,8 +16,10 @@ that body as the entry computation, and combines them:
 
 Trip counts come from each loop's condition (`counters + offset < constant`
 terms, in the condition or a fusion it calls: `lax.scan` lowers to `i < n`)
-and the counters' initial values (constants, or where the loop it continues
-left its counter: the decode stages). A data-dependent exit (the decode loop
+the counters' initial values (constants, or where the loop it continues
+left its counter: the decode stages) and their steps (XLA's unrolled loops,
+such as the windowed einsums that overlap an FSDP all-gather with its
+matmul, step their counter by 2). A data-dependent exit (the decode loop
 stops when every row has finished) counts its bound: the worst case. A loop
 whose bound cannot be read counts once and is reported.
 
@@ -220,6 +222,59 @@ def _bounds(cond: str, comps: dict[str, list[str]]) -> list[tuple[tuple[int, ...
   return found
 
 
+def _step(body: list[str], index: int, comps: dict[str, list[str]]) -> int:
+  """How much loop counter `index` grows per iteration of `body`: the constant
+  in `root[index] = counter + c` (the add may sit in a fusion); 1 where it is
+  not that form (the trip count is then an upper bound).
+
+  XLA's loop unrolling (the "wide" loops of windowed einsums and double
+  buffering) steps a counter by the unroll factor, not by one.
+  """
+  defs = _defs(body)
+  root = next((_parse(line) for line in body if line.lstrip().startswith("ROOT ")), None)
+  if not root or root[1] != "tuple" or index >= len(_operands(root[2])):
+    return 1
+
+  def value(name, resolve, depth=0):
+    """("counter", None) for root[index]'s own counter, ("constant", c), or None."""
+    d = resolve(name)
+    if d is None or depth > 8:
+      return None
+    op, args, attrs = d
+    if op in ("copy", "bitcast", "convert"):
+      return value(_operands(args)[0], resolve, depth + 1)
+    if op == "get-tuple-element":
+      return ("counter", None) if re.search(rf"\bindex={index}\b", attrs) else None
+    if op == "constant":
+      try:
+        return "constant", int(args)
+      except ValueError:
+        return None
+    if op == "fusion":   # an add wrapped in a fusion: its parameters are the operands
+      called = re.search(r"calls=%([\w.\-]+)", attrs)
+      inner_lines = comps.get(called.group(1), []) if called else []
+      inner = _defs(inner_lines)
+      inner_root = next((_parse(line) for line in inner_lines
+                         if line.lstrip().startswith("ROOT ")), None)
+      outer = _operands(args)
+
+      def inner_resolve(n):
+        d = inner.get(n)
+        if d and d[0] == "parameter" and d[1].strip().isdigit() and int(d[1]) < len(outer):
+          return resolve(outer[int(d[1])])
+        return d if d is not None else resolve(n)   # names are unique in a module
+      return value(inner_root[0], inner_resolve, depth + 1) if inner_root else None
+    if op == "add":
+      parts = [value(a, resolve, depth + 1) for a in _operands(args)[:2]]
+      kinds = sorted(p[0] for p in parts if p)
+      if kinds == ["constant", "counter"]:
+        return "step", next(p[1] for p in parts if p[0] == "constant")
+    return None
+
+  found = value(_operands(root[2])[index], defs.get)
+  return found[1] if found and found[0] == "step" and found[1] > 0 else 1
+
+
 def _start(defs, operand: str, index: int, final) -> int:
   """Element `index` of a loop's initial tuple: a constant, or where the loop it
   continues left its counter (`final(loop, index)`); else 0 (the trip count is
@@ -293,6 +348,7 @@ def loop_aware_cost(compiled: jax.stages.Compiled) -> Cost:
 
   bounds = {w: _bounds(cond, comps) for name in order for w, _, cond, _ in loops.get(name, [])}
   operands = {w: operand for name in order for w, operand, _, _ in loops.get(name, [])}
+  bodies = {w: body for name in order for w, _, _, body in loops.get(name, [])}
   all_defs = {}
   for name in order:
     all_defs.update(_defs(comps[name]))
@@ -305,7 +361,8 @@ def loop_aware_cost(compiled: jax.stages.Compiled) -> Cost:
       for indices, offset, limit in bounds.get(w) or []:
         starts = sum(_start(all_defs, operands[w], i,
                             lambda v, k: final(v, k, depth + 1)) for i in indices)
-        n = max(limit - offset - starts, 0)
+        step = sum(_step(comps[bodies[w]], i, comps) for i in indices)
+        n = -(-max(limit - offset - starts, 0) // step)
         trip = n if trip is None else min(trip, n)
       trips_of[w] = trip
     return trips_of[w]
@@ -317,7 +374,7 @@ def loop_aware_cost(compiled: jax.stages.Compiled) -> Cost:
     for indices, _, _ in bounds[w]:
       if indices == (index,):
         start = _start(all_defs, operands[w], index, lambda v, k: final(v, k, depth + 1))
-        return start + (trip_of(w, depth) or 0)
+        return start + (trip_of(w, depth) or 0) * _step(comps[bodies[w]], index, comps)
     return 0
 
   once_cache: dict[str, tuple[float, float]] = {}
