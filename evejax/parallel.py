@@ -283,6 +283,12 @@ class OnMesh:
       return self.jitted.lower(*args, **kwargs)
 
 
+def eval_shape_on(mesh: Mesh | None, fn, *args):
+  """`jax.eval_shape` traced as `OnMesh` traces (splash finds the mesh in context)."""
+  with _mesh_context(mesh):
+    return jax.eval_shape(fn, *args)
+
+
 def _mesh_context(mesh: Mesh | None):
   return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 

@@ -609,5 +609,25 @@ class VLMSamplerTest(absltest.TestCase):
     # Per device on the mesh: rows split 4 ways, KV heads 2 ways.
     self.assertLess(plans["mesh"]["decode"].argument_size_in_bytes, one - kv_bytes / 2)
 
+  def test_compile_slots_plans_the_programs_slot_generate_runs(self):
+    from evejax.sampling import continuous  # pylint: disable=g-import-not-at-top
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.params)
+    t = self.config.text
+    # The ring: every slot (4 prompts x G) holds a 32-token prompt and N new tokens.
+    ring_kv = 2 * t.num_layers * 4 * self.sp.group_size * t.num_kv_heads * (
+        32 + self.N) * t.head_dim * 4
+    for mesh in (None, parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})):
+      sampler = sampling.Sampler(self.config, mesh=mesh, decode_mode="slots", **self.kw)
+      plan = continuous.compile_slots(sampler, abstract, self.sp, length=32, patches=64)
+      self.assertEqual(sampler.num_compiles, 4)   # init, prefill, insert, decode
+      self.assertEqual(set(plan["seconds"]), {"init", "prefill", "insert", "decode"})
+      decode = plan["decode"].memory_analysis().argument_size_in_bytes
+      split = 1 if mesh is None else 8   # the ring's rows 4 ways, its KV heads 2 ways
+      self.assertGreater(decode, ring_kv / split)
+      # generate runs exactly the planned programs (4 prompts fill every slot at once).
+      out = sampler.generate(self.params, self.prompts, self.sp, seed=3)
+      self.assertEqual(sampler.num_compiles, 4)
+      np.testing.assert_array_equal(out.tokens, self.sampled.tokens)
+
 if __name__ == "__main__":
   absltest.main()

@@ -180,7 +180,7 @@ class PhaseData:
     return work
 
 
-def _decoding(config) -> dict:
+def decoding_kwargs(config) -> dict:
   """The Sampler's decode-mode arguments from config.decoding (absent: its defaults)."""
   d = config.get("decoding")
   if d is None:
@@ -210,7 +210,7 @@ class Run:
             [int(b.max_new_tokens) for b in blocks]
             + [validation_lib.new_tokens(config.get("validation"), model.model_config)]),
         prompt_pad_id=model.tokenizer.pad_id, model=_sampling_model(config),
-        **_decoding(config))
+        **decoding_kwargs(config))
     distributed.check_batch_layout(model.mesh, model.rules)
     self.counts: collections.Counter = collections.Counter()
     self._counts_everywhere: collections.Counter = collections.Counter()  # at the last sync

@@ -25,6 +25,7 @@ over the global slot array, so all stop at the same step.
 from __future__ import annotations
 
 import collections
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -187,6 +188,21 @@ class SlotRun:
         n = int(lengths[slot])
         self.on_row(r, tokens[slot, :n], logprobs[slot, :n], int(finish[slot]))
 
+  @classmethod
+  def planned(cls, sampler, params, sampling: SamplingParams, *, bucket: int,
+              length: int) -> "SlotRun":
+    """A run of `bucket` x G slots and a ring of `length` + max_new_tokens, for
+    compiling its programs from shapes (`compile_slots`): no prompts, nothing run."""
+    run = cls.__new__(cls)
+    run.s, run.params, run.sp = sampler, params, sampling
+    run.key = jax.eval_shape(lambda: jax.random.key(0))
+    run.procs, run.me = 1, 0   # global shapes: the same programs on every process
+    run.size = length + sampling.max_new_tokens
+    run.bucket, run.g = bucket, sampling.group_size
+    run.slots = run.local = bucket * sampling.group_size
+    run.state = run.cache = None
+    return run
+
   # -------------------------------------------------------------- programs
   def _put(self, x: np.ndarray):
     s = self.s
@@ -219,7 +235,7 @@ class SlotRun:
       return slots_lib.empty_state(self.slots, sp), cache
 
     def build():
-      out = jax.eval_shape(init, self.params, inputs)
+      out = parallel.eval_shape_on(s.mesh, init, self.params, inputs)
       return parallel.OnMesh(jax.jit(init, out_shardings=self._out_shardings(*out)),
                              s.mesh).lower(self.params, inputs).compile()
     return s.compiled(self._key("init", inputs.tokens.shape, inputs.patches.shape), build)
@@ -255,3 +271,45 @@ class SlotRun:
           jax.jit(decode, donate_argnums=(1, 2), out_shardings=out), s.mesh).lower(
               self.params, self.state, self.cache, self.key, scalar, scalar).compile()
     return s.compiled(self._key("decode"), build)
+
+
+def compile_slots(sampler, params, sampling: SamplingParams, *, length: int,
+                  patches: int = 0, prompts: int | None = None) -> dict:
+  """The programs of one slot-decoded `generate` call, compiled ahead of time, not run.
+
+  The counterpart of `Sampler.compile_chunk` for decode_mode "slots", at
+  (batch bucket `prompts`) x G slots whose ring holds a `length`-token prompt
+  and max_new_tokens: "init" (the empty state and ring), "prefill" (a refill
+  of every slot at once, the largest; partial refills prefill fewer prompts),
+  "insert" (its caches and first tokens into the slots), "decode" (steps until
+  enough slots are free, a data-dependent loop), "inference_params" and
+  "seconds" (each one's compile time).
+  """
+  bucket = prompts or sampler.batch_buckets[-1]
+  params = sampler.abstract_inference_params(params)
+  inputs = sampler.abstract_inputs(bucket, length, patches)
+  run = SlotRun.planned(sampler, params, sampling, bucket=bucket, length=length)
+  seconds = {}
+
+  def timed(name, build):
+    start = time.perf_counter()
+    out = build()
+    seconds[name] = time.perf_counter() - start
+    return out
+
+  by_batch = lambda x: parallel.abstract_tree(
+      x, None if sampler.mesh is None else sampler.batch_sharding(x.ndim))
+  by_axes = lambda tree: parallel.abstract_tree(
+      tree, None if sampler.mesh is None else sampler.shardings(sampler.cache_axes, tree))
+  init = timed("init", lambda: run._init_program(inputs))  # pylint: disable=protected-access
+  state, cache = init.out_info
+  run.state, run.cache = jax.tree.map(by_batch, state), by_axes(cache)
+  prefill = timed("prefill", lambda: sampler.prefill_program(params, inputs, run.g, length))
+  logits, new = prefill.out_info
+  logits, new = by_batch(logits), by_axes(new)
+  slot_ids = by_batch(jax.ShapeDtypeStruct((run.slots,), jnp.int32))
+  insert = timed("insert", lambda: run._insert_program(  # pylint: disable=protected-access
+      logits, new, slot_ids, slot_ids))
+  decode = timed("decode", lambda: run._decode_program(np.int32(1)))  # pylint: disable=protected-access
+  return {"init": init, "prefill": prefill, "insert": insert, "decode": decode,
+          "inference_params": params, "seconds": seconds}

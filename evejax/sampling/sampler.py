@@ -308,7 +308,7 @@ class Sampler:
     def build():
       out_shardings = None
       if self.mesh is not None:
-        out = jax.eval_shape(prefill, params, inputs)
+        out = parallel.eval_shape_on(self.mesh, prefill, params, inputs)
         out_shardings = (self.batch_sharding(2),
                          self.shardings(axes, out[1]))
       return parallel.OnMesh(jax.jit(prefill, out_shardings=out_shardings),
@@ -372,6 +372,31 @@ class Sampler:
             "decode": chunk["decode"].memory_analysis(),
             "inference_params": chunk["inference_params"]}
 
+  def abstract_inference_params(self, params):
+    """`params` (arrays or ShapeDtypeStructs) as shapes in the decode layout, laid out
+    on the mesh: what `generate`'s programs run on, without converting anything."""
+    abstract = lambda tree, axes: parallel.abstract_tree(
+        tree, None if self.mesh is None else self.shardings(axes, tree))
+    params = parallel.abstract_tree(params)
+    convert = getattr(self.model, "inference_params", None)
+    if self.unroll_layers and convert is not None:
+      return abstract(jax.eval_shape(lambda p: convert(p, self.config), params),
+                      self.model.inference_param_axes(self.config))
+    return abstract(params, self.model.param_axes(self.config))
+
+  def abstract_inputs(self, rows: int, length: int, patches: int) -> ModelInputs:
+    """The shapes of a batch of `rows` prompts in the (length, patches) buckets."""
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    inputs = ModelInputs(
+        tokens=i32(rows, length), mask=i32(rows, length),
+        positions=i32(3, rows, length),
+        patches=jax.ShapeDtypeStruct(
+            (rows, patches, self.config.vision.patch_dim), jnp.float32),
+        patch_coords=i32(rows, patches, 2), patch_image=i32(rows, patches),
+        patch_window=i32(rows, patches))
+    return parallel.abstract_tree(
+        inputs, None if self.mesh is None else self._input_shardings(inputs))
+
   def compile_chunk(self, params, sampling: SamplingParams, *, length: int,
                     patches: int = 0, prompts: int | None = None) -> dict:
     """One chunk's prefill and decode programs, compiled ahead of time, not run.
@@ -385,23 +410,8 @@ class Sampler:
     rows = prompts or self.batch_buckets[-1]
     abstract = lambda tree, axes: parallel.abstract_tree(
         tree, None if self.mesh is None else self.shardings(axes, tree))
-    params = parallel.abstract_tree(params)
-    convert = getattr(self.model, "inference_params", None)
-    if self.unroll_layers and convert is not None:
-      params = abstract(jax.eval_shape(lambda p: convert(p, self.config), params),
-                        self.model.inference_param_axes(self.config))
-    else:
-      params = abstract(params, self.model.param_axes(self.config))
-    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
-    inputs = ModelInputs(
-        tokens=i32(rows, length), mask=i32(rows, length),
-        positions=i32(3, rows, length),
-        patches=jax.ShapeDtypeStruct(
-            (rows, patches, self.config.vision.patch_dim), jnp.float32),
-        patch_coords=i32(rows, patches, 2), patch_image=i32(rows, patches),
-        patch_window=i32(rows, patches))
-    inputs = parallel.abstract_tree(
-        inputs, None if self.mesh is None else self._input_shardings(inputs))
+    params = self.abstract_inference_params(params)
+    inputs = self.abstract_inputs(rows, length, patches)
     ends = loop_lib.stage_ends(sampling.max_new_tokens, self.first_stage_tokens)
     cache_size = length + ends[0]
     start = time.perf_counter()

@@ -10,7 +10,8 @@ params and optimizer states with their shardings, and compiles, without
 running, every program a run of the config executes (`aot_programs`: each
 policy's train step per stage kind, the reference pass, the sampler's prefill
 and decode for every sampling call and bucket combination or with --largest
-the largest of each, the vision tower, the evaluator's chunks). Splash
+the largest of each, and with slot decoding its state and insert programs, the
+vision tower, the evaluator's chunks). Splash
 attention is the Mosaic kernel here, as on a TPU (`attention.compiling_for`).
 
 Per program, per device:

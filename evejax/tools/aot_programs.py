@@ -11,7 +11,9 @@
   prefill/..., decode/... one `Sampler.generate` chunk per sampling call the
                           recipe makes (role, G, greedy) and bucket
                           combination (batch x length x patches that fit;
-                          `largest`: only the largest of each call)
+                          `largest`: only the largest of each call); with
+                          `decoding.mode="slots"` also decode/.../init and
+                          decode/.../insert, a slot run's other programs
   vision/<policy>         the vision tower alone on a chunk at the largest patch bucket
   eval: prefill/decode    the evaluator's chunks (configs/eval.py, or a
                           recipe's in-loop validation when it is on)
@@ -30,6 +32,7 @@ sizes found in the config's recipe block.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -271,26 +274,37 @@ def _sampling_params(block, group: int, greedy: bool, stop_ids, pad_id):
       group_size=group, eos_ids=tuple(stop_ids), pad_id=pad_id)
 
 
-def _chunk_programs(sampler, params, label: str, role: str, sp, buckets, resident,
-                    model_config) -> list[Program]:
-  """prefill + decode of one sampling call for each (batch, length, patches) bucket."""
+def _chunk_programs(sampler, params, label: str, role: str, sp, buckets,
+                    resident) -> list[Program]:
+  """The programs of one sampling call for each (batch, length, patches) bucket:
+  a static chunk's prefill + decode, or with slot decoding a generate call's
+  four (`continuous.compile_slots`: its slots = the batch bucket x G, its ring
+  the length bucket + max_new_tokens, a refill of every slot at once)."""
+  from evejax.sampling import continuous  # pylint: disable=g-import-not-at-top
+  slots = sampler.decode_mode == "slots"
+  build = functools.partial(continuous.compile_slots, sampler) if slots else sampler.compile_chunk
   out = []
   for b, length, p in buckets:
-    shape = f"{b} prompts x G={sp.group_size}, prompt {length} tokens, {p} patches, " \
-            f"{sp.max_new_tokens} new tokens" + (" (greedy)" if sp.greedy else "")
+    shape = (f"{b} prompts x G={sp.group_size}" + (f" = {b * sp.group_size} slots" if slots
+                                                   else "")
+             + f", prompt {length} tokens, {p} patches, {sp.max_new_tokens} new tokens"
+             + (" (greedy)" if sp.greedy else ""))
     holder: dict[str, Any] = {}
 
     def chunk(b=b, length=length, p=p, holder=holder):
       if not holder:
-        holder.update(sampler.compile_chunk(params, sp, length=length, patches=p, prompts=b))
+        holder.update(build(params, sp, length=length, patches=p, prompts=b))
       return holder
 
     tag = f"{label}/b{b}xL{length}xP{p}/G{sp.group_size}/N{sp.max_new_tokens}"
     if sp.greedy:
       tag += "/greedy"
-    for part in ("prefill", "decode"):
-      out.append(Program(f"{part}/{tag}", part, role, shape, chunk, resident, part=part))
-  del model_config
+    out.append(Program(f"prefill/{tag}", "prefill", role, shape, chunk, resident,
+                       part="prefill"))
+    out.append(Program(f"decode/{tag}", "decode", role, shape, chunk, resident, part="decode"))
+    if slots:   # decode/<tag>/...: `--only decode/<role>` keeps them with their loop
+      out += [Program(f"decode/{tag}/{part}", "decode", role, shape, chunk, resident,
+                      part=part) for part in ("init", "insert")]
   return out
 
 
@@ -313,6 +327,7 @@ def programs(config, mesh, *, largest: bool = False) -> tuple[list[Program], dic
   from evejax import recipes  # pylint: disable=g-import-not-at-top
   from evejax.sampling import Sampler  # pylint: disable=g-import-not-at-top
   from evejax.eval import validation  # pylint: disable=g-import-not-at-top
+  from evejax.recipes import runner  # pylint: disable=g-import-not-at-top
   recipe_cls = recipes.resolve(config.recipe)
   name = _recipe_name(config)
   policies = _policies(config, mesh, recipe_cls, name)
@@ -338,7 +353,8 @@ def programs(config, mesh, *, largest: bool = False) -> tuple[list[Program], dic
       length_buckets=tuple(p.length_buckets), patch_buckets=tuple(p.patch_buckets),
       batch_buckets=tuple(p.batch_buckets),
       max_cache=max(p.length_buckets) + max([int(b.max_new_tokens) for b in blocks] + [val_new]),
-      prompt_pad_id=tokenizer.pad_id, model=None if cfg is None else lora_lib.AdaptedModel(cfg))
+      prompt_pad_id=tokenizer.pad_id, model=None if cfg is None else lora_lib.AdaptedModel(cfg),
+      **runner.decoding_kwargs(config))
   calls = (_SAMPLING_CALLS[name](config) if name in _SAMPLING_CALLS
            else _generic_calls(config, list(roles)))
   if validation.enabled(config.get("validation")):
@@ -356,7 +372,7 @@ def programs(config, mesh, *, largest: bool = False) -> tuple[list[Program], dic
       continue
     seen.add(key)
     params = policies[policy].sampler_weights
-    out += _chunk_programs(sampler, params, f"{role}", role, sp, combos, total, model_config)
+    out += _chunk_programs(sampler, params, f"{role}", role, sp, combos, total)
   first = next(iter(policies))
   weights = (policies[first].backbone if policies[first].backbone is not None
              else policies[first].params)
@@ -429,7 +445,7 @@ def _eval_programs(config, mesh, largest: bool) -> tuple[list[Program], dict[str
       continue
     seen.add(sp)
     out += _chunk_programs(sampler, params, f"eval/{n}", "eval", sp, combos,
-                           resident["params"], model_config)
+                           resident["params"])
   out.append(_vision_program(model_config, mesh, params, max(p.batch_buckets),
                              max(p.patch_buckets), resident["params"], "eval"))
   return out, resident
