@@ -59,7 +59,12 @@ def _base() -> ml_collections.ConfigDict:
       question_types=(0, 1),       # type 2 is implemented, off by default
       type2_partial_credit=True,   # type 2 graded per matched position (else all or nothing)
       num_args=4,                  # |args_list|
+      # The transformation families: builtin (the paper's kinds of edit) or a library
+      # "pkg.mod:attr" that replaces them; `transforms` adds families to either.
+      library="builtin",
       transforms="",               # extra transformation library "pkg.mod:attr"
+      heldout_families=(),         # never shown to the Challenger (() = the builtin three)
+      seed_families=(),            # the queue's never-evicted seeds (() = the paper's four)
       heldout_eval_questions=256,  # Solver accuracy on held-out families
       train_family_eval_questions=0,   # >0: also on the warm-start families (fresh images)
       # Solver phase questions: challenger (logged in the Challenger phase, the method)
@@ -207,6 +212,33 @@ def small() -> ml_collections.ConfigDict:
   return c
 
 
+def painted() -> ml_collections.ConfigDict:
+  """The small preset in a painting world, where the visual cue is plain.
+
+  For: testing whether the small Solver's failure is visual. Every edit paints
+  one named colour over one part of the image (a quadrant, a horizontal band;
+  held out: a vertical band), so each question's answer is visible as a large
+  patch of a colour the options name, a cue this tiny model learns to name in
+  EvoLMM's grounded world (`evejax.data.transforms.painting`). The Solver's warm
+  start is 1500 steps at 1e-3, the rate and length at which that world's
+  colours were learned.
+
+  What it shows at this scale (BENCHMARKS.md, "Learning fidelity", EVE): the
+  precondition still fails. After the warm start the Solver is at chance on
+  its own families (23% on 48 questions, loss ln 4 over the 8 target tokens);
+  and with the answer's colour written into the question (a text-only
+  control, a one-off probe) it is at chance too: what this 2-layer model does
+  not learn is to find the option or image a cue points to and answer its
+  letter, whatever the cue. EVE's questions need a larger model.
+  """
+  c = small()
+  c.eve.update(library="evejax.data.transforms.painting:FAMILIES",
+               heldout_families=("column",), seed_families=("paint_quadrant", "stripe"))
+  c.warmstart.update(challenger_families=("stripe",), solver_steps=1500, solver_lr=1e-3)
+  c.checkpoint.every = 100
+  return c
+
+
 def qwen2_5_vl_3b() -> ml_collections.ConfigDict:
   c = _base()
   c.model = cu.model("qwen2_5_vl_3b", dtype="bfloat16", param_dtype="float32", remat=True)
@@ -214,6 +246,15 @@ def qwen2_5_vl_3b() -> ml_collections.ConfigDict:
 
 
 def qwen2_5_vl_7b() -> ml_collections.ConfigDict:
+  """The published setup: Qwen2.5-VL-7B-Instruct, every hyperparameter of the paper.
+
+  Fits a TPU v5p-16 slice (8 chips, `mesh.fsdp=-1` = 8) per the TPU compiler:
+  every program compiles, the largest (the Solver's decode chunk, 16 prompts x
+  G=8) at 78 GiB of 95 per chip and the Solver's GRPO step at 69 GiB, both
+  roles' states resident (BENCHMARKS.md, "TPU compiler plans"):
+    python -m evejax.tools.aot_compile --config configs/eve.py:qwen2_5_vl_7b \
+        --target tpu:v5p-16 --largest
+  """
   return _base()
 
 
@@ -270,7 +311,7 @@ EXPERIMENT_METRICS = ("eval/train_families_accuracy", "eval/heldout_accuracy_typ
                       "eval/heldout_accuracy_type1", "challenger/valid_rate",
                       "challenger/admitted", "solver/reward/accuracy")
 
-PRESETS = {"tiny": tiny, "small": small, "qwen2_5_vl_3b": qwen2_5_vl_3b,
+PRESETS = {"tiny": tiny, "small": small, "painted": painted, "qwen2_5_vl_3b": qwen2_5_vl_3b,
            "qwen2_5_vl_7b": qwen2_5_vl_7b, "qwen3_vl_8b": qwen3_vl_8b,
            "qwen3_5_9b": qwen3_5_9b}
 

@@ -172,6 +172,14 @@ def grounded() -> ml_collections.ConfigDict:
 
 
 def qwen2_5_vl_7b() -> ml_collections.ConfigDict:
+  """The published setup: Qwen2.5-VL-7B-Instruct with two LoRA adapters.
+
+  Fits a TPU v5p-8 slice (4 chips, `mesh.fsdp=-1` = 4) per the TPU compiler:
+  every program compiles, the largest (each adapter's REINFORCE step) at 25.5
+  GiB of 95 per chip (BENCHMARKS.md, "TPU compiler plans"):
+    python -m evejax.tools.aot_compile --config configs/evolmm.py:qwen2_5_vl_7b \
+        --target tpu:v5p-8 --largest
+  """
   return _base()
 
 

@@ -150,7 +150,10 @@ def small() -> ml_collections.ConfigDict:
 
 def qwen3_vl_8b() -> ml_collections.ConfigDict:
   """The published default; three 8B train states fit 16 devices (two 8xH100 nodes)."""
-  return _base()
+  c = _base()
+  # Sampling chunks are split over all 16 devices: buckets are multiples of 16.
+  c.processing.batch_buckets = (16,)
+  return c
 
 
 def qwen3_vl_4b() -> ml_collections.ConfigDict:

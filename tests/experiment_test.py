@@ -71,8 +71,8 @@ class ExperimentTest(absltest.TestCase):
     self.assertIsNone(runs[1].warmstart)
 
   def test_every_arm_of_every_recipe_applies_to_its_experiment_presets(self):
-    for recipe, preset in (("eve", "small"), ("mmzero", "small"), ("evolmm", "small"),
-                           ("evolmm", "grounded")):
+    for recipe, preset in (("eve", "small"), ("eve", "painted"), ("mmzero", "small"),
+                           ("evolmm", "small"), ("evolmm", "grounded")):
       spec = f"configs/{recipe}.py:{preset}"
       arms = experiment.arms_of(spec)
       self.assertIn("method", arms)

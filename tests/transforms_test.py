@@ -279,6 +279,52 @@ def sandbox_pool():
     return None
 
 
+class PaintingWorldTest(absltest.TestCase):
+  """configs/eve.py:painted's families, and how config.eve picks a library."""
+
+  def test_each_output_shows_its_colour_where_its_args_say(self):
+    from evejax.data.transforms import painting  # pylint: disable=g-import-not-at-top
+    from PIL import ImageColor  # pylint: disable=g-import-not-at-top
+    cells = {"quadrant": lambda q, w, h: ((q % 2) * w // 2 + w // 4, (q // 2) * h // 2 + h // 4),
+             "row": lambda r, w, h: (w // 2, r * h // 4 + h // 8),
+             "col": lambda c, w, h: (c * w // 4 + w // 8, h // 2)}
+    for family in painting.FAMILIES:
+      for size in SIZES:
+        for seed in SEEDS:
+          with self.subTest(family=family.name, size=size, seed=seed):
+            args_list, outputs = run_program(
+                family.program(family.sample(np.random.default_rng(seed), *size)),
+                scene(size, seed))
+            self.assertEqual(eve_problems(family, outputs), [])
+            self.assertLen({a["color"] for a in args_list}, 4)
+            for args, out in zip(args_list, outputs):
+              (key, place), = [(k, v) for k, v in args.items() if k != "color"]
+              pixel = out.convert("RGB").getpixel(cells[key](place, *size))
+              self.assertEqual(pixel, ImageColor.getrgb(args["color"]))
+
+  def test_config_picks_library_heldout_and_seeds(self):
+    from evejax.recipes import eve  # pylint: disable=g-import-not-at-top
+    builtin = config_utils.load_config("configs/eve.py:small").eve
+    library, heldout, seeds = eve.families(builtin)
+    self.assertEqual(set(library), set(transforms.library()))
+    self.assertEqual(heldout, list(transforms.HELDOUT_FAMILIES))
+    self.assertEqual(seeds, list(transforms.SEED_FAMILIES))
+    painted = config_utils.load_config("configs/eve.py:painted").eve
+    library, heldout, seeds = eve.families(painted)
+    self.assertEqual(sorted(library), ["column", "paint_quadrant", "stripe"])
+    self.assertEqual((heldout, seeds), (["column"], ["paint_quadrant", "stripe"]))
+    for overrides, error in (
+        ({"heldout_families": ("rotate",)}, r"heldout_families names \['rotate'\].*"
+                                            r"\['column', 'paint_quadrant', 'stripe'\]"),
+        ({"seed_families": ("column",)}, "both held out and seeds"),
+        ({"heldout_families": ("column", "stripe", "paint_quadrant"), "seed_families": ()},
+         "every family")):
+      bad = painted.copy_and_resolve_references()
+      bad.update(overrides)
+      with self.assertRaisesRegex(config_utils.ConfigError, error):
+        eve.families(bad)
+
+
 class SandboxTest(absltest.TestCase):
 
   def test_every_family_passes_the_real_sandbox(self):

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from evejax import config_utils
 from evejax import sandbox as sandbox_lib
 from evejax.data import sources
 from evejax.data import transforms
@@ -56,6 +57,42 @@ class Task:
   seed: int = 0                  # the questions' shuffle seed
 
 
+def families(e) -> tuple[dict[str, transforms.Family], list[str], list[str]]:
+  """(library by name, held-out names, seed names) of `config.eve`.
+
+  Named held-out and seed families must be in the library; the defaults (the
+  paper's) are kept where the library has them.
+  """
+  if e.library == "builtin":
+    library = dict(transforms.library(e.coordinates))
+  else:
+    library = transforms.load_library(e.library)
+  if e.transforms:
+    library.update(transforms.load_library(e.transforms))
+  default_seeds = (transforms.RELATIVE_SEED_FAMILIES if e.coordinates == "relative"
+                   else transforms.SEED_FAMILIES)
+  chosen = {}
+  for key, names, default in (("heldout_families", e.heldout_families,
+                               transforms.HELDOUT_FAMILIES),
+                              ("seed_families", e.seed_families, default_seeds)):
+    names = tuple(names)
+    if missing := [n for n in names if n not in library]:
+      raise config_utils.ConfigError(
+          f"config.eve.{key} names {missing}, which the library ({e.library!r}"
+          f"{' + ' + repr(e.transforms) if e.transforms else ''}) does not have; its "
+          f"families are {sorted(library)}.")
+    chosen[key] = [n for n in (names or default) if n in library]
+  if overlap := set(chosen["heldout_families"]) & set(chosen["seed_families"]):
+    raise config_utils.ConfigError(
+        f"config.eve families {sorted(overlap)} are both held out and seeds; a held-out "
+        "family is never shown to the Challenger.")
+  if not [n for n in library if n not in chosen["heldout_families"]]:
+    raise config_utils.ConfigError(
+        "config.eve.heldout_families holds out every family of the library; leave at least "
+        "one to train on.")
+  return library, chosen["heldout_families"], chosen["seed_families"]
+
+
 class Eve(runner.Recipe):
   """The EVE recipe; see the module docstring."""
 
@@ -75,17 +112,12 @@ class Eve(runner.Recipe):
     if c.eve.solver_questions not in ("challenger", "library"):
       raise ValueError(f"config.eve.solver_questions={c.eve.solver_questions!r}: use "
                        "'challenger' (the method) or 'library' (the control).")
-    self.library = dict(transforms.library(c.eve.coordinates))
-    if c.eve.transforms:
-      self.library.update(transforms.load_library(c.eve.transforms))
-    self.heldout = [n for n in transforms.HELDOUT_FAMILIES if n in self.library]
+    self.library, self.heldout, seeds = families(c.eve)
     self.train_families = [n for n in self.library if n not in self.heldout]
     data = c.data.to_dict()
     self.source = sources.make_source({**data, "seed": c.seed})
     self.eval_source = sources.make_source({**data, "seed": c.seed + 1_000_003})
     seed_rng = np.random.default_rng(run.seed("seed_programs"))
-    seeds = (transforms.RELATIVE_SEED_FAMILIES if c.eve.coordinates == "relative"
-             else transforms.SEED_FAMILIES)
     self.queue = eve_queue.ExampleQueue(
         eve_queue.QueueConfig.from_config(c.queue),
         seeds=[(n, self.library[n].program(self.library[n].sample(seed_rng,
