@@ -227,9 +227,10 @@ def painted() -> ml_collections.ConfigDict:
   precondition still fails. After the warm start the Solver is at chance on
   its own families (23% on 48 questions, loss ln 4 over the 8 target tokens);
   and with the answer's colour written into the question (a text-only
-  control, a one-off probe) it is at chance too: what this 2-layer model does
-  not learn is to find the option or image a cue points to and answer its
-  letter, whatever the cue. EVE's questions need a larger model.
+  control: a one-off probe, 600 steps of type-1 questions) its loss stays at
+  chance too: what this 2-layer model does not learn is to find the option or
+  image a cue points to and answer its letter, whatever the cue. EVE's
+  questions need a larger model.
   """
   c = small()
   c.eve.update(library="evejax.data.transforms.painting:FAMILIES",
