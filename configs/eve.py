@@ -264,9 +264,9 @@ def qwen3_vl_8b() -> ml_collections.ConfigDict:
 
   Fits a TPU v5p-16 slice (8 chips, `mesh.fsdp=-1` = 8) per the TPU compiler
   (`python -m evejax.tools.aot_compile --config configs/eve.py:qwen3_vl_8b
-  --target tpu:v5p-16 --largest`): the Solver's GRPO step peaks at 84 GiB of
-  95 per chip with both roles' states resident (BENCHMARKS.md, "TPU compiler
-  plans").
+  --target tpu:v5p-16 --largest`): the Solver's GRPO step peaks at 75 GiB of
+  95 per chip and the Challenger's decode chunk at 87, with both roles' states
+  resident (BENCHMARKS.md, "TPU compiler plans").
   """
   c = _base()
   c.model = cu.model("qwen3_vl_8b", dtype="bfloat16", param_dtype="float32", remat=True)

@@ -149,7 +149,14 @@ def small() -> ml_collections.ConfigDict:
 
 
 def qwen3_vl_8b() -> ml_collections.ConfigDict:
-  """The published default; three 8B train states fit 16 devices (two 8xH100 nodes)."""
+  """The published default on 16 devices: two 8 x H100 nodes, or a TPU v5p-32 slice.
+
+  Fits v5p-32 (16 chips, `mesh.fsdp=-1` = 16) per the TPU compiler: the
+  Solver's GRPO step, the largest program, peaks at 49 GiB of 95 per chip with
+  all three roles' states resident (BENCHMARKS.md, "TPU compiler plans"):
+    python -m evejax.tools.aot_compile --config configs/mmzero.py:qwen3_vl_8b \
+        --target tpu:v5p-32 --largest
+  """
   c = _base()
   # Sampling chunks are split over all 16 devices: buckets are multiples of 16.
   c.processing.batch_buckets = (16,)
