@@ -164,6 +164,59 @@ def _operands(args: str) -> list[str]:
   return [a.strip().lstrip("%") for a in re.sub(r"/\*index=\d+\*/", "", args).split(",")]
 
 
+def _in_fusion(called: str, operands: list[str], resolve, comps: dict[str, list[str]]):
+  """(the fused computation's defs, a lookup of its names): its parameters resolve
+  to the fusion's operands in the calling computation, through `resolve`."""
+  inner = _defs(comps.get(called, []))
+
+  def look(name):
+    d = inner.get(name)
+    if d and d[0] == "parameter" and d[1].strip().isdigit() and int(d[1]) < len(operands):
+      return resolve(operands[int(d[1])])
+    return d if d is not None else resolve(name)   # names are unique in a module
+  return inner, look
+
+
+def _affine(name: str, resolve, comps: dict[str, list[str]], depth: int = 0
+            ) -> tuple[tuple[int, ...], int] | None:
+  """(loop-tuple indices, constant) when `name` is a sum of loop counters and
+  constants, through copies, converts and fusions that wrap the sum; else None."""
+  d = resolve(name)
+  if d is None or depth > 8:
+    return None
+  op, args, attrs = d
+  if op in ("copy", "bitcast", "convert"):
+    return _affine(_operands(args)[0], resolve, comps, depth + 1)
+  if op == "get-tuple-element":
+    index = re.search(r"index=(\d+)", attrs)
+    return ((int(index.group(1)),), 0) if index else None
+  if op == "constant":
+    try:
+      return (), int(args)
+    except ValueError:
+      return None
+  if op == "add":
+    parts = [_affine(a, resolve, comps, depth + 1) for a in _operands(args)[:2]]
+    if all(parts):
+      return parts[0][0] + parts[1][0], parts[0][1] + parts[1][1]
+    return None
+  called = re.search(r"calls=%([\w.\-]+)", attrs)
+  if op == "fusion" and called:
+    inner, look = _in_fusion(called.group(1), _operands(args), resolve, comps)
+    root = next((n for n, _ in _roots(comps.get(called.group(1), []))), None)
+    return _affine(root, look, comps, depth + 1) if root in inner else None
+  return None
+
+
+def _roots(lines: list[str]):
+  """(name, (opcode, operands, attributes)) of a computation's ROOT line."""
+  for line in lines:
+    if line.lstrip().startswith("ROOT "):
+      parsed = _parse(line)
+      if parsed:
+        yield parsed[0], parsed[1:]
+
+
 def _bounds(cond: str, comps: dict[str, list[str]]) -> list[tuple[tuple[int, ...], int, int]]:
   """The condition's `sum of counters + offset < limit` terms, as (tuple indices, offset, limit).
 
@@ -174,32 +227,13 @@ def _bounds(cond: str, comps: dict[str, list[str]]) -> list[tuple[tuple[int, ...
   """
   defs = _defs(comps.get(cond, []))
 
-  def term(name, resolve, depth=0):
-    """(tuple indices, constant) of a sum of counters and constants, or None."""
-    d = resolve(name)
-    if d is None or depth > 4:
-      return None
-    if d[0] == "get-tuple-element":
-      index = re.search(r"index=(\d+)", d[2])
-      return ((int(index.group(1)),), 0) if index else None
-    if d[0] == "constant":
-      try:
-        return (), int(d[1])
-      except ValueError:
-        return None
-    if d[0] == "add":
-      parts = [term(a, resolve, depth + 1) for a in _operands(d[1])[:2]]
-      if all(parts):
-        return parts[0][0] + parts[1][0], parts[0][1] + parts[1][1]
-    return None
-
   def compares(lines_defs, resolve):
     out = []
     for _, (op, args, attrs) in lines_defs.items():
       if op != "compare" or "direction=LT" not in attrs:
         continue
       a, b = _operands(args)[:2]
-      lhs, rhs = term(a, resolve), term(b, resolve)
+      lhs, rhs = _affine(a, resolve, comps), _affine(b, resolve, comps)
       if lhs and rhs and lhs[0] and not rhs[0]:
         out.append((lhs[0], lhs[1], rhs[1]))
     return out
@@ -207,72 +241,24 @@ def _bounds(cond: str, comps: dict[str, list[str]]) -> list[tuple[tuple[int, ...
   found = compares(defs, defs.get)
   for _, (op, args, attrs) in defs.items():
     called = re.search(r"calls=%([\w.\-]+)", attrs)
-    if op != "fusion" or not called:
-      continue
-    outer = _operands(args)
-    inner = _defs(comps.get(called.group(1), []))
-
-    def resolve(name, inner=inner, outer=outer):
-      d = inner.get(name)
-      if d and d[0] == "parameter" and d[1].strip().isdigit() and int(d[1]) < len(outer):
-        return defs.get(outer[int(d[1])])
-      return d
-
-    found += compares(inner, resolve)
+    if op == "fusion" and called:
+      found += compares(*_in_fusion(called.group(1), _operands(args), defs.get, comps))
   return found
 
 
 def _step(body: list[str], index: int, comps: dict[str, list[str]]) -> int:
   """How much loop counter `index` grows per iteration of `body`: the constant
-  in `root[index] = counter + c` (the add may sit in a fusion); 1 where it is
-  not that form (the trip count is then an upper bound).
+  in `root[index] = counter + c`; 1 where it is not that form (the trip count
+  is then an upper bound).
 
   XLA's loop unrolling (the "wide" loops of windowed einsums and double
   buffering) steps a counter by the unroll factor, not by one.
   """
-  defs = _defs(body)
-  root = next((_parse(line) for line in body if line.lstrip().startswith("ROOT ")), None)
-  if not root or root[1] != "tuple" or index >= len(_operands(root[2])):
+  root = next((d for _, d in _roots(body)), None)
+  if not root or root[0] != "tuple" or index >= len(_operands(root[1])):
     return 1
-
-  def value(name, resolve, depth=0):
-    """("counter", None) for root[index]'s own counter, ("constant", c), or None."""
-    d = resolve(name)
-    if d is None or depth > 8:
-      return None
-    op, args, attrs = d
-    if op in ("copy", "bitcast", "convert"):
-      return value(_operands(args)[0], resolve, depth + 1)
-    if op == "get-tuple-element":
-      return ("counter", None) if re.search(rf"\bindex={index}\b", attrs) else None
-    if op == "constant":
-      try:
-        return "constant", int(args)
-      except ValueError:
-        return None
-    if op == "fusion":   # an add wrapped in a fusion: its parameters are the operands
-      called = re.search(r"calls=%([\w.\-]+)", attrs)
-      inner_lines = comps.get(called.group(1), []) if called else []
-      inner = _defs(inner_lines)
-      inner_root = next((_parse(line) for line in inner_lines
-                         if line.lstrip().startswith("ROOT ")), None)
-      outer = _operands(args)
-
-      def inner_resolve(n):
-        d = inner.get(n)
-        if d and d[0] == "parameter" and d[1].strip().isdigit() and int(d[1]) < len(outer):
-          return resolve(outer[int(d[1])])
-        return d if d is not None else resolve(n)   # names are unique in a module
-      return value(inner_root[0], inner_resolve, depth + 1) if inner_root else None
-    if op == "add":
-      parts = [value(a, resolve, depth + 1) for a in _operands(args)[:2]]
-      kinds = sorted(p[0] for p in parts if p)
-      if kinds == ["constant", "counter"]:
-        return "step", next(p[1] for p in parts if p[0] == "constant")
-    return None
-
-  found = value(_operands(root[2])[index], defs.get)
-  return found[1] if found and found[0] == "step" and found[1] > 0 else 1
+  found = _affine(_operands(root[1])[index], _defs(body).get, comps)
+  return found[1] if found and found[0] == (index,) and found[1] > 0 else 1
 
 
 def _start(defs, operand: str, index: int, final) -> int:
