@@ -119,6 +119,8 @@ def _base() -> ml_collections.ConfigDict:
       schedule="cosine", warmup_steps=5,  # per role, over that role's steps
       solver_lr=0.0, solver_schedule="",  # the Solver's own (0 / "": as above)
       solver_batch_size=0,         # the Solver's rows per step (0: batch_size)
+      # Text before the Solver's boxed answer; "rationale": each question's own
+      # (eve_tasks.solver_reasoning: type 1 restates the matching arguments).
       solver_reasoning="The answer is",
       short_think=False,           # think block = the family's one-line description
       challenger_families=(),      # () = every family the Challenger may see

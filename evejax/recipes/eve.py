@@ -196,11 +196,13 @@ class Eve(runner.Recipe):
     programs = [f.program(f.sample(rng, *self.source.size_of(i))) for f, i in zip(fams, indices)]
     images = self.run.owned(len(indices), lambda j: self._image(indices[j]))
     results = self.run.sandbox_results([self._submit(programs[j], im) for j, im in images.items()])
+    reasoning = self.config.warmstart.solver_reasoning
+    reasoning = None if reasoning == "rationale" else reasoning
     pairs = []
     for (j, image), res in zip(images.items(), results):
       task = self._task(indices[j], image, programs[j], res, seed=self.run.seed(indices[j], step))
       for q in task.questions if task else ():
-        _, target = eve_tasks.solver_sft_pair(q, reasoning=self.config.warmstart.solver_reasoning)
+        _, target = eve_tasks.solver_sft_pair(q, reasoning=reasoning)
         pairs.append((self.run.prompt(q.text, q.images), target))
     return pairs
 
