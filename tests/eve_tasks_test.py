@@ -3,6 +3,7 @@ import ast
 import collections
 import os
 import re
+import types
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -12,6 +13,7 @@ from PIL import Image
 
 from evejax.data import sources
 from evejax.data import transforms
+from evejax.recipes import eve
 from evejax.recipes import eve_tasks
 from evejax.recipes import runner
 from evejax.rewards import eve as eve_rewards
@@ -245,6 +247,39 @@ class WarmStartTest(absltest.TestCase):
       self.assertFalse(target.startswith("\\boxed"))  # reasoning first (full format credit)
       kind = "letter_sequence" if q.qtype == 2 else "letter"
       self.assertEqual(eve_rewards.solver_accuracy(target, q.answer, kind=kind), 1.0)
+
+
+  def test_named_option_reads_the_rationale(self):
+    family = transforms.library()["flip"]
+    image = sources.render_scene(np.random.default_rng(3), (112, 112))
+    args_list = family.sample(np.random.default_rng(3), 112, 112)
+    edit, _ = load_program(family.program(args_list))
+    outputs = [edit(image.copy(), **a) for a in args_list]
+    type0, type1 = eve_tasks.build_questions(image, family.function_text, args_list, outputs,
+                                             types=(0, 1), seed=2)
+    gold = LETTERS.index(type1.answer)
+    _, target = eve_tasks.solver_sft_pair(type1)
+    self.assertEqual(eve_tasks.named_option(type1, target), gold)
+    # The rationale of another option, answered with the gold letter: what it named counts.
+    other = (gold + 1) % 4
+    wrong = eve_tasks.solver_sft_pair(type1, reasoning=f"It is {type1.options[other]}.")[1]
+    self.assertEqual(eve_tasks.named_option(type1, wrong), other)
+    # Options inside the box do not count; two named, none named, or type 0: None.
+    self.assertIsNone(eve_tasks.named_option(type1, f"\\boxed{{{type1.options[gold]}}}"))
+    self.assertIsNone(eve_tasks.named_option(
+        type1, f"{type1.options[0]} or {type1.options[1]} \\boxed{{A}}"))
+    self.assertIsNone(eve_tasks.named_option(type1, "The answer is\n\n\\boxed{A}"))
+    self.assertIsNone(eve_tasks.named_option(type0, target))
+
+    # The evaluation's two rates, over type-1 replies: named the answer's arguments;
+    # of those that named any, boxed the letter of what they named.
+    replies = [target, wrong, "The answer is\n\n\\boxed{A}", target]
+    questions = [type1, type1, type1, type0]
+    samples = types.SimpleNamespace(texts=replies, prompt_of=lambda r: r)
+    stub = types.SimpleNamespace(run=types.SimpleNamespace(mean=lambda v: float(np.mean(v))))
+    rates = eve.Eve._rationale_agreement(stub, questions, samples, "heldout")
+    self.assertEqual(rates, {"heldout_names_answer_type1": 1 / 3,
+                             "heldout_letter_of_named_type1": 0.5})
 
 
 class SandboxQuestionsTest(absltest.TestCase):

@@ -347,12 +347,14 @@ BUILTIN_SPECIAL_TOKENS = (
 )
 
 
-def tiny(vocab_size: int = 2048) -> ModelConfig:
+def tiny(vocab_size: int = 2048, num_layers: int = 2) -> ModelConfig:
   """A few-MB model that runs in milliseconds on CPU; uses the built-in tokenizer.
 
   The vision tower keeps one full-attention block and window attention elsewhere
   so both paths are exercised. Special-token ids are those of the built-in
-  tokenizer: position in BUILTIN_SPECIAL_TOKENS.
+  tokenizer: position in BUILTIN_SPECIAL_TOKENS. `tiny_deep` has 4 decoder
+  layers, for in-context lookups (answer the letter of the option a cue names)
+  that 2 layers do not learn in a CPU-sized run.
   """
   special = {t: i for i, t in enumerate(BUILTIN_SPECIAL_TOKENS)}
   return ModelConfig(
@@ -360,7 +362,7 @@ def tiny(vocab_size: int = 2048) -> ModelConfig:
                           num_heads=4, out_hidden_size=128,
                           fullatt_block_indexes=(1,)),
       text=TextConfig(vocab_size=vocab_size, hidden_size=128,
-                      intermediate_size=256, num_layers=2, num_heads=4,
+                      intermediate_size=256, num_layers=num_layers, num_heads=4,
                       num_kv_heads=2, mrope_section=(4, 6, 6),
                       tie_word_embeddings=True),
       image_token_id=special["<|image_pad|>"],
@@ -477,6 +479,7 @@ def _vision(out_hidden: int, **kw) -> VisionConfig:
 
 PRESETS = {
     "tiny": tiny,
+    "tiny_deep": lambda: tiny(num_layers=4),
     "qwen2_5_vl_3b": lambda: ModelConfig(
         vision=_vision(2048),
         text=TextConfig(vocab_size=151936, hidden_size=2048,

@@ -457,16 +457,36 @@ class Eve(runner.Recipe):
     graded = [(questions[samples.prompt_of(r)].qtype,
                self._solver_reward(questions[samples.prompt_of(r)], t).parts)
               for r, t in enumerate(samples.texts)]
-    return {f"{prefix}_accuracy": run.mean([x["accuracy"] for _, x in graded]),
-            **{f"{prefix}_accuracy_type{k}": run.mean([x["accuracy"] for qt, x in graded
-                                                       if qt == k]) for k in (0, 1)},
-            f"{prefix}_questions": samples.total_rows,
-            **({"boxed_rate": run.mean([x["format"] > 0 for _, x in graded])}
-               if prefix == "heldout" else {})}
+    out = {f"{prefix}_accuracy": run.mean([x["accuracy"] for _, x in graded]),
+           **{f"{prefix}_accuracy_type{k}": run.mean([x["accuracy"] for qt, x in graded
+                                                      if qt == k]) for k in (0, 1)},
+           f"{prefix}_questions": samples.total_rows,
+           **({"boxed_rate": run.mean([x["format"] > 0 for _, x in graded])}
+              if prefix == "heldout" else {})}
+    if self.config.warmstart.solver_reasoning == "rationale":
+      out.update(self._rationale_agreement(questions, samples, prefix))
+    return out
+
+  def _rationale_agreement(self, questions, samples, prefix: str) -> dict:
+    """Type-1 replies that restate arguments: how often they name the answer's
+    (the image was read) and answer the letter of what they named (the lookup)."""
+    named, follows = [], []
+    for r, text in enumerate(samples.texts):
+      q = questions[samples.prompt_of(r)]
+      if q.qtype != 1:
+        continue
+      k = eve_tasks.named_option(q, text)
+      named.append(k is not None and eve_tasks.LETTERS[k] == q.answer)
+      if k is not None:
+        follows.append(eve_rewards.solver_accuracy(text, eve_tasks.LETTERS[k]) == 1.0)
+    return {f"{prefix}_names_answer_type1": self.run.mean(named),
+            f"{prefix}_letter_of_named_type1": self.run.mean(follows)}
 
   def eval_step(self, stage: Stage, step: int) -> dict | None:
     """Greedy Solver accuracy on the held-out families (and, with
-    `train_family_eval_questions`, on the warm-start families, fresh images)."""
+    `train_family_eval_questions`, on the warm-start families, fresh images);
+    with a rationale warm start, also how often type-1 replies name the right
+    arguments and answer the letter of the ones they name."""
     e = self.config.eve
     out = self._accuracy(self._eval_tasks_of(self.heldout, e.heldout_eval_questions,
                                              "heldout"), "heldout")

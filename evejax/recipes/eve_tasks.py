@@ -184,6 +184,18 @@ def solver_reasoning(question: Question) -> str:
   return f"Matching each edit to its arguments: {pairs}."
 
 
+def named_option(question: Question, reply: str) -> int | None:
+  """The option a type-1 reply restates before its answer, as in the rationale
+  ("... matches the arguments {...}"): its index, or None if it names none or
+  several. Separates reading the image (naming the right arguments) from the
+  lookup that follows (answering that option's letter)."""
+  if question.qtype != 1:
+    return None
+  before = reply.rsplit("\\boxed", 1)[0]
+  named = [i for i, option in enumerate(question.options) if option in before]
+  return named[0] if len(named) == 1 else None
+
+
 def solver_sft_pair(question: Question, reasoning: str | None = None) -> tuple[str, str]:
   """(prompt text, target) for Solver SFT: reasoning, then the answer in \\boxed{}."""
   reasoning = solver_reasoning(question) if reasoning is None else reasoning
