@@ -236,8 +236,11 @@ def painted() -> ml_collections.ConfigDict:
   """
   c = small()
   c.eve.update(library="evejax.data.transforms.painting:FAMILIES",
-               heldout_families=("column",), seed_families=("paint_quadrant", "stripe"))
-  c.warmstart.update(challenger_families=("stripe",), solver_steps=1500, solver_lr=1e-3)
+               heldout_families=("column",), seed_families=("paint_quadrant", "stripe"),
+               question_types=(1,))
+  c.warmstart.update(challenger_families=("stripe",), solver_steps=1500, solver_lr=1e-3,
+                     solver_reasoning="rationale")
+  c.sampling.solver.max_new_tokens = 48   # the rationale restates the arguments
   c.checkpoint.every = 100
   return c
 
