@@ -225,14 +225,20 @@ def painted() -> ml_collections.ConfigDict:
   start is 1500 steps at 1e-3, the rate and length at which that world's
   colours were learned.
 
+  Type-1 questions only, and the Solver's warm start writes the rationale
+  ("... matches the arguments {...}", then the letter), so that evaluation
+  can tell reading the image (naming the answer's arguments) from the lookup
+  that follows (answering the letter of the option named): eval's
+  `*_names_answer_type1` and `*_letter_of_named_type1`.
+
   What it shows at this scale (BENCHMARKS.md, "Learning fidelity", EVE): the
-  precondition still fails. After the warm start the Solver is at chance on
-  its own families (23% on 48 questions, loss ln 4 over the 8 target tokens);
-  and with the answer's colour written into the question (a text-only
-  control: a one-off probe, 600 steps of type-1 questions) its loss stays at
-  chance too: what this 2-layer model does not learn is to find the option or
-  image a cue points to and answer its letter, whatever the cue. EVE's
-  questions need a larger model.
+  precondition still fails, and not for want of vision. After the warm start
+  the Solver names the painted colour on its own families (24 of 24
+  questions; 22 of 24 with the 4-layer `tiny_deep`), but the quadrant or row
+  and the letter that follow are at chance (log-prob ln 4 at both tokens):
+  what it does not learn is the in-context lookup from the colour it read to
+  that option's other fields and letter. With letters only (no rationale),
+  or with the colour written into the question, it stays at chance too.
   """
   c = small()
   c.eve.update(library="evejax.data.transforms.painting:FAMILIES",
