@@ -248,7 +248,6 @@ class WarmStartTest(absltest.TestCase):
       kind = "letter_sequence" if q.qtype == 2 else "letter"
       self.assertEqual(eve_rewards.solver_accuracy(target, q.answer, kind=kind), 1.0)
 
-
   def test_named_option_reads_the_rationale(self):
     family = transforms.library()["flip"]
     image = sources.render_scene(np.random.default_rng(3), (112, 112))
