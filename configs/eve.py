@@ -237,8 +237,9 @@ def painted() -> ml_collections.ConfigDict:
   questions; 22 of 24 with the 4-layer `tiny_deep`), but the quadrant or row
   and the letter that follow are at chance (log-prob ln 4 at both tokens):
   what it does not learn is the in-context lookup from the colour it read to
-  that option's other fields and letter. With letters only (no rationale),
-  or with the colour written into the question, it stays at chance too.
+  that option's other fields and letter, in 1500 steps or 3000. With letters
+  only (no rationale), or with the colour written into the question, it
+  stays at chance too.
   """
   c = small()
   c.eve.update(library="evejax.data.transforms.painting:FAMILIES",
