@@ -257,7 +257,8 @@ class WarmStartTest(absltest.TestCase):
     type0, type1 = eve_tasks.build_questions(image, family.function_text, args_list, outputs,
                                              types=(0, 1), seed=2)
     gold = LETTERS.index(type1.answer)
-    _, target = eve_tasks.solver_sft_pair(type1)
+    _, target = eve_tasks.solver_sft_pair(type1, reasoning="rationale")   # the config's value
+    self.assertEqual(target, f"{eve_tasks.solver_reasoning(type1)}\n\n\\boxed{{{type1.answer}}}")
     self.assertEqual(eve_tasks.named_option(type1, target), gold)
     # The rationale of another option, answered with the gold letter: what it named counts.
     other = (gold + 1) % 4

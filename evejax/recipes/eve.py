@@ -197,7 +197,6 @@ class Eve(runner.Recipe):
     images = self.run.owned(len(indices), lambda j: self._image(indices[j]))
     results = self.run.sandbox_results([self._submit(programs[j], im) for j, im in images.items()])
     reasoning = self.config.warmstart.solver_reasoning
-    reasoning = None if reasoning == "rationale" else reasoning
     pairs = []
     for (j, image), res in zip(images.items(), results):
       task = self._task(indices[j], image, programs[j], res, seed=self.run.seed(indices[j], step))
@@ -463,7 +462,7 @@ class Eve(runner.Recipe):
            f"{prefix}_questions": samples.total_rows,
            **({"boxed_rate": run.mean([x["format"] > 0 for _, x in graded])}
               if prefix == "heldout" else {})}
-    if self.config.warmstart.solver_reasoning == "rationale":
+    if self.config.warmstart.solver_reasoning == eve_tasks.RATIONALE:
       out.update(self._rationale_agreement(questions, samples, prefix))
     return out
 

@@ -196,9 +196,15 @@ def named_option(question: Question, reply: str) -> int | None:
   return named[0] if len(named) == 1 else None
 
 
-def solver_sft_pair(question: Question, reasoning: str | None = None) -> tuple[str, str]:
-  """(prompt text, target) for Solver SFT: reasoning, then the answer in \\boxed{}."""
-  reasoning = solver_reasoning(question) if reasoning is None else reasoning
+# `solver_sft_pair`'s reasoning (and config.warmstart.solver_reasoning) that stands
+# for each question's own rationale, `solver_reasoning(question)`.
+RATIONALE = "rationale"
+
+
+def solver_sft_pair(question: Question, reasoning: str = RATIONALE) -> tuple[str, str]:
+  """(prompt text, target) for Solver SFT: reasoning (RATIONALE: the question's
+  own; else the text given), then the answer in \\boxed{}."""
+  reasoning = solver_reasoning(question) if reasoning == RATIONALE else reasoning
   return question.text, f"{reasoning.strip()}\n\n\\boxed{{{question.answer}}}"
 
 
