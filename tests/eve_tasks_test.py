@@ -122,6 +122,16 @@ class QuestionsTest(absltest.TestCase):
                                                types=(1,), ks=[0], seed=3)[0].meta)
     self.assertTrue(any(m["order"] != base[0].meta["order"] for m in changed))
 
+  def test_sorted_options_follow_the_arguments_text(self):
+    by_text = sorted(range(4), key=lambda i: repr(self.args_list[i]))
+    for seed in range(3):
+      type0, type1 = self.build(types=(0, 1), ks=[2], seed=seed, option_order="sorted")
+      self.assertEqual(type1.options, [repr(self.args_list[i]) for i in by_text])
+      self.assertEqual(type1.answer, LETTERS[by_text.index(2)])
+      # Type 0 shows the results in the same order, so the letters agree.
+      self.assertEqual(type0.answer, type1.answer)
+      self.assertTrue(same(type0.images[1 + by_text.index(0)], self.outputs[0]))
+
   def test_seed_is_stable(self):
     # sha256-based: the same value in every process (unlike hash() of a str).
     self.assertEqual(runner.stable_seed("a", 1), runner.stable_seed("a", 1))
@@ -137,6 +147,8 @@ class QuestionsTest(absltest.TestCase):
       self.build(types=(0, 3))
     with self.assertRaisesRegex(ValueError, "k=4"):
       self.build(types=(0,), ks=[4])
+    with self.assertRaisesRegex(ValueError, "option order 'random'.*'sorted'"):
+      self.build(option_order="random")
 
 
 class GradingTest(absltest.TestCase):

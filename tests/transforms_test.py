@@ -1,5 +1,6 @@
 """Tests for the built-in EVE transformation library (evejax.data.transforms)."""
 import ast
+import itertools
 import json
 import os
 import pathlib
@@ -288,19 +289,21 @@ class PaintingWorldTest(absltest.TestCase):
     cells = {"quadrant": lambda q, w, h: ((q % 2) * w // 2 + w // 4, (q // 2) * h // 2 + h // 4),
              "row": lambda r, w, h: (w // 2, r * h // 4 + h // 8),
              "col": lambda c, w, h: (c * w // 4 + w // 8, h // 2)}
-    for family in painting.FAMILIES:
-      for size in SIZES:
-        for seed in SEEDS:
-          with self.subTest(family=family.name, size=size, seed=seed):
-            args_list, outputs = run_program(
-                family.program(family.sample(np.random.default_rng(seed), *size)),
-                scene(size, seed))
-            self.assertEqual(eve_problems(family, outputs), [])
-            self.assertLen({a["color"] for a in args_list}, 4)
-            for args, out in zip(args_list, outputs):
-              (key, place), = [(k, v) for k, v in args.items() if k != "color"]
-              pixel = out.convert("RGB").getpixel(cells[key](place, *size))
-              self.assertEqual(pixel, ImageColor.getrgb(args["color"]))
+    for palette, families in ((painting.COLOURS, painting.FAMILIES),
+                              (painting.COLOURS[:4], painting.FOUR_COLOUR_FAMILIES)):
+      for family, size, seed in itertools.product(families, SIZES, SEEDS):
+        with self.subTest(family=family.name, palette=len(palette), size=size, seed=seed):
+          args_list, outputs = run_program(
+              family.program(family.sample(np.random.default_rng(seed), *size)),
+              scene(size, seed))
+          self.assertEqual(eve_problems(family, outputs), [])
+          colours = {a["color"] for a in args_list}
+          self.assertLen(colours, 4)
+          self.assertLessEqual(colours, set(palette))
+          for args, out in zip(args_list, outputs):
+            (key, place), = [(k, v) for k, v in args.items() if k != "color"]
+            pixel = out.convert("RGB").getpixel(cells[key](place, *size))
+            self.assertEqual(pixel, ImageColor.getrgb(args["color"]))
 
   def test_config_picks_library_heldout_and_seeds(self):
     from evejax.recipes import eve  # pylint: disable=g-import-not-at-top

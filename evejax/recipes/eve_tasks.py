@@ -30,6 +30,11 @@ from evejax.recipes import runner
 
 LETTERS = "ABCD"
 QUESTION_TYPES = (0, 1, 2)
+# How the 4 results and argument sets are laid out: "shuffled" (the paper) by a
+# stable hash; "sorted" by the arguments' text, so that where the options' values
+# come from one fixed set (a 4-colour palette) each value always has the same
+# letter and answering needs no in-context lookup (small experiments' worlds).
+OPTION_ORDERS = ("shuffled", "sorted")
 _NUM = len(LETTERS)
 
 
@@ -122,7 +127,8 @@ def _type2(source_image, edit_source, args_list, outputs, order):
 def build_questions(source_image: Image.Image, edit_source: str,
                     args_list: Sequence[Mapping[str, Any]], outputs: Sequence[Image.Image],
                     *, types: Sequence[int] = (0, 1), seed: int = 0,
-                    ks: Sequence[int] | None = None) -> list[Question]:
+                    ks: Sequence[int] | None = None,
+                    option_order: str = "shuffled") -> list[Question]:
   """The Solver's questions about one executed program.
 
   Args:
@@ -135,6 +141,8 @@ def build_questions(source_image: Image.Image, edit_source: str,
     seed: run-level seed mixed into every shuffle and choice of k.
     ks: for types 0 and 1, which args to ask about (one question per k);
       default one k per type chosen by hash.
+    option_order: one of OPTION_ORDERS: the order of the shown results (type 0)
+      and of the argument sets (types 1 and 2).
 
   Returns:
     One question per (type, k), types in the order given.
@@ -144,18 +152,23 @@ def build_questions(source_image: Image.Image, edit_source: str,
                      f"{len(args_list)} and {len(outputs)}.")
   if bad := [t for t in types if t not in QUESTION_TYPES]:
     raise ValueError(f"Unknown EVE question types {bad}; use some of {QUESTION_TYPES}.")
+  if option_order not in OPTION_ORDERS:
+    raise ValueError(f"Unknown EVE option order {option_order!r}; use one of {OPTION_ORDERS}.")
+  sorted_order = sorted(range(_NUM), key=lambda i: format_args(args_list[i]))
+  order_of = lambda qtype, k: (sorted_order if option_order == "sorted"  # noqa: E731
+                               else _order(seed, program_key, qtype, k))
   program_key = edit_source.strip() + "\n" + repr([dict(a) for a in args_list])
   questions = []
   for qtype in types:
     if qtype == 2:
-      order = _order(seed, program_key, qtype, None)
+      order = order_of(qtype, None)
       questions.append(_type2(source_image, edit_source, args_list, outputs, order))
       continue
     chosen = ks if ks is not None else [runner.stable_seed(seed, program_key, qtype, "k") % _NUM]
     for k in chosen:
       if not 0 <= k < _NUM:
         raise ValueError(f"k={k} is not an index into args_list (0..{_NUM - 1}).")
-      order = _order(seed, program_key, qtype, k)
+      order = order_of(qtype, k)
       build = _type0 if qtype == 0 else _type1
       questions.append(build(source_image, edit_source, args_list, outputs, int(k), order))
   return questions
