@@ -3,6 +3,7 @@ through the real sandbox, queue, rewards and GRPO; logged questions rebuilt
 exactly), a shortened end-to-end tiny run, and resume mid-phase."""
 import json
 import os
+import types
 
 from absl.testing import absltest
 import pytest
@@ -70,6 +71,22 @@ class ScheduleTest(absltest.TestCase):
     self.assertEqual(sched.units_done((4, 0)), 1 + 1 + 121 + 41 + 2)
     c.warmstart.enabled = False
     self.assertEqual(eve.Eve.stages(c)[1].name, "challenger/challenger/iter1")
+
+  def test_a_bad_choice_is_one_error_naming_its_key(self):
+    for key, value in (("solver_questions", "both"), ("option_order", "random")):
+      c = tiny_config()
+      c.eve[key] = value
+      stand_in = types.SimpleNamespace(config=c, add_roles=lambda specs: None)
+      with self.assertRaisesRegex(ValueError, f"config.eve.{key}='{value}': use"):
+        eve.Eve(stand_in)
+
+  def test_evaluation_asks_the_types_trained_on(self):
+    for preset, want in (("tiny", (0, 1)), ("painted", (1,)), ("painted_palette", (1,))):
+      c = config_utils.load_config(f"configs/eve.py:{preset}")
+      self.assertEqual(eve.Eve._eval_types.fget(types.SimpleNamespace(config=c)), want, preset)
+    c = tiny_config()
+    c.eve.question_types = (2,)   # type 2 is not evaluated: both others are
+    self.assertEqual(eve.Eve._eval_types.fget(types.SimpleNamespace(config=c)), (0, 1))
 
 
 class ScriptedRunTest(absltest.TestCase):

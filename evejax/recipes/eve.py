@@ -112,6 +112,9 @@ class Eve(runner.Recipe):
     if c.eve.solver_questions not in ("challenger", "library"):
       raise ValueError(f"config.eve.solver_questions={c.eve.solver_questions!r}: use "
                        "'challenger' (the method) or 'library' (the control).")
+    if c.eve.option_order not in eve_tasks.OPTION_ORDERS:
+      raise ValueError(f"config.eve.option_order={c.eve.option_order!r}: use one of "
+                       f"{eve_tasks.OPTION_ORDERS} ('shuffled' is the paper's).")
     self.library, self.heldout, seeds = families(c.eve)
     self.train_families = [n for n in self.library if n not in self.heldout]
     data = c.data.to_dict()
@@ -245,7 +248,8 @@ class Eve(runner.Recipe):
     outputs = [Image.fromarray(np.asarray(o, np.uint8)) for o in result.images]
     questions = eve_tasks.build_questions(
         image, result.function_source, result.args, outputs,
-        types=tuple(types if types is not None else self.config.eve.question_types), seed=seed)
+        types=tuple(types if types is not None else self.config.eve.question_types), seed=seed,
+        option_order=self.config.eve.option_order)
     return Task(image_index, code, result.function_source, list(result.args), outputs,
                 questions, seed)
 
@@ -401,7 +405,8 @@ class Eve(runner.Recipe):
       task = tasks[(rec["image"], rec["program"])]
       qs = task and eve_tasks.build_questions(
           images[rec["image"]], task.function_text, task.args, task.outputs,
-          types=(rec["qtype"],), ks=None if rec["k"] is None else [rec["k"]], seed=rec["seed"])
+          types=(rec["qtype"],), ks=None if rec["k"] is None else [rec["k"]], seed=rec["seed"],
+          option_order=self.config.eve.option_order)
       if qs:
         questions[i] = qs[0]
     return questions
@@ -429,7 +434,7 @@ class Eve(runner.Recipe):
     if name not in self._eval_tasks:
       run = self.run
       rng = np.random.default_rng(run.seed(name))
-      per = max(1, -(-count // (2 * max(1, len(families)))))
+      per = max(1, -(-count // (len(self._eval_types) * max(1, len(families)))))
       programs = []   # every process draws them all, and runs its own
       for family in families:
         fam = self.library[family]
@@ -440,10 +445,16 @@ class Eve(runner.Recipe):
                                                  programs[j][1]))
       results = run.sandbox_results([self._submit(code, image) for image, code in mine.values()])
       key = () if name == "heldout" else (name,)
-      tasks = [self._task(-1, image, code, res, seed=run.seed("eval", *key, j), types=(0, 1))
+      tasks = [self._task(-1, image, code, res, seed=run.seed("eval", *key, j),
+                          types=self._eval_types)
                for (j, (image, code)), res in zip(mine.items(), results)]
       self._eval_tasks[name] = [t for t in tasks if t is not None]
     return self._eval_tasks[name]
+
+  @property
+  def _eval_types(self) -> tuple[int, ...]:
+    """The question types evaluated: those trained on, of types 0 and 1."""
+    return tuple(t for t in self.config.eve.question_types if t in (0, 1)) or (0, 1)
 
   def _accuracy(self, tasks: list[Task], prefix: str) -> dict:
     """Greedy Solver accuracy on the questions of `tasks`, overall and by type."""
@@ -458,7 +469,7 @@ class Eve(runner.Recipe):
               for r, t in enumerate(samples.texts)]
     out = {f"{prefix}_accuracy": run.mean([x["accuracy"] for _, x in graded]),
            **{f"{prefix}_accuracy_type{k}": run.mean([x["accuracy"] for qt, x in graded
-                                                      if qt == k]) for k in (0, 1)},
+                                                      if qt == k]) for k in self._eval_types},
            f"{prefix}_questions": samples.total_rows,
            **({"boxed_rate": run.mean([x["format"] > 0 for _, x in graded])}
               if prefix == "heldout" else {})}
