@@ -55,6 +55,7 @@ def _base() -> ml_collections.ConfigDict:
       challenger_group=4,          # G_C: programs per prompt
       solver_prompts=128,          # questions per Solver step
       solver_group=8,              # G_S: replies per question
+      solver_lr=0.0,               # the Solver's GRPO learning rate (0: train.optimizer.lr)
       difficulty_samples=6,        # S: frozen-Solver answers per question (p_q)
       question_types=(0, 1),       # type 2 is implemented, off by default
       type2_partial_credit=True,   # type 2 graded per matched position (else all or nothing)

@@ -80,6 +80,17 @@ class ScheduleTest(absltest.TestCase):
       with self.assertRaisesRegex(ValueError, f"config.eve.{key}='{value}': use"):
         eve.Eve(stand_in)
 
+  def test_the_solver_may_learn_at_its_own_rate(self):
+    c = tiny_config()
+    lrs = lambda: {s.name: s.train_config(c).optimizer.lr for s in eve.Eve.role_specs(c)}  # noqa: E731
+    self.assertEqual(lrs(), {"challenger": 3e-5, "solver": 3e-5})
+    c.eve.solver_lr = 1e-3
+    self.assertEqual(lrs(), {"challenger": 3e-5, "solver": 1e-3})
+    self.assertEqual(c.train.optimizer.lr, 3e-5)   # the run's config is left as it is
+    c.eve.share_params = True
+    with self.assertRaisesRegex(ValueError, "solver_lr=0.001 with config.eve.share_params"):
+      eve.Eve.role_specs(c)
+
   def test_evaluation_asks_the_types_trained_on(self):
     for preset, want in (("tiny", (0, 1)), ("painted", (1,)), ("painted_palette", (1,))):
       c = config_utils.load_config(f"configs/eve.py:{preset}")

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 from typing import Any
 
+import ml_collections
 import numpy as np
 from PIL import Image
 
@@ -93,6 +95,13 @@ def families(e) -> tuple[dict[str, transforms.Family], list[str], list[str]]:
   return library, chosen["heldout_families"], chosen["seed_families"]
 
 
+def _with_lr(train: ml_collections.ConfigDict, lr: float) -> ml_collections.ConfigDict:
+  """`train` (config.train) with another GRPO learning rate."""
+  out = train.copy_and_resolve_references()
+  out.optimizer.lr = lr
+  return out
+
+
 class Eve(runner.Recipe):
   """The EVE recipe; see the module docstring."""
 
@@ -102,9 +111,15 @@ class Eve(runner.Recipe):
   @classmethod
   def role_specs(cls, config) -> list[runner.RoleSpec]:
     warm = bool(config.warmstart.enabled)
+    solver_lr = config.eve.solver_lr
+    if solver_lr and config.eve.share_params:
+      raise ValueError(f"config.eve.solver_lr={solver_lr} with config.eve.share_params=True: "
+                       "one set of weights learns at config.train.optimizer.lr; set "
+                       "solver_lr=0 or share_params=False.")
     return [runner.RoleSpec("challenger", trained_reference=warm),
             runner.RoleSpec("solver", trained_reference=warm,
-                            share_policy_with="challenger" if config.eve.share_params else None)]
+                            share_policy_with="challenger" if config.eve.share_params else None,
+                            train=functools.partial(_with_lr, lr=solver_lr) if solver_lr else None)]
 
   def __init__(self, run: runner.Run):
     super().__init__(run)
