@@ -2,9 +2,7 @@
 import os
 
 import glob
-import shutil
 import sys
-import tempfile
 import textwrap
 
 from absl.testing import absltest
@@ -18,14 +16,8 @@ from evejax import observe
 from evejax import parallel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import recipe_testing as rt
 import resume_util
-
-
-def _tempdir(test):
-  # absltest's create_tempdir needs parsed absl flags, which pytest does not do.
-  d = tempfile.mkdtemp(prefix="evejax_ckpt_test_")
-  test.addCleanup(shutil.rmtree, d, ignore_errors=True)
-  return d
 
 
 def _state(mesh, seed=0):
@@ -76,7 +68,7 @@ class CheckpointerTest(absltest.TestCase):
   def setUp(self):
     super().setUp()
     self.mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    self.dir = _tempdir(self)
+    self.dir = rt.tempdir(self)
 
   def _saved(self, steps, keep=5, **kw):
     ckpt = checkpoint.Checkpointer(self.dir, save_every=1, keep=keep, **kw)
@@ -155,7 +147,7 @@ class CheckpointerTest(absltest.TestCase):
 
     for damage in (truncate_data, zero_data, delete_data, drop_commit_marker, corrupt_extra):
       with self.subTest(damage.__name__):
-        self.dir = _tempdir(self)
+        self.dir = rt.tempdir(self)
         ckpt = self._saved([1, 2, 3])
         damage(os.path.join(self.dir, "3"))
         abstract = parallel.abstract_tree(_state(self.mesh))
@@ -267,7 +259,7 @@ _TOY_SCRIPT = textwrap.dedent("""
 class ExactResumeTest(absltest.TestCase):
 
   def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(self):
-    tmp = _tempdir(self)
+    tmp = rt.tempdir(self)
     script = os.path.join(tmp, "toy_train.py")
     with open(script, "w") as f:
       f.write(_TOY_SCRIPT)

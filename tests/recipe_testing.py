@@ -20,8 +20,9 @@ from evejax.recipes import schedule
 
 
 def tempdir(test) -> str:
-  """A directory removed when `test` ends: recipe runs keep every checkpoint (GBs)."""
-  path = tempfile.mkdtemp(prefix="evejax_recipe_test_")
+  """A directory removed when `test` ends (recipe runs keep every checkpoint: GBs).
+  Not absltest's create_tempdir, which needs parsed absl flags that pytest lacks."""
+  path = tempfile.mkdtemp(prefix="evejax_test_")
   test.addCleanup(shutil.rmtree, path, ignore_errors=True)
   return path
 
