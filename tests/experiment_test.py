@@ -86,6 +86,14 @@ class ExperimentTest(absltest.TestCase):
     self.assertEqual(experiment.mean_std([0.25, 0.75]), (0.5, 0.3535533905932738, 2))
     self.assertEqual(experiment.mean_std([0.5]), (0.5, 0.0, 1))
 
+  def test_columns_leave_out_metrics_that_no_run_logged(self):
+    points = {"iter1": {"eval/heldout_accuracy": 0.5, "eval/heldout_accuracy_type1": 0.5}}
+    data = {"heldout_metric": "heldout_accuracy",
+            "metrics": ["eval/heldout_accuracy_type0", "eval/heldout_accuracy_type1"],
+            "arms": {"method": {"0": {"points": points}}, "control": {"0": {"points": {}}}}}
+    self.assertEqual(experiment._columns(data),  # pylint: disable=protected-access
+                     ["eval/heldout_accuracy", "eval/heldout_accuracy_type1"])
+
 
 if __name__ == "__main__":
   absltest.main()

@@ -288,8 +288,12 @@ def _fmt(values: Sequence[float], points: bool = False) -> str:
 
 
 def _columns(data: dict) -> list[str]:
-  return [f"eval/{data['heldout_metric']}"] + [n for n in data["metrics"]
-                                               if n != f"eval/{data['heldout_metric']}"]
+  """The held-out metric, then the other metrics that some run logged (a preset
+  may leave one out, e.g. a question type it does not ask)."""
+  heldout = f"eval/{data['heldout_metric']}"
+  logged = {name for runs in data["arms"].values() for run in runs.values()
+            for point in run["points"].values() for name in point}
+  return [heldout] + [n for n in data["metrics"] if n != heldout and n in logged]
 
 
 def _arm_points(runs: Mapping[str, Any]) -> list[str]:
