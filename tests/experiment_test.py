@@ -66,6 +66,9 @@ class ExperimentTest(absltest.TestCase):
     arms = {"method": {}, "longer_warm_start": {"warmstart.coder_steps": 3}}
     with self.assertRaisesRegex(config_utils.ConfigError, "longer_warm_start.*warm start"):
       experiment.plan(SPEC, arms, [0], tempfile.mkdtemp())
+    # A KL term changes what the warm start's checkpoints hold (its reference).
+    with self.assertRaisesRegex(config_utils.ConfigError, "with_kl.*warm start"):
+      experiment.plan(SPEC, {"with_kl": {"train.loss.kl_coef": 0.1}}, [0], tempfile.mkdtemp())
     runs = experiment.plan(SPEC, arms, [0], tempfile.mkdtemp(), share_warmstart=False)
     self.assertEqual([r.arm for r in runs], ["method", "longer_warm_start"])
     self.assertIsNone(runs[1].warmstart)

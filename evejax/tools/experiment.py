@@ -53,7 +53,9 @@ SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 TIME_FILE = "experiment_time.json"
 # Keys that change what a warm start does: an arm that sets one cannot share it.
-WARMSTART_KEYS = ("seed", "model.", "init.", "mesh.", "data.", "processing.", "warmstart.")
+# train.loss.kl_coef too: it decides whether checkpoints hold a KL reference.
+WARMSTART_KEYS = ("seed", "model.", "init.", "mesh.", "data.", "processing.", "warmstart.",
+                  "train.loss.kl_coef")
 
 
 @dataclasses.dataclass(frozen=True)
