@@ -243,7 +243,7 @@ def painted() -> ml_collections.ConfigDict:
   what it does not learn is the in-context lookup from the colour it read to
   that option's other fields and letter, in 1500 steps or 3000. With letters
   only (no rationale), or with the colour written into the question, it
-  stays at chance too.
+  stays at chance too. `painted_palette` takes the lookup out.
   """
   c = small()
   c.eve.update(library="evejax.data.transforms.painting:FAMILIES",
