@@ -33,7 +33,8 @@ QUESTION_TYPES = (0, 1, 2)
 # How the 4 results and argument sets are laid out: "shuffled" (the paper) by a
 # stable hash; "sorted" by the arguments' text, so that where the options' values
 # come from one fixed set (a 4-colour palette) each value always has the same
-# letter and answering needs no in-context lookup (small experiments' worlds).
+# letter and answering needs no in-context lookup (small experiments' worlds,
+# type 1: a sorted type 0 is answered from the colour its question names, no image).
 OPTION_ORDERS = ("shuffled", "sorted")
 _NUM = len(LETTERS)
 
@@ -154,10 +155,13 @@ def build_questions(source_image: Image.Image, edit_source: str,
     raise ValueError(f"Unknown EVE question types {bad}; use some of {QUESTION_TYPES}.")
   if option_order not in OPTION_ORDERS:
     raise ValueError(f"Unknown EVE option order {option_order!r}; use one of {OPTION_ORDERS}.")
-  sorted_order = sorted(range(_NUM), key=lambda i: format_args(args_list[i]))
-  order_of = lambda qtype, k: (sorted_order if option_order == "sorted"  # noqa: E731
-                               else _order(seed, program_key, qtype, k))
   program_key = edit_source.strip() + "\n" + repr([dict(a) for a in args_list])
+
+  def order_of(qtype, k):
+    if option_order == "sorted":
+      return sorted(range(_NUM), key=lambda i: format_args(args_list[i]))
+    return _order(seed, program_key, qtype, k)
+
   questions = []
   for qtype in types:
     if qtype == 2:
