@@ -37,6 +37,7 @@ def _base() -> ml_collections.ConfigDict:
       update_rule="sequential",   # sequential (published: REINFORCE per sample) | grpo
       reward="continuous",        # continuous self-consistency | majority (the baseline)
                                   # | constant (the experiments' control: no signal)
+                                  # | shuffled (each group's rewards in random order)
       iterations=10,              # evaluation points; steps = iterations x steps_per_iteration
       steps_per_iteration=1618,   # 16,180 published steps
       images_per_step=1,          # B (grpo mode: several)
@@ -207,6 +208,9 @@ ARMS = {
     "method": {},
     # The same steps and compute with a constant reward: no signal reaches either role.
     "control": {"evolmm.reward": "constant"},
+    # The method's rewards shuffled within each group: its update sizes and noise,
+    # no signal (does the method's fall come from what it rewards, or from updating?).
+    "shuffled": {"evolmm.reward": "shuffled"},
     # The paper's baseline: 1 for the majority answer, else 0.
     "majority": {"evolmm.reward": "majority"},
     # The method where only a closed <answer> tag is an answer: a tiny Solver

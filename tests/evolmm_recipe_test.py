@@ -45,6 +45,20 @@ class ControlAndHeldoutVotesTest(absltest.TestCase):
     self.assertEqual(got["heldout_sample_accuracy"], got["heldout_majority_accuracy"])
     self.assertEqual(got["heldout_majority_accuracy"], got["heldout_accuracy"])
 
+  def test_shuffled_rewards_are_the_methods_in_another_order(self):
+    def rewards_of(reward, replies):
+      stand_in = types.SimpleNamespace(config=short_config(**{"evolmm.reward": reward}))
+      return [r.value for r in evolmm.EvoLmm._solver_rewards(stand_in, replies)]
+
+    replies = [f"<answer>{a}</answer>" for a in SOLVER_ANSWERS]
+    shuffled = rewards_of("shuffled", replies)
+    self.assertEqual(sorted(shuffled), sorted(rewards_of("continuous", replies)))
+    self.assertEqual(shuffled, rewards_of("shuffled", replies))   # the same after a resume
+    # Over several groups the order is not the answers' own: no signal is left.
+    groups = [replies[k:] + replies[:k] for k in range(5)]
+    self.assertTrue(any(rewards_of("shuffled", g) != rewards_of("continuous", g)
+                        for g in groups))
+
   def test_strict_answer_format_gives_a_malformed_reply_no_reward(self):
     log = []
     # Unanimous, but only a closed tag is an answer: the lone "<answer>" earns 0.

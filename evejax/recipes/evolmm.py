@@ -19,6 +19,8 @@ Departures from the paper, each by config:
   KL term against the base (config.train.algorithm="grpo").
   `reward="majority"`: the paper's baseline (1 for the majority answer, else 0).
   `reward="constant"`: the experiments' control, no signal (configs/evolmm.py ARMS).
+  `reward="shuffled"`: the continuous rewards of each group handed to its answers in
+  a random order: the method's reward sizes and update noise without its signal.
   `questions="scenes"`: an ablation, the Solver alone on built-in scene questions
   (no Proposer), to separate its consistency rewards from the questions asked.
   `warmstart.enabled` (tiny preset only): the backbone itself is first trained by SFT
@@ -45,7 +47,7 @@ from evejax.rewards import evolmm as rewards
 from evejax.rewards.registry import Reward
 
 UPDATE_RULES = {"sequential": "reinforce", "grpo": "grpo"}   # update_rule -> train.algorithm
-REWARDS = ("continuous", "majority", "constant")
+REWARDS = ("continuous", "majority", "constant", "shuffled")
 ANSWER_FORMATS = ("tag_or_line", "tag")
 QUESTION_SOURCES = ("proposer", "scenes")
 
@@ -163,8 +165,12 @@ class EvoLmm(runner.Recipe):
       return rewards.majority_rewards(replies)
     if e.reward == "constant":
       return [Reward(1.0, "constant") for _ in replies]
-    return rewards.solver_rewards(replies, gamma=e.gamma, length_penalty=e.length_penalty,
+    paid = rewards.solver_rewards(replies, gamma=e.gamma, length_penalty=e.length_penalty,
                                   tau=e.tau)
+    if e.reward == "shuffled":   # seeded by the replies: the same order after a resume
+      order = np.random.default_rng(runner.stable_seed(self.config.seed, *replies))
+      return [paid[k] for k in order.permutation(len(paid))]
+    return paid
 
   def evolve_step(self, stage: Stage, step: int) -> None:
     e, run = self.config.evolmm, self.run
