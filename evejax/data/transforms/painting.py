@@ -3,8 +3,8 @@ over one part of the image, so the four outputs differ in colour and in place.
 
 For models trained from scratch (`configs/eve.py:painted`): the colour a program
 paints is a visual cue that a tiny VLM learns to name (EvoLMM's grounded world),
-and the held-out family shares the two primitives (a colour, a band) with the
-training ones. Loaded as `eve.library="evejax.data.transforms.painting:FAMILIES"`;
+and the held-out family, `column` (a vertical band), shares the two primitives (a
+colour, a band) with the training ones, `paint_quadrant` and `stripe`. Loaded as `eve.library="evejax.data.transforms.painting:FAMILIES"`;
 `FOUR_COLOUR_FAMILIES` paints from 4 colours only, so every program's 4 argument
 sets use all of them (with `eve.option_order="sorted"` each colour keeps its letter).
 """
@@ -68,5 +68,3 @@ def edit_image(img: Image.Image, color: str, col: int) -> Image.Image:
 
 FAMILIES = families()
 FOUR_COLOUR_FAMILIES = families(COLOURS[:4])
-SEEDS = ("paint_quadrant", "stripe")   # the queue's seeds: the training families
-HELDOUT = ("column",)                  # a band again, turned: shares both primitives
